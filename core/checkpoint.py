@@ -1,0 +1,128 @@
+"""Exports (config.json + model.safetensors), training state, atomic writes."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import DataError
+
+log = logging.getLogger(__name__)
+EXPORT_VERSION = 1
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_export(folder: str | os.PathLike, model: nn.Module, config: dict) -> Path:
+    """Write ``config.json`` (with a format version) and ``model.safetensors`` of the whole model."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    text = json.dumps({**config, "export_version": EXPORT_VERSION}, indent=2, sort_keys=True)
+    atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    return folder
+
+
+def load_export(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read an export folder: (config, state_dict on CPU)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise DataError(folder / name, "no such file", f"an export folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(folder / CONFIG_NAME, f"invalid JSON ({e})", "the JSON written by save_export") from None
+    try:
+        state = load_file(folder / WEIGHTS_NAME)
+    except SafetensorError as e:
+        raise DataError(folder / WEIGHTS_NAME, f"an unreadable file ({e})", "a safetensors file") from None
+    if config.get("export_version", 0) > EXPORT_VERSION:
+        raise DataError(folder / CONFIG_NAME, f"export_version {config['export_version']}",
+                        f"<= {EXPORT_VERSION}; update scimae")
+    return config, state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> tuple[list, list]:
+    """Load ``state`` into ``model``; report missing and unexpected keys (raise on them if ``strict``).
+
+    Tensors whose shape differs are reported and left out.
+    """
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    usable = {k: v for k, v in state.items() if k not in mismatched}
+    missing, unexpected = model.load_state_dict(usable, strict=False)
+    missing = sorted(set(missing) | set(mismatched))
+    if strict and (missing or unexpected):
+        raise ValueError(f"weights do not match the model: missing {missing}, unexpected {sorted(unexpected)}")
+    if missing:
+        log.warning("weights: %d keys missing (kept as initialised): %s", len(missing), _short(missing))
+    if unexpected:
+        log.info("weights: %d keys unused: %s", len(unexpected), _short(sorted(unexpected)))
+    return missing, sorted(unexpected)
+
+
+def _short(keys, n=6) -> str:
+    return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def rng_state() -> dict:
+    """Every global RNG state, as tensors and plain Python values (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_training_state(path: str | os.PathLike, state: dict) -> Path:
+    """Atomically write a training state (model, optimizer, scheduler, counters, RNG) with torch.save."""
+    return atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """Read a training state with ``torch.load(weights_only=True)``: no pickled code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "no such file", "a training state written by scimae (last.pt)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or foreign file: say so plainly
+        raise DataError(path, f"an unreadable training state ({type(e).__name__}: {e})",
+                        "a training state written by scimae") from None

@@ -1,0 +1,125 @@
+"""YAML configs into dataclasses, ``a.b=value`` overrides, the resolved config saved with each run."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from core.errors import DataError
+
+
+def _check_value(tp, value, key: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _check_value(arg, value, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"config key {key!r}: expected {tp}, got {value!r}")
+    if tp is type(None):
+        if value is not None:
+            raise ValueError(f"config key {key!r}: expected None, got {value!r}")
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0] if args else typing.Any
+        out = [_check_value(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return out if origin is list else tuple(out)
+    if origin is dict or tp is typing.Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ValueError(f"config key {key!r}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; expected one of {[prefix + n for n in names]}")
+    return cls(**{k: _check_value(hints[k], v, prefix + k) for k, v in data.items()})
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override must look like key.sub=value, got {item!r}")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
+    """YAML file (optional) + overrides -> validated dataclass ``cls``; unset keys take their defaults."""
+    data = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise DataError(path, f"an unreadable config ({e})", "a YAML mapping") from None
+        if not isinstance(data, dict):
+            raise DataError(path, f"a {type(data).__name__}", "a YAML mapping")
+    return from_dict(cls, apply_overrides(data, list(overrides)))
+
+
+def save_config(cfg, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    from core.checkpoint import atomic_write
+
+    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def parse_cli(cls, default_config: str | Path, description: str, argv: list[str] | None = None):
+    """The command line every pipeline shares.
+
+    ``--config`` (default: the pipeline's YAML), ``--data DIR`` (= data.root=DIR), ``--resume RUN``
+    (= train.resume=RUN), ``--init-from EXPORT`` (= train.init_from=EXPORT), and ``key.sub=value``.
+    """
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", default=str(default_config), help="YAML config (default: %(default)s)")
+    ap.add_argument("--data", help="a folder of real data instead of the synthetic default")
+    ap.add_argument("--resume", help="a run folder (or its last.pt) to continue")
+    ap.add_argument("--init-from", help="an export folder whose weights initialise the model")
+    ap.add_argument("overrides", nargs="*", help="key.sub=value settings, e.g. train.epochs=5")
+    args = ap.parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in ((args.data, "data.root"), (args.resume, "train.resume"), (args.init_from, "train.init_from")):
+        if flag:
+            overrides.append(f"{key}={flag}")
+    return load_config(cls, args.config, overrides)
+
+
+def run_cli(main) -> None:
+    """Run a pipeline's ``main()``; bad input exits with status 2 and one clear message."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,191 @@
+"""Patch embedding (1D/2D/3D), N-d sin-cos positions, coordinate MLP and group embeddings."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _check_patch(spatial: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
+    if len(spatial) != len(patch):
+        raise ValueError(f"patch size {tuple(patch)} has {len(patch)} dims, input has {len(spatial)} spatial dims")
+    for s, p in zip(spatial, patch):
+        if p <= 0 or s % p:
+            raise ValueError(f"patch size {tuple(patch)} must divide the input size {tuple(spatial)}")
+    return tuple(s // p for s, p in zip(spatial, patch))
+
+
+def patchify(x: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
+    """[B, C, *S] -> [B, N, prod(patch) * C], patches in row-major grid order, values (p..., c)."""
+    B, C, *S = x.shape
+    grid = _check_patch(S, patch)
+    d = len(patch)
+    shape = [B, C]
+    for g, p in zip(grid, patch):
+        shape += [g, p]
+    x = x.reshape(shape)
+    perm = [0] + [2 + 2 * i for i in range(d)] + [3 + 2 * i for i in range(d)] + [1]
+    n = 1
+    for g in grid:
+        n *= g
+    return x.permute(perm).reshape(B, n, -1)
+
+
+def unpatchify(x: torch.Tensor, patch: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
+    """Exact inverse of :func:`patchify`: [B, N, prod(patch) * C] -> [B, C, *S]."""
+    B = x.shape[0]
+    d = len(patch)
+    x = x.reshape([B, *grid, *patch, channels])
+    perm = [0, 2 * d + 1]
+    for i in range(d):
+        perm += [1 + i, 1 + d + i]
+    return x.permute(perm).reshape([B, channels, *(g * p for g, p in zip(grid, patch))])
+
+
+class PatchEmbed(nn.Module):
+    """Dimension-generic patch embedding: patchify then one linear map (a strided conv, as a matmul)."""
+
+    def __init__(self, patch: Sequence[int], in_channels: int, dim: int):
+        super().__init__()
+        if in_channels <= 0 or dim <= 0:
+            raise ValueError(f"in_channels and dim must be positive, got {in_channels} and {dim}")
+        self.patch = tuple(int(p) for p in patch)
+        self.in_channels = in_channels
+        n = 1
+        for p in self.patch:
+            n *= p
+        self.proj = nn.Linear(n * in_channels, dim)
+
+    def grid(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        return _check_patch(spatial, self.patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, *S] -> [B, N, D]
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"PatchEmbed expected {self.in_channels} channels, got {x.shape[1]}")
+        return self.proj(patchify(x, self.patch))
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """[M] positions -> [M, dim] as in MAE: sin of the first half, cos of the second."""
+    if dim % 2:
+        raise ValueError(f"sin-cos dim must be even, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = pos.double().reshape(-1, 1) * omega  # [M, dim/2]
+    return torch.cat([out.sin(), out.cos()], dim=1).float()
+
+
+def sincos_nd(dim: int, grid: Sequence[int]) -> torch.Tensor:
+    """N-d sin-cos table [prod(grid), dim] for a row-major grid.
+
+    Each axis gets an equal even share of ``dim`` (remainder zero-padded), the last axis first:
+    for 2D this is exactly MAE's ``get_2d_sincos_pos_embed``.
+    """
+    n = len(grid)
+    share = 2 * (dim // (2 * n))
+    if share == 0:
+        raise ValueError(f"sin-cos dim {dim} too small for a {n}-d grid (need >= {2 * n})")
+    coords = torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij")
+    parts = [sincos_1d(share, coords[a].reshape(-1)) for a in reversed(range(n))]
+    table = torch.cat(parts, dim=1)
+    return nn.functional.pad(table, (0, dim - table.shape[1]))
+
+
+class CoordEmbed(nn.Module):
+    """MLP embedding of continuous coordinates (e.g. point-group centres): [..., C] -> [..., D]."""
+
+    def __init__(self, in_dim: int, dim: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        return self.net(coords)
+
+
+class GroupEmbed(nn.Module):
+    """Learned embedding of named groups (modalities, leads, bands); ids are checked against the names."""
+
+    def __init__(self, names: Sequence[str], dim: int):
+        super().__init__()
+        self.names = list(names)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"group names must be unique, got {self.names}")
+        self.table = nn.Embedding(len(self.names), dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ValueError(f"unknown group {name!r}; expected one of {self.names}") from None
+
+    def forward(self, group: torch.Tensor) -> torch.Tensor:  # [...] long -> [..., D]
+        if group.numel() and (int(group.min()) < 0 or int(group.max()) >= len(self.names)):
+            raise ValueError(f"group id out of range: expected 0..{len(self.names) - 1}, "
+                             f"got {int(group.min())}..{int(group.max())}")
+        return self.table(group)
+
+
+class GridTokenizer(nn.Module):
+    """Tokens of a named-group grid signal: MRI modalities, ECG leads, spectral band groups.
+
+    Input batch: ``image`` [B, G, C, *S] (G named groups of C channels each) and ``present`` [B, G] bool
+    (False for a missing group), optionally ``patch_valid`` [B, G, *grid] bool (e.g. nodata patches).
+    Each group has its own patch projection; every slot gets the N-d sin-cos position of its patch and
+    the learned embedding of its group, both in the encoder (and so in the decoder's slot embedding).
+    """
+
+    def __init__(self, groups: Sequence[str], spatial: Sequence[int], patch: Sequence[int], dim: int,
+                 channels: int = 1):
+        super().__init__()
+        self.groups = list(groups)
+        self.spatial, self.patch, self.channels = tuple(spatial), tuple(patch), channels
+        self.grid = _check_patch(self.spatial, self.patch)
+        self.dim = dim
+        n_in = channels
+        for p in self.patch:
+            n_in *= p
+        G = len(self.groups)
+        self.weight = nn.Parameter(torch.empty(G, n_in, dim))
+        self.bias = nn.Parameter(torch.zeros(G, dim))
+        bound = (6 / (n_in + dim)) ** 0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        self.group_embed = GroupEmbed(self.groups, dim)
+        self.register_buffer("pos_table", sincos_nd(dim, self.grid), persistent=False)  # [n, D]
+
+    @property
+    def patch_values(self) -> int:
+        """Values per patch (the target's P)."""
+        return self.weight.shape[1]
+
+    def forward(self, batch: dict) -> "TokenSet":
+        from core.tokens import TokenSet
+
+        x, present = batch["image"], batch["present"]  # [B, G, C, *S], [B, G]
+        B, G = x.shape[:2]
+        if G != len(self.groups) or tuple(x.shape[3:]) != self.spatial or x.shape[2] != self.channels:
+            raise ValueError(f"GridTokenizer expected image [B, {len(self.groups)}, {self.channels}, "
+                             f"{', '.join(map(str, self.spatial))}], got {list(x.shape)}")
+        patches = patchify(x.reshape(B * G, *x.shape[2:]), self.patch)  # [B*G, n, P]
+        n = patches.shape[1]
+        patches = patches.reshape(B, G, n, -1)  # [B, G, n, P]
+        emb = torch.einsum("bgnp,gpd->bgnd", patches, self.weight) + self.bias[:, None]  # [B, G, n, D]
+        gid = torch.arange(G, device=x.device)
+        slot = self.pos_table[None] + self.group_embed(gid)[:, None]  # [G, n, D]
+        valid = present[:, :, None].expand(B, G, n)
+        if "patch_valid" in batch:
+            valid = valid & batch["patch_valid"].reshape(B, G, n)
+        return TokenSet(
+            tokens=(emb + slot).reshape(B, G * n, -1),  # [B, N, D]
+            group=gid.repeat_interleave(n)[None].expand(B, -1),  # [B, N]
+            valid=valid.reshape(B, G * n),
+            pos=slot.reshape(1, G * n, -1),  # [1, N, D]
+            target=patches.reshape(B, G * n, -1),  # [B, N, P]
+            grid=self.grid,
+        )
+
+    def unpatchify(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, G * n, P] slot values -> [B, G, C, *S]."""
+        B, G = values.shape[0], len(self.groups)
+        x = unpatchify(values.reshape(B * G, -1, values.shape[-1]), self.patch, self.grid, self.channels)
+        return x.reshape(B, G, *x.shape[1:])

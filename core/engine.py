@@ -1,0 +1,373 @@
+"""The training loop for pretraining and fine-tuning: AdamW, warm-up + cosine, accumulation,
+clipping, AMP on CUDA, DDP under torchrun, metrics.csv, figures, exports and exact resume."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from core.checkpoint import atomic_write, load_training_state, rng_state, save_training_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    base_lr: float = 1.5e-4  # lr = base_lr x effective batch / 256 (the MAE rule), unless lr is set
+    lr: float | None = None
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (1.0 = off)
+    warmup_epochs: float = 1.0
+    betas: list[float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    accum_steps: int = 1
+    amp: str = "auto"  # auto: bf16 autocast on CUDA only; off; bf16; fp16
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+    figure_every: int = 1  # epochs between reconstruction figures (0 = none)
+    max_steps: int | None = None  # stop after this many optimizer steps (the schedule still spans all epochs)
+    tensorboard: bool = False
+    out_dir: str = "runs"
+    run_name: str | None = None  # default: a timestamp
+    resume: str | None = None
+    init_from: str | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "accum_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"train.amp must be one of auto, off, bf16, fp16; got {self.amp!r}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def to_device(batch, device):
+    """Move every tensor in a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class Distributed:
+    """Process-group facts; with no WORLD_SIZE (or 1) no group is made."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def cosine_schedule(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine down to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+class _ListSampler(Sampler):
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class MetricsLog:
+    """metrics.csv in the run folder: one row per logged step or evaluation, columns grown as needed."""
+
+    def __init__(self, path: Path, keep_until_step: int | None = None):
+        self.path, self.rows = path, []
+        if keep_until_step is not None and path.is_file():
+            with path.open() as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write(self.path, lambda p: Path(p).write_text(buf.getvalue()))
+
+
+def default_step(model: nn.Module, batch, generator: torch.Generator) -> dict:
+    """Pretraining: the MAE's own losses."""
+    return model(batch, generator)
+
+
+class Trainer:
+    """Runs ``step_fn(model, batch, generator) -> {'loss': tensor, ...}`` over a dataset.
+
+    Optional hooks: ``evaluate(model, loader) -> {name: float}`` after each epoch, ``figure(model, batch,
+    path)`` for a reconstruction figure, ``export(model, folder)`` for the export written beside
+    ``last.pt``. ``param_groups(model, lr)`` overrides the AdamW parameter groups.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: str | Path | None = None,
+                 step_fn: Callable = default_step, evaluate: Callable | None = None,
+                 figure: Callable | None = None, export: Callable | None = None,
+                 param_groups: Callable | None = None, collate: Callable | None = None):
+        self.cfg, self.step_fn, self.evaluate_fn = cfg, step_fn, evaluate
+        self.figure_fn, self.export_fn, self.collate = figure, export, collate
+        self.dist = Distributed()
+        self.device = self.dist.device
+        seed_everything(cfg.seed + self.dist.rank)
+        self.model = model.to(self.device)
+        self.run_dir = self._run_dir(run_dir)
+        self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * cfg.batch_size * cfg.accum_steps * self.dist.world / 256
+        groups = param_groups(self.model, self.lr) if param_groups else _default_groups(self.model, cfg.weight_decay, self.lr)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                    if self.dist.world > 1 else self.model)
+        self.mask_gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.dist.rank)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+
+    def _run_dir(self, run_dir) -> Path:
+        cfg = self.cfg
+        if cfg.resume:
+            path = Path(cfg.resume)
+            return path.parent if path.is_file() else path
+        if run_dir is None:
+            run_dir = Path(cfg.out_dir) / (cfg.run_name or time.strftime("%Y%m%d-%H%M%S"))
+        run_dir = Path(run_dir)
+        if self.dist.main:
+            if (run_dir / "last.pt").exists():
+                raise ValueError(f"run folder {run_dir} already holds a run; pass --resume {run_dir} or another train.run_name")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "rng": rng_state(), "mask_gen": self.mask_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        set_rng_state(state["rng"])
+        self.mask_gen.set_state(state["mask_gen"])
+
+    def save(self) -> None:
+        """last.pt (training state) and, with an export hook, export/ (on rank 0)."""
+        if not self.dist.main:
+            return
+        save_training_state(self.run_dir / "last.pt", self.state_dict())
+        if self.export_fn:
+            self.export_fn(self.model, self.run_dir / "export")
+
+    # -- loop --------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, indices: list[int], seed: int, shuffle: bool = False) -> DataLoader:
+        g = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=_ListSampler(indices), drop_last=shuffle,
+                          num_workers=self.cfg.num_workers, collate_fn=self.collate, worker_init_fn=_seed_worker,
+                          generator=g, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def fit(self, train_set: Dataset, val_set: Dataset | None = None) -> dict:
+        """Train for ``cfg.epochs`` (or until ``max_steps``); returns the last logged metrics."""
+        cfg = self.cfg
+        sampler = DistributedSampler(train_set, num_replicas=self.dist.world, rank=self.dist.rank,
+                                     shuffle=True, seed=cfg.seed, drop_last=True)
+        batches = len(sampler) // cfg.batch_size
+        if batches < cfg.accum_steps:
+            raise ValueError(f"the training set gives {batches} batches of {cfg.batch_size} per process; "
+                             f"need at least accum_steps={cfg.accum_steps}")
+        per_epoch = batches // cfg.accum_steps
+        total = cfg.epochs * per_epoch
+        warmup = min(int(cfg.warmup_epochs * per_epoch), total - 1)
+        min_ratio = cfg.min_lr / self.lr if self.lr > 0 else 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_schedule(s, total, warmup, min_ratio))
+        if cfg.resume:
+            path = Path(cfg.resume)
+            self.load_state_dict(load_training_state(path if path.is_file() else path / "last.pt"))
+            log.info("resumed %s at step %d (epoch %d)", self.run_dir, self.step, self.epoch)
+        metrics = MetricsLog(self.run_dir / "metrics.csv", self.step if cfg.resume else None)
+        if self.dist.main:
+            log.info("run folder %s; lr %.3g; %d steps/epoch; device %s", self.run_dir, self.lr, per_epoch, self.device)
+        writer = _tensorboard(self.run_dir) if cfg.tensorboard and self.dist.main else None
+        stop = cfg.max_steps if cfg.max_steps is not None else total
+        bar = _bar(total=min(stop, total), initial=self.step, disable=not self.dist.main)
+        last: dict = {}
+        while self.epoch < cfg.epochs and self.step < stop:
+            sampler.set_epoch(self.epoch)
+            indices = list(sampler)[: batches * cfg.batch_size]
+            start = self.batch_in_epoch
+            loader = self._loader(train_set, indices[start * cfg.batch_size:], cfg.seed + self.epoch, shuffle=True)
+            self.model.train()
+            sums: dict[str, torch.Tensor] = {}
+            n_sum = 0
+            for i, batch in enumerate(loader, start):
+                if i >= per_epoch * cfg.accum_steps:
+                    break
+                sync = (i + 1) % cfg.accum_steps == 0
+                out = self._forward_backward(batch, sync)
+                for k, v in out.items():
+                    if isinstance(v, torch.Tensor) and v.ndim == 0 and k.startswith(("loss", "metric")):
+                        sums[k] = sums.get(k, 0) + v.detach()
+                n_sum += 1
+                self.batch_in_epoch = i + 1
+                if not sync:
+                    continue
+                self._optimizer_step()
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == stop:
+                    last = {k: float(v) / n_sum for k, v in sums.items()}
+                    sums, n_sum = {}, 0
+                    row = {"kind": "train", "epoch": self.epoch, "step": self.step,
+                           "lr": self.optimizer.param_groups[0]["lr"], **last}
+                    self._log(metrics, writer, row, bar)
+                if self.step >= stop:
+                    break
+            if self.batch_in_epoch >= per_epoch * cfg.accum_steps:
+                self._end_epoch(metrics, writer, val_set, train_set, last)
+            self.save()
+        bar.close()
+        if writer:
+            writer.close()
+        return last
+
+    def _forward_backward(self, batch, sync: bool) -> dict:
+        batch = to_device(batch, self.device)
+        no_sync = self.ddp.no_sync if (self.dist.world > 1 and not sync) else contextlib.nullcontext
+        with no_sync(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                       enabled=self.amp_dtype is not None):
+            out = self.step_fn(self.ddp, batch, self.mask_gen)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {float(loss)} at step {self.step}; lower the lr or check the data")
+            self.scaler.scale(loss / self.cfg.accum_steps).backward()
+        return out
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    def _end_epoch(self, metrics, writer, val_set, train_set, last) -> None:
+        epoch = self.epoch
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if val_set is not None and self.evaluate_fn is not None:
+            scores = self.evaluate(val_set)
+            self._log(metrics, writer, {"kind": "val", "epoch": epoch, "step": self.step, **scores})
+        if self.figure_fn and self.cfg.figure_every and self.dist.main and (epoch + 1) % self.cfg.figure_every == 0:
+            data = val_set if val_set is not None else train_set
+            batch = next(iter(self._loader(data, list(range(min(len(data), 2))), self.cfg.seed)))
+            self.model.eval()
+            with torch.no_grad():
+                self.figure_fn(self.model, to_device(batch, self.device), self.run_dir / f"recon_epoch{epoch + 1:03d}.png")
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset) -> dict:
+        """Run the ``evaluate`` hook on ``dataset`` (every rank sees all of it; rank 0 logs)."""
+        self.model.eval()
+        loader = self._loader(dataset, list(range(len(dataset))), self.cfg.seed)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            return self.evaluate_fn(self.model, (to_device(b, self.device) for b in loader))
+
+    def _log(self, metrics, writer, row, bar=None) -> None:
+        if not self.dist.main:
+            return
+        metrics.add(row)
+        if writer:
+            for k, v in row.items():
+                if k not in ("kind", "epoch", "step") and isinstance(v, (int, float)):
+                    writer.add_scalar(f"{row['kind']}/{k}", v, row["step"])
+        text = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+        if bar is not None and not bar.disable:
+            bar.set_postfix_str(text)
+        else:
+            log.info("%s epoch %d step %d %s", row["kind"], row["epoch"], row["step"], text)
+
+
+def _default_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 and not name.endswith("_token") else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+
+
+def _amp_dtype(amp: str, device: torch.device):
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def _bar(total: int, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=disable or not sys.stderr.isatty(), unit="step")
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("train.tensorboard=true needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))

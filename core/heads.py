@@ -1,0 +1,139 @@
+"""Downstream heads: poolers, probes, classifiers, regression, survival, and layer-wise lr decay."""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Pooler(nn.Module):
+    """Pool encoder features to one vector: 'cls', 'mean' over valid slots, or 'attention' pooling."""
+
+    KINDS = ("cls", "mean", "attention")
+
+    def __init__(self, dim: int, kind: str = "mean", heads: int = 4):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"pooler must be one of {self.KINDS}, got {kind!r}")
+        self.kind = kind
+        if kind == "attention":
+            self.query = nn.Parameter(torch.zeros(1, 1, dim))
+            nn.init.normal_(self.query, std=0.02)
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``feats`` from MAEEncoder: tokens [B, N, D], valid [B, N], cls [B, D] -> [B, D]."""
+        if self.kind == "cls":
+            return feats["cls"]
+        tokens, valid = feats["tokens"], feats["valid"]
+        if self.kind == "mean":
+            w = valid[..., None].to(tokens.dtype)
+            return (tokens * w).sum(1) / w.sum(1).clamp_min(1)
+        q = self.query.expand(tokens.shape[0], -1, -1)
+        out, _ = self.attn(q, tokens, tokens, key_padding_mask=~valid)  # [B, 1, D]
+        return self.norm(out[:, 0])
+
+
+class LinearProbe(nn.Module):
+    """MAE's linear probe: a BatchNorm without affine, then one linear layer."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLPHead(nn.Module):
+    """LayerNorm -> Linear -> GELU -> dropout -> Linear; the head for classification and regression."""
+
+    def __init__(self, dim: int, out: int, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool = False,
+                        pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (y [B] long) or, multi-label, BCE with ``pos_weight`` (y [B, C] in {0, 1})."""
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=pos_weight)
+    return F.cross_entropy(logits, y.long())
+
+
+def pos_weight_from_labels(y: torch.Tensor) -> torch.Tensor:
+    """negatives / positives per class [C] for y [B, C], for BCE's pos_weight."""
+    pos = y.float().sum(0)
+    return (y.shape[0] - pos) / pos.clamp_min(1)
+
+
+def regression_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 between pred [B, 1] or [B] and y [B]."""
+    return F.smooth_l1_loss(pred.reshape(-1), y.float().reshape(-1))
+
+
+def survival_loss(logits: torch.Tensor, time_bin: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Discrete-time survival, logistic hazard: logits [B, T] per interval, ``time_bin`` [B] the interval
+    of the event or censoring, ``event`` [B] 1 if observed. An event in bin t means hazard 0 before t
+    and 1 at t; a censored case contributes hazard 0 up to and including t."""
+    T = logits.shape[1]
+    t = torch.arange(T, device=logits.device)[None]  # [1, T]
+    tb = time_bin.long()[:, None]
+    y = ((t == tb) & (event[:, None] > 0)).float()  # [B, T]
+    at_risk = (t <= tb).float()
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    return (bce * at_risk).sum() / at_risk.sum().clamp_min(1)
+
+
+def survival_risk(logits: torch.Tensor) -> torch.Tensor:
+    """Risk score [B] from hazard logits: 1 - S(T), the probability of the event by the last interval."""
+    survival = torch.cumprod(1 - torch.sigmoid(logits), dim=1)
+    return 1 - survival[:, -1]
+
+
+def concordance_index(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> float:
+    """Harrell's C-index: among comparable pairs (i had the event before j's time), the fraction where
+    i has the higher risk; ties in risk count one half."""
+    risk, time, event = risk.double().reshape(-1), time.double().reshape(-1), event.bool().reshape(-1)
+    comparable = (time[:, None] < time[None, :]) & event[:, None]  # [n, n]: i before j, i observed
+    if not bool(comparable.any()):
+        raise ValueError("C-index needs at least one comparable pair (an observed event before another time)")
+    diff = risk[:, None] - risk[None, :]
+    score = (diff > 0).double() + 0.5 * (diff == 0).double()
+    return float((score * comparable).sum() / comparable.sum())
+
+
+_BLOCK = re.compile(r"blocks\.blocks\.(\d+)\.")
+
+
+def layer_decay_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float,
+                       depth: int) -> list[dict]:
+    """AdamW parameter groups with layer-wise lr decay (BEiT/MAE fine-tuning).
+
+    The tokenizer and cls/mask tokens are layer 0, encoder block i is layer i + 1, everything else
+    (final norm, heads) layer depth + 1; layer l gets lr x layer_decay^(depth + 1 - l). Biases, norms
+    and tokens get no weight decay.
+    """
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        m = _BLOCK.search(name)
+        if m:
+            layer = int(m.group(1)) + 1
+        elif "tokenizer." in name or name.endswith(("cls_token", "mask_token")):
+            layer = 0
+        else:
+            layer = depth + 1
+        decay = p.ndim > 1 and not name.endswith(("cls_token", "mask_token"))
+        g = groups.setdefault((layer, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0,
+                                               "lr": lr * layer_decay ** (depth + 1 - layer)})
+        g["params"].append(p)
+    return list(groups.values())

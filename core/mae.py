@@ -1,0 +1,187 @@
+"""The masked autoencoder: tokenizer -> masking -> encoder -> light decoder -> target."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from core.masking import MaskingStrategy, plan_from_scores
+from core.tokens import MaskPlan, TokenSet
+from core.transformer import Transformer
+
+
+def gather_slots(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B or 1, N, D], idx [B, K] -> [B, K, D]."""
+    x = x.expand(idx.shape[0], -1, -1)
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def full_plan(valid: torch.Tensor) -> MaskPlan:
+    """A plan that shows every valid slot and hides none."""
+    return plan_from_scores(torch.zeros(valid.shape, device=valid.device), valid, 0.0)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class MAEEncoder(nn.Module):
+    """Tokenizer + transformer encoder with a cls token; the part that downstream models keep.
+
+    ``group_names`` name the tokenizer's group ids in order, so callers select groups by name.
+    """
+
+    def __init__(self, tokenizer: nn.Module, group_names: Sequence[str], dim: int, depth: int, heads: int,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, checkpointing: bool = False,
+                 mask_token: bool = False):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.group_names = list(group_names)
+        self.dim, self.depth = dim, depth
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # a learned mask token only for the SimMIM mode (unused parameters would stall DDP)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if mask_token else None
+        self.blocks = Transformer(dim, depth, heads, mlp_ratio, drop_path, checkpointing)
+        self.blocks.apply(_init_weights)
+        nn.init.normal_(self.cls_token, std=0.02)
+        if mask_token:
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    def group_ids(self, groups: Sequence[str]) -> list[int]:
+        unknown = [g for g in groups if g not in self.group_names]
+        if unknown:
+            raise ValueError(f"unknown groups {unknown}; expected names from {self.group_names}")
+        return [self.group_names.index(g) for g in groups]
+
+    def run(self, ts: TokenSet, plan: MaskPlan, mode: str = "drop",
+            return_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encode under a plan. drop: [B, 1 + K, D] over kept slots; mask_token: [B, 1 + N, D]."""
+        B = ts.tokens.shape[0]
+        if mode == "drop":
+            x, pad = gather_slots(ts.tokens, plan.keep), plan.keep_pad  # [B, K, D], [B, K]
+        else:
+            hidden = (plan.mask | ~ts.valid)[..., None]
+            x = torch.where(hidden, self.mask_token + ts.pos, ts.tokens)  # [B, N, D]
+            pad = ~ts.valid
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
+        pad = torch.cat([pad.new_zeros(B, 1), pad], dim=1)
+        out = self.blocks(x, pad, return_layers)
+        return out if return_layers else (out, [])
+
+    def forward(self, batch, groups: Sequence[str] | None = None,
+                return_layers: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+        """Features with no masking, from all groups or the named subset.
+
+        Returns tokens [B, N, D] (zeros where not valid), valid [B, N], cls [B, D], and, with
+        ``return_layers``, layers: list of [B, N, D].
+        """
+        ts = self.tokenizer(batch)
+        valid = ts.valid
+        if groups is not None:
+            ids = torch.tensor(self.group_ids(groups), device=valid.device)
+            valid = valid & torch.isin(ts.group, ids)
+        plan = full_plan(valid)
+        x, layers = self.run(ts, plan, "drop", return_layers)
+        keep = ~plan.keep_pad
+
+        def scatter(t):  # [B, 1 + K, D] -> [B, N, D]
+            out = t.new_zeros(ts.tokens.shape)
+            vals = t[:, 1:] * keep[..., None]
+            return out.scatter(1, plan.keep[..., None].expand(-1, -1, t.shape[-1]), vals)
+
+        return {"tokens": scatter(x), "valid": valid, "cls": x[:, 0], "group": ts.group,
+                "layers": [scatter(t) for t in layers], "tokenset": ts}
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE / SimMIM with a light transformer decoder.
+
+    mode ``drop``: the encoder sees only kept slots (MAE). mode ``mask_token``: it sees every valid slot
+    with a learned mask token in hidden ones (SimMIM). ``decoder_mask_ratio`` > 0 decodes only a random
+    fraction (1 - ratio) of the hidden slots while training (VideoMAE V2).
+    """
+
+    def __init__(self, encoder: MAEEncoder, masking: MaskingStrategy, target, pred_dim: int,
+                 decoder_dim: int = 256, decoder_depth: int = 2, decoder_heads: int = 8, mlp_ratio: float = 4.0,
+                 mode: str = "drop", decoder_mask_ratio: float = 0.0):
+        super().__init__()
+        if mode not in ("drop", "mask_token"):
+            raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
+        if mode == "mask_token" and encoder.mask_token is None:
+            raise ValueError("mode 'mask_token' needs an encoder built with mask_token=True")
+        if not 0.0 <= decoder_mask_ratio < 1.0:
+            raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {decoder_mask_ratio}")
+        self.encoder, self.masking, self.target = encoder, masking, target
+        self.mode, self.decoder_mask_ratio = mode, decoder_mask_ratio
+        D = encoder.dim
+        self.decoder_embed = nn.Linear(D, decoder_dim)
+        self.decoder_pos = nn.Linear(D, decoder_dim)
+        self.decoder_mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio)
+        self.decoder_pred = nn.Linear(decoder_dim, pred_dim)
+        for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred):
+            m.apply(_init_weights)
+        nn.init.normal_(self.decoder_mask_token, std=0.02)
+
+    @property
+    def group_names(self) -> list[str]:
+        return self.encoder.group_names
+
+    def forward(self, batch, generator: torch.Generator | None = None) -> dict:
+        """Mask, encode, decode and score one batch.
+
+        Returns the target's losses ('loss', 'loss/<group>'), 'pred' [B, M, P] for slots 'pred_idx'
+        [B, M] ('pred_pad' marks padding), the 'plan' and the 'tokenset'.
+        """
+        generator = generator if generator is not None else torch.default_generator
+        ts = self.encoder.tokenizer(batch)
+        plan = self.masking(ts.valid, generator, ts.group, ts.grid)
+        query = plan.mask
+        if self.training and self.decoder_mask_ratio > 0:
+            noise = torch.rand(query.shape, generator=generator, device=generator.device).to(query.device)
+            decoded = plan_from_scores(noise, query, self.decoder_mask_ratio)
+        else:
+            decoded = full_plan(query)
+        return self.predict(ts, plan, decoded.keep, decoded.keep_pad)
+
+    def predict(self, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor) -> dict:
+        """Encode what ``plan`` shows and predict the slots ``idx`` [B, M] (``pad`` [B, M] True = padding)."""
+        latent, _ = self.encoder.run(ts, plan, self.mode)  # [B, 1 + L, D]
+        y = self.decoder_embed(latent)  # [B, 1 + L, Dd]
+        pos = self.decoder_pos(ts.pos).expand(y.shape[0], -1, -1)  # [B, N, Dd]
+        if self.mode == "drop":
+            vis, vis_pad = y[:, 1:] + gather_slots(pos, plan.keep), plan.keep_pad
+            query = self.decoder_mask_token + gather_slots(pos, idx)  # [B, M, Dd]
+            seq = torch.cat([y[:, :1], vis, query], dim=1)
+            seq_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), vis_pad, pad], dim=1)
+            pred = self.decoder_pred(self.decoder(seq, seq_pad)[:, -idx.shape[1]:])  # [B, M, P]
+        else:
+            seq = y.clone()
+            seq[:, 1:] = seq[:, 1:] + pos
+            seq_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), ~ts.valid], dim=1)
+            out = self.decoder(seq, seq_pad)[:, 1:]  # [B, N, Dd]
+            pred = self.decoder_pred(gather_slots(out, idx))
+        result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
+        if ts.target is not None:
+            result.update(self.target(pred, ts, idx, (~pad).float()))
+        return result
+
+    @torch.no_grad()
+    def fill(self, batch, groups: Sequence[str]) -> dict:
+        """Predict every slot of the named ``groups`` from all the other valid slots (no random masking):
+        how a missing modality, lead or band is synthesised."""
+        ts = self.encoder.tokenizer(batch)
+        ids = torch.tensor(self.encoder.group_ids(groups), device=ts.valid.device)
+        wanted = torch.isin(ts.group, ids)  # [B, N]
+        shown = ts.valid & ~wanted
+        plan = full_plan(shown)
+        plan.mask = wanted
+        query = full_plan(wanted)
+        return self.predict(ts.with_valid(shown | wanted), plan, query.keep, query.keep_pad)

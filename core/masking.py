@@ -1,0 +1,242 @@
+"""Masking strategies. Each one scores every slot (lower = kept first) and hands the scores to
+:func:`plan_from_scores`, which keeps round((1 - ratio) x valid count) valid slots per sample.
+
+All strategies are vectorised over the batch and draw their randomness from an explicit
+``torch.Generator``, so one seed gives the same masks on every platform.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from core.tokens import MaskPlan
+
+
+def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float) -> MaskPlan:
+    """Keep the lowest-scoring round((1 - ratio) x valid count) valid slots of each sample.
+
+    scores [B, N] float, valid [B, N] bool. Invalid slots are never kept and never hidden.
+    """
+    B, N = scores.shape
+    n_keep = torch.round((1.0 - ratio) * valid.sum(1).double()).long()  # [B]
+    order = scores.masked_fill(~valid, math.inf).argsort(dim=1, stable=True)  # [B, N]
+    K = int(n_keep.max()) if B else 0
+    keep = order[:, :K]  # [B, K]
+    keep_pad = torch.arange(K, device=scores.device)[None] >= n_keep[:, None]  # [B, K]
+    kept = torch.zeros_like(valid).scatter_(1, keep, ~keep_pad)
+    return MaskPlan(mask=valid & ~kept, keep=keep, keep_pad=keep_pad)
+
+
+def _check_ratio(ratio: float) -> float:
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
+    return float(ratio)
+
+
+def _rand(shape, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def _need_grid(name: str, grid) -> tuple[int, ...]:
+    if not grid:
+        raise ValueError(f"{name} masking needs a token grid; the tokenizer gave none")
+    return tuple(grid)
+
+
+def _rank(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return x.argsort(dim=dim).argsort(dim=dim).to(torch.float64)
+
+
+class MaskingStrategy(ABC):
+    """Base: ``strategy(valid, generator, group=None, grid=None) -> MaskPlan``."""
+
+    def __init__(self, ratio: float = 0.75):
+        self.ratio = _check_ratio(ratio)
+
+    @abstractmethod
+    def scores(self, valid, generator, group, grid) -> torch.Tensor:
+        """[B, N] float scores; the lowest are kept."""
+
+    def __call__(self, valid: torch.Tensor, generator: torch.Generator, group: torch.Tensor | None = None,
+                 grid: Sequence[int] | None = None) -> MaskPlan:
+        return plan_from_scores(self.scores(valid, generator, group, grid), valid, self.ratio)
+
+
+class RandomMasking(MaskingStrategy):
+    """MAE: argsort of uniform noise."""
+
+    def scores(self, valid, generator, group, grid):
+        return _rand(valid.shape, generator, valid.device)
+
+
+def _blocks(valid: torch.Tensor, grid: Sequence[int]) -> tuple[int, int, int]:
+    B, N = valid.shape
+    cells = math.prod(grid)
+    return B, N // cells, cells
+
+
+class BlockMasking(MaskingStrategy):
+    """SimMIM-style: the grid is cut into cubes of ``block`` tokens per axis, hidden cube by cube
+    (at most one cube per sample is partly hidden)."""
+
+    def __init__(self, ratio: float = 0.75, block: int = 2):
+        super().__init__(ratio)
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.block = int(block)
+
+    def scores(self, valid, generator, group, grid):
+        grid = _need_grid("block", grid)
+        B, nb, cells = _blocks(valid, grid)
+        coarse = [math.ceil(g / self.block) for g in grid]
+        unit = _rank(_rand((B, nb * math.prod(coarse)), generator, valid.device))
+        unit = unit.reshape(B, nb, *coarse)
+        for axis, g in enumerate(grid):  # nearest upsampling to the token grid
+            unit = unit.repeat_interleave(self.block, dim=2 + axis).narrow(2 + axis, 0, g)
+        tie = _rand((B, nb * cells), generator, valid.device).double()
+        return unit.reshape(B, -1) + tie
+
+
+class TubeMasking(MaskingStrategy):
+    """VideoMAE: one spatial mask repeated along the time axis (the grid's first axis)."""
+
+    def scores(self, valid, generator, group, grid):
+        grid = _need_grid("tube", grid)
+        B, nb, cells = _blocks(valid, grid)
+        T, spatial = grid[0], math.prod(grid[1:])
+        col = _rank(_rand((B, nb * spatial), generator, valid.device)).reshape(B, nb, 1, spatial)
+        tie = _rand((B, nb * cells), generator, valid.device).double()
+        return col.expand(B, nb, T, spatial).reshape(B, -1) + tie
+
+
+class ColoredNoiseMasking(MaskingStrategy):
+    """ColorMAE: white noise filtered in the Fourier domain of the token grid, then top-K.
+
+    red = low-pass, blue = high-pass, green = band-pass, purple = band-stop; ``sigma`` is the
+    Gaussian width in tokens (green/purple use sigma and 2 x sigma).
+    """
+
+    COLORS = ("red", "blue", "green", "purple")
+
+    def __init__(self, ratio: float = 0.75, color: str = "green", sigma: float = 1.0):
+        super().__init__(ratio)
+        if color not in self.COLORS:
+            raise ValueError(f"color must be one of {self.COLORS}, got {color!r}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.color, self.sigma = color, float(sigma)
+
+    def _response(self, grid, device) -> torch.Tensor:
+        freqs = [torch.fft.fftfreq(g, device=device) for g in grid[:-1]] + [torch.fft.rfftfreq(grid[-1], device=device)]
+        f2 = sum(f ** 2 for f in torch.meshgrid(*freqs, indexing="ij"))
+
+        def gauss(s):
+            return torch.exp(-2 * math.pi ** 2 * s ** 2 * f2)
+
+        low, wide = gauss(self.sigma), gauss(2 * self.sigma)
+        return {"red": wide, "blue": 1 - low, "green": low - wide, "purple": 1 - low + wide}[self.color]
+
+    def scores(self, valid, generator, group, grid):
+        grid = _need_grid("colored-noise", grid)
+        B, nb, cells = _blocks(valid, grid)
+        dims = tuple(range(-len(grid), 0))
+        white = _rand((B, nb, *grid), generator, valid.device)
+        colored = torch.fft.irfftn(torch.fft.rfftn(white, dim=dims) * self._response(grid, valid.device), s=grid, dim=dims)
+        return -colored.reshape(B, -1)  # the highest values are hidden
+
+
+def _rank_in_group(noise: torch.Tensor, group: torch.Tensor, valid: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Random rank of each slot among the valid slots of its group (invalid slots rank last)."""
+    B, N = group.shape
+    key = group.double() * 2 + noise.double() + (~valid).double()  # valid in [2g, 2g+1), invalid after
+    order = key.argsort(dim=1)  # [B, N] slots sorted by group, then by noise
+    counts = torch.zeros(B, n_groups, dtype=torch.long, device=group.device).scatter_add_(1, group, torch.ones_like(group))
+    starts = counts.cumsum(1) - counts  # [B, G]
+    pos = torch.arange(N, device=group.device)[None] - starts.gather(1, group.gather(1, order))
+    return torch.empty_like(pos).scatter_(1, order, pos).double()  # [B, N]
+
+
+def _groups(group) -> int:
+    if group is None:
+        raise ValueError("group masking needs group ids; the tokenizer gave none")
+    return int(group.max()) + 1
+
+
+def _valid_per_group(group, valid, n_groups) -> torch.Tensor:
+    return torch.zeros(group.shape[0], n_groups, dtype=torch.float64, device=group.device).scatter_add_(1, group, valid.double())
+
+
+def sample_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gamma(alpha, 1) samples drawn from ``generator`` (Marsaglia-Tsang, vectorised rounds)."""
+    a = alpha.double() + (alpha < 1).double()  # boost alpha < 1, corrected below
+    d = a - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    out = torch.zeros_like(a)
+    done = torch.zeros_like(a, dtype=torch.bool)
+    while not bool(done.all()):
+        z = torch.randn(a.shape, generator=generator, device=generator.device, dtype=torch.float64).to(a.device)
+        u = _rand(a.shape, generator, a.device).double()
+        v = (1 + c * z) ** 3
+        ok = (v > 0) & (u.log() < 0.5 * z ** 2 + d - d * v + d * v.clamp_min(1e-300).log())
+        out = torch.where(ok & ~done, d * v, out)
+        done |= ok
+    u = _rand(a.shape, generator, a.device).double()
+    return torch.where(alpha < 1, out * u ** (1.0 / alpha.double()), out)
+
+
+class GroupDirichletMasking(MaskingStrategy):
+    """MultiMAE / BM-MAE: each sample's visible budget is split across its present groups by
+    Dirichlet(alpha); budgets are apportioned exactly (Sainte-Lague) and capped by what a group has."""
+
+    def __init__(self, ratio: float = 0.75, alpha: float = 1.0):
+        super().__init__(ratio)
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.alpha = float(alpha)
+
+    def shares(self, valid, generator, group) -> torch.Tensor:
+        """Dirichlet shares [B, G] over the groups each sample has (zero for absent groups)."""
+        G = _groups(group)
+        present = _valid_per_group(group, valid, G) > 0
+        g = sample_gamma(torch.full(present.shape, self.alpha, device=valid.device), generator)
+        g = (g * present).clamp_min(0)
+        return g / g.sum(1, keepdim=True).clamp_min(1e-300)
+
+    def scores(self, valid, generator, group, grid):
+        G = _groups(group)
+        p = self.shares(valid, generator, group).clamp_min(1e-12)  # [B, G]
+        rank = _rank_in_group(_rand(valid.shape, generator, valid.device), group, valid, G)
+        return (rank + 0.5) / p.gather(1, group)
+
+
+class GroupIndependentMasking(MaskingStrategy):
+    """SatMAE: every group is masked at the ratio on its own (proportional apportionment)."""
+
+    def scores(self, valid, generator, group, grid):
+        G = _groups(group)
+        n = _valid_per_group(group, valid, G).clamp_min(1)  # [B, G]
+        rank = _rank_in_group(_rand(valid.shape, generator, valid.device), group, valid, G)
+        return (rank + 0.5) / n.gather(1, group)
+
+
+STRATEGIES = {
+    "random": RandomMasking,
+    "block": BlockMasking,
+    "tube": TubeMasking,
+    "colored": ColoredNoiseMasking,
+    "group_dirichlet": GroupDirichletMasking,
+    "group_independent": GroupIndependentMasking,
+}
+
+
+def build_masking(name: str, ratio: float, **options) -> MaskingStrategy:
+    """Build a strategy by name; of ``options`` (block, color, sigma, alpha) it takes those it has."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown masking strategy {name!r}; expected one of {sorted(STRATEGIES)}")
+    cls = STRATEGIES[name]
+    own = inspect.signature(cls.__init__).parameters
+    return cls(ratio, **{k: v for k, v in options.items() if k in own})

@@ -1,0 +1,88 @@
+"""Pre-norm transformer blocks on ``F.scaled_dot_product_attention`` with key padding."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch per sample."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # [B, H, N, d]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, d]
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x)), each with drop-path."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def key_padding_mask(pad: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, N] bool (True = padding) -> SDPA mask [B, 1, 1, N] (True = attend), or None if nothing is padded."""
+    if pad is None or not bool(pad.any()):
+        return None
+    return ~pad[:, None, None, :]
+
+
+class Transformer(nn.Module):
+    """A stack of pre-norm blocks with a final norm; drop-path rises linearly with depth."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 checkpointing: bool = False):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio, drop_path * i / max(depth - 1, 1)) for i in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.checkpointing = checkpointing
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None,
+                return_layers: tuple[int, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x [B, N, D], pad [B, N] True = ignore as a key. With ``return_layers``, also the outputs
+        of those blocks (1-based)."""
+        mask = key_padding_mask(pad)
+        layers = []
+        for i, blk in enumerate(self.blocks, 1):
+            if self.checkpointing and self.training:
+                x = checkpoint(blk, x, mask, use_reentrant=False)
+            else:
+                x = blk(x, mask)
+            if i in return_layers:
+                layers.append(x)
+        x = self.norm(x)
+        return (x, layers) if return_layers else x

@@ -1,0 +1,107 @@
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+import yaml
+
+from core import DataError
+from core.checkpoint import load_export, load_training_state, load_weights, save_export, save_training_state
+from core.config import apply_overrides, load_config, save_config
+from core.engine import TrainConfig
+from toy import toy_mae
+
+
+def test_export_and_reload_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    model = toy_mae()
+    save_export(tmp_path / "exp", model, {"arch": "toy", "groups": ["a", "b"]})
+    config, state = load_export(tmp_path / "exp")
+    assert config["groups"] == ["a", "b"] and config["export_version"] == 1
+    torch.manual_seed(1)
+    other = toy_mae()
+    load_weights(other, state)
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not list(tmp_path.glob("exp/.*tmp"))  # atomic writes leave no temporary files
+
+
+def test_load_weights_reports_missing_and_unexpected_keys():
+    model = toy_mae()
+    state = dict(model.state_dict())
+    state["extra.weight"] = torch.zeros(1)
+    del state["decoder_pred.bias"]
+    state["decoder_pred.weight"] = torch.zeros(3, 3)  # wrong shape: reported, not loaded
+    with pytest.raises(ValueError, match="missing .*decoder_pred.bias.*unexpected .*extra.weight"):
+        load_weights(model, state)
+    missing, unexpected = load_weights(model, state, strict=False)
+    assert "decoder_pred.weight" in missing and unexpected == ["extra.weight"]
+
+
+def test_bad_exports_raise_data_error(tmp_path):
+    with pytest.raises(DataError, match="config.json: found no such file"):
+        load_export(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="invalid JSON"):
+        load_export(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="model.safetensors"):
+        load_export(tmp_path)
+
+
+def test_training_state_loads_with_weights_only_and_rejects_pickled_code(tmp_path):
+    state = {"model": toy_mae().state_dict(), "step": 3}
+    save_training_state(tmp_path / "last.pt", state)
+    assert load_training_state(tmp_path / "last.pt")["step"] == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(DataError, match="unreadable training state"):
+        load_training_state(tmp_path / "evil.pt")
+
+
+@dataclass
+class Inner:
+    ratio: float = 0.5
+    name: str = "a"
+    sizes: list[int] = field(default_factory=lambda: [1, 2])
+    limit: int | None = None
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_config_yaml_overrides_and_saving(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  ratio: 1\n  sizes: [3]\ntrain:\n  epochs: 2\n")
+    cfg = load_config(Outer, path, ["inner.name=b", "train.batch_size=4", "inner.limit=7"])
+    assert cfg.inner.ratio == 1.0 and isinstance(cfg.inner.ratio, float)
+    assert cfg.inner.sizes == [3] and cfg.inner.name == "b" and cfg.inner.limit == 7
+    assert cfg.train.epochs == 2 and cfg.train.batch_size == 4
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert again["inner"]["name"] == "b" and again["train"]["batch_size"] == 4
+
+
+def test_config_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(ValueError, match=r"unknown config key 'inner.ratoi'; expected one of \['inner.ratio'"):
+        load_config(Outer, None, ["inner.ratoi=0.3"])
+    with pytest.raises(ValueError, match="config key 'inner.ratio': expected float, got 'x'"):
+        load_config(Outer, None, ["inner.ratio=x"])
+    with pytest.raises(ValueError, match="train.epochs must be >= 1, got 0"):
+        load_config(Outer, None, ["train.epochs=0"])
+    with pytest.raises(ValueError, match="key.sub=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_bad_yaml_is_a_data_error(tmp_path):
+    (tmp_path / "c.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(DataError, match="expected a YAML mapping"):
+        load_config(Outer, tmp_path / "c.yaml")

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from core.embed import CoordEmbed, GridTokenizer, GroupEmbed, PatchEmbed, patchify, sincos_nd, unpatchify
+
+
+@pytest.mark.parametrize("spatial,patch", [((12,), (4,)), ((8, 12), (4, 2)), ((4, 8, 6), (2, 4, 3))])
+def test_patchify_round_trip(spatial, patch):
+    x = torch.randn(2, 3, *spatial)
+    p = patchify(x, patch)
+    n = int(np.prod([s // q for s, q in zip(spatial, patch)]))
+    assert p.shape == (2, n, 3 * int(np.prod(patch)))
+    grid = [s // q for s, q in zip(spatial, patch)]
+    assert torch.equal(unpatchify(p, patch, grid, 3), x)
+
+
+def test_patchify_first_patch_holds_the_corner_values():
+    x = torch.arange(2 * 4 * 4.0).reshape(1, 2, 4, 4)
+    p = patchify(x, (2, 2))  # values in (p, q, c) order, as in MAE
+    expected = torch.stack([x[0, :, :2, :2].permute(1, 2, 0)]).reshape(1, -1)
+    assert torch.equal(p[:, 0], expected)
+
+
+def test_patch_size_must_divide():
+    with pytest.raises(ValueError, match="must divide"):
+        patchify(torch.zeros(1, 1, 10, 10), (3, 3))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_patch_embed_equals_strided_conv(d):
+    patch = (2,) * d
+    emb = PatchEmbed(patch, 3, 8)
+    conv = [torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d][d - 1](3, 8, patch, stride=patch)
+    # the linear weight is laid out (p..., c): move channels last to compare with the conv kernel
+    w = conv.weight.permute(0, *range(2, 2 + d), 1).reshape(8, -1)
+    emb.proj.weight.data.copy_(w)
+    emb.proj.bias.data.copy_(conv.bias.data)
+    x = torch.randn(2, 3, *(4,) * d)
+    ref = conv(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(emb(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def _mae_1d(dim, pos):
+    omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
+    omega = 1.0 / 10000 ** omega
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def _mae_2d(dim, h, w):  # the original MAE formula (get_2d_sincos_pos_embed), generalised to h x w
+    grid = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    grid = np.stack(grid, axis=0).reshape([2, 1, h, w])
+    return np.concatenate([_mae_1d(dim // 2, grid[0]), _mae_1d(dim // 2, grid[1])], axis=1)
+
+
+@pytest.mark.parametrize("dim,h,w", [(64, 14, 14), (32, 4, 6)])
+def test_sincos_2d_matches_mae(dim, h, w):
+    ours = sincos_nd(dim, (h, w)).numpy()
+    np.testing.assert_allclose(ours, _mae_2d(dim, h, w), atol=1e-6)
+
+
+def test_sincos_3d_distinguishes_every_position():
+    t = sincos_nd(48, (4, 5, 6))
+    assert t.shape == (120, 48)
+    assert torch.cdist(t, t).add(torch.eye(120) * 10).min() > 1e-3
+
+
+def test_group_embed_rejects_out_of_range_ids():
+    g = GroupEmbed(["t1", "t2"], 4)
+    with pytest.raises(ValueError, match="expected 0..1, got 0..2"):
+        g(torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="unknown group"):
+        g.index("flair")
+
+
+def test_coord_embed_shape_and_sensitivity():
+    e = CoordEmbed(3, 16)
+    c = torch.randn(2, 5, 3)
+    out = e(c)
+    assert out.shape == (2, 5, 16)
+    assert not torch.allclose(out[:, 0], e(c + 1)[:, 0])
+
+
+def test_grid_tokenizer_marks_missing_groups_invalid_and_round_trips():
+    tok = GridTokenizer(["a", "b", "c"], (8, 8), (4, 4), 16)
+    x = torch.randn(2, 3, 1, 8, 8)
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    ts = tok({"image": x, "present": present})
+    assert ts.tokens.shape == (2, 12, 16) and ts.grid == (2, 2)
+    assert ts.valid[0].tolist() == [True] * 4 + [False] * 4 + [True] * 4
+    assert ts.group[0].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert torch.equal(tok.unpatchify(ts.target), x)
+    with pytest.raises(ValueError, match="expected image"):
+        tok({"image": torch.randn(2, 2, 1, 8, 8), "present": present})

@@ -1,0 +1,103 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, collate
+from core.checkpoint import save_export
+from core.engine import Trainer, TrainConfig, cosine_schedule
+from toy import ToyImages, toy_mae
+
+
+def _trainer(tmp_path, name, **kw):
+    torch.manual_seed(0)
+    cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "base_lr": 0.05, "warmup_epochs": 0.5, "log_every": 1,
+                         "out_dir": str(tmp_path), "run_name": name, **kw})
+    return Trainer(toy_mae(), cfg, collate=collate,
+                   export=lambda m, f: save_export(f, m, {"arch": "toy"}),
+                   evaluate=lambda m, loader: {"val_loss": sum(m(b, torch.Generator().manual_seed(0))["loss"].item()
+                                                                for b in loader)},
+                   figure=lambda m, b, p: p.write_bytes(b"png"))
+
+
+def test_resume_continues_exactly(tmp_path):
+    data, val = ToyImages(32), ToyImages(8, seed=1)
+    full = _trainer(tmp_path, "full")
+    full.fit(data, val)
+    part = _trainer(tmp_path, "part", max_steps=3)  # stops inside the first epoch
+    part.fit(data, val)
+    assert part.step == 3
+    resumed = _trainer(tmp_path, "ignored", resume=str(tmp_path / "part"))
+    resumed.fit(data, val)
+    assert resumed.step == full.step == 8
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    rows = list(csv.DictReader((tmp_path / "part" / "metrics.csv").open()))
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [str(s) for s in range(1, 9)]
+    assert len([r for r in rows if r["kind"] == "val"]) == 2
+    assert (tmp_path / "part" / "export" / "model.safetensors").is_file()
+    assert (tmp_path / "part" / "recon_epoch002.png").is_file()
+
+
+def test_loss_falls_and_lr_follows_the_mae_rule(tmp_path):
+    t = _trainer(tmp_path, "a", epochs=6, base_lr=1.5e-4 * 256 / 8 * 10)
+    assert t.lr == pytest.approx(1.5e-3)
+    t.fit(ToyImages(64))
+    rows = [r for r in csv.DictReader((tmp_path / "a" / "metrics.csv").open())]
+    losses = [float(r["loss"]) for r in rows]
+    assert sum(losses[-4:]) < 0.6 * sum(losses[:4])
+    assert {"loss/a", "loss/b", "lr"} <= set(rows[0])
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    _trainer(tmp_path, "a", max_steps=1).fit(ToyImages(16))
+    with pytest.raises(ValueError, match="already holds a run"):
+        _trainer(tmp_path, "a")
+
+
+def test_gradient_accumulation_matches_a_large_batch(tmp_path):
+    a = _trainer(tmp_path, "big", batch_size=16)
+    b = _trainer(tmp_path, "acc", batch_size=8, accum_steps=2)
+    b.model.load_state_dict(a.model.state_dict())
+    a.model.masking = b.model.masking = _FixedMask()
+    data = ToyImages(16)
+    batch = collate([data[i] for i in range(16)])
+    a._forward_backward(batch, sync=True)
+    b._forward_backward({k: v[:8] for k, v in batch.items()}, sync=False)
+    b._forward_backward({k: v[8:] for k, v in batch.items()}, sync=True)
+    for (k, x), (_, y) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        torch.testing.assert_close(x.grad, y.grad, atol=1e-6, rtol=1e-4, msg=k)
+
+
+class _FixedMask:
+    """Hide the same slots in every sample, so that batch composition does not change the masks."""
+
+    def __call__(self, valid, generator, group, grid):
+        from core.masking import plan_from_scores
+
+        return plan_from_scores(torch.arange(valid.shape[1], dtype=torch.float)[None].expand_as(valid), valid, 0.75)
+
+
+def test_cosine_schedule():
+    assert cosine_schedule(0, 100, 10, 0.0) == pytest.approx(0.1)
+    assert cosine_schedule(10, 100, 10, 0.0) == pytest.approx(1.0)
+    assert cosine_schedule(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_two_process_torchrun_ends_with_identical_weights(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                        str(Path(__file__).parent / "ddp_run.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert "world 2 steps 8" in r.stdout  # 32 samples / 2 ranks / batch 4 x 2 epochs
+    assert (tmp_path / "run" / "metrics.csv").is_file()

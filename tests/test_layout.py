@@ -1,0 +1,40 @@
+import ast
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_import_core_pulls_no_domain_library():
+    code = ("import sys, core, core.mae, core.engine, core.heads, core.checkpoint, core.config, core.losses;"
+            "print([m for m in ('monai', 'nibabel', 'rasterio', 'wfdb', 'open3d', 'pytorch3d', 'domains') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _imports(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_core_imports_no_domain_and_domains_import_no_other_domain():
+    for path in (ROOT / "core").rglob("*.py"):
+        assert not [m for m in _imports(path) if m.startswith("domains")], path
+    for domain in (ROOT / "domains").iterdir():
+        if not domain.is_dir() or domain.name.startswith("_"):
+            continue
+        for path in domain.rglob("*.py"):
+            others = [m for m in _imports(path) if m.startswith("domains.") and m.split(".")[1] != domain.name]
+            assert not others, (path, others)
+
+
+def test_no_cuda_calls_or_unsafe_loading():
+    for folder in ("core", "domains", "pipelines"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            assert ".cuda()" not in text, path
+            assert "pickle" not in text and "eval(" not in text.replace("model.eval(", "").replace(".eval()", ""), path

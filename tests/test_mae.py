@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from conftest import collate
+from toy import ToyImages, toy_mae
+
+
+def _batch(n=8, **kw):
+    ds = ToyImages(n, **kw)
+    return collate([ds[i] for i in range(n)])
+
+
+@pytest.mark.parametrize("mode", ["drop", "mask_token"])
+def test_loss_falls_on_toy_data(mode):
+    torch.manual_seed(0)
+    model = toy_mae(mode)
+    ds = ToyImages(64)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(80):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        out = model(collate([ds[int(i)] for i in idx]), g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+
+
+@pytest.mark.parametrize("mode", ["drop", "mask_token"])
+def test_hidden_values_never_reach_the_prediction(mode):
+    model = toy_mae(mode).eval()
+    batch = _batch()
+    out = model(batch, torch.Generator().manual_seed(3))
+    plan = out["plan"]
+    # overwrite every hidden patch's pixels: the prediction must not change
+    ts = out["tokenset"]
+    noisy_target = ts.target.masked_fill(plan.mask[..., None], 50.0)
+    image = model.encoder.tokenizer.unpatchify(noisy_target)
+    out2 = model(dict(batch, image=image), torch.Generator().manual_seed(3))
+    assert torch.equal(out2["plan"].mask, plan.mask)
+    torch.testing.assert_close(out2["pred"], out["pred"])
+
+
+def test_losses_cover_hidden_valid_slots_only_and_per_group():
+    model = toy_mae()
+    out = model(_batch(missing_every=2), torch.Generator().manual_seed(0))
+    assert set(out) >= {"loss", "loss/a", "loss/b", "pred", "plan"}
+    hidden = out["plan"].mask.sum(1)
+    assert torch.equal((~out["pred_pad"]).sum(1), hidden)
+    picked = out["plan"].mask.gather(1, out["pred_idx"])
+    assert picked[~out["pred_pad"]].all()
+
+
+def test_decoder_masking_decodes_a_fraction_of_hidden_slots():
+    model = toy_mae(decoder_mask_ratio=0.5)
+    batch = _batch()
+    out = model.train()(batch, torch.Generator().manual_seed(0))
+    hidden = out["plan"].mask.sum(1)
+    assert torch.equal((~out["pred_pad"]).sum(1), torch.round(hidden * 0.5).long())
+    out = model.eval()(batch, torch.Generator().manual_seed(0))
+    assert torch.equal((~out["pred_pad"]).sum(1), out["plan"].mask.sum(1))
+    with pytest.raises(ValueError, match="decoder_mask_ratio"):
+        toy_mae(decoder_mask_ratio=1.0)
+
+
+def test_encode_a_subset_of_groups_ignores_the_rest():
+    model = toy_mae().eval()
+    batch = _batch()
+    feats = model.encoder(batch, groups=["a"])
+    other = dict(batch, image=batch["image"].clone())
+    other["image"][:, 1] = torch.randn_like(other["image"][:, 1])
+    feats2 = model.encoder(other, groups=["a"])
+    torch.testing.assert_close(feats["cls"], feats2["cls"])
+    assert feats["valid"][:, 16:].sum() == 0 and feats["tokens"][:, 16:].abs().sum() == 0
+    assert not torch.allclose(model.encoder(batch)["cls"], feats["cls"])
+    with pytest.raises(ValueError, match="unknown groups"):
+        model.encoder(batch, groups=["c"])
+    feats = model.encoder(batch, return_layers=(1, 2))
+    assert len(feats["layers"]) == 2 and feats["layers"][0].shape == (8, 32, 32)
+
+
+def test_fill_predicts_every_slot_of_a_missing_group():
+    model = toy_mae().eval()
+    batch = _batch(missing_every=1)  # group b absent everywhere
+    out = model.fill(batch, ["b"])
+    assert out["pred"].shape == (8, 16, 16)
+    assert (out["pred_idx"] >= 16).all()

@@ -1,0 +1,154 @@
+import math
+
+import pytest
+import torch
+from scipy import ndimage
+
+from core.masking import STRATEGIES, GroupDirichletMasking, build_masking, plan_from_scores, sample_gamma
+
+GRID = (8, 8)
+OPTS = {"block": {"block": 2}, "colored": {"color": "green"}}
+
+
+def _inputs(B=6, groups=2, seed=0):
+    N = groups * math.prod(GRID)
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.rand(B, N, generator=g) > 0.1
+    valid[0, math.prod(GRID):] = False  # sample 0 misses its second group
+    group = torch.arange(groups).repeat_interleave(math.prod(GRID))[None].expand(B, -1)
+    return valid, group
+
+
+def _run(name, valid, group, seed=0, ratio=0.75):
+    s = build_masking(name, ratio, **OPTS.get(name, {}))
+    return s(valid, torch.Generator().manual_seed(seed), group, GRID)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_visible_count_validity_and_determinism(name):
+    valid, group = _inputs()
+    plan = _run(name, valid, group)
+    expected = [round(0.25 * int(v)) for v in valid.sum(1)]
+    assert plan.n_visible.tolist() == expected
+    visible = torch.zeros_like(valid).scatter_(1, plan.keep, ~plan.keep_pad)
+    assert not (visible & ~valid).any(), "an invalid slot was shown to the encoder"
+    assert not (plan.mask & ~valid).any(), "an invalid slot was scored"
+    assert torch.equal(visible | plan.mask, valid), "every valid slot is either visible or hidden"
+    again = _run(name, valid, group)
+    assert torch.equal(plan.mask, again.mask) and torch.equal(plan.keep, again.keep)
+    assert not torch.equal(plan.mask, _run(name, valid, group, seed=1).mask)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5])
+def test_ratio_outside_open_interval_is_rejected(ratio):
+    with pytest.raises(ValueError, match=r"in \(0, 1\), got"):
+        build_masking("random", ratio)
+
+
+def test_unknown_strategy_and_missing_grid():
+    with pytest.raises(ValueError, match="unknown masking strategy"):
+        build_masking("checkerboard", 0.5)
+    valid, group = _inputs()
+    with pytest.raises(ValueError, match="needs a token grid"):
+        build_masking("block", 0.5)(valid, torch.Generator(), group, None)
+
+
+def test_plan_pads_keep_for_samples_with_fewer_valid_slots():
+    valid = torch.tensor([[True] * 8, [True] * 4 + [False] * 4])
+    plan = plan_from_scores(torch.rand(2, 8), valid, 0.5)
+    assert plan.keep.shape == (2, 4)
+    assert plan.keep_pad.tolist() == [[False] * 4, [False, False, True, True]]
+
+
+def _hidden_grid(plan, b, block=0):
+    n = math.prod(GRID)
+    return plan.mask[b, block * n:(block + 1) * n].reshape(GRID).numpy()
+
+
+def test_block_masks_hide_whole_cubes():
+    valid = torch.ones(8, 64, dtype=torch.bool)
+    plan = build_masking("block", 0.75, block=2)(valid, torch.Generator().manual_seed(0), None, GRID)
+    for b in range(8):
+        cubes = _hidden_grid(plan, b).reshape(4, 2, 4, 2).sum((1, 3))  # hidden count per 2x2 cube
+        partial = ((cubes > 0) & (cubes < 4)).sum()
+        assert partial <= 1, f"sample {b}: {partial} partly hidden cubes"
+
+
+def test_tube_masks_are_constant_along_time():
+    valid = torch.ones(8, 64, dtype=torch.bool)
+    plan = build_masking("tube", 0.75)(valid, torch.Generator().manual_seed(0), None, GRID)  # grid = (T, space)
+    for b in range(8):
+        cols = _hidden_grid(plan, b).sum(0)  # hidden count per spatial column over T
+        partial = ((cols > 0) & (cols < GRID[0])).sum()
+        assert partial <= 1
+
+
+def _mean_region_size(plans, n=32):
+    sizes = []
+    for plan in plans:
+        for b in range(plan.mask.shape[0]):
+            labels, k = ndimage.label(plan.mask[b].reshape(n, n).numpy())
+            sizes.append(plan.mask[b].sum().item() / max(k, 1))
+    return sum(sizes) / len(sizes)
+
+
+def test_colored_noise_region_sizes_follow_the_color():
+    valid = torch.ones(4, 32 * 32, dtype=torch.bool)
+
+    def plans(name, **opt):
+        return [build_masking(name, 0.5, **opt)(valid, torch.Generator().manual_seed(s), None, (32, 32)) for s in range(3)]
+
+    random = _mean_region_size(plans("random"))
+    red = _mean_region_size(plans("colored", color="red", sigma=1.5))
+    blue = _mean_region_size(plans("colored", color="blue", sigma=1.5))
+    assert red > 2 * random, (red, random)
+    assert blue < random, (blue, random)
+    for color in ("green", "purple"):
+        p = plans("colored", color=color)[0]
+        assert p.n_visible.tolist() == [512] * 4
+
+
+def test_colored_noise_works_in_1d_and_3d():
+    for grid in [(64,), (4, 4, 4)]:
+        valid = torch.ones(2, 64, dtype=torch.bool)
+        plan = build_masking("colored", 0.75, color="red")(valid, torch.Generator().manual_seed(0), None, grid)
+        assert plan.n_visible.tolist() == [16, 16]
+
+
+def test_dirichlet_budgets_sum_to_visible_count_and_follow_alpha():
+    valid, group = _inputs(B=64, groups=4)
+    valid[:] = True
+
+    def kept_per_group(alpha):
+        s = GroupDirichletMasking(0.75, alpha=alpha)
+        shares = s.shares(valid, torch.Generator().manual_seed(0), group)
+        torch.testing.assert_close(shares.sum(1), torch.ones(64, dtype=shares.dtype))
+        plan = s(valid, torch.Generator().manual_seed(0), group, GRID)
+        kept = torch.zeros(64, 4).scatter_add_(1, group.gather(1, plan.keep), (~plan.keep_pad).float())
+        assert kept.sum(1).tolist() == [64.0] * 64  # budgets add up to the visible count
+        return kept
+
+    skewed, even = kept_per_group(0.1), kept_per_group(100.0)
+    assert (skewed.max(1).values > 48).float().mean() > 0.5  # one group takes most of the budget
+    assert (even - 16).abs().max() <= 6
+
+
+def test_dirichlet_gives_no_budget_to_a_missing_group():
+    valid, group = _inputs(B=16)
+    plan = GroupDirichletMasking(0.5)(valid, torch.Generator().manual_seed(0), group, GRID)
+    assert not (group[0].gather(0, plan.keep[0][~plan.keep_pad[0]]) == 1).any()
+
+
+def test_group_independent_masks_each_group_at_the_ratio():
+    valid = torch.ones(4, 3 * 64, dtype=torch.bool)
+    group = torch.arange(3).repeat_interleave(64)[None].expand(4, -1)
+    plan = build_masking("group_independent", 0.75)(valid, torch.Generator().manual_seed(0), group, GRID)
+    kept = torch.zeros(4, 3).scatter_add_(1, group.gather(1, plan.keep), (~plan.keep_pad).float())
+    assert kept.tolist() == [[16.0, 16.0, 16.0]] * 4
+
+
+def test_gamma_sampler_moments():
+    for alpha in (0.3, 2.0):
+        x = sample_gamma(torch.full((20000,), alpha), torch.Generator().manual_seed(0))
+        assert abs(x.mean().item() - alpha) < 0.05 * max(alpha, 1)
+        assert abs(x.var().item() - alpha) < 0.1 * max(alpha, 1)

@@ -1,0 +1,148 @@
+import math
+
+import pytest
+import torch
+
+from core.heads import (MLPHead, LinearProbe, Pooler, classification_loss, concordance_index, layer_decay_groups,
+                        pos_weight_from_labels, survival_loss, survival_risk)
+from core.losses import PatchTarget, chamfer_distance, chamfer_torch, grouped_losses, normalize_patches, weighted_mse
+from core.tokens import TokenSet
+from core.transformer import DropPath, Transformer
+
+
+def test_padded_keys_do_not_change_other_outputs():
+    torch.manual_seed(0)
+    t = Transformer(16, 2, 4).eval()
+    x = torch.randn(2, 6, 16)
+    pad = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
+    y = x.clone()
+    y[0, 4:] = torch.randn(2, 16) * 100
+    torch.testing.assert_close(t(x, pad)[0, :4], t(y, pad)[0, :4])
+    torch.testing.assert_close(t(x, pad)[0, :4], t(x[:1, :4])[0])  # padding == dropping the tokens
+
+
+def test_checkpointing_gives_the_same_output_and_gradient():
+    torch.manual_seed(0)
+    a = Transformer(16, 2, 4)
+    b = Transformer(16, 2, 4, checkpointing=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    ya, yb = a(x), b(x)
+    torch.testing.assert_close(ya, yb)
+    ga, = torch.autograd.grad(ya.sum(), x)
+    gb, = torch.autograd.grad(yb.sum(), x)
+    torch.testing.assert_close(ga, gb)
+
+
+def test_return_layers_and_drop_path():
+    t = Transformer(8, 3, 2)
+    out, layers = t(torch.randn(1, 3, 8), return_layers=(1, 3))
+    assert len(layers) == 2 and out.shape == (1, 3, 8)
+    dp = DropPath(0.5)
+    x = torch.ones(1000, 4)
+    assert torch.equal(dp.eval()(x), x)
+    kept = (dp.train()(x) != 0).float().mean().item()
+    assert 0.4 < kept < 0.6
+
+
+def test_grouped_losses_reduce_only_over_weighted_slots_and_stay_finite():
+    err = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 5.0]])
+    w = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    g = torch.tensor([[0, 0, 1], [0, 1, 1]])
+    out = grouped_losses(err, w, g, ["x", "y", "z"])
+    assert out["loss"].item() == pytest.approx(2.0)
+    assert out["loss/x"].item() == pytest.approx(2.0)
+    assert out["loss/y"].item() == 0.0 and math.isfinite(out["loss/z"].item())
+    empty = grouped_losses(err, torch.zeros_like(w), g, ["x", "y"])
+    assert all(math.isfinite(v.item()) for v in empty.values())
+
+
+def test_patch_target_norm_pix_and_l1():
+    target = torch.randn(2, 3, 8) * 5 + 2
+    ts = TokenSet(tokens=torch.zeros(2, 3, 4), group=torch.zeros(2, 3, dtype=torch.long),
+                  valid=torch.ones(2, 3, dtype=torch.bool), pos=torch.zeros(1, 3, 4), target=target)
+    idx = torch.tensor([[0, 2], [1, 0]])
+    w = torch.ones(2, 2)
+    normed = normalize_patches(target)
+    exact = normed.gather(1, idx[..., None].expand(-1, -1, 8))
+    assert PatchTarget(["g"], "mse", norm_pix=True)(exact, ts, idx, w)["loss"].item() < 1e-10
+    t = PatchTarget(["g"], "l1", norm_pix=True)
+    torch.testing.assert_close(t.to_values(exact, ts, idx), target.gather(1, idx[..., None].expand(-1, -1, 8)),
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="'mse' or 'l1'"):
+        PatchTarget(["g"], "huber")
+
+
+def test_weighted_mse():
+    p, t = torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3)
+    assert weighted_mse(p, t, torch.tensor([1.0, 0.0, 1.0])).item() == pytest.approx(5.0)
+
+
+def test_chamfer_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 20, 3, generator=g), torch.randn(3, 30, 3, generator=g)
+    ref = []
+    for b in range(3):
+        dxy = [min(((x[b, i] - y[b, j]) ** 2).sum().item() for j in range(30)) for i in range(20)]
+        dyx = [min(((y[b, j] - x[b, i]) ** 2).sum().item() for i in range(20)) for j in range(30)]
+        ref.append(sum(dxy) / 20 + sum(dyx) / 30)
+    torch.testing.assert_close(chamfer_torch(x, y), torch.tensor(ref), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chamfer_distance(x, y), torch.tensor(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_poolers_ignore_invalid_slots():
+    tokens = torch.randn(2, 4, 8)
+    valid = torch.tensor([[True, True, False, False], [True] * 4])
+    feats = {"tokens": tokens, "valid": valid, "cls": tokens[:, 0]}
+    mean = Pooler(8, "mean")(feats)
+    torch.testing.assert_close(mean[0], tokens[0, :2].mean(0))
+    att = Pooler(8, "attention")
+    changed = dict(feats, tokens=tokens.clone())
+    changed["tokens"][0, 2:] = 1e3
+    torch.testing.assert_close(att(feats)[0], att(changed)[0])
+    assert torch.equal(Pooler(8, "cls")(feats), tokens[:, 0])
+    with pytest.raises(ValueError, match="pooler must be one of"):
+        Pooler(8, "max")
+
+
+def test_heads_and_classification_losses():
+    x = torch.randn(6, 8)
+    assert LinearProbe(8, 3)(x).shape == (6, 3) and MLPHead(8, 2)(x).shape == (6, 2)
+    y = torch.tensor([[1, 0], [1, 0], [1, 1], [1, 0]])
+    assert pos_weight_from_labels(y).tolist() == [0.0, 3.0]
+    logits = torch.tensor([[10.0, -10.0]])
+    assert classification_loss(logits, torch.tensor([[1, 0]]), multilabel=True).item() < 1e-3
+    assert classification_loss(logits, torch.tensor([0])).item() < 1e-3
+
+
+def test_concordance_index_matches_pairwise_count():
+    risk = torch.tensor([0.9, 0.1, 0.5, 0.5])
+    time = torch.tensor([1.0, 4.0, 2.0, 3.0])
+    event = torch.tensor([1, 0, 1, 1])
+    # comparable (i observed, t_i < t_j): (0,1),(0,2),(0,3),(2,1),(2,3),(3,1) -> 1,1,1,1,0.5,1
+    assert concordance_index(risk, time, event) == pytest.approx(5.5 / 6)
+    with pytest.raises(ValueError, match="comparable pair"):
+        concordance_index(risk, time, torch.zeros(4))
+
+
+def test_survival_loss_prefers_the_right_hazards():
+    time_bin, event = torch.tensor([1, 2]), torch.tensor([1, 0])
+    good = torch.tensor([[-9.0, 9.0, -9.0], [-9.0, -9.0, -9.0]])
+    bad = -good
+    assert survival_loss(good, time_bin, event) < 0.01 < survival_loss(bad, time_bin, event)
+    assert survival_risk(good)[0] > survival_risk(good)[1]
+
+
+def test_layer_decay_groups_scale_lr_by_depth():
+    from toy import toy_mae
+
+    enc = toy_mae().encoder
+    model = torch.nn.ModuleDict({"encoder": enc, "head": torch.nn.Linear(32, 2)})
+    groups = layer_decay_groups(model, 1.0, 0.05, 0.5, depth=2)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert lr_of[id(model["head"].weight)] == 1.0
+    assert lr_of[id(enc.blocks.blocks[1].attn.qkv.weight)] == 0.5
+    assert lr_of[id(enc.blocks.blocks[0].attn.qkv.weight)] == 0.25
+    assert lr_of[id(enc.cls_token)] == 0.125 and wd_of[id(enc.cls_token)] == 0.0
+    assert wd_of[id(model["head"].bias)] == 0.0 and wd_of[id(model["head"].weight)] == 0.05
