@@ -1,4 +1,5 @@
 import ast
+import re
 import subprocess
 import sys
 
@@ -37,4 +38,4 @@ def test_no_cuda_calls_or_unsafe_loading():
         for path in (ROOT / folder).rglob("*.py"):
             text = path.read_text()
             assert ".cuda()" not in text, path
-            assert "pickle" not in text and "eval(" not in text.replace("model.eval(", "").replace(".eval()", ""), path
+            assert not re.search(r"import pickle|(?<![.\w])eval\(|yaml\.load\(|weights_only=False", text), path
