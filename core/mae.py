@@ -63,12 +63,12 @@ class MAEEncoder(nn.Module):
     def run(self, ts: TokenSet, plan: MaskPlan, mode: str = "drop",
             return_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode under a plan. drop: [B, 1 + K, D] over kept slots; mask_token: [B, 1 + N, D]."""
-        B = ts.tokens.shape[0]
+        B = ts.valid.shape[0]
         if mode == "drop":
-            x, pad = gather_slots(ts.tokens, plan.keep), plan.keep_pad  # [B, K, D], [B, K]
+            x, pad = ts.embed(plan.keep), plan.keep_pad  # [B, K, D], [B, K]
         else:
             hidden = (plan.mask | ~ts.valid)[..., None]
-            x = torch.where(hidden, self.mask_token + ts.pos, ts.tokens)  # [B, N, D]
+            x = torch.where(hidden, self.mask_token + ts.pos, ts.embed())  # [B, N, D]
             pad = ~ts.valid
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
         pad = torch.cat([pad.new_zeros(B, 1), pad], dim=1)
@@ -92,7 +92,7 @@ class MAEEncoder(nn.Module):
         keep = ~plan.keep_pad
 
         def scatter(t):  # [B, 1 + K, D] -> [B, N, D]
-            out = t.new_zeros(ts.tokens.shape)
+            out = t.new_zeros(ts.shape)
             vals = t[:, 1:] * keep[..., None]
             return out.scatter(1, plan.keep[..., None].expand(-1, -1, t.shape[-1]), vals)
 
@@ -161,7 +161,7 @@ class MaskedAutoencoder(nn.Module):
             query = self.decoder_mask_token + gather_slots(pos, idx)  # [B, M, Dd]
             seq = torch.cat([y[:, :1], vis, query], dim=1)
             seq_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), vis_pad, pad], dim=1)
-            pred = self.decoder_pred(self.decoder(seq, seq_pad)[:, -idx.shape[1]:])  # [B, M, P]
+            pred = self.decoder_pred(self.decoder(seq, seq_pad)[:, seq.shape[1] - idx.shape[1]:])  # [B, M, P]
         else:
             seq = y.clone()
             seq[:, 1:] = seq[:, 1:] + pos

@@ -1,6 +1,7 @@
 """TokenSet and MaskPlan: the two structures every part of scimae speaks."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -14,28 +15,45 @@ class TokenSet:
     modality, lead or band group); ``grid`` is the token grid inside a block, or None when the slots
     have no grid (point groups). Invalid slots (padding, a missing modality, a nodata patch) are never
     shown to the encoder and never scored.
+
+    A tokenizer gives either ``tokens`` for every slot or an ``embed_fn`` that embeds just the slots asked
+    for, so that a masked encoder pays only for what it sees.
     """
 
-    tokens: torch.Tensor  # [B, N, D] embedded, positions and group embeddings added
+    tokens: torch.Tensor | None  # [B, N, D] embedded, slot embedding (position + group) added
     group: torch.Tensor  # [B, N] long group id of each slot
     valid: torch.Tensor  # [B, N] bool
-    pos: torch.Tensor  # [B or 1, N, D] positional embedding of each slot, for the decoder
+    pos: torch.Tensor  # [B or 1, N, D] slot embedding (position + group), for mask tokens and the decoder
     target: torch.Tensor | None = None  # [B, N, ...] what the target scores (patch values, point groups)
     grid: tuple[int, ...] | None = None  # token grid of one block
+    embed_fn: Callable[[torch.Tensor | None], torch.Tensor] | None = None  # idx [B, K] or None -> [B, K or N, D]
     extras: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        B, N, _ = self.tokens.shape
+        if (self.tokens is None) == (self.embed_fn is None):
+            raise ValueError("TokenSet needs exactly one of tokens and embed_fn")
+        B, N = self.valid.shape
         for name in ("group", "valid"):
             t = getattr(self, name)
             if t.shape != (B, N):
                 raise ValueError(f"TokenSet.{name}: expected shape {(B, N)}, got {tuple(t.shape)}")
+        if self.tokens is not None and self.tokens.shape[:2] != (B, N):
+            raise ValueError(f"TokenSet.tokens: expected [B, N] = {[B, N]} leading dims, got {list(self.tokens.shape)}")
         if self.grid is not None and N % _prod(self.grid):
             raise ValueError(f"TokenSet: N={N} is not a multiple of prod(grid)={_prod(self.grid)}")
 
     @property
-    def n_blocks(self) -> int:
-        return self.tokens.shape[1] // _prod(self.grid) if self.grid else 1
+    def shape(self) -> tuple[int, int, int]:
+        """(B, N, D)."""
+        return (*self.valid.shape, self.pos.shape[-1])
+
+    def embed(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Embedded tokens of slots ``idx`` [B, K] -> [B, K, D], or of every slot -> [B, N, D]."""
+        if self.embed_fn is not None:
+            return self.embed_fn(idx)
+        if idx is None:
+            return self.tokens
+        return self.tokens.gather(1, idx[..., None].expand(-1, -1, self.tokens.shape[-1]))
 
     def with_valid(self, valid: torch.Tensor) -> "TokenSet":
         return replace(self, valid=valid)

@@ -87,7 +87,12 @@ def test_grid_tokenizer_marks_missing_groups_invalid_and_round_trips():
     x = torch.randn(2, 3, 1, 8, 8)
     present = torch.tensor([[True, False, True], [True, True, True]])
     ts = tok({"image": x, "present": present})
-    assert ts.tokens.shape == (2, 12, 16) and ts.grid == (2, 2)
+    assert ts.embed().shape == (2, 12, 16) and ts.grid == (2, 2) and ts.shape == (2, 12, 16)
+    idx = torch.tensor([[11, 0, 5], [3, 4, 8]])
+    torch.testing.assert_close(ts.embed(idx), ts.embed().gather(1, idx[..., None].expand(-1, -1, 16)))
+    # each group has its own projection: the same pixels give different tokens in groups a and b
+    same = tok({"image": x[:, :1].expand(-1, 3, -1, -1, -1).contiguous(), "present": present}).embed()
+    assert not torch.allclose(same[:, 0] - ts.pos[0, 0], same[:, 4] - ts.pos[0, 4])
     assert ts.valid[0].tolist() == [True] * 4 + [False] * 4 + [True] * 4
     assert ts.group[0].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert torch.equal(tok.unpatchify(ts.target), x)
