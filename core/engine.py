@@ -67,9 +67,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _seed_worker(worker_id: int) -> None:
+    """Distinct, reproducible streams per worker; a dataset with ``reseed(seed)`` reseeds its transforms."""
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
+    dataset = torch.utils.data.get_worker_info().dataset
+    if hasattr(dataset, "reseed"):
+        dataset.reseed(seed)
 
 
 def to_device(batch, device):
@@ -144,6 +148,21 @@ class MetricsLog:
 def default_step(model: nn.Module, batch, generator: torch.Generator) -> dict:
     """Pretraining: the MAE's own losses."""
     return model(batch, generator)
+
+
+@torch.no_grad()
+def mae_validation(model: nn.Module, batches) -> dict:
+    """Mean MAE losses over a validation set, with the same masks at every evaluation."""
+    g = torch.Generator().manual_seed(0)
+    sums: dict[str, float] = {}
+    n = 0
+    for batch in batches:
+        out = model(batch, g)
+        for k, v in out.items():
+            if k.startswith("loss"):
+                sums[f"val_{k}"] = sums.get(f"val_{k}", 0.0) + float(v)
+        n += 1
+    return {k: v / max(n, 1) for k, v in sums.items()}
 
 
 class Trainer:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from core.masking import MaskingStrategy, plan_from_scores
+from core.masking import MaskConfig, MaskingStrategy, plan_from_scores
 from core.tokens import MaskPlan, TokenSet
 from core.transformer import Transformer
 
@@ -20,6 +21,34 @@ def gather_slots(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def full_plan(valid: torch.Tensor) -> MaskPlan:
     """A plan that shows every valid slot and hides none."""
     return plan_from_scores(torch.zeros(valid.shape, device=valid.device), valid, 0.0)
+
+
+@dataclass
+class MAEConfig:
+    """Architecture and objective of a masked autoencoder (the tokenizer is the domain's)."""
+
+    dim: int = 384
+    depth: int = 8
+    heads: int = 6
+    decoder_dim: int = 256
+    decoder_depth: int = 4
+    decoder_heads: int = 8
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    mode: str = "drop"  # drop (MAE) or mask_token (SimMIM)
+    decoder_mask_ratio: float = 0.0  # VideoMAE V2 decoder masking
+    checkpointing: bool = False  # activation checkpointing in the encoder
+    loss: str = "mse"  # mse or l1
+    norm_pix: bool = False
+    mask: MaskConfig = field(default_factory=MaskConfig)
+
+
+def build_mae(cfg: MAEConfig, tokenizer: nn.Module, group_names: Sequence[str], target, pred_dim: int) -> "MaskedAutoencoder":
+    """A MaskedAutoencoder from its config, a domain tokenizer and a target."""
+    encoder = MAEEncoder(tokenizer, group_names, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,
+                         cfg.checkpointing, mask_token=cfg.mode == "mask_token")
+    return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
+                             cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -185,3 +214,17 @@ class MaskedAutoencoder(nn.Module):
         plan.mask = wanted
         query = full_plan(wanted)
         return self.predict(ts.with_valid(shown | wanted), plan, query.keep, query.keep_pad)
+
+    @torch.no_grad()
+    def reconstruction(self, out: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(original, masked input, reconstruction) per slot [B, N, P] from a forward's output: hidden and
+        invalid slots are NaN in the masked input; predicted slots take the prediction (in target units)."""
+        ts, plan, idx, pad = out["tokenset"], out["plan"], out["pred_idx"], out["pred_pad"]
+        original = ts.target
+        nan = torch.tensor(float("nan"), device=original.device, dtype=original.dtype)
+        masked = torch.where((plan.mask | ~ts.valid)[..., None], nan, original)
+        recon = torch.where(ts.valid[..., None], original, nan)
+        index = idx[..., None].expand(-1, -1, original.shape[-1])
+        values = self.target.to_values(out["pred"], ts, idx)
+        values = torch.where(pad[..., None], recon.gather(1, index), values)  # padding entries keep their slot
+        return original, masked, recon.scatter(1, index, values)

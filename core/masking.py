@@ -10,6 +10,7 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -240,3 +241,20 @@ def build_masking(name: str, ratio: float, **options) -> MaskingStrategy:
     cls = STRATEGIES[name]
     own = inspect.signature(cls.__init__).parameters
     return cls(ratio, **{k: v for k, v in options.items() if k in own})
+
+
+@dataclass
+class MaskConfig:
+    strategy: str = "random"
+    ratio: float = 0.75
+    block: int = 2  # block: cube size in tokens
+    color: str = "green"  # colored: red, blue, green, purple
+    sigma: float = 1.0  # colored: filter width in tokens
+    alpha: float = 1.0  # group_dirichlet: concentration
+
+    def __post_init__(self):
+        self.build()  # validates
+
+    def build(self) -> MaskingStrategy:
+        return build_masking(self.strategy, self.ratio, block=self.block, color=self.color, sigma=self.sigma,
+                             alpha=self.alpha)

@@ -88,3 +88,17 @@ def test_fill_predicts_every_slot_of_a_missing_group():
     out = model.fill(batch, ["b"])
     assert out["pred"].shape == (8, 16, 16)
     assert (out["pred_idx"] >= 16).all()
+
+
+def test_reconstruction_puts_predictions_in_hidden_slots_only():
+    model = toy_mae().eval()
+    batch = _batch(missing_every=2)
+    out = model(batch, torch.Generator().manual_seed(0))
+    original, masked, recon = model.reconstruction(out)
+    plan, valid = out["plan"], out["tokenset"].valid
+    visible = valid & ~plan.mask
+    assert torch.equal(recon[visible], original[visible])
+    assert torch.isnan(masked[plan.mask]).all() and not torch.isnan(masked[visible]).any()
+    assert torch.isnan(recon[~valid]).all()
+    assert not torch.isnan(recon[plan.mask]).any()
+    assert not torch.allclose(recon[plan.mask], original[plan.mask])

@@ -1,0 +1,177 @@
+"""Brain MRI models: the modality tokenizer, the MAE, fine-tuning heads (UNETR-style segmentation,
+classification, survival), exports and the reconstruction figure."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.checkpoint import load_export, load_weights, save_export
+from core.config import from_dict
+from core.embed import GridTokenizer
+from core.heads import MLPHead, LinearProbe, Pooler
+from core.losses import PatchTarget
+from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae
+from core.masking import MaskConfig
+from domains.brain_mri.io import MODALITIES
+
+
+@dataclass
+class BrainModelConfig(MAEConfig):
+    patch: int = 16
+    mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="group_dirichlet", ratio=0.75, alpha=1.0))
+
+
+class BrainTokenizer(GridTokenizer):
+    """One 3D patch projection per modality, 3D sin-cos positions and a modality embedding.
+
+    Batch: ``image`` [B, 4, X, Y, Z] in MODALITIES order and ``present`` [B, 4]; a missing modality is
+    invalid slots, never zeros shown to the encoder.
+    """
+
+    def __init__(self, roi, patch: int, dim: int):
+        super().__init__(MODALITIES, roi, (patch,) * 3, dim)
+
+    def forward(self, batch: dict):
+        return super().forward({"image": batch["image"][:, :, None], "present": batch["present"]})
+
+
+def build_brain_mae(cfg: BrainModelConfig, roi) -> MaskedAutoencoder:
+    tok = BrainTokenizer(roi, cfg.patch, cfg.dim)
+    return build_mae(cfg, tok, MODALITIES, PatchTarget(MODALITIES, cfg.loss, cfg.norm_pix), tok.patch_values)
+
+
+def export_config(model_cfg: BrainModelConfig, roi, spacing, **extra) -> dict:
+    """What a user needs to use the weights without guessing: modality order, grid, normalisation."""
+    return {"domain": "brain_mri", "model": dataclasses.asdict(model_cfg), "modalities": list(MODALITIES),
+            "roi": list(roi), "spacing": list(spacing) if spacing else None, "patch_size": [model_cfg.patch] * 3,
+            "orientation": "RAS", "normalization": "z-score over non-zero voxels, per modality", **extra}
+
+
+def save_brain_export(model: nn.Module, folder, model_cfg: BrainModelConfig, roi, spacing, **extra) -> Path:
+    return save_export(folder, model, export_config(model_cfg, roi, spacing, **extra))
+
+
+def load_brain_mae(folder) -> tuple[MaskedAutoencoder, dict]:
+    """``(mae, config)`` from an export of brats_pretrain (ready to continue pretraining or reconstruct)."""
+    config, state = load_export(folder)
+    cfg = from_dict(BrainModelConfig, config["model"])
+    mae = build_brain_mae(cfg, config["roi"])
+    load_weights(mae, state)
+    return mae, config
+
+
+def fuse_modalities(tokens: torch.Tensor, valid: torch.Tensor, n_mod: int, grid) -> torch.Tensor:
+    """Mean over the available modalities at each patch: [B, M * n, D] -> [B, D, *grid]."""
+    B, _, D = tokens.shape
+    t = tokens.reshape(B, n_mod, -1, D)  # [B, M, n, D]
+    w = valid.reshape(B, n_mod, -1, 1).to(t.dtype)
+    fused = (t * w).sum(1) / w.sum(1).clamp_min(1)  # [B, n, D]
+    return fused.transpose(1, 2).reshape(B, D, *grid)
+
+
+class UNETRHead(nn.Module):
+    """UNETR decoder (MONAI's blocks) on four encoder depths and the input image; patch size 16."""
+
+    def __init__(self, dim: int, in_channels: int, out_channels: int, feature_size: int = 16):
+        super().__init__()
+        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+
+        fs, kw = feature_size, {"spatial_dims": 3, "kernel_size": 3, "norm_name": "instance"}
+        self.enc1 = UnetrBasicBlock(in_channels=in_channels, out_channels=fs, stride=1, res_block=True, **kw)
+        self.enc2 = UnetrPrUpBlock(in_channels=dim, out_channels=fs * 2, num_layer=2, stride=1, upsample_kernel_size=2,
+                                   conv_block=True, res_block=True, **kw)
+        self.enc3 = UnetrPrUpBlock(in_channels=dim, out_channels=fs * 4, num_layer=1, stride=1, upsample_kernel_size=2,
+                                   conv_block=True, res_block=True, **kw)
+        self.enc4 = UnetrPrUpBlock(in_channels=dim, out_channels=fs * 8, num_layer=0, stride=1, upsample_kernel_size=2,
+                                   conv_block=True, res_block=True, **kw)
+        self.dec5 = UnetrUpBlock(in_channels=dim, out_channels=fs * 8, upsample_kernel_size=2, res_block=True, **kw)
+        self.dec4 = UnetrUpBlock(in_channels=fs * 8, out_channels=fs * 4, upsample_kernel_size=2, res_block=True, **kw)
+        self.dec3 = UnetrUpBlock(in_channels=fs * 4, out_channels=fs * 2, upsample_kernel_size=2, res_block=True, **kw)
+        self.dec2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, res_block=True, **kw)
+        self.out = UnetOutBlock(spatial_dims=3, in_channels=fs, out_channels=out_channels)
+
+    def forward(self, image: torch.Tensor, layers: list[torch.Tensor]) -> torch.Tensor:
+        """image [B, C, X, Y, Z], layers: 4 maps [B, D, X/16, Y/16, Z/16] (shallow to deep) -> [B, out, X, Y, Z]."""
+        z3, z6, z9, z12 = layers
+        x = self.dec5(z12, self.enc4(z9))
+        x = self.dec4(x, self.enc3(z6))
+        x = self.dec3(x, self.enc2(z3))
+        return self.out(self.dec2(x, self.enc1(image)))
+
+
+@dataclass
+class TaskConfig:
+    kind: str = "classification"  # classification, segmentation or survival
+    label: str = "grade"  # label column (classification)
+    time: str = "survival_days"  # survival columns
+    event: str = "event"
+    bins: int = 4  # survival intervals (quantiles of the training times)
+    head: str = "mlp"  # mlp or linear (a linear probe on a frozen encoder)
+    pooler: str = "mean"  # cls, mean or attention
+    freeze_encoder: bool = False
+    feature_size: int = 16  # segmentation decoder width
+
+    def __post_init__(self):
+        if self.kind not in ("classification", "segmentation", "survival"):
+            raise ValueError(f"task.kind must be classification, segmentation or survival, got {self.kind!r}")
+        if self.head not in ("mlp", "linear"):
+            raise ValueError(f"task.head must be mlp or linear, got {self.head!r}")
+
+
+class BrainFineTuner(nn.Module):
+    """The pretrained encoder with a task head; serves any subset of modalities with the same weights."""
+
+    def __init__(self, encoder: MAEEncoder, task: TaskConfig, n_out: int):
+        super().__init__()
+        self.encoder, self.task = encoder, task
+        D = encoder.dim
+        if task.kind == "segmentation":
+            if encoder.tokenizer.patch != (16, 16, 16):
+                raise ValueError(f"the UNETR head needs patch 16, got {encoder.tokenizer.patch}")
+            d = encoder.depth
+            self.taps = tuple(sorted({max(1, round(d * f)) for f in (0.25, 0.5, 0.75)} | {d}))
+            if len(self.taps) != 4:
+                raise ValueError(f"segmentation needs an encoder depth >= 4, got {d}")
+            self.head = UNETRHead(D, len(MODALITIES), n_out, task.feature_size)
+        else:
+            self.pool = Pooler(D, task.pooler)
+            self.head = LinearProbe(D, n_out) if task.head == "linear" else MLPHead(D, n_out)
+        if task.freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        if self.task.kind != "segmentation":
+            return self.head(self.pool(self.encoder(batch)))
+        feats = self.encoder(batch, return_layers=self.taps)
+        tok = self.encoder.tokenizer
+        maps = [fuse_modalities(t, feats["valid"], len(MODALITIES), tok.grid) for t in feats["layers"]]
+        return self.head(batch["image"], maps)
+
+
+def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
+    """PNG of the first case's mid axial slice per modality: original | masked input | reconstruction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = model(batch, torch.Generator().manual_seed(0))
+    tok = model.encoder.tokenizer
+    panels = [tok.unpatchify(v[:1])[0, :, 0].cpu() for v in model.reconstruction(out)]  # 3 x [4, X, Y, Z]
+    z = panels[0].shape[-1] // 2
+    fig, axes = plt.subplots(len(MODALITIES), 3, figsize=(7.5, 2.5 * len(MODALITIES)), squeeze=False)
+    for row, mod in enumerate(MODALITIES):
+        present = bool(batch["present"][0, row])
+        for col, (title, vol) in enumerate(zip(("original", "masked", "reconstruction"), panels)):
+            ax = axes[row, col]
+            ax.imshow(torch.nan_to_num(vol[row, :, :, z], nan=-3).T.numpy(), cmap="gray", origin="lower", vmin=-3, vmax=3)
+            ax.set_axis_off()
+            ax.set_title(f"{mod}: {title}" if present else f"{mod}: missing", fontsize=8)
+    fig.suptitle(f"{batch['case_id'][0]}  loss {float(out['loss']):.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,128 @@
+"""A synthetic BraTS-like dataset written as real NIfTI files (BraTS 2021 names, LPS affines).
+
+Each case is a head (scalp, CSF, grey and white matter, ventricles) with a tumour whose appearance
+follows the contrasts as in glioma MRI: high-grade cases (HGG) have a necrotic core and a
+contrast-enhancing rim visible on T1ce; every tumour has oedema bright on T2 and FLAIR. Tumour size
+and position vary; a segmentation (BraTS labels 1 necrosis/core, 2 oedema, 4 enhancing) and
+``labels.csv`` (grade, survival_days, event) come with it; some cases lack a modality.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from domains.brain_mri.io import MODALITIES, write_volume
+
+SHAPE = (72, 88, 72)
+SPACING = 2.0
+VERSION = 1
+#                 t1    t1ce  t2    flair
+TISSUE = {
+    "scalp":     (1.10, 1.15, 0.60, 0.50),
+    "csf":       (0.25, 0.25, 1.50, 0.15),
+    "gm":        (0.70, 0.72, 0.75, 0.80),
+    "wm":        (1.00, 1.02, 0.50, 0.60),
+    "oedema":    (0.55, 0.57, 1.25, 1.40),
+    "core":      (0.50, 0.55, 1.05, 1.15),
+    "necrosis":  (0.30, 0.30, 1.35, 0.55),
+    "enhancing": (0.65, 1.70, 0.95, 1.10),
+}
+MISSING = {1: ["t1ce"], 3: ["flair"], 6: ["t1", "t2"]}  # case index % 8 -> modalities left out
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("SCIMAE_CACHE", Path.home() / ".cache" / "scimae")) / f"brats_synthetic_v{VERSION}"
+
+
+def _smooth_noise(rng, shape, scale=8) -> np.ndarray:
+    """Unit-ish noise varying over about ``scale`` voxels (coarse noise, trilinearly upsampled)."""
+    coarse = torch.from_numpy(rng.standard_normal([s // scale + 2 for s in shape]).astype(np.float32))
+    return F.interpolate(coarse[None, None], size=tuple(shape), mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def make_case(rng: np.random.Generator, hgg: bool) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """One case: {modality: volume}, segmentation, facts (tumour radius in voxels)."""
+    z = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) - s / 2 for s in SHAPE], indexing="ij"))  # [3, X, Y, Z]
+    axes = np.array([28.0, 34.0, 28.0]) * rng.uniform(0.9, 1.05, 3)
+    wobble = 0.04 * _smooth_noise(rng, SHAPE)
+    r = np.sqrt(((z / axes[:, None, None, None]) ** 2).sum(0)) + wobble  # 1 at the scalp surface
+    label = np.zeros(SHAPE, np.uint8)
+    code = {name: i + 1 for i, name in enumerate(TISSUE)}  # 0 = air
+    tissue = np.zeros(SHAPE, np.uint8)
+    tissue[r < 1.0] = code["scalp"]
+    tissue[r < 0.90] = code["csf"]
+    tissue[r < 0.86] = code["gm"]
+    tissue[r < 0.74] = code["wm"]
+    for side in (-1, 1):  # lateral ventricles
+        v = ((z[0] - side * 5) / 3) ** 2 + ((z[1] - 2) / 11) ** 2 + (z[2] / 5) ** 2
+        tissue[v < 1] = code["csf"]
+    # the tumour: in one hemisphere, inside the white matter
+    radius = rng.uniform(4.0, 9.0)
+    centre = np.array([rng.choice([-1, 1]) * rng.uniform(8, 14), rng.uniform(-14, 14), rng.uniform(-8, 8)])
+    d = np.sqrt(((z - centre[:, None, None, None]) ** 2).sum(0)) + 1.5 * _smooth_noise(rng, SHAPE, 6)
+    oedema = d < radius * (rng.uniform(1.6, 2.1) if hgg else rng.uniform(1.2, 1.5))
+    inside = r < 0.86
+    tissue[oedema & inside] = code["oedema"]
+    label[oedema & inside] = 2
+    if hgg:
+        tissue[(d < radius) & inside] = code["enhancing"]
+        label[(d < radius) & inside] = 4
+        tissue[(d < 0.55 * radius) & inside] = code["necrosis"]
+        label[(d < 0.55 * radius) & inside] = 1
+    else:
+        tissue[(d < radius) & inside] = code["core"]
+        label[(d < radius) & inside] = 1
+    bias = np.exp(0.1 * _smooth_noise(rng, SHAPE, 24))
+    lut = np.array([(0.0,) * 4, *TISSUE.values()], np.float32)  # [tissues, modalities]
+    volumes = {}
+    for m, mod in enumerate(MODALITIES):
+        img = lut[tissue, m]
+        img = img * bias + 0.03 * rng.standard_normal(SHAPE) * (img > 0)
+        volumes[mod] = np.clip(img * 1000 * rng.uniform(0.8, 1.2), 0, None).astype(np.int16)
+    return volumes, label, {"radius": radius}
+
+
+def affine() -> np.ndarray:
+    """BraTS-like LPS voxel axes: x and y point left-to-right and back-to-front negated."""
+    a = np.diag([-SPACING, -SPACING, SPACING, 1.0])
+    a[:3, 3] = [SPACING * SHAPE[0] / 2, SPACING * SHAPE[1] / 2, -SPACING * SHAPE[2] / 2]
+    return a
+
+
+def write_dataset(root: str | Path | None = None, n_cases: int = 32, seed: int = 0) -> Path:
+    """Write the dataset once (complete or not at all) and return its folder."""
+    root = Path(root) if root is not None else default_root()
+    if (root / "COMPLETE").is_file():
+        return root
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_cases):
+        case = f"SynBraTS_{i:05d}"
+        hgg = bool(i % 2 == 0) if i < 8 else bool(rng.random() < 0.5)
+        volumes, label, facts = make_case(rng, hgg)
+        folder = tmp / case
+        folder.mkdir(parents=True)
+        for mod, vol in volumes.items():
+            if mod not in MISSING.get(i % 8, []):
+                write_volume(folder / f"{case}_{mod}.nii.gz", vol, affine())
+        write_volume(folder / f"{case}_seg.nii.gz", label, affine())
+        days = (420 if hgg else 1500) * np.exp(-0.08 * (facts["radius"] - 6) + 0.25 * rng.standard_normal())
+        rows.append({"case_id": case, "grade": "HGG" if hgg else "LGG", "survival_days": int(days),
+                     "event": int(rng.random() < 0.8)})
+    with (tmp / "labels.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (tmp / "COMPLETE").write_text(f"{n_cases} cases, seed {seed}\n")
+    if root.exists():
+        shutil.rmtree(root)
+    tmp.rename(root)
+    return root
