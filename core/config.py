@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from core.errors import DataError
+from core.errors import DataError, one_line, user_error
 
 
 def _check_value(tp, value, key: str):
@@ -120,6 +120,9 @@ def run_cli(main) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = user_error(e)
+        if cause is None:
+            raise
+        print(f"error: {one_line(cause)}", file=sys.stderr)
         sys.exit(2)

@@ -111,7 +111,7 @@ class GroupEmbed(nn.Module):
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"group names must be unique, got {self.names}")
         self.table = nn.Embedding(len(self.names), dim)
-        nn.init.normal_(self.table.weight, std=0.02)
+        nn.init.normal_(self.table.weight, std=1.0)
 
     def index(self, name: str) -> int:
         try:
@@ -185,7 +185,7 @@ class GridTokenizer(nn.Module):
             if G == 1:
                 out = p @ self.weight[0] + self.bias[0]
             else:
-                out = p.new_empty(*idx.shape, self.dim)
+                out = p.new_empty((*idx.shape, self.dim))
                 for g in range(G):  # a loop over groups (a handful), never over samples
                     sel = gk == g
                     out[sel] = p[sel] @ self.weight[g] + self.bias[g]

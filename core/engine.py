@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    epoch_repeats: int = 1  # passes over the training set per epoch (small datasets: fewer evaluations and saves)
     batch_size: int = 8
     base_lr: float = 1.5e-4  # lr = base_lr x effective batch / 256 (the MAE rule), unless lr is set
     lr: float | None = None
@@ -52,7 +53,7 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "accum_steps", "log_every"):
+        for name in ("epochs", "epoch_repeats", "batch_size", "accum_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
@@ -233,19 +234,27 @@ class Trainer:
             self.export_fn(self.model, self.run_dir / "export")
 
     # -- loop --------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, indices: list[int], seed: int, shuffle: bool = False) -> DataLoader:
-        g = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=_ListSampler(indices), drop_last=shuffle,
+    def _loader(self, dataset: Dataset, indices: list[int], seed: int, train: bool = False) -> DataLoader:
+        """A loader over ``indices``; the training loader keeps its workers and gets new indices each epoch."""
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=_ListSampler(indices), drop_last=train,
                           num_workers=self.cfg.num_workers, collate_fn=self.collate, worker_init_fn=_seed_worker,
-                          generator=g, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+                          generator=torch.Generator().manual_seed(seed), pin_memory=self.device.type == "cuda",
+                          persistent_workers=train and self.cfg.num_workers > 0)
+
+    def _epoch_indices(self, sampler: DistributedSampler, n: int) -> list[int]:
+        """This process's sample order for the current epoch: ``epoch_repeats`` shuffles, ``n`` samples."""
+        out = []
+        for r in range(self.cfg.epoch_repeats):
+            sampler.set_epoch(self.epoch * self.cfg.epoch_repeats + r)
+            out += list(sampler)
+        return out[:n]
 
     def fit(self, train_set: Dataset, val_set: Dataset | None = None) -> dict:
         """Train for ``cfg.epochs`` (or until ``max_steps``); returns the last logged metrics."""
         cfg = self.cfg
         sampler = DistributedSampler(train_set, num_replicas=self.dist.world, rank=self.dist.rank,
                                      shuffle=True, seed=cfg.seed, drop_last=True)
-        batches = len(sampler) // cfg.batch_size
+        batches = len(sampler) * cfg.epoch_repeats // cfg.batch_size
         if batches < cfg.accum_steps:
             raise ValueError(f"the training set gives {batches} batches of {cfg.batch_size} per process; "
                              f"need at least accum_steps={cfg.accum_steps}")
@@ -266,11 +275,11 @@ class Trainer:
         stop = cfg.max_steps if cfg.max_steps is not None else total
         bar = _bar(total=min(stop, total), initial=self.step, disable=not self.dist.main)
         last: dict = {}
+        loader = self._loader(train_set, [], cfg.seed, train=True)
         while self.epoch < cfg.epochs and self.step < stop:
-            sampler.set_epoch(self.epoch)
-            indices = list(sampler)[: batches * cfg.batch_size]
+            indices = self._epoch_indices(sampler, batches * cfg.batch_size)
             start = self.batch_in_epoch
-            loader = self._loader(train_set, indices[start * cfg.batch_size:], cfg.seed + self.epoch, shuffle=True)
+            loader.sampler.indices = indices[start * cfg.batch_size:]
             self.model.train()
             sums: dict[str, torch.Tensor] = {}
             n_sum = 0

@@ -105,3 +105,27 @@ def test_bad_yaml_is_a_data_error(tmp_path):
     (tmp_path / "c.yaml").write_text("- just\n- a list\n")
     with pytest.raises(DataError, match="expected a YAML mapping"):
         load_config(Outer, tmp_path / "c.yaml")
+
+
+class _BadData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise DataError("f.nii", "x", "y")
+
+
+def test_a_data_error_from_a_worker_or_a_wrapper_is_reported_in_one_line():
+    from core.errors import one_line, user_error
+
+    with pytest.raises(DataError) as info:
+        next(iter(torch.utils.data.DataLoader(_BadData(), num_workers=1)))
+    assert one_line(info.value) == "f.nii: found x; expected y"
+    try:
+        try:
+            raise DataError("g.nii", "a", "b")
+        except DataError as inner:
+            raise RuntimeError("applying transform") from inner
+    except RuntimeError as outer:
+        assert one_line(user_error(outer)) == "g.nii: found a; expected b"
+    assert user_error(RuntimeError("x")) is None

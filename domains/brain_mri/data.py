@@ -36,7 +36,8 @@ class BrainDataConfig:
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # which to use (any subset)
     val_fraction: float = 0.2
     split_seed: int = 0
-    cache_dir: str | None = None  # opt-in: cache preprocessed volumes on disk here
+    cache: str = "none"  # keep preprocessed volumes: none, memory, or disk (in cache_dir)
+    cache_dir: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -45,6 +46,8 @@ class BrainDataConfig:
             raise ValueError(f"data.modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}")
         if len(self.roi) != 3 or min(self.roi) < 1:
             raise ValueError(f"data.roi must be three positive sizes, got {self.roi}")
+        if self.cache not in ("none", "memory", "disk") or (self.cache == "disk" and not self.cache_dir):
+            raise ValueError(f"data.cache must be none, memory or disk (with data.cache_dir); got {self.cache!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -97,17 +100,24 @@ class BrainDataset(_Reseed, monai.data.Dataset):
     """Preprocessed cases as dicts: image [4, *roi], present [4], seg [1, *roi] (if any), case_id, labels."""
 
 
-class CachedBrainDataset(_Reseed, monai.data.PersistentDataset):
+class DiskCachedBrainDataset(_Reseed, monai.data.PersistentDataset):
     """BrainDataset whose deterministic preprocessing is cached on disk."""
 
 
+class MemoryCachedBrainDataset(_Reseed, monai.data.CacheDataset):
+    """BrainDataset whose deterministic preprocessing is done once and kept in memory."""
+
+
 def make_dataset(cases: list[Case], cfg: BrainDataConfig, train: bool, seed: int = 0,
-                 seg_regions: bool = False) -> monai.data.Dataset:
+                 seg_regions: bool = False, targets: list[dict] | None = None) -> monai.data.Dataset:
+    """A dataset of ``cases``; ``targets`` (one dict of tensors per case) ride along with each sample."""
     roi, spacing = cfg.grid()
     transform = preprocess(roi, spacing, train, seed, seg_regions=seg_regions)
-    data = [c.as_dict() for c in cases]
-    if cfg.cache_dir:
-        return CachedBrainDataset(data, transform, cache_dir=cfg.cache_dir)
+    data = [{**c.as_dict(), **(t or {})} for c, t in zip(cases, targets or [None] * len(cases))]
+    if cfg.cache == "disk":
+        return DiskCachedBrainDataset(data, transform, cache_dir=cfg.cache_dir)
+    if cfg.cache == "memory":
+        return MemoryCachedBrainDataset(data, transform, progress=False)
     return BrainDataset(data, transform)
 
 
@@ -128,3 +138,35 @@ def load_splits(cfg: BrainDataConfig, seed: int = 0, seg_regions: bool = False):
     train = make_dataset(train_cases, cfg, True, seed, seg_regions)
     val = make_dataset(val_cases, cfg, False, seed, seg_regions) if val_cases else None
     return train, val, train_cases, val_cases
+
+
+def _label(case: Case, column: str) -> str:
+    if column not in case.labels:
+        raise DataError(case.case_id, f"no value in label column {column!r} (has {sorted(case.labels)})",
+                        "a value for every case (labels.csv or manifest column)")
+    return case.labels[column]
+
+
+def class_targets(cases: list[Case], column: str, classes: list[str] | None = None) -> tuple[list[str], list[dict]]:
+    """Class names (sorted, from these cases unless given) and {'y': class index} per case."""
+    values = [_label(c, column) for c in cases]
+    classes = classes or sorted(set(values))
+    unknown = sorted(set(values) - set(classes))
+    if unknown:
+        raise DataError(column, f"classes {unknown} not seen in training", f"one of {classes}")
+    return classes, [{"y": torch.tensor(classes.index(v))} for v in values]
+
+
+def survival_targets(cases: list[Case], time_col: str, event_col: str, bins: int,
+                     edges: list[float] | None = None) -> tuple[list[float], list[dict]]:
+    """Interval edges (quantiles of these cases' times unless given) and, per case, time, event and the
+    interval index for the logistic-hazard head."""
+    try:
+        times = torch.tensor([float(_label(c, time_col)) for c in cases])
+        events = torch.tensor([float(_label(c, event_col)) for c in cases])
+    except ValueError as e:
+        raise DataError(time_col, f"a non-numeric value ({e})", "numbers of days and 0/1 events") from None
+    if edges is None:
+        edges = torch.quantile(times, torch.linspace(0, 1, bins + 1)[1:-1]).tolist()
+    time_bin = torch.bucketize(times, torch.tensor(edges))
+    return edges, [{"time": t, "event": e, "time_bin": b} for t, e, b in zip(times, events, time_bin)]

@@ -66,7 +66,8 @@ def discover_cases(root: str | Path) -> list[Case]:
     if root.is_file() and root.suffix.lower() == ".csv":
         return read_manifest(root)
     if not root.is_dir():
-        raise DataError(root, "no such folder", "a folder of NIfTI cases or a CSV manifest")
+        raise DataError(root, "a file that is not a .csv" if root.exists() else "no such folder",
+                        "a folder of NIfTI cases or a CSV manifest")
     found: dict[str, dict[str, str]] = {}
     for path in sorted(p for p in root.rglob("*") if NIFTI.search(p.name)):
         parsed = _parse_name(path)

@@ -175,3 +175,87 @@ def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def task_outputs(task: TaskConfig, n_classes: int = 2, bins: int = 4) -> int:
+    return {"classification": n_classes, "segmentation": 3, "survival": bins}[task.kind]
+
+
+def task_step(task: TaskConfig):
+    """step_fn for the engine: the task's loss."""
+    from monai.losses import DiceCELoss
+
+    from core.heads import classification_loss, survival_loss
+
+    dice_ce = DiceCELoss(sigmoid=True)
+
+    def step(model, batch, generator):
+        out = model(batch)
+        if task.kind == "classification":
+            return {"loss": classification_loss(out, batch["y"])}
+        if task.kind == "survival":
+            return {"loss": survival_loss(out, batch["time_bin"], batch["event"])}
+        return {"loss": dice_ce(out, batch["seg"].float())}
+
+    return step
+
+
+@torch.no_grad()
+def task_evaluate(task: TaskConfig):
+    """evaluate hook: accuracy and AUROC, C-index, or Dice per BraTS region (TC, WT, ET)."""
+    from monai.metrics import DiceMetric, compute_roc_auc
+
+    from core.heads import concordance_index, survival_risk
+
+    def evaluate(model, batches) -> dict:
+        outs, refs = [], []
+        dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=False)
+        for batch in batches:
+            out = model(batch)
+            if task.kind == "segmentation":
+                dice(y_pred=(out.sigmoid() > 0.5).float(), y=batch["seg"].float())
+            else:
+                outs.append(out.float().cpu())
+                refs.append({k: batch[k].cpu() for k in ("y", "time", "event") if k in batch})
+        if task.kind == "segmentation":
+            tc, wt, et = dice.aggregate().tolist()
+            return {"dice_wt": wt, "dice_tc": tc, "dice_et": et, "dice_mean": (wt + tc + et) / 3}
+        logits = torch.cat(outs)
+        if task.kind == "survival":
+            time, event = torch.cat([r["time"] for r in refs]), torch.cat([r["event"] for r in refs])
+            return {"c_index": concordance_index(survival_risk(logits), time, event)}
+        y = torch.cat([r["y"] for r in refs])
+        probs = logits.softmax(1)
+        onehot = torch.nn.functional.one_hot(y, probs.shape[1])
+        auroc = compute_roc_auc(probs[:, 1], y) if probs.shape[1] == 2 else compute_roc_auc(probs, onehot, average="macro")
+        return {"accuracy": float((probs.argmax(1) == y).float().mean()), "auroc": float(auroc)}
+
+    return evaluate
+
+
+@torch.no_grad()
+def synthesise(model: MaskedAutoencoder, image: torch.Tensor, present: torch.Tensor, modality: str,
+               roi, overlap: float = 0.25) -> torch.Tensor:
+    """Predict ``modality`` from the other present ones over a whole volume with sliding windows.
+
+    image [4, X, Y, Z] (z-scored, any size), present [4] -> [X, Y, Z] in z-score units (0 outside the
+    foreground of the inputs).
+    """
+    from monai.inferers import sliding_window_inference
+
+    idx = MODALITIES.index(modality)
+    shown = present.clone()
+    shown[idx] = False
+    if not shown.any():
+        raise ValueError(f"cannot synthesise {modality}: the case has no other modality")
+    tok = model.encoder.tokenizer
+
+    def predict(window):  # [b, 4, *roi] -> [b, 1, *roi]
+        batch = {"image": window, "present": shown[None].expand(window.shape[0], -1).to(window.device)}
+        recon = model.reconstruction(model.fill(batch, [modality]))[2]
+        return tok.unpatchify(torch.nan_to_num(recon))[:, idx]
+
+    x = torch.where(shown[:, None, None, None], image, torch.zeros_like(image))
+    out = sliding_window_inference(x[None], roi, 2, predict, overlap=overlap, mode="gaussian", padding_mode="constant")
+    foreground = (x[shown] != 0).any(0)
+    return out[0, 0] * foreground

@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import (CenterSpatialCropd, Compose, ConvertToMultiChannelBasedOnBratsClassesd, CropForegroundd, EnsureTyped, NormalizeIntensityd,
                               Orientationd, RandFlipd, RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd,
-                              ResampleToMatch, Spacingd, SpatialPadd)
+                              ResampleToMatch, Spacingd, SpatialPadd, Transform)
 
 from core.errors import DataError
 from domains.brain_mri.io import MODALITIES, read_volume
@@ -26,7 +26,7 @@ def _nonzero(x):
     return x != 0
 
 
-class LoadCase:
+class LoadCase(Transform):
     """Case dict (``paths``, ``seg``, ``labels``) -> ``image`` [4, X, Y, Z] MetaTensor on the grid of the
     first available modality (zeros for a missing one), ``present`` [4] bool and, if the case has one,
     ``seg`` [1, X, Y, Z] with BraTS labels (2023's enhancing label 3 becomes 4)."""
@@ -59,7 +59,8 @@ class LoadCase:
         for i, mod in enumerate(self.modalities):
             if mod in vols:
                 image[i], present[i] = vols[mod][0].as_tensor(), True
-        out = {"case_id": case["case_id"], "present": present, "labels": case.get("labels", {}),
+        extra = {k: v for k, v in case.items() if k not in ("paths", "seg", "labels")}  # e.g. task targets
+        out = {**extra, "case_id": case["case_id"], "present": present, "labels": case.get("labels", {}),
                "image": MetaTensor(image, affine=ref.affine, meta={"filename_or_obj": ref.meta["filename_or_obj"]})}
         if case.get("seg"):
             seg, _ = self._load(case["seg"], label=True)
@@ -102,3 +103,14 @@ def preprocess(roi: Sequence[int], spacing: Sequence[float] | None, train: bool,
     chain = Compose(steps)
     chain.set_random_state(seed)
     return chain
+
+
+def inference_chain(spacing: Sequence[float] | None, modalities: Sequence[str] = MODALITIES) -> Compose:
+    """The deterministic part of :func:`preprocess`, keeping MONAI's metadata so that a prediction
+    can be inverted back onto the case's own grid (``chain.inverse({"image": pred})``)."""
+    steps = [LoadCase(modalities), Orientationd("image", axcodes="RAS", labels=RAS_LABELS)]
+    if spacing is not None:
+        steps.append(Spacingd("image", pixdim=spacing, mode="bilinear"))
+    steps += [CropForegroundd("image", source_key="image", select_fn=_nonzero),
+              NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
+    return Compose(steps)

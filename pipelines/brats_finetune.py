@@ -1,0 +1,85 @@
+"""Fine-tune a brain MRI encoder: classification (a label column), segmentation (UNETR-style decoder;
+Dice for whole tumour, tumour core, enhancing tumour) or survival (logistic hazard; C-index).
+
+--init-from EXPORT starts from a brats_pretrain export; without it the encoder starts from scratch.
+At the end it prints the validation score with every modality and with each one left out.
+"""
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from core.checkpoint import save_export  # noqa: E402
+from core.config import parse_cli, run_cli, save_config  # noqa: E402
+from core.engine import Trainer, TrainConfig  # noqa: E402
+from core.heads import layer_decay_groups  # noqa: E402
+from domains.brain_mri.data import (BrainDataConfig, class_targets, collate, make_dataset, resolve_root,  # noqa: E402
+                                    restrict, split_cases, survival_targets)
+from domains.brain_mri.io import discover_cases  # noqa: E402
+from domains.brain_mri.model import (BrainFineTuner, BrainModelConfig, TaskConfig, build_brain_mae,  # noqa: E402
+                                     export_config, load_brain_mae, task_evaluate, task_outputs, task_step)
+
+DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "brats_finetune.yaml"
+
+
+@dataclass
+class Config:
+    data: BrainDataConfig = field(default_factory=BrainDataConfig)
+    model: BrainModelConfig = field(default_factory=BrainModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def targets(task: TaskConfig, train_cases, val_cases):
+    """Per-case targets and what the export must remember (class names or interval edges)."""
+    if task.kind == "classification":
+        classes, tr = class_targets(train_cases, task.label)
+        return tr, class_targets(val_cases, task.label, classes)[1], {"classes": classes}
+    if task.kind == "survival":
+        edges, tr = survival_targets(train_cases, task.time, task.event, task.bins)
+        return tr, survival_targets(val_cases, task.time, task.event, task.bins, edges)[1], {"edges": edges}
+    return None, None, {}
+
+
+def main(argv=None):
+    cfg = parse_cli(Config, DEFAULT, __doc__, argv)
+    task, roi = cfg.task, cfg.data.grid()[0]
+    all_cases = discover_cases(resolve_root(cfg.data))
+    train_cases, val_cases = split_cases(restrict(all_cases, cfg.data.modalities), cfg.data.val_fraction,
+                                         cfg.data.split_seed)
+    train_t, val_t, facts = targets(task, train_cases, val_cases)
+    seg = task.kind == "segmentation"
+    train_set = make_dataset(train_cases, cfg.data, True, cfg.train.seed, seg, train_t)
+    val_set = make_dataset(val_cases, cfg.data, False, cfg.train.seed, seg, val_t)
+    if cfg.train.init_from:
+        mae, pre = load_brain_mae(cfg.train.init_from)
+        if list(pre["roi"]) != list(roi):
+            raise ValueError(f"the export was pretrained on roi {pre['roi']}, the data gives {roi}; set data.roi")
+        model_cfg = BrainModelConfig(**{**vars(cfg.model), **{k: v for k, v in pre["model"].items() if k != "mask"}})
+    else:
+        mae, model_cfg = build_brain_mae(cfg.model, roi), cfg.model
+    n_out = task_outputs(task, len(facts.get("classes", [])), task.bins)
+    model = BrainFineTuner(mae.encoder, task, n_out)
+    groups = (lambda m, lr: layer_decay_groups(m, lr, cfg.train.weight_decay, cfg.train.layer_decay, model_cfg.depth))
+    evaluate = task_evaluate(task)
+    trainer = Trainer(model, cfg.train, step_fn=task_step(task), evaluate=evaluate, collate=collate,
+                      param_groups=groups if cfg.train.layer_decay < 1 else None,
+                      export=lambda m, folder: save_export(folder, m, export_config(
+                          model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts)))
+    if trainer.dist.main:
+        save_config(cfg, trainer.run_dir / "config.yaml")
+    trainer.fit(train_set, val_set)
+    if not trainer.dist.main:
+        return
+    print(f"run folder: {trainer.run_dir}\nvalidation by modality set ({len(val_cases)} cases):")
+    subsets = [cfg.data.modalities] + [[m for m in cfg.data.modalities if m != x] for x in cfg.data.modalities]
+    for subset in subsets if len(cfg.data.modalities) > 1 else subsets[:1]:
+        kept = restrict(val_cases, subset)
+        ids = {c.case_id for c in kept}
+        kept_t = [t for c, t in zip(val_cases, val_t) if c.case_id in ids] if val_t else None
+        data = make_dataset(kept, replace(cfg.data, modalities=subset), False, cfg.train.seed, seg, kept_t)
+        scores = trainer.evaluate(data)
+        print(f"  {'+'.join(subset):24s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+if __name__ == "__main__":
+    run_cli(main)

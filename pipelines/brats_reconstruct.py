@@ -1,0 +1,80 @@
+"""Synthesise a missing MRI contrast of one case and write it as NIfTI on the case's own grid.
+
+  python pipelines/brats_reconstruct.py [--model EXPORT] [--case FOLDER] [--modality t1ce] [--out FILE]
+
+The output has the affine and header of the case's input grid, so it overlays the inputs in any viewer;
+intensities are z-scores (the model's units). With no arguments it uses the newest brats_pretrain export
+(pretraining one first if there is none) and the first synthetic case that lacks a modality.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from core.config import run_cli  # noqa: E402
+from core.errors import DataError  # noqa: E402
+from domains.brain_mri.data import BrainDataConfig, resolve_root  # noqa: E402
+from domains.brain_mri.io import MODALITIES, canonical_modality, discover_cases, read_volume, write_volume  # noqa: E402
+from domains.brain_mri.model import load_brain_mae, synthesise  # noqa: E402
+from domains.brain_mri.transforms import inference_chain  # noqa: E402
+
+log = logging.getLogger("brats_reconstruct")
+
+
+def newest_export() -> Path:
+    exports = sorted((ROOT / "runs" / "brats_pretrain").glob("*/export/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    if exports:
+        return exports[-1].parent
+    log.info("no brats_pretrain export under runs/; pretraining one with the default config")
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    import brats_pretrain
+
+    brats_pretrain.main([])
+    return newest_export()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a brats_pretrain export folder (default: the newest under runs/)")
+    ap.add_argument("--case", help="a folder holding one case's NIfTI files (default: a synthetic case)")
+    ap.add_argument("--modality", help=f"the contrast to synthesise, one of {MODALITIES} or an alias "
+                                       "(default: the case's first missing one)")
+    ap.add_argument("--out", help="output .nii.gz (default: runs/brats_reconstruct/<case>_<modality>.nii.gz)")
+    ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = ap.parse_args(argv)
+
+    if args.case:
+        cases = discover_cases(args.case)
+        if len(cases) != 1:
+            raise DataError(args.case, f"{len(cases)} cases", "a folder with exactly one case")
+        case = cases[0]
+    else:
+        cases = discover_cases(resolve_root(BrainDataConfig()))
+        case = next(c for c in cases if len(c.paths) < len(MODALITIES))
+    missing = [m for m in MODALITIES if m not in case.paths]
+    modality = canonical_modality(args.modality) if args.modality else (missing or [None])[0]
+    if modality not in MODALITIES:
+        raise ValueError(f"--modality must be one of {MODALITIES} (or an alias), got {args.modality!r}")
+    model, config = load_brain_mae(args.model or newest_export())
+    model.eval()
+
+    chain = inference_chain(config["spacing"])
+    data = chain(case.as_dict())
+    pred = synthesise(model, data["image"].as_tensor(), data["present"], modality, config["roi"])
+    meta_pred = data["image"][:1].clone()  # a MetaTensor carrying the applied transforms
+    meta_pred[0] = pred
+    restored = chain.inverse({"image": meta_pred})["image"][0].numpy()  # on the case's input grid
+
+    ref_path = next(case.paths[m] for m in MODALITIES if m in case.paths and m != modality)
+    ref, affine, header = read_volume(ref_path)
+    restored = restored * (ref != 0)  # resampling back may blur past the head: keep the input's foreground
+    out = Path(args.out or ROOT / "runs" / "brats_reconstruct" / f"{case.case_id}_{modality}.nii.gz")
+    write_volume(out, restored, affine, header, overwrite=args.overwrite)
+    note = "" if modality in missing else " (the case has this contrast: compare them)"
+    print(f"{case.case_id}: {modality} synthesised from {sorted(set(case.paths) - {modality})} -> {out}{note}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,90 @@
+import csv
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "pipelines"))
+import brats_finetune  # noqa: E402
+import brats_pretrain  # noqa: E402
+import brats_reconstruct  # noqa: E402
+
+TINY = ["model.dim=48", "model.depth=4", "model.heads=4", "model.decoder_dim=32", "model.decoder_depth=1",
+        "model.decoder_heads=4", "train.epochs=2", "train.epoch_repeats=1", "train.batch_size=2",
+        "train.num_workers=0", "train.log_every=1", "data.synthetic.cases=8", "data.synthetic.roi=[32,32,32]",
+        "data.synthetic.spacing=[4,4,4]"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("brats")
+    args = TINY + [f"data.synthetic.folder={tmp / 'data'}", f"train.out_dir={tmp / 'runs'}", "train.run_name=pre",
+                   "train.figure_every=1"]
+    brats_pretrain.main(args)
+    return tmp
+
+
+def test_pretrain_leaves_export_metrics_and_figures(pretrained):
+    run = pretrained / "runs" / "pre"
+    assert (run / "export" / "config.json").is_file() and (run / "export" / "model.safetensors").is_file()
+    assert (run / "recon_epoch001.png").is_file() and (run / "recon_epoch002.png").is_file()
+    assert (run / "config.yaml").read_text().count("group_dirichlet") == 1
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert {"loss/t1", "loss/t1ce", "loss/t2", "loss/flair"} <= set(rows[0])
+    assert any(r["kind"] == "val" for r in rows)
+    cases = sorted((pretrained / "data").glob("SynBraTS_*"))
+    assert len(cases) == 8 and (pretrained / "data" / "labels.csv").is_file()
+    img = nib.load(str(cases[0] / f"{cases[0].name}_t1.nii.gz"))
+    assert img.affine[0, 0] < 0 and img.shape == (72, 88, 72)  # BraTS-like LPS voxel axes
+    assert len(list(cases[1].glob("*.nii.gz"))) == 4  # case 1 lacks t1ce: 3 images + seg
+
+
+@pytest.mark.parametrize("kind,metric", [("classification", "auroc"), ("segmentation", "dice_wt"),
+                                         ("survival", "c_index")])
+def test_finetune_each_task_from_the_export(pretrained, kind, metric, capsys):
+    args = TINY + [f"data.synthetic.folder={pretrained / 'data'}", f"train.out_dir={pretrained / 'runs'}",
+                   f"train.run_name=ft_{kind}", f"task.kind={kind}", "data.val_fraction=0.5", "train.epochs=1",
+                   f"--init-from={pretrained / 'runs' / 'pre' / 'export'}"]
+    brats_finetune.main(args)
+    out = capsys.readouterr().out
+    assert "t1+t1ce+t2+flair" in out and "t1+t2+flair" in out and metric in out
+    rows = [r for r in csv.DictReader((pretrained / "runs" / f"ft_{kind}" / "metrics.csv").open()) if r["kind"] == "val"]
+    assert 0.0 <= float(rows[-1][metric]) <= 1.0
+
+
+def test_finetune_on_a_modality_subset(pretrained, capsys):
+    args = TINY + [f"data.synthetic.folder={pretrained / 'data'}", f"train.out_dir={pretrained / 'runs'}",
+                   "train.run_name=ft_subset", "data.modalities=[t1,flair]", "train.epochs=1", "data.val_fraction=0.5"]
+    brats_finetune.main(args)
+    out = capsys.readouterr().out
+    assert "t1+flair " in out and "t1ce" not in out
+
+
+def test_reconstruct_writes_the_missing_contrast_on_the_input_grid(pretrained):
+    case = pretrained / "data" / "SynBraTS_00001"  # lacks t1ce
+    out = pretrained / "t1ce.nii.gz"
+    brats_reconstruct.main(["--model", str(pretrained / "runs" / "pre" / "export"), "--case", str(case),
+                            "--out", str(out)])
+    ref = nib.load(str(case / "SynBraTS_00001_t1.nii.gz"))
+    rec = nib.load(str(out))
+    assert rec.shape == ref.shape and np.array_equal(rec.affine, ref.affine)
+    data = rec.get_fdata()
+    assert np.isfinite(data).all() and data[ref.get_fdata() == 0].max() == 0 and data.std() > 0
+    with pytest.raises(ValueError, match="exists"):
+        brats_reconstruct.main(["--model", str(pretrained / "runs" / "pre" / "export"), "--case", str(case),
+                                "--out", str(out)])
+
+
+def test_bad_data_exits_2_with_one_message(tmp_path):
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "c1_t1.nii.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "brats_pretrain.py"), "--data", str(tmp_path),
+                        "data.val_fraction=0", "train.num_workers=0", f"train.out_dir={tmp_path / 'runs'}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "c1_t1.nii.gz: found an unreadable or truncated NIfTI" in r.stderr
+    assert "Traceback" not in r.stderr
