@@ -6,6 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from core.tokens import TokenSet
+
 
 def _check_patch(spatial: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
     if len(spatial) != len(patch):
@@ -158,9 +160,7 @@ class GridTokenizer(nn.Module):
         """Values per patch (the target's P)."""
         return self.weight.shape[1]
 
-    def forward(self, batch: dict) -> "TokenSet":
-        from core.tokens import TokenSet
-
+    def forward(self, batch: dict) -> TokenSet:
         x, present = batch["image"], batch["present"]  # [B, G, C, *S], [B, G]
         B, G = x.shape[:2]
         if G != len(self.groups) or tuple(x.shape[3:]) != self.spatial or x.shape[2] != self.channels:

@@ -306,7 +306,7 @@ class Trainer:
                 if self.step >= stop:
                     break
             if self.batch_in_epoch >= per_epoch * cfg.accum_steps:
-                self._end_epoch(metrics, writer, val_set, train_set, last)
+                self._end_epoch(metrics, writer, val_set, train_set)
             self.save()
         bar.close()
         if writer:
@@ -335,7 +335,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
 
-    def _end_epoch(self, metrics, writer, val_set, train_set, last) -> None:
+    def _end_epoch(self, metrics, writer, val_set, train_set) -> None:
         epoch = self.epoch
         self.epoch += 1
         self.batch_in_epoch = 0

@@ -11,7 +11,7 @@ import torch
 class TokenSet:
     """What a tokenizer returns for a batch of B samples with N token slots.
 
-    Slots are laid out as ``n_blocks`` consecutive blocks of ``prod(grid)`` slots each (one block per
+    Slots are laid out as consecutive blocks of ``prod(grid)`` slots each (one block per
     modality, lead or band group); ``grid`` is the token grid inside a block, or None when the slots
     have no grid (point groups). Invalid slots (padding, a missing modality, a nodata patch) are never
     shown to the encoder and never scored.
