@@ -152,6 +152,7 @@ class BrainFineTuner(nn.Module):
         return self.head(batch["image"], maps)
 
 
+@torch.no_grad()
 def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
     """PNG of the first case's mid axial slice per modality: original | masked input | reconstruction."""
     import matplotlib

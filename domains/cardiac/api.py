@@ -1,0 +1,104 @@
+"""CardiacFoundationModel: load an export and call it on a record from a clinical script.
+
+    model = CardiacFoundationModel.from_pretrained("runs/cardiac_pretrain/<run>/export")
+    vectors = model.embed("data/100")                                 # a WFDB record: [windows, D]
+    lead_ii = model.reconstruct(x, ["II"], fs=125, names=["PLETH"])   # an array: lead II from a PPG
+
+A record is a WFDB path (or EDF file), a ``wfdb.Record``, or an array [channels, samples] with
+``fs`` and ``names``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import load_export, load_weights
+from core.errors import DataError
+from domains.cardiac.data import CardiacDataConfig, record_windows
+from domains.cardiac.io import CHANNELS, Signal, canonical_channel, from_array, read_record
+from domains.cardiac.model import CardiacFineTuner, CardiacTaskConfig, mae_from_config
+
+
+class CardiacFoundationModel:
+    """Embeddings, predictions (with a fine-tuned head) and channel synthesis on CPU or GPU."""
+
+    def __init__(self, mae, config: dict, head: CardiacFineTuner | None = None, device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.mae, self.config = mae.eval().to(self.device), config
+        self.head = head.eval().to(self.device) if head is not None else None
+        self.data_cfg = CardiacDataConfig(fs=config["fs"], window_s=config["window_s"], stride_s=config["stride_s"],
+                                          patch=config["patch"], max_gap_s=config["max_gap_s"], root="")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | None = None) -> "CardiacFoundationModel":
+        """An export of cardiac_pretrain (or of cardiac_finetune, which adds the head)."""
+        config, state = load_export(folder)
+        if config.get("domain") != "cardiac":
+            raise DataError(Path(folder) / "config.json", f"domain {config.get('domain')!r}", "a cardiac export")
+        mae = mae_from_config(config)
+        head = None
+        if "task" in config:
+            head = CardiacFineTuner(mae.encoder, CardiacTaskConfig(**config["task"]), config["n_out"])
+            load_weights(head, state)
+        else:
+            load_weights(mae, state)
+        return cls(mae, config, head, device)
+
+    def _signal(self, record, fs=None, names=None) -> Signal:
+        if isinstance(record, (str, Path)):
+            return read_record(record)
+        if hasattr(record, "p_signal") and hasattr(record, "sig_name"):  # a wfdb.Record
+            return from_array(np.asarray(record.p_signal).T, record.fs, record.sig_name, getattr(record, "record_name", "record"))
+        if fs is None or names is None:
+            raise ValueError("an array record needs fs= and names= (one channel name per row)")
+        return from_array(record, fs, names)
+
+    def _batches(self, sig: Signal, batch_size: int = 64):
+        w = record_windows(sig, self.data_cfg)
+        for i in range(0, len(w["image"]), batch_size):
+            yield {k: torch.from_numpy(v[i:i + batch_size]).to(self.device) for k, v in w.items()}
+
+    @torch.no_grad()
+    def embed(self, record, fs: float | None = None, names: list[str] | None = None) -> np.ndarray:
+        """One vector per window [W, D]: the mean of the encoder's tokens over the valid channels and time."""
+        out = []
+        for batch in self._batches(self._signal(record, fs, names)):
+            f = self.mae.encoder(batch)
+            w = f["valid"][..., None].float()
+            out.append(((f["tokens"] * w).sum(1) / w.sum(1).clamp_min(1)).cpu())
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def predict(self, record, fs: float | None = None, names: list[str] | None = None) -> np.ndarray:
+        """The fine-tuned head's output per window: diagnosis probabilities [W, K] or the regression value [W]."""
+        if self.head is None:
+            raise ValueError("this export has no fine-tuned head; use cardiac_finetune's export for predict()")
+        outs = [self.head(b).cpu() for b in self._batches(self._signal(record, fs, names))]
+        out = torch.cat(outs)
+        if self.head.task.kind == "diagnosis":
+            return out.sigmoid().numpy()
+        return (out.reshape(-1) * self.config.get("target_scale", 1.0)).numpy()
+
+    @torch.no_grad()
+    def reconstruct(self, record, channels: list[str], fs: float | None = None,
+                    names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Synthesise ``channels`` (e.g. a lead from a PPG) from the record's other channels:
+        {channel: [W, L]} per window, standardised units, at the model's rate."""
+        wanted = [canonical_channel(c) or c for c in channels]
+        unknown = [c for c in wanted if c not in CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown channels {unknown}; expected names from {CHANNELS}")
+        sig = self._signal(record, fs, names)
+        keep = [i for i, c in enumerate(sig.channels) if c not in wanted]
+        if not keep:
+            raise DataError(sig.source, f"only the channels to synthesise ({wanted})", "at least one other channel")
+        sig = Signal(sig.data[keep], sig.fs, [sig.channels[i] for i in keep], sig.source)
+        tok = self.mae.encoder.tokenizer
+        parts = []
+        for batch in self._batches(sig):
+            recon = self.mae.reconstruction(self.mae.fill(batch, wanted))[2]  # [b, N, P]
+            parts.append(tok.unpatchify(torch.nan_to_num(recon))[:, :, 0].cpu())  # [b, 13, L]
+        values = torch.cat(parts)
+        return {c: values[:, CHANNELS.index(c)].numpy() for c in wanted}

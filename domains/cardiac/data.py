@@ -1,0 +1,110 @@
+"""Windows of cardiac records as a dataset: discovery, preprocessing once, splits by record, labels."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from domains.cardiac import synthetic
+from domains.cardiac.io import CHANNELS, Signal, find_records, read_record
+from domains.cardiac.transforms import prepare, standardise, to_slots, windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyntheticConfig:
+    records: int = 96
+    seconds: float = 30.0
+    seed: int = 0
+    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
+
+
+@dataclass
+class CardiacDataConfig:
+    root: str | None = None  # a folder of WFDB records / EDF files; None = the synthetic dataset
+    fs: float = 250.0  # the model's sampling rate
+    window_s: float = 10.0
+    stride_s: float = 10.0
+    patch: int = 50  # samples per token (0.2 s at 250 Hz)
+    max_gap_s: float = 0.5  # NaN gaps up to this long are interpolated, longer ones are invalid patches
+    channels: list[str] = field(default_factory=lambda: list(CHANNELS))  # which to use (any subset)
+    diagnoses: list[str] = field(default_factory=lambda: list(synthetic.DIAGNOSES))  # multi-label classes
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        unknown = [c for c in self.channels if c not in CHANNELS]
+        if unknown or not self.channels:
+            raise ValueError(f"data.channels must be a non-empty subset of {CHANNELS}, got {self.channels}")
+        if self.window_length % self.patch:
+            raise ValueError(f"data.patch {self.patch} must divide the window of {self.window_length} samples")
+
+    @property
+    def window_length(self) -> int:
+        return int(round(self.window_s * self.fs))
+
+
+def resolve_root(cfg: CardiacDataConfig) -> Path:
+    if cfg.root is not None:
+        return Path(cfg.root)
+    s = cfg.synthetic
+    return synthetic.write_dataset(s.folder, s.records, s.seconds, s.seed)
+
+
+def record_windows(sig: Signal, cfg: CardiacDataConfig, channels: list[str] | None = None) -> dict[str, np.ndarray]:
+    """One record -> model inputs per window: image [W, 13, 1, L], present [W, 13], patch_valid [W, 13, n]."""
+    if channels is not None:
+        keep = [i for i, ch in enumerate(sig.channels) if ch in channels]
+        sig = Signal(sig.data[keep], sig.fs, [sig.channels[i] for i in keep], sig.source, sig.labels)
+    x, invalid = prepare(sig, cfg.fs, cfg.max_gap_s)
+    w, bad = windows(x, invalid, cfg.window_length, int(round(cfg.stride_s * cfg.fs)), sig.source)
+    return to_slots(standardise(w, bad), bad, sig.channels, cfg.patch)
+
+
+def labels_of(sig: Signal, diagnoses: list[str]) -> dict[str, torch.Tensor]:
+    """Multi-hot diagnoses (from a 'labels: A,B' header comment) and heart rate ('hr'; NaN if absent)."""
+    names = {x.strip() for x in sig.labels.get("labels", "").split(",") if x.strip()}
+    hr = float(sig.labels["hr"]) if "hr" in sig.labels else float("nan")
+    return {"y": torch.tensor([d in names for d in diagnoses], dtype=torch.float32), "hr": torch.tensor(hr)}
+
+
+class CardiacWindows(Dataset):
+    """All windows of a list of records, preprocessed once and held in memory."""
+
+    def __init__(self, records: list[Path], cfg: CardiacDataConfig, channels: list[str] | None = None):
+        parts, labels = [], []
+        for path in records:
+            sig = read_record(path)
+            w = record_windows(sig, cfg, channels or cfg.channels)
+            parts.append(w)
+            lab = labels_of(sig, cfg.diagnoses)
+            labels += [lab] * len(w["image"])
+        self.arrays = {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
+        self.y = torch.stack([lab["y"] for lab in labels])  # [W, n_diagnoses]
+        self.hr = torch.stack([lab["hr"] for lab in labels])  # [W]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**{k: v[i] for k, v in self.arrays.items()}, "y": self.y[i], "hr": self.hr[i]}
+
+
+def split_records(records: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """A reproducible split by record (windows of one record never straddle the split)."""
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(len(records) * val_fraction)) if val_fraction > 0 and len(records) > 1 else 0
+    return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
+
+
+def load_splits(cfg: CardiacDataConfig, channels: list[str] | None = None):
+    """(train windows, val windows or None) from the config."""
+    train, val = split_records(find_records(resolve_root(cfg)), cfg.val_fraction, cfg.split_seed)
+    log.info("%d train records, %d val records", len(train), len(val))
+    return CardiacWindows(train, cfg, channels), (CardiacWindows(val, cfg, channels) if val else None)

@@ -1,0 +1,113 @@
+"""Preprocessing with scipy: gap filling, resampling, band-pass filtering, windows, standardisation."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from scipy import signal as sps
+
+from core.errors import DataError
+from domains.cardiac.io import CHANNELS, Signal
+
+BANDS = {"ECG": (0.5, 40.0), "PPG": (0.5, 8.0)}  # Hz
+
+
+def kind(channel: str) -> str:
+    return "PPG" if channel == "PPG" else "ECG"
+
+
+def check_rate(sig: Signal) -> None:
+    """The record's rate must carry every band it needs (above twice the band's upper edge)."""
+    for ch in sig.channels:
+        high = BANDS[kind(ch)][1]
+        if sig.fs <= 2 * high:
+            raise DataError(sig.source, f"sampling rate {sig.fs:g} Hz for {ch}",
+                            f"more than {2 * high:g} Hz (twice the {kind(ch)} band's {high:g} Hz)")
+
+
+def fill_gaps(x: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linearly interpolate NaN runs of at most ``max_gap`` samples; longer runs become 0 and are
+    returned as invalid. x [C, T] -> (filled [C, T], invalid [C, T] bool)."""
+    x = x.copy()
+    invalid = np.zeros(x.shape, dtype=bool)
+    for c in np.flatnonzero(np.isnan(x).any(1)):  # a loop over the few channels with gaps
+        row = x[c]
+        nan = np.isnan(row)
+        edges = np.diff(np.concatenate([[0], nan.astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        good = np.flatnonzero(~nan)
+        row[nan] = np.interp(np.flatnonzero(nan), good, row[good])
+        for s, e in zip(starts, ends):
+            if e - s > max_gap:
+                row[s:e] = 0.0
+                invalid[c, s:e] = True
+    return x, invalid
+
+
+def resample(x: np.ndarray, fs: float, fs_out: float) -> np.ndarray:
+    """Polyphase resampling along time: [C, T] at ``fs`` -> [C, T'] at ``fs_out``."""
+    if fs == fs_out:
+        return x
+    ratio = Fraction(fs_out / fs).limit_denominator(1000)
+    return sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
+
+
+def bandpass(x: np.ndarray, fs: float, channels: list[str]) -> np.ndarray:
+    """Zero-phase Butterworth band-pass per channel kind (ECG and PPG have their own bands)."""
+    out = x.copy()
+    for k, (low, high) in BANDS.items():
+        rows = [i for i, ch in enumerate(channels) if kind(ch) == k]
+        if rows:
+            sos = sps.butter(2, [low, high], btype="bandpass", fs=fs, output="sos")
+            out[rows] = sps.sosfiltfilt(sos, x[rows], axis=1)
+    return out
+
+
+def prepare(sig: Signal, fs: float, max_gap_s: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Record -> (filtered signal at ``fs`` [C, T], invalid [C, T]) on the record's channels."""
+    check_rate(sig)
+    x, invalid = fill_gaps(sig.data, int(max_gap_s * sig.fs))
+    x = bandpass(resample(x, sig.fs, fs), fs, sig.channels)
+    if invalid.any():
+        invalid = resample(invalid.astype(np.float32), sig.fs, fs) > 0.1
+    else:
+        invalid = np.zeros(x.shape, dtype=bool)
+    return x.astype(np.float32), invalid[:, : x.shape[1]]
+
+
+def windows(x: np.ndarray, invalid: np.ndarray, length: int, stride: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed windows [W, C, length] (and their invalid masks) every ``stride`` samples."""
+    T = x.shape[1]
+    if T < length:
+        raise DataError(source, f"{T} samples after resampling", f"at least one window of {length} samples")
+    starts = np.arange(0, T - length + 1, stride)
+    idx = starts[:, None] + np.arange(length)[None]  # [W, L]
+    return x[:, idx].transpose(1, 0, 2), invalid[:, idx].transpose(1, 0, 2)
+
+
+def standardise(w: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per window and channel over valid samples (invalid samples become 0)."""
+    valid = ~invalid
+    n = np.maximum(valid.sum(-1, keepdims=True), 1)
+    mean = (w * valid).sum(-1, keepdims=True) / n
+    std = np.sqrt((((w - mean) * valid) ** 2).sum(-1, keepdims=True) / n)
+    return np.where(valid, (w - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
+
+
+def to_slots(w: np.ndarray, invalid: np.ndarray, channels: list[str], patch: int,
+             min_valid: float = 0.5) -> dict[str, np.ndarray]:
+    """Windows on the record's channels -> the model's 13 channel slots.
+
+    w, invalid [W, C, L] -> image [W, 13, 1, L], present [W, 13], patch_valid [W, 13, L / patch]
+    (a patch is valid when at least ``min_valid`` of its samples are).
+    """
+    W, _, L = w.shape
+    rows = [CHANNELS.index(ch) for ch in channels]
+    image = np.zeros((W, len(CHANNELS), 1, L), np.float32)
+    image[:, rows, 0] = w
+    present = np.zeros((W, len(CHANNELS)), bool)
+    present[:, rows] = True
+    ok = np.zeros((W, len(CHANNELS), L), bool)
+    ok[:, rows] = ~invalid
+    patch_valid = ok.reshape(W, len(CHANNELS), L // patch, patch).mean(-1) >= min_valid
+    return {"image": image, "present": present & patch_valid.any(-1), "patch_valid": patch_valid}
