@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.errors import DataError
 from domains.cardiac import synthetic
 from domains.cardiac.io import CHANNELS, Signal, find_records, read_record
 from domains.cardiac.transforms import prepare, standardise, to_slots, windows
@@ -30,7 +31,7 @@ class CardiacDataConfig:
     fs: float = 250.0  # the model's sampling rate
     window_s: float = 10.0
     stride_s: float = 10.0
-    patch: int = 50  # samples per token (0.2 s at 250 Hz)
+    patch: int = 100  # samples per token (0.4 s at 250 Hz)
     max_gap_s: float = 0.5  # NaN gaps up to this long are interpolated, longer ones are invalid patches
     channels: list[str] = field(default_factory=lambda: list(CHANNELS))  # which to use (any subset)
     diagnoses: list[str] = field(default_factory=lambda: list(synthetic.DIAGNOSES))  # multi-label classes
@@ -79,12 +80,19 @@ class CardiacWindows(Dataset):
 
     def __init__(self, records: list[Path], cfg: CardiacDataConfig, channels: list[str] | None = None):
         parts, labels = [], []
+        channels = channels or cfg.channels
         for path in records:
             sig = read_record(path)
-            w = record_windows(sig, cfg, channels or cfg.channels)
+            if not set(sig.channels) & set(channels):
+                log.info("%s has none of %s; left out", path, channels)
+                continue
+            w = record_windows(sig, cfg, channels)
             parts.append(w)
             lab = labels_of(sig, cfg.diagnoses)
             labels += [lab] * len(w["image"])
+        if not parts:
+            raise DataError(records[0].parent if records else "records", f"no record with any of {channels}",
+                            "at least one record with a chosen channel")
         self.arrays = {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
         self.y = torch.stack([lab["y"] for lab in labels])  # [W, n_diagnoses]
         self.hr = torch.stack([lab["hr"] for lab in labels])  # [W]

@@ -25,7 +25,7 @@ class CardiacModelConfig(MAEConfig):
     decoder_dim: int = 96
     decoder_depth: int = 2
     decoder_heads: int = 4
-    mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="group_dirichlet", ratio=0.75, alpha=1.0))
+    mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="random", ratio=0.75))
 
 
 def build_cardiac_mae(cfg: CardiacModelConfig, window_length: int, patch: int) -> MaskedAutoencoder:

@@ -88,7 +88,8 @@ def make_record(rng: np.random.Generator, rhythm: str, pvc: bool, seconds: float
     if rhythm == "AF":
         f = sum(rng.uniform(0.02, 0.05) * np.sin(2 * np.pi * rng.uniform(4, 7) * t + rng.uniform(0, 6)) for _ in range(3))
         ecg += f[None] * axis[:, :1]
-    ecg += 0.1 * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * t + rng.uniform(0, 6))[None]  # baseline wander
+    wander = 0.1 * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * t + rng.uniform(0, 6))  # respiration moves the axis
+    ecg += (axis @ rng.uniform(-1, 1, 3))[:, None] * wander[None]
     ecg += rng.normal(0, 0.02, ecg.shape)
     pulse_amp = np.where(ectopic, 0.4, 1.0)
     ppg = (_gauss_train(t, beats + 0.25, 0.08, pulse_amp) + _gauss_train(t, beats + 0.5, 0.07, 0.35 * pulse_amp))

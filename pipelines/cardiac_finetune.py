@@ -1,0 +1,76 @@
+"""Fine-tune a cardiac encoder: multi-label diagnosis (BCE with pos_weight; macro AUROC) or regression
+(heart rate by default; mean absolute error), as a linear probe or a full fine-tune.
+
+--init-from EXPORT starts from a cardiac_pretrain export. At the end it prints the validation score
+per channel configuration (12-lead, limb leads, lead I, lead II, PPG only, ECG + PPG), same weights.
+"""
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from core.checkpoint import save_export  # noqa: E402
+from core.config import parse_cli, run_cli, save_config  # noqa: E402
+from core.engine import Trainer, TrainConfig  # noqa: E402
+from core.errors import DataError  # noqa: E402
+from core.heads import layer_decay_groups, pos_weight_from_labels  # noqa: E402
+from domains.cardiac.data import CardiacDataConfig, CardiacWindows, find_records, resolve_root, split_records  # noqa: E402
+from domains.cardiac.io import LEADS  # noqa: E402
+from domains.cardiac.model import (CardiacFineTuner, CardiacModelConfig, CardiacTaskConfig, build_cardiac_mae,  # noqa: E402
+                                   export_config, load_cardiac_mae, task_evaluate, task_step)
+
+DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cardiac_finetune.yaml"
+CONFIGURATIONS = {"12-lead": LEADS, "limb leads": ["I", "II", "III", "aVR", "aVL", "aVF"], "lead I": ["I"],
+                  "lead II": ["II"], "PPG only": ["PPG"], "ECG + PPG": LEADS + ["PPG"]}
+
+
+@dataclass
+class Config:
+    data: CardiacDataConfig = field(default_factory=CardiacDataConfig)
+    model: CardiacModelConfig = field(default_factory=CardiacModelConfig)
+    task: CardiacTaskConfig = field(default_factory=CardiacTaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def main(argv=None):
+    cfg = parse_cli(Config, DEFAULT, __doc__, argv)
+    task = cfg.task
+    train_records, val_records = split_records(find_records(resolve_root(cfg.data)), cfg.data.val_fraction,
+                                               cfg.data.split_seed)
+    train_set, val_set = CardiacWindows(train_records, cfg.data), CardiacWindows(val_records, cfg.data)
+    if task.kind == "regression" and train_set.hr.isnan().any():
+        raise DataError(cfg.data.root or "synthetic", "records without an 'hr' header comment", "a value per record")
+    if cfg.train.init_from:
+        mae, pre = load_cardiac_mae(cfg.train.init_from)
+        model_cfg = CardiacModelConfig(**{**vars(cfg.model), **{k: v for k, v in pre["model"].items() if k != "mask"}})
+    else:
+        mae, model_cfg = build_cardiac_mae(cfg.model, cfg.data.window_length, cfg.data.patch), cfg.model
+    n_out = len(cfg.data.diagnoses) if task.kind == "diagnosis" else 1
+    hr_scale = float(train_set.hr.nanmean()) if task.kind == "regression" else 1.0
+    model = CardiacFineTuner(mae.encoder, task, n_out)
+    pos_weight = pos_weight_from_labels(train_set.y) if task.kind == "diagnosis" else None
+    groups = (lambda m, lr: layer_decay_groups(m, lr, cfg.train.weight_decay, cfg.train.layer_decay, model_cfg.depth))
+    trainer = Trainer(model, cfg.train, step_fn=task_step(task, pos_weight, hr_scale),
+                      evaluate=task_evaluate(task, cfg.data.diagnoses, hr_scale),
+                      param_groups=groups if cfg.train.layer_decay < 1 and not task.freeze_encoder else None,
+                      export=lambda m, folder: save_export(folder, m, export_config(
+                          model_cfg, cfg.data, task=vars(task), n_out=n_out, diagnoses=cfg.data.diagnoses,
+                          target_scale=hr_scale)))
+    if trainer.dist.main:
+        save_config(cfg, trainer.run_dir / "config.yaml")
+    trainer.fit(train_set, val_set)
+    if not trainer.dist.main:
+        return
+    print(f"run folder: {trainer.run_dir}\nvalidation by channel configuration ({len(val_records)} records):")
+    for name, channels in CONFIGURATIONS.items():
+        try:
+            data = CardiacWindows(val_records, cfg.data, channels)
+        except DataError:
+            print(f"  {name:12s} no validation record has these channels")
+            continue
+        scores = trainer.evaluate(data)
+        print(f"  {name:12s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if not k.startswith("auroc_")))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,117 @@
+import logging
+
+import numpy as np
+import pytest
+import wfdb
+
+from core import DataError
+from domains.cardiac.io import CHANNELS, canonical_channel, find_records, from_array, read_record
+from domains.cardiac.transforms import bandpass, check_rate, fill_gaps, prepare, resample, standardise, to_slots, windows
+
+
+def _write(tmp_path, name="r", names=("I", "MLII", "PLETH", "RESP"), fs=250, seconds=12, nan=None):
+    t = np.arange(int(fs * seconds)) / fs
+    sig = np.stack([np.sin(2 * np.pi * (1 + i) * t) for i in range(len(names))], 1)
+    if nan is not None:
+        sig[nan] = np.nan
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * len(names), sig_name=list(names), p_signal=sig, fmt=["16"] * len(names),
+                adc_gain=[200.0] * len(names), baseline=[0] * len(names),  # NaN is then stored as invalid
+                comments=["labels: AF", "hr: 72"], write_dir=str(tmp_path))
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("raw,canon", [("MLII", "II"), ("avr", "aVR"), ("V5", "V5"), ("PLETH", "PPG"),
+                                       ("SpO2", "PPG"), ("ECG II", "II"), ("RESP", None), ("ABP", None)])
+def test_channel_names_are_canonicalised(raw, canon):
+    assert canonical_channel(raw) == canon
+
+
+def test_read_record_canonicalises_and_logs_ignored(tmp_path, caplog):
+    path = _write(tmp_path)
+    with caplog.at_level(logging.INFO):
+        sig = read_record(path)
+    assert sig.channels == ["I", "II", "PPG"] and sig.fs == 250 and sig.data.shape == (3, 3000)
+    assert "ignored channels ['RESP']" in caplog.text
+    assert sig.labels == {"labels": "AF", "hr": "72"}
+    assert read_record(str(path) + ".hea").channels == sig.channels
+
+
+def test_multi_segment_records_read_with_gaps_as_nan(tmp_path):
+    a = _write(tmp_path, "seg1", names=("II",), seconds=2)
+    _write(tmp_path, "seg2", names=("II",), seconds=2)
+    (tmp_path / "multi_layout.hea").write_text("multi_layout 1 250 0\n~ 0 200/mV 16 0 0 0 0 II\n")
+    (tmp_path / "multi.hea").write_text("multi/4 1 250 1250\nmulti_layout 0\nseg1 500\n~ 250\nseg2 500\n")
+    sig = read_record(tmp_path / "multi")
+    assert sig.data.shape == (1, 1250) and np.isnan(sig.data[0, 500:750]).all()
+    assert not np.isnan(sig.data[0, :500]).any()
+    assert [p.name for p in find_records(tmp_path)] == ["multi"]
+    assert a.with_suffix(".hea").is_file()
+
+
+def test_arrays_need_rate_and_names():
+    sig = from_array(np.zeros((2, 100)) + 1, 100, ["lead i", "Pleth"])
+    assert sig.channels == ["I", "PPG"]
+    with pytest.raises(DataError, match="one name per channel"):
+        from_array(np.zeros((2, 100)), 100, ["I"])
+    with pytest.raises(DataError, match="positive sampling rate"):
+        from_array(np.zeros((1, 100)), 0, ["I"])
+
+
+def test_bad_records(tmp_path, caplog):
+    path = _write(tmp_path)
+    (tmp_path / "r.dat").unlink()
+    with pytest.raises(DataError, match="r.hea: found a header whose signal file is missing"):
+        read_record(path)
+    with pytest.raises(DataError, match="no usable channel among \\['RESP', 'ABP'\\]"):
+        read_record(_write(tmp_path, "x", names=("RESP", "ABP")))
+    with caplog.at_level(logging.WARNING):
+        sig = read_record(_write(tmp_path, "n", names=("I", "II"), nan=(slice(None), 1)))
+    assert sig.channels == ["I"] and "channel II is all NaN; dropped" in caplog.text
+    with pytest.raises(DataError, match="no usable channel"):
+        read_record(_write(tmp_path, "m", names=("II",), nan=(slice(None), 0)))
+    short = _write(tmp_path, "s", names=("II",), seconds=4)
+    lines = (tmp_path / "s.hea").read_text().splitlines()
+    head = lines[0].split()
+    (tmp_path / "s.hea").write_text("\n".join([" ".join(head[:3] + ["5000"])] + lines[1:]) + "\n")
+    with pytest.raises(DataError, match="s.hea: found a record wfdb cannot read|samples where the header says"):
+        read_record(short)
+    with pytest.raises(DataError, match="no such file"):
+        read_record(tmp_path / "missing")
+
+
+def test_rate_window_and_gap_rules(tmp_path):
+    sig = from_array(np.random.default_rng(0).normal(size=(2, 600)), 60, ["II", "PPG"], "low.hea")
+    with pytest.raises(DataError, match="low.hea: found sampling rate 60 Hz for II; expected more than 80 Hz"):
+        check_rate(sig)
+    x = np.arange(20, dtype=np.float32)[None].repeat(2, 0)
+    x[0, 3:5] = np.nan
+    x[1, 5:15] = np.nan
+    filled, invalid = fill_gaps(x, max_gap=3)
+    assert np.allclose(filled[0, 3:5], [3, 4]) and not invalid[0].any()
+    assert invalid[1, 5:15].all() and (filled[1, 5:15] == 0).all()
+    with pytest.raises(DataError, match="at least one window of 2500 samples"):
+        windows(np.zeros((1, 100)), np.zeros((1, 100), bool), 2500, 2500, "short")
+
+
+def test_prepare_resamples_filters_and_slots():
+    fs = 500
+    t = np.arange(fs * 12) / fs
+    ecg = np.sin(2 * np.pi * 10 * t) + 5 * np.sin(2 * np.pi * 0.05 * t) + np.sin(2 * np.pi * 100 * t)
+    sig = from_array(np.stack([ecg, ecg]), fs, ["V2", "PPG"])
+    x, invalid = prepare(sig, 250.0)
+    assert x.shape == (2, 3000) and not invalid.any()
+    spec = np.abs(np.fft.rfft(x[0])) / len(x[0])
+    freqs = np.fft.rfftfreq(len(x[0]), 1 / 250)
+    assert spec[np.argmin(abs(freqs - 10))] > 0.3  # in band: kept
+    assert spec[np.argmin(abs(freqs - 0.05))] < 0.2  # baseline wander: removed
+    ppg_spec = np.abs(np.fft.rfft(x[1])) / len(x[1])
+    assert ppg_spec[np.argmin(abs(freqs - 10))] < 0.5 * spec[np.argmin(abs(freqs - 10))]  # above PPG's 8 Hz
+    w, bad = windows(x, invalid, 2500, 250, "r")
+    assert w.shape == (3, 2, 2500)
+    z = standardise(w, bad)
+    assert np.allclose(z.mean(-1), 0, atol=1e-4) and np.allclose(z.std(-1), 1, atol=1e-3)
+    slots = to_slots(z, bad, ["V2", "PPG"], 50)
+    assert slots["image"].shape == (3, 13, 1, 2500) and slots["patch_valid"].shape == (3, 13, 50)
+    assert slots["present"][0].tolist() == [c in ("V2", "PPG") for c in CHANNELS]
+    assert resample(np.ones((1, 360)), 360, 250).shape == (1, 250)
+    assert bandpass(np.zeros((1, 1000)), 250, ["I"]).shape == (1, 1000)

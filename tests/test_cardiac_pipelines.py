@@ -1,0 +1,98 @@
+import csv
+import sys
+
+import numpy as np
+import pytest
+import torch
+import wfdb
+
+from conftest import ROOT, shared_data
+from domains.cardiac.api import CardiacFoundationModel
+from domains.cardiac.io import CHANNELS, read_record
+
+sys.path.insert(0, str(ROOT / "pipelines"))
+import cardiac_finetune  # noqa: E402
+import cardiac_pretrain  # noqa: E402
+
+TINY = ["model.dim=32", "model.depth=2", "model.heads=4", "model.decoder_dim=32", "model.decoder_depth=1",
+        "model.decoder_heads=4", "train.epochs=1", "train.batch_size=8", "train.log_every=1",
+        "data.synthetic.records=12", "data.synthetic.seconds=20"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cardiac")
+    cardiac_pretrain.main(TINY + [f"data.synthetic.folder={tmp / 'data'}", f"train.out_dir={tmp / 'runs'}",
+                                  "train.run_name=pre", "train.figure_every=1"])
+    return tmp
+
+
+def test_synthetic_records_and_pretraining_outputs(pretrained):
+    run = pretrained / "runs" / "pre"
+    assert (run / "export" / "model.safetensors").is_file() and (run / "recon_epoch001.png").is_file()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert {"loss/II", "loss/PPG", "loss/V6"} <= set(rows[0])
+    twelve = read_record(pretrained / "data" / "syn0001")
+    assert twelve.channels == CHANNELS and twelve.labels["rhythm"] == "AF" and "AF" in twelve.labels["labels"]
+    # limb leads keep their physical relations: III = II - I
+    assert np.corrcoef(twelve.data[2], twelve.data[1] - twelve.data[0])[0, 1] > 0.9
+    assert read_record(pretrained / "data" / "syn0004").channels == ["I", "II"]  # written as I, MLII
+    assert read_record(pretrained / "data" / "syn0005").channels == ["PPG"]  # written as PLETH
+
+
+@pytest.mark.parametrize("kind,metric", [("diagnosis", "macro_auroc"), ("regression", "mae")])
+def test_finetune_prints_the_channel_configuration_table(pretrained, kind, metric, capsys):
+    cardiac_finetune.main(TINY + [f"data.synthetic.folder={pretrained / 'data'}", f"train.out_dir={pretrained / 'runs'}",
+                                  f"train.run_name=ft_{kind}", f"task.kind={kind}", "data.val_fraction=0.5",
+                                  f"--init-from={pretrained / 'runs' / 'pre' / 'export'}"])
+    out = capsys.readouterr().out
+    for name in ("12-lead", "limb leads", "lead I", "lead II", "PPG only", "ECG + PPG"):
+        assert name in out
+    assert metric in out
+
+
+def test_foundation_model_on_paths_records_and_arrays(pretrained):
+    model = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "pre" / "export")
+    path = pretrained / "data" / "syn0001"
+    emb = model.embed(path)
+    assert emb.shape == (3, 32) and np.isfinite(emb).all()  # 20 s -> 10-s windows every 5 s
+    rec = wfdb.rdrecord(str(path))
+    np.testing.assert_allclose(model.embed(rec), emb, atol=1e-5)
+    sig = read_record(path)
+    np.testing.assert_allclose(model.embed(sig.data, fs=sig.fs, names=sig.channels), emb, atol=1e-5)
+    lead = model.reconstruct(sig.data[-1:], ["II"], fs=sig.fs, names=["PLETH"])
+    assert lead["II"].shape == (3, 2500) and np.isfinite(lead["II"]).all()
+    with pytest.raises(ValueError, match="fs= and names="):
+        model.embed(sig.data)
+    with pytest.raises(ValueError, match="no fine-tuned head"):
+        model.predict(path)
+
+
+def test_foundation_model_predicts_with_a_fine_tuned_export(pretrained):
+    model = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "ft_diagnosis" / "export")
+    probs = model.predict(pretrained / "data" / "syn0002")
+    assert probs.shape == (3, 4) and ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_real_records_read_resample_step_and_embed(pretrained):
+    mitdb, chal = shared_data("cardiac/mitdb") / "100", shared_data("cardiac/challenge2015") / "v102s"
+    sig = read_record(mitdb)
+    assert sig.channels == ["II", "V5"] and sig.fs == 360
+    icu = read_record(chal)
+    assert icu.channels == ["II", "PPG"]  # V has no canonical lead; RESP is ignored
+    assert np.isnan(icu.data).sum() > 0
+    from domains.cardiac.data import CardiacDataConfig, record_windows
+    from domains.cardiac.model import CardiacModelConfig, build_cardiac_mae
+
+    cfg = CardiacDataConfig(root="")
+    w = record_windows(icu, cfg)
+    assert w["image"].shape[1:] == (13, 1, 2500) and np.isfinite(w["image"]).all()
+    mae = build_cardiac_mae(CardiacModelConfig(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1,
+                                               decoder_heads=4), 2500, 100)
+    batch = {k: torch.from_numpy(v[:4]) for k, v in w.items()}
+    out = mae(batch, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    model = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "pre" / "export")
+    emb = model.embed(shared_data("cardiac/mitdb") / "100")
+    assert emb.shape[1] == 32 and emb.shape[0] > 300 and np.isfinite(emb).all()
