@@ -144,3 +144,19 @@ def test_write_volume_never_overwrites_silently(tmp_path):
         write_volume(p, np.zeros((4, 4, 4)), AFFINE)
     write_volume(p, np.zeros((4, 4, 4)), AFFINE, overwrite=True)
     assert nib.load(str(p)).get_fdata().sum() == 0
+
+
+def test_memory_and_disk_caches_give_the_same_volumes(tmp_path):
+    from domains.brain_mri.data import BrainDataConfig, make_dataset
+    from domains.brain_mri.io import Case
+
+    t1 = _write(tmp_path / "c_t1.nii.gz")
+    cases = [Case("c", {"t1": str(t1)})]
+    base = dict(root=str(tmp_path), roi=[16, 16, 16], spacing=None)
+    plain = make_dataset(cases, BrainDataConfig(**base), train=False)[0]["image"]
+    for cache in ("memory", "disk"):
+        cfg = BrainDataConfig(**base, cache=cache, cache_dir=str(tmp_path / "cache"))
+        assert torch.equal(make_dataset(cases, cfg, train=False)[0]["image"], plain)
+    assert any((tmp_path / "cache").iterdir())
+    with pytest.raises(ValueError, match="data.cache must be"):
+        BrainDataConfig(cache="disk")
