@@ -115,3 +115,21 @@ def test_prepare_resamples_filters_and_slots():
     assert slots["present"][0].tolist() == [c in ("V2", "PPG") for c in CHANNELS]
     assert resample(np.ones((1, 360)), 360, 250).shape == (1, 250)
     assert bandpass(np.zeros((1, 1000)), 250, ["I"]).shape == (1, 1000)
+
+
+def test_mat_and_edf_records(tmp_path, monkeypatch):
+    from wfdb.io.convert import edf, matlab
+
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "r", names=("II", "PLETH"))
+    matlab.wfdb_to_mat("r")  # writes rm.hea + rm.mat (the PhysioNet/CinC 2020 layout)
+    edf.wfdb_to_edf("r", output_filename="r.edf")
+    ref = read_record(tmp_path / "r")
+    for path, checked in ((tmp_path / "rm", 2), (tmp_path / "r.edf", 1)):  # wfdb's EDF writer clips PLETH
+        sig = read_record(path)
+        assert sig.channels == ["II", "PPG"] and sig.fs == 250
+        for a, b in zip(sig.data[:checked, :3000], ref.data[:checked]):
+            assert np.corrcoef(a, b)[0, 1] > 0.999
+    (tmp_path / "bad.edf").write_bytes(b"0       not an edf")
+    with pytest.raises(DataError, match="bad.edf: found an unreadable EDF"):
+        read_record(tmp_path / "bad.edf")

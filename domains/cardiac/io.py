@@ -80,7 +80,9 @@ def read_record(path: str | Path, extra: tuple[str, ...] = ()) -> Signal:
         if not path.is_file():
             raise DataError(path, "no such file", "an EDF file")
         try:
-            rec = wfdb.io.convert.edf.read_edf(str(path))
+            from wfdb.io.convert.edf import read_edf
+
+            rec = read_edf(str(path))
         except Exception as e:  # wfdb raises many types for a bad EDF
             raise DataError(path, f"an unreadable EDF ({type(e).__name__}: {e})", "a valid EDF file") from None
     else:
