@@ -21,9 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import brats_finetune  # noqa: E402
 import brats_pretrain  # noqa: E402
 from core.config import load_config  # noqa: E402
+from core_step import time_steps  # noqa: E402
 from core.engine import make_optimizer  # noqa: E402
 from domains.brain_mri.data import collate, load_splits  # noqa: E402
 from domains.brain_mri.model import build_brain_mae  # noqa: E402
@@ -41,15 +43,9 @@ def loader_vs_step(cfg) -> None:
             n += batch["image"].shape[0]
     load_rate = n / (time.perf_counter() - t)
     mae = build_brain_mae(cfg.model, cfg.data.grid()[0])
-    opt = make_optimizer(mae.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
-    for i in range(6):
-        if i == 1:
-            t = time.perf_counter()
-        opt.zero_grad()
-        mae(batch, g)["loss"].backward()
-        opt.step()
-    step_rate = 5 * batch["image"].shape[0] / (time.perf_counter() - t)
+    step_s = time_steps(mae, lambda: mae(batch, g)["loss"], 5, make_optimizer(mae.parameters(), 1e-3))
+    step_rate = batch["image"].shape[0] / step_s
     print(f"loader: {load_rate:.1f} volumes/s (2 workers, 4 modalities each); training step consumes "
           f"{step_rate:.1f} volumes/s -> loader/step = {load_rate / step_rate:.2f} (>= 1: the step is never starved)")
 

@@ -20,9 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import cardiac_finetune  # noqa: E402
 import cardiac_pretrain  # noqa: E402
 from core.config import load_config  # noqa: E402
+from core_step import time_steps  # noqa: E402
 from core.engine import make_optimizer  # noqa: E402
 from domains.cardiac.api import CardiacFoundationModel  # noqa: E402
 from domains.cardiac.data import find_records, load_splits, resolve_root  # noqa: E402
@@ -37,15 +39,9 @@ def loader_vs_step(cfg) -> None:
         n += len(batch["y"])
     load_rate = n / (time.perf_counter() - t)
     mae = build_cardiac_mae(cfg.model, cfg.data.window_length, cfg.data.patch)
-    opt = make_optimizer(mae.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
-    for i in range(6):
-        if i == 1:
-            t = time.perf_counter()
-        opt.zero_grad()
-        mae(batch, g)["loss"].backward()
-        opt.step()
-    step_rate = 5 * len(batch["y"]) / (time.perf_counter() - t)
+    step_s = time_steps(mae, lambda: mae(batch, g)["loss"], 5, make_optimizer(mae.parameters(), 1e-3))
+    step_rate = len(batch["y"]) / step_s
     print(f"loader: {load_rate:.0f} windows/s (preprocessed once, in memory); training step consumes "
           f"{step_rate:.0f} windows/s -> loader/step = {load_rate / step_rate:.1f}")
 
