@@ -60,6 +60,8 @@ def test_foundation_model_on_paths_records_and_arrays(pretrained):
     np.testing.assert_allclose(model.embed(rec), emb, atol=1e-5)
     sig = read_record(path)
     np.testing.assert_allclose(model.embed(sig.data, fs=sig.fs, names=sig.channels), emb, atol=1e-5)
+    # channels are identified by name, not position: any order gives the same vectors
+    np.testing.assert_allclose(model.embed(sig.data[::-1], fs=sig.fs, names=sig.channels[::-1]), emb, atol=1e-5)
     lead = model.reconstruct(sig.data[-1:], ["II"], fs=sig.fs, names=["PLETH"])
     assert lead["II"].shape == (3, 2500) and np.isfinite(lead["II"]).all()
     with pytest.raises(ValueError, match="fs= and names="):
