@@ -40,12 +40,20 @@ def test_synthetic_records_and_pretraining_outputs(pretrained):
     assert read_record(pretrained / "data" / "syn0005").channels == ["PPG"]  # written as PLETH
 
 
-@pytest.mark.parametrize("kind,metric", [("diagnosis", "macro_auroc"), ("regression", "mae")])
-def test_finetune_prints_the_channel_configuration_table(pretrained, kind, metric, capsys):
-    cardiac_finetune.main(TINY + [f"data.synthetic.folder={pretrained / 'data'}", f"train.out_dir={pretrained / 'runs'}",
-                                  f"train.run_name=ft_{kind}", f"task.kind={kind}", "data.val_fraction=0.5",
-                                  f"--init-from={pretrained / 'runs' / 'pre' / 'export'}"])
+@pytest.mark.parametrize("kind,metric,probe", [("diagnosis", "macro_auroc", False), ("regression", "mae", True)])
+def test_finetune_prints_the_channel_configuration_table(pretrained, kind, metric, probe, capsys):
+    head = ["task.head=linear", "task.freeze_encoder=true"] if probe else []
+    cardiac_finetune.main(TINY + head + [f"data.synthetic.folder={pretrained / 'data'}",
+                                         f"train.out_dir={pretrained / 'runs'}", f"train.run_name=ft_{kind}",
+                                         f"task.kind={kind}", "data.val_fraction=0.5",
+                                         f"--init-from={pretrained / 'runs' / 'pre' / 'export'}"])
     out = capsys.readouterr().out
+    if probe:  # a linear probe leaves the pretrained encoder untouched
+        from core.checkpoint import load_export
+
+        _, pre = load_export(pretrained / "runs" / "pre" / "export")
+        _, ft = load_export(pretrained / "runs" / f"ft_{kind}" / "export")
+        assert torch.equal(pre["encoder.blocks.blocks.0.attn.qkv.weight"], ft["encoder.blocks.blocks.0.attn.qkv.weight"])
     for name in ("12-lead", "limb leads", "lead I", "lead II", "PPG only", "ECG + PPG"):
         assert name in out
     assert metric in out
