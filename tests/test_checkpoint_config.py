@@ -80,7 +80,8 @@ class Outer:
 def test_config_yaml_overrides_and_saving(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("inner:\n  ratio: 1\n  sizes: [3]\ntrain:\n  epochs: 2\n")
-    cfg = load_config(Outer, path, ["inner.name=b", "train.batch_size=4", "inner.limit=7"])
+    cfg = load_config(Outer, path, ["inner.name=b", "train.batch_size=4", "inner.limit=7", "train.lr=3e-3"])
+    assert cfg.train.lr == 0.003
     assert cfg.inner.ratio == 1.0 and isinstance(cfg.inner.ratio, float)
     assert cfg.inner.sizes == [3] and cfg.inner.name == "b" and cfg.inner.limit == 7
     assert cfg.train.epochs == 2 and cfg.train.batch_size == 4
