@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(MAKE) sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
