@@ -2,8 +2,8 @@
 
 1. ``embed`` throughput on this machine (10-s windows per second);
 2. loader throughput against what the default pretraining step consumes;
-3. fine-tuning from the pretrained export against training from scratch at the same labels and steps,
-   with the per-channel-configuration table (printed by cardiac_finetune).
+3. fine-tuning and linear probing from the pretrained export against a randomly initialised encoder at
+   the same labels and steps, with the per-channel-configuration table (printed by cardiac_finetune).
 
 Usage: python benchmarks/cardiac.py [--pretrain-epochs 10] [--finetune-epochs 8] [--task diagnosis]
 """
@@ -72,16 +72,17 @@ def main():
           f"({torch.get_num_threads()} threads, reading and preprocessing included)")
 
     metric = {"diagnosis": "macro_auroc", "regression": "mae"}[args.task]
-    scores = {}
-    for name, extra in (("scratch", []), ("pretrained", [f"--init-from={export}"])):
-        run = f"{args.task}-{name}-{stamp}"
-        cardiac_finetune.main([f"train.out_dir={args.out}", f"train.run_name={run}", f"task.kind={args.task}",
-                               f"train.epochs={args.finetune_epochs}", *extra])
-        rows = [r for r in csv.DictReader((Path(args.out) / run / "metrics.csv").open()) if r["kind"] == "val"]
-        scores[name] = float(rows[-1][metric])
-    print(f"{args.task} {metric} on validation records, same labels and steps: "
-          f"scratch {scores['scratch']:.3f}, pretrained {scores['pretrained']:.3f}")
-
+    probe = ["task.head=linear", "task.freeze_encoder=true", "train.lr=3e-3"]
+    for mode, extra_mode in (("fine-tune", []), ("linear probe", probe)):
+        scores = {}
+        for name, extra in (("scratch", []), ("pretrained", [f"--init-from={export}"])):
+            run = f"{args.task}-{mode.replace(' ', '')}-{name}-{stamp}"
+            cardiac_finetune.main([f"train.out_dir={args.out}", f"train.run_name={run}", f"task.kind={args.task}",
+                                   f"train.epochs={args.finetune_epochs}", *extra_mode, *extra])
+            rows = [r for r in csv.DictReader((Path(args.out) / run / "metrics.csv").open()) if r["kind"] == "val"]
+            scores[name] = float(rows[-1][metric])
+        print(f"{args.task} {mode}: {metric} on validation records, same labels and steps: "
+              f"scratch {scores['scratch']:.3f}, pretrained {scores['pretrained']:.3f}")
 
 if __name__ == "__main__":
     main()
