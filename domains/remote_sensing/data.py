@@ -1,0 +1,125 @@
+"""Windows of scenes as a dataset: random windows for training, a regular grid for evaluation."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from core.errors import DataError
+from domains.remote_sensing import synthetic
+from domains.remote_sensing.io import Band, open_scene
+
+log = logging.getLogger(__name__)
+
+
+def _naip_bands() -> list[Band]:
+    return [Band(n, "reflectance", 100.0, 55.0) for n in ("R", "G", "B", "NIR")]
+
+
+@dataclass
+class SyntheticConfig:
+    tiles: int = 60
+    seed: int = 0
+    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
+
+
+@dataclass
+class GeoDataConfig:
+    root: str | None = None  # GeoTIFFs under a folder, one per-band folder, or a NetCDF/zarr stack
+    bands: list[Band] = field(default_factory=_naip_bands)  # the band table: name, kind, mean, std
+    window: int = 32  # pixels per side of a sample
+    patch: int = 8
+    windows_per_scene: int = 4  # random training windows drawn per scene and epoch
+    min_valid: float = 0.5  # a patch with less valid data than this is invalid
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        if self.window % self.patch:
+            raise ValueError(f"data.patch {self.patch} must divide data.window {self.window}")
+        if not self.bands:
+            raise ValueError("data.bands must name at least one band")
+
+
+def scene_paths(cfg: GeoDataConfig) -> list[Path]:
+    """The scenes: the synthetic tiles, or every GeoTIFF / stack under ``root`` (or ``root`` itself)."""
+    if cfg.root is None:
+        s = cfg.synthetic
+        return sorted((synthetic.write_dataset(s.folder, s.tiles, s.seed) / "tiles").rglob("*.tif"))
+    root = Path(cfg.root)
+    if root.is_file() or root.suffix in (".nc", ".zarr"):
+        return [root]
+    if not root.is_dir():
+        raise DataError(root, "no such file or folder", "GeoTIFFs, a per-band folder, or a NetCDF/zarr stack")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".tif", ".tiff", ".nc"))
+    if not files:
+        raise DataError(root, "no .tif, .tiff or .nc files", "rasters to train on")
+    return files
+
+
+class GeoWindows(Dataset):
+    """Samples of ``window`` x ``window`` pixels: image [G, 1, w, w] normalised (0 where invalid),
+    present [G], patch_valid [G, w/p, w/p]. Training windows are random and may run past the scene's
+    edge (padding is invalid); windows with no valid pixel are redrawn and counted in ``skipped``."""
+
+    def __init__(self, paths: list[Path], cfg: GeoDataConfig, train: bool, seed: int = 0):
+        self.paths, self.cfg, self.train = paths, cfg, train
+        self.mean = np.array([b.mean for b in cfg.bands], np.float32)[:, None, None]
+        self.std = np.array([b.std for b in cfg.bands], np.float32)[:, None, None]
+        self.rng = np.random.default_rng(seed)
+        self.skipped = 0
+        self._scenes: dict[int, object] = {}
+
+    def scene(self, i: int):
+        if i not in self._scenes:  # opened lazily, so each DataLoader worker has its own handles
+            self._scenes[i] = open_scene(self.paths[i], self.cfg.bands)
+        return self._scenes[i]
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._scenes = {}
+
+    def __len__(self) -> int:
+        return len(self.paths) * (self.cfg.windows_per_scene if self.train else 1)
+
+    def _origin(self, scene) -> tuple[int, int]:
+        w = self.cfg.window
+        if not self.train:  # evaluation: the window at the scene's centre
+            return (scene.height - w) // 2, (scene.width - w) // 2
+        return (int(self.rng.integers(-w // 4, max(scene.height - 3 * w // 4, -w // 4 + 1))),
+                int(self.rng.integers(-w // 4, max(scene.width - 3 * w // 4, -w // 4 + 1))))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        scene = self.scene(i // (self.cfg.windows_per_scene if self.train else 1))
+        for _ in range(100):
+            x, valid = scene.read(*self._origin(scene), self.cfg.window)
+            sample = to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid)
+            if sample["patch_valid"].any() or not self.train:
+                return sample
+            self.skipped += 1
+        raise DataError(scene.name, "no valid patch in 100 random windows", "a scene with data")
+
+def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid: float) -> dict[str, torch.Tensor]:
+    """Bands [G, h, w] and validity -> the tokenizer's inputs."""
+    G, h, w = x.shape
+    image = np.where(valid, (x - mean) / std, 0.0).astype(np.float32)
+    patch_valid = valid.reshape(G, h // patch, patch, w // patch, patch).mean((2, 4)) >= min_valid
+    return {"image": torch.from_numpy(image)[:, None], "present": torch.ones(G, dtype=torch.bool),
+            "patch_valid": torch.from_numpy(patch_valid)}
+
+
+def split_paths(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(len(paths) * val_fraction)) if val_fraction > 0 and len(paths) > 1 else 0
+    return [paths[i] for i in sorted(order[n_val:])], [paths[i] for i in sorted(order[:n_val])]
+
+
+def load_splits(cfg: GeoDataConfig, seed: int = 0):
+    train, val = split_paths(scene_paths(cfg), cfg.val_fraction, cfg.split_seed)
+    log.info("%d training scenes, %d validation scenes", len(train), len(val))
+    return GeoWindows(train, cfg, True, seed), (GeoWindows(val, cfg, False, seed) if val else None)

@@ -1,0 +1,171 @@
+"""Scenes from GeoTIFFs (one multi-band file, or one file per band) and xarray stacks (NetCDF, zarr).
+
+A scene answers ``read(window)`` with the bands of a pixel window as float32 [C, h, w] and a validity
+mask, reading only that window; a window past the scene's edge comes back padded and invalid.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Band:
+    """One row of the band table: name, kind and normalisation ((value - mean) / std)."""
+
+    name: str
+    kind: str = "reflectance"  # reflectance or brightness_temperature
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("reflectance", "brightness_temperature"):
+            raise ValueError(f"band {self.name}: kind must be reflectance or brightness_temperature, got {self.kind!r}")
+        if self.std <= 0:
+            raise ValueError(f"band {self.name}: std must be > 0, got {self.std}")
+
+
+class RasterScene:
+    """Bands from GeoTIFFs via rasterio: ``sources`` maps band name -> (file, 1-based band index).
+
+    Files on another grid than the first are warped onto it (WarpedVRT) with a warning.
+    """
+
+    def __init__(self, sources: dict[str, tuple[str, int]], bands: list[Band]):
+        import rasterio
+        from rasterio.vrt import WarpedVRT
+
+        self.bands, self.name = bands, str(next(iter(sources.values()))[0])
+        self._open: dict[str, object] = {}
+        ref = None
+        for band in bands:
+            path, _ = sources[band.name]
+            if path in self._open:
+                continue
+            try:
+                src = rasterio.open(path)
+            except rasterio.errors.RasterioIOError as e:
+                raise DataError(path, f"a file rasterio cannot open as a raster ({e})", "a GeoTIFF") from None
+            if ref is None:
+                ref = src
+                if src.crs is None:
+                    log.warning("%s has no CRS; treated as pixel space", path)
+            elif (src.crs, src.transform, src.shape) != (ref.crs, ref.transform, ref.shape):
+                log.warning("%s is on another grid (%s) than %s (%s); warped onto it", path, src.crs, ref.name, ref.crs)
+                src = WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height)
+            self._open[path] = src
+        self.sources = sources
+        self.crs, self.transform, self.height, self.width = ref.crs, ref.transform, ref.height, ref.width
+
+    def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window at (row, col) of size x size -> (values [C, size, size] float32, valid [C, size, size]).
+
+        Only the part inside the scene is read; the rest is padding, invalid."""
+        from rasterio.errors import NodataShadowWarning
+        from rasterio.windows import Window
+
+        out = np.zeros((len(self.bands), size, size), np.float32)
+        valid = np.zeros(out.shape, bool)
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + size, self.height), min(col + size, self.width)
+        if r1 <= r0 or c1 <= c0:
+            return out, valid
+        inside = Window(c0, r0, c1 - c0, r1 - r0)
+        rows, cols = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
+        for i, band in enumerate(self.bands):
+            path, index = self.sources[band.name]
+            with warnings.catch_warnings():  # nodata, not an alpha band, decides validity: as intended
+                warnings.simplefilter("ignore", NodataShadowWarning)
+                data = self._open[path].read(index, window=inside, masked=True)
+            out[i, rows, cols] = np.ma.filled(data.astype(np.float32), 0.0)
+            valid[i, rows, cols] = ~np.ma.getmaskarray(data)
+        return out, valid
+
+
+class StackScene:
+    """Bands from an xarray stack (NetCDF or zarr) with a band dimension; scale factors and fill values
+    are applied by xarray's CF decoding, so fills become invalid."""
+
+    def __init__(self, path: str | Path, bands: list[Band], variable: str | None = None, band_dim: str = "band"):
+        import xarray as xr
+
+        path = Path(path)
+        try:
+            ds = xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path, mask_and_scale=True)
+        except (OSError, ValueError) as e:
+            raise DataError(path, f"a file xarray cannot open ({e})", "a NetCDF or zarr stack") from None
+        name = variable or next(iter(ds.data_vars))
+        da = ds[name]
+        if band_dim not in da.dims:
+            da = da.expand_dims(band_dim)
+        names = [str(b) for b in da[band_dim].values] if band_dim in da.coords else None
+        if names:
+            missing = [b.name for b in bands if b.name not in names]
+            if missing:
+                raise DataError(path, f"bands {names}", f"bands named {[b.name for b in bands]} (missing {missing})")
+            da = da.sel({band_dim: [b.name for b in bands]})
+        elif da.sizes[band_dim] != len(bands):
+            raise DataError(path, f"{da.sizes[band_dim]} bands", f"{len(bands)} bands for {[b.name for b in bands]}")
+        self.da = da.transpose(band_dim, ...)
+        self.bands, self.name = bands, str(path)
+        self.height, self.width = self.da.shape[-2:]
+        self.crs = self.da.attrs.get("crs")
+        self.transform = self.da.attrs.get("transform")
+
+    def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        out = np.full((len(self.bands), size, size), np.nan, np.float32)
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + size, self.height), min(col + size, self.width)
+        if r1 > r0 and c1 > c0:
+            block = self.da[:, r0:r1, c0:c1].values.astype(np.float32)  # only the window is read
+            out[:, r0 - row:r1 - row, c0 - col:c1 - col] = block
+        valid = np.isfinite(out)
+        return np.where(valid, out, 0.0), valid
+
+
+def _match_band_file(folder: Path, band: str) -> Path | None:
+    for path in sorted(folder.glob("*.tif*")):
+        stem = path.name.split(".")[0]
+        if stem.lower() == band.lower() or stem.lower().endswith(f"_{band.lower()}"):
+            return path
+    return None
+
+
+def open_scene(path: str | Path, bands: list[Band]):
+    """A multi-band GeoTIFF (bands by description if it has them, else by position), a folder with one
+    GeoTIFF per band (matched by name), or a NetCDF/zarr stack."""
+    import rasterio
+
+    path = Path(path)
+    if path.suffix.lower() in (".nc", ".zarr"):
+        return StackScene(path, bands)
+    if path.is_dir():
+        sources = {}
+        for band in bands:
+            file = _match_band_file(path, band.name)
+            if file is None:
+                raise DataError(path, f"no file for band {band.name}", f"a GeoTIFF named {band.name}.tif or *_{band.name}.tif")
+            sources[band.name] = (str(file), 1)
+        return RasterScene(sources, bands)
+    if not path.is_file():
+        raise DataError(path, "no such file", "a GeoTIFF, a folder of per-band GeoTIFFs, or a NetCDF/zarr stack")
+    try:
+        with rasterio.open(path) as src:
+            count, descriptions = src.count, [d for d in src.descriptions]
+    except rasterio.errors.RasterioIOError as e:
+        raise DataError(path, f"a file rasterio cannot open as a raster ({e})", "a GeoTIFF") from None
+    names = [b.name for b in bands]
+    if all(descriptions) and set(names) <= set(descriptions):
+        return RasterScene({b.name: (str(path), descriptions.index(b.name) + 1) for b in bands}, bands)
+    if count != len(bands):
+        raise DataError(path, f"{count} bands" + (f" named {descriptions}" if all(descriptions) else ""),
+                        f"{len(bands)} bands ({names}), as the band table says")
+    return RasterScene({b.name: (str(path), i + 1) for i, b in enumerate(bands)}, bands)

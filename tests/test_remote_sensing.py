@@ -1,0 +1,151 @@
+import csv
+import logging
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from conftest import ROOT, shared_data
+from core import DataError
+from domains.remote_sensing.data import GeoDataConfig, GeoWindows, to_sample
+from domains.remote_sensing.io import Band, open_scene
+from domains.remote_sensing.model import GeoModelConfig, build_geo_mae
+from domains.remote_sensing.synthetic import MODIS_BANDS
+
+sys.path.insert(0, str(ROOT / "pipelines"))
+import geo_pretrain  # noqa: E402
+
+RGBN = [Band(n) for n in ("R", "G", "B", "NIR")]
+
+
+def _tif(path, data, crs="EPSG:32614", nodata=0, res=1.0, descriptions=None):
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype,
+                   transform=from_origin(500000, 4500000, res, res), nodata=nodata)
+    if crs:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if descriptions:
+            dst.descriptions = descriptions
+    return path
+
+
+def test_windowed_reads_pad_past_the_edge_and_mask_nodata(tmp_path):
+    data = np.full((4, 20, 30), 50, np.uint8)
+    data[:, :, :5] = 0  # nodata column
+    scene = open_scene(_tif(tmp_path / "a.tif", data), RGBN)
+    assert scene.crs == "EPSG:32614" and (scene.height, scene.width) == (20, 30)
+    x, valid = scene.read(-4, 25, 16)
+    assert x.shape == (4, 16, 16)
+    assert not valid[:, :4].any() and not valid[:, :, 5:].any() and valid[:, 4:, :5].all()
+    x, valid = scene.read(0, 0, 8)
+    assert not valid[:, :, :5].any() and (x[:, :, 5:] == 50).all()
+
+
+def test_bands_by_description_by_file_and_mismatches(tmp_path):
+    data = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8) + 1
+    scene = open_scene(_tif(tmp_path / "d.tif", data, descriptions=("NIR", "R")), [Band("R"), Band("NIR")])
+    x, _ = scene.read(0, 0, 8)
+    assert (x[0] == data[1]).all() and (x[1] == data[0]).all()  # by name, not position
+    with pytest.raises(DataError, match=r"d.tif: found 2 bands named \['NIR', 'R'\]; expected 4 bands"):
+        open_scene(tmp_path / "d.tif", RGBN)
+    folder = tmp_path / "perband"
+    folder.mkdir()
+    _tif(folder / "S2_B04.tif", data[:1])
+    _tif(folder / "S2_B08.tif", np.repeat(np.repeat(data[1:], 2, 1), 2, 2)[:, :16, :16], res=0.5)
+    with pytest.raises(DataError, match="no file for band B02"):
+        open_scene(folder, [Band("B02")])
+    scene = open_scene(folder, [Band("B04"), Band("B08")])  # B08 on a finer grid: warped onto B04's
+    x, valid = scene.read(0, 0, 8)
+    assert x.shape == (2, 8, 8) and valid.all()
+
+
+def test_not_a_raster_and_no_crs(tmp_path, caplog):
+    (tmp_path / "x.tif").write_text("hello")
+    with pytest.raises(DataError, match="x.tif: found a file rasterio cannot open as a raster"):
+        open_scene(tmp_path / "x.tif", RGBN)
+    with caplog.at_level(logging.WARNING):
+        open_scene(_tif(tmp_path / "n.tif", np.ones((4, 8, 8), np.uint8), crs=None), RGBN)
+    assert "has no CRS; treated as pixel space" in caplog.text
+
+
+def test_training_windows_skip_all_nodata_and_patches_follow_validity(tmp_path):
+    data = np.zeros((4, 64, 64), np.uint8)
+    data[:, :16, :16] = 80  # only one corner has data
+    _tif(tmp_path / "s.tif", data)
+    cfg = GeoDataConfig(root=str(tmp_path), window=16, patch=8, windows_per_scene=6)
+    ds = GeoWindows([tmp_path / "s.tif"], cfg, train=True)
+    samples = [ds[i] for i in range(6)]
+    assert ds.skipped > 0
+    assert all(s["patch_valid"].any() for s in samples)
+    def patches(valid_columns):
+        valid = np.zeros((1, 16, 16), bool)
+        valid[:, :, :valid_columns] = True
+        return to_sample(np.ones((1, 16, 16), np.float32), valid, 0.0, 1.0, 8, 0.5)["patch_valid"].tolist()
+
+    assert patches(3) == [[[False, False], [False, False]]]  # 3 of a patch's 8 columns: mostly nodata
+    assert patches(4) == [[[True, False], [True, False]]]
+
+
+def test_modis_stack_via_xarray_with_fill_and_scale(tmp_path):
+    from domains.remote_sensing.synthetic import write_modis
+
+    write_modis(tmp_path / "m.nc", np.random.default_rng(0), size=32)
+    scene = open_scene(tmp_path / "m.nc", [Band(b) for b in MODIS_BANDS])
+    x, valid = scene.read(0, 0, 16)
+    assert x.shape == (14, 16, 16) and not valid[:, :4, :4].any() and valid[:, 4:, 4:].all()
+    assert 0 < x[0, 8, 8] < 1 and 270 < x[10, 8, 8] < 320  # reflectance and brightness temperature, decoded
+    with pytest.raises(DataError, match="missing \\['b15'\\]"):
+        open_scene(tmp_path / "m.nc", [Band("b15")])
+
+
+def test_any_band_subset_by_name_and_both_modes():
+    for mode in ("drop", "mask_token"):
+        mae = build_geo_mae(GeoModelConfig(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4,
+                                           mode=mode), ["R", "G", "B", "NIR"], 16, 8)
+        batch = {"image": torch.randn(2, 4, 1, 16, 16), "present": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool(),
+                 "patch_valid": torch.ones(2, 4, 2, 2, dtype=torch.bool)}
+        out = mae(batch, torch.Generator().manual_seed(0))
+        out["loss"].backward()
+        assert not out["tokenset"].valid[0, 12:].any()
+        assert mae.encoder(batch, groups=["R", "G", "B"])["valid"][:, 12:].sum() == 0
+
+
+def test_pretrain_pipeline_writes_export_metrics_and_figures(tmp_path):
+    geo_pretrain.main([f"data.synthetic.folder={tmp_path / 'data'}", "data.synthetic.tiles=10",
+                       "data.windows_per_scene=2", "model.dim=32", "model.depth=1", "model.decoder_dim=32",
+                       "model.decoder_depth=1", "train.epochs=2", "train.epoch_repeats=1", "train.batch_size=4",
+                       f"train.out_dir={tmp_path / 'runs'}", "train.run_name=r"])
+    run = tmp_path / "runs" / "r"
+    assert (run / "export" / "model.safetensors").is_file() and (run / "recon_epoch002.png").is_file()
+    assert {"loss/R", "loss/NIR"} <= set(next(csv.DictReader((run / "metrics.csv").open())))
+    tiles = sorted((tmp_path / "data" / "tiles").rglob("*.tif"))
+    assert len(tiles) == 10 and {p.parent.name for p in tiles} <= {"water", "forest", "crops", "bare_soil", "urban"}
+    with rasterio.open(tiles[0]) as src:
+        assert src.crs.to_epsg() == 32614 and src.count == 4 and src.nodata == 0
+    assert (tmp_path / "data" / "modis.nc").is_file() and len(list((tmp_path / "data" / "labels").glob("*.tif"))) == 10
+
+
+def test_real_rasters_read_window_and_step():
+    root = shared_data("remote_sensing")
+    naip = open_scene(root / "naip" / "m_4709963_se_14_1_20090818.tif", RGBN)
+    assert naip.crs.to_epsg() == 26914 and (naip.height, naip.width) == (724, 934)
+    landsat = open_scene(root / "landsat" / "RGB.byte.tif", [Band(n) for n in "RGB"])
+    _, valid = landsat.read(0, 0, 64)
+    assert not valid.any()  # the nodata border
+    s2 = open_scene(root / "sentinel2" / "S2_L1C_19UDP_20170729", [Band(f"B{i:02d}") for i in (2, 3, 4, 8)])
+    assert s2.crs.to_epsg() == 32619
+    modis = open_scene(root / "modis" / "MODIS_ARRAY.nc", [Band("b1")])
+    _, valid = modis.read(0, 0, 32)
+    assert valid.mean() > 0.5
+    cfg = GeoDataConfig(root=str(root / "naip"), window=32, patch=8, bands=[Band(n, mean=110, std=50) for n in "RGB"] + [Band("NIR", mean=110, std=50)])
+    ds = GeoWindows([root / "naip" / "m_4709963_se_14_1_20090818.tif"], cfg, train=True)
+    batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ds[0]}
+    mae = build_geo_mae(GeoModelConfig(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4),
+                        ["R", "G", "B", "NIR"], 32, 8)
+    out = mae(batch, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
