@@ -149,3 +149,70 @@ def test_real_rasters_read_window_and_step():
     out = mae(batch, torch.Generator().manual_seed(0))
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+
+
+@pytest.fixture(scope="module")
+def geo_runs(tmp_path_factory):
+    import geo_finetune
+
+    tmp = tmp_path_factory.mktemp("geo")
+    tiny = [f"data.synthetic.folder={tmp / 'data'}", "data.synthetic.tiles=10", "data.windows_per_scene=2",
+            "model.dim=32", "model.depth=1", "model.decoder_dim=32", "model.decoder_depth=1", "train.epochs=1",
+            "train.epoch_repeats=1", "train.batch_size=4", f"train.out_dir={tmp / 'runs'}"]
+    geo_pretrain.main(tiny + ["train.run_name=pre"])
+    export = f"--init-from={tmp / 'runs' / 'pre' / 'export'}"
+    geo_finetune.main(tiny + ["train.run_name=cls", export])
+    rgb = "data.bands=[{name: R, mean: 100, std: 55}, {name: G, mean: 100, std: 55}, {name: B, mean: 100, std: 55}]"
+    geo_finetune.main(tiny + ["train.run_name=seg", "task.kind=segmentation", rgb, export])
+    return tmp
+
+
+def test_finetune_classification_and_rgb_segmentation_from_rgbn(geo_runs):
+    import json
+
+    cls = json.loads((geo_runs / "runs" / "cls" / "export" / "config.json").read_text())
+    seg = json.loads((geo_runs / "runs" / "seg" / "export" / "config.json").read_text())
+    assert cls["classes"] == sorted(cls["classes"]) and cls["task"]["kind"] == "classification"
+    assert [b["name"] for b in seg["bands"]] == ["R", "G", "B", "NIR"]  # the model's slots
+    assert [b["name"] for b in seg["data_bands"]] == ["R", "G", "B"]  # what the data gives
+    rows = [r for r in csv.DictReader((geo_runs / "runs" / "seg" / "metrics.csv").open()) if r["kind"] == "val"]
+    assert 0 <= float(rows[-1]["miou"]) <= 1 and 0 <= float(rows[-1]["macro_f1"]) <= 1
+
+
+def test_predict_writes_classes_on_the_input_grid(geo_runs, tmp_path):
+    import geo_predict
+
+    tile = sorted((geo_runs / "data" / "tiles").rglob("*.tif"))[4]  # has a nodata border
+    out = tmp_path / "classes.tif"
+    geo_predict.main(["--model", str(geo_runs / "runs" / "seg" / "export"), "--input", str(tile), "--out", str(out),
+                      "--probabilities"])
+    with rasterio.open(tile) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
+        classes, nodata = dst.read(1), src.read(1) == 0
+        assert (classes[nodata] == 255).all() and (classes[~nodata] < 5).all()
+    with rasterio.open(tmp_path / "classes_probabilities.tif") as p:
+        probs = p.read()
+        assert p.count == 5 and np.allclose(probs[:, ~nodata].sum(0), 1, atol=1e-4)
+    empty = _tif(tmp_path / "empty.tif", np.zeros((4, 40, 40), np.uint8), descriptions=("R", "G", "B", "NIR"))
+    with pytest.raises(DataError, match="entirely nodata"):
+        geo_predict.main(["--model", str(geo_runs / "runs" / "seg" / "export"), "--input", str(empty),
+                          "--out", str(tmp_path / "e.tif")])
+
+
+def test_label_raster_on_another_grid_is_an_error(tmp_path):
+    from domains.remote_sensing.data import check_label_grid
+
+    image = _tif(tmp_path / "i.tif", np.ones((4, 16, 16), np.uint8))
+    label = _tif(tmp_path / "l.tif", np.ones((1, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="l.tif: found a grid \\(8, 8\\).*expected the grid of i.tif"):
+        check_label_grid(image, label)
+
+
+def test_real_naip_prediction_keeps_crs_and_transform(geo_runs, tmp_path):
+    import geo_predict
+
+    naip = shared_data("remote_sensing") / "naip" / "m_4709963_se_14_1_20090818.tif"
+    out = tmp_path / "naip.tif"
+    geo_predict.main(["--model", str(geo_runs / "runs" / "cls" / "export"), "--input", str(naip), "--out", str(out)])
+    with rasterio.open(naip) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape

@@ -67,8 +67,16 @@ class GeoWindows(Dataset):
     present [G], patch_valid [G, w/p, w/p]. Training windows are random and may run past the scene's
     edge (padding is invalid); windows with no valid pixel are redrawn and counted in ``skipped``."""
 
-    def __init__(self, paths: list[Path], cfg: GeoDataConfig, train: bool, seed: int = 0):
+    def __init__(self, paths: list[Path], cfg: GeoDataConfig, train: bool, seed: int = 0,
+                 groups: list[str] | None = None):
         self.paths, self.cfg, self.train = paths, cfg, train
+        names = [b.name for b in cfg.bands]
+        self.groups = groups or names  # the model's band slots; bands the data lacks are absent groups
+        unknown = [n for n in names if n not in self.groups]
+        if unknown:
+            raise DataError(paths[0] if paths else "data", f"bands {unknown} the model was not trained on",
+                            f"bands among {self.groups}")
+        self.slots = [self.groups.index(n) for n in names]
         self.mean = np.array([b.mean for b in cfg.bands], np.float32)[:, None, None]
         self.std = np.array([b.std for b in cfg.bands], np.float32)[:, None, None]
         self.rng = np.random.default_rng(seed)
@@ -79,6 +87,9 @@ class GeoWindows(Dataset):
         if i not in self._scenes:  # opened lazily, so each DataLoader worker has its own handles
             self._scenes[i] = open_scene(self.paths[i], self.cfg.bands)
         return self._scenes[i]
+
+    def to_slots(self, sample: dict) -> dict[str, torch.Tensor]:
+        return _to_slots(sample, self.slots, len(self.groups))
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -98,11 +109,23 @@ class GeoWindows(Dataset):
         scene = self.scene(i // (self.cfg.windows_per_scene if self.train else 1))
         for _ in range(100):
             x, valid = scene.read(*self._origin(scene), self.cfg.window)
-            sample = to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid)
+            sample = self.to_slots(to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid))
             if sample["patch_valid"].any() or not self.train:
                 return sample
             self.skipped += 1
         raise DataError(scene.name, "no valid patch in 100 random windows", "a scene with data")
+
+def _to_slots(sample: dict, slots: list[int], n_groups: int) -> dict[str, torch.Tensor]:
+    """Place the data's bands into the model's band slots (absent slots: zeros, not present)."""
+    if slots == list(range(n_groups)):
+        return sample
+    out = {}
+    for key, value in sample.items():
+        full = value.new_zeros((n_groups, *value.shape[1:]))
+        full[slots] = value
+        out[key] = full
+    return out
+
 
 def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid: float) -> dict[str, torch.Tensor]:
     """Bands [G, h, w] and validity -> the tokenizer's inputs."""
@@ -123,3 +146,54 @@ def load_splits(cfg: GeoDataConfig, seed: int = 0):
     train, val = split_paths(scene_paths(cfg), cfg.val_fraction, cfg.split_seed)
     log.info("%d training scenes, %d validation scenes", len(train), len(val))
     return GeoWindows(train, cfg, True, seed), (GeoWindows(val, cfg, False, seed) if val else None)
+
+
+def labelled_tiles(root: Path) -> tuple[list[Path], list[str]]:
+    """A folder of class subfolders of GeoTIFF tiles (the FireRisk layout) -> (tiles, class names)."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    tiles = [(p, c) for c in classes for p in sorted((root / c).glob("*.tif"))]
+    if not tiles:
+        raise DataError(root, "no class subfolders with .tif tiles", "<root>/<class>/<tile>.tif")
+    return [p for p, _ in tiles], [c for _, c in tiles]
+
+
+def label_path(image: Path, labels_root: Path) -> Path:
+    path = Path(labels_root) / image.name
+    if not path.is_file():
+        raise DataError(image, f"no label raster {path}", "a label raster with the same name in the labels folder")
+    return path
+
+
+class GeoTasks(GeoWindows):
+    """GeoWindows with targets: ``y`` per tile (classification) or ``seg`` [w, w] per pixel (255 = ignore)."""
+
+    def __init__(self, paths: list[Path], cfg: GeoDataConfig, train: bool, seed: int = 0,
+                 groups: list[str] | None = None, classes: list[int] | None = None, labels_root: Path | None = None):
+        super().__init__(paths, cfg, train, seed, groups)
+        self.classes, self.labels_root = classes, labels_root
+        if labels_root is not None:
+            for p in paths:
+                check_label_grid(p, label_path(p, labels_root))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        k = i // (self.cfg.windows_per_scene if self.train else 1)
+        scene = self.scene(k)
+        row, col = self._origin(scene)
+        x, valid = scene.read(row, col, self.cfg.window)
+        sample = self.to_slots(to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid))
+        if self.classes is not None:
+            sample["y"] = torch.tensor(self.classes[k])
+        if self.labels_root is not None:
+            seg, ok = open_scene(label_path(self.paths[k], self.labels_root), [Band("label")]).read(row, col, self.cfg.window)
+            sample["seg"] = torch.from_numpy(np.where(ok[0] & valid.all(0), seg[0], 255).astype(np.int64))
+        return sample
+
+
+def check_label_grid(image: Path, label: Path) -> None:
+    import rasterio
+
+    with rasterio.open(image) as a, rasterio.open(label) as b:
+        if (a.crs, a.transform, a.shape) != (b.crs, b.transform, b.shape):
+            raise DataError(label, f"a grid {b.shape} {b.crs} {tuple(b.transform)[:6]}",
+                            f"the grid of {image.name}: {a.shape} {a.crs} {tuple(a.transform)[:6]}")

@@ -84,3 +84,86 @@ def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+@dataclass
+class GeoTaskConfig:
+    kind: str = "classification"  # classification (class subfolders) or segmentation (label rasters)
+    labels: str | None = None  # segmentation: the folder of label rasters (default: <data>/../labels)
+    classes: int = 5  # segmentation: number of classes (labels >= this are ignored)
+    head: str = "mlp"
+    pooler: str = "mean"
+    freeze_encoder: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("classification", "segmentation"):
+            raise ValueError(f"task.kind must be classification or segmentation, got {self.kind!r}")
+
+
+class GeoFineTuner(nn.Module):
+    """Encoder + pooled head (classification) or a per-patch linear decoder to pixels (segmentation);
+    any band subset of the pretrained bands, by name."""
+
+    def __init__(self, encoder, task: GeoTaskConfig, n_out: int):
+        from core.heads import LinearProbe, MLPHead, Pooler
+
+        super().__init__()
+        self.encoder, self.task, self.n_out = encoder, task, n_out
+        D = encoder.dim
+        if task.kind == "classification":
+            self.pool = Pooler(D, task.pooler)
+            self.head = LinearProbe(D, n_out) if task.head == "linear" else MLPHead(D, n_out)
+        else:
+            p = encoder.tokenizer.patch
+            self.head = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, n_out * p[0] * p[1]))
+        if task.freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        feats = self.encoder(batch)
+        if self.task.kind == "classification":
+            return self.head(self.pool(feats))  # [B, K]
+        tok = self.encoder.tokenizer
+        G, (gh, gw), (ph, pw) = len(tok.groups), tok.grid, tok.patch
+        B, _, D = feats["tokens"].shape
+        t = feats["tokens"].reshape(B, G, gh * gw, D)
+        w = feats["valid"].reshape(B, G, gh * gw, 1).float()
+        fused = (t * w).sum(1) / w.sum(1).clamp_min(1)  # [B, n, D] mean over the bands present
+        logits = self.head(fused).reshape(B, gh, gw, ph, pw, self.n_out)
+        return logits.permute(0, 5, 1, 3, 2, 4).reshape(B, self.n_out, gh * ph, gw * pw)  # [B, K, H, W]
+
+
+def task_step(task: GeoTaskConfig):
+    import torch.nn.functional as F
+
+    def step(model, batch, generator):
+        out = model(batch)
+        if task.kind == "classification":
+            return {"loss": F.cross_entropy(out, batch["y"])}
+        seg = batch["seg"].masked_fill(batch["seg"] >= out.shape[1], 255)
+        return {"loss": F.cross_entropy(out, seg, ignore_index=255)}
+
+    return step
+
+
+@torch.no_grad()
+def task_evaluate(task: GeoTaskConfig, n_out: int):
+    """Accuracy and macro-F1 (classification, per tile; segmentation, per pixel) and mIoU (segmentation)."""
+
+    def evaluate(model, batches) -> dict:
+        conf = torch.zeros(n_out, n_out, dtype=torch.long)
+        for batch in batches:
+            out = model(batch)
+            pred, ref = (out.argmax(1), batch["y"]) if task.kind == "classification" else (out.argmax(1), batch["seg"])
+            keep = ref < n_out
+            conf += torch.bincount(ref[keep] * n_out + pred[keep], minlength=n_out * n_out).reshape(n_out, n_out).cpu()
+        tp = conf.diag().double()
+        support, predicted = conf.sum(1).double(), conf.sum(0).double()
+        seen = support > 0
+        f1 = (2 * tp / (support + predicted).clamp_min(1))[seen].mean()
+        scores = {"accuracy": float(tp.sum() / conf.sum().clamp_min(1)), "macro_f1": float(f1)}
+        if task.kind == "segmentation":
+            scores["miou"] = float((tp / (support + predicted - tp).clamp_min(1))[seen].mean())
+        return scores
+
+    return evaluate
