@@ -63,6 +63,12 @@ class RasterScene:
                 src = WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height)
             self._open[path] = src
         self.sources = sources
+        self._by_file: dict[str, tuple[list[int], list[int]]] = {}
+        for i, band in enumerate(bands):
+            path, index = sources[band.name]
+            slots, indexes = self._by_file.setdefault(path, ([], []))
+            slots.append(i)
+            indexes.append(index)
         self.crs, self.transform, self.height, self.width = ref.crs, ref.transform, ref.height, ref.width
 
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,13 +86,12 @@ class RasterScene:
             return out, valid
         inside = Window(c0, r0, c1 - c0, r1 - r0)
         rows, cols = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
-        for i, band in enumerate(self.bands):
-            path, index = self.sources[band.name]
-            with warnings.catch_warnings():  # nodata, not an alpha band, decides validity: as intended
-                warnings.simplefilter("ignore", NodataShadowWarning)
-                data = self._open[path].read(index, window=inside, masked=True)
-            out[i, rows, cols] = np.ma.filled(data.astype(np.float32), 0.0)
-            valid[i, rows, cols] = ~np.ma.getmaskarray(data)
+        with warnings.catch_warnings():  # nodata, not an alpha band, decides validity: as intended
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            for path, (slots, indexes) in self._by_file.items():  # one read per file, all its bands at once
+                data = self._open[path].read(indexes, window=inside, masked=True)
+                out[slots, rows, cols] = np.ma.filled(data.astype(np.float32), 0.0)
+                valid[slots, rows, cols] = ~np.ma.getmaskarray(data)
         return out, valid
 
 
