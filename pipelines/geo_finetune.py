@@ -3,6 +3,7 @@
 
 --init-from EXPORT starts from a geo_pretrain export (a band subset of its bands is fine, by name).
 """
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ def main(argv=None):
         model_cfg = pre["model"]
     else:
         groups = [b.name for b in cfg.data.bands]
-        mae, model_cfg = build_geo_mae(cfg.model, groups, cfg.data.window, cfg.data.patch), vars(cfg.model)
+        mae = build_geo_mae(cfg.model, groups, cfg.data.window, cfg.data.patch)
+        model_cfg = dataclasses.asdict(cfg.model)
     if task.kind == "classification":
         tiles, names = labelled_tiles(root)
         classes = sorted(set(names))

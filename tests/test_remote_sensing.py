@@ -162,6 +162,7 @@ def geo_runs(tmp_path_factory):
     geo_pretrain.main(tiny + ["train.run_name=pre"])
     export = f"--init-from={tmp / 'runs' / 'pre' / 'export'}"
     geo_finetune.main(tiny + ["train.run_name=cls", export])
+    geo_finetune.main(tiny + ["train.run_name=scratch"])
     rgb = "data.bands=[{name: R, mean: 100, std: 55}, {name: G, mean: 100, std: 55}, {name: B, mean: 100, std: 55}]"
     geo_finetune.main(tiny + ["train.run_name=seg", "task.kind=segmentation", rgb, export])
     return tmp
@@ -171,6 +172,7 @@ def test_finetune_classification_and_rgb_segmentation_from_rgbn(geo_runs):
     import json
 
     cls = json.loads((geo_runs / "runs" / "cls" / "export" / "config.json").read_text())
+    assert json.loads((geo_runs / "runs" / "scratch" / "export" / "config.json").read_text())["model"]["dim"] == 32
     seg = json.loads((geo_runs / "runs" / "seg" / "export" / "config.json").read_text())
     assert cls["classes"] == sorted(cls["classes"]) and cls["task"]["kind"] == "classification"
     assert [b["name"] for b in seg["bands"]] == ["R", "G", "B", "NIR"]  # the model's slots
