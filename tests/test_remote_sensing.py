@@ -218,3 +218,19 @@ def test_real_naip_prediction_keeps_crs_and_transform(geo_runs, tmp_path):
     geo_predict.main(["--model", str(geo_runs / "runs" / "cls" / "export"), "--input", str(naip), "--out", str(out)])
     with rasterio.open(naip) as src, rasterio.open(out) as dst:
         assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
+
+
+def test_samples_carry_their_georeference_and_scenes_share_one_crs(tmp_path, caplog):
+    from rasterio.windows import Window, transform as window_transform
+
+    a = _tif(tmp_path / "a.tif", np.full((4, 32, 32), 9, np.uint8))
+    b = _tif(tmp_path / "b.tif", np.full((4, 32, 32), 9, np.uint8), crs="EPSG:32615")
+    cfg = GeoDataConfig(root=str(tmp_path), window=16, patch=8)
+    ds = GeoWindows([a, b], cfg, train=False)
+    with rasterio.open(a) as src:
+        expected = window_transform(Window(8, 8, 16, 16), src.transform)
+    assert tuple(ds[0]["transform"].tolist()) == pytest.approx(tuple(expected)[:6])
+    with caplog.at_level(logging.WARNING):
+        second = ds.scene(1)
+    assert "is in EPSG:32615, not the dataset's EPSG:32614; reprojected" in caplog.text
+    assert second.crs == ds.crs and ds.crs.to_epsg() == 32614

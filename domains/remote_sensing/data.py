@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from core.errors import DataError
 from domains.remote_sensing import synthetic
-from domains.remote_sensing.io import Band, open_scene
+from domains.remote_sensing.io import Band, RasterScene, open_scene
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,16 @@ class GeoWindows(Dataset):
         self.skipped = 0
         self._scenes: dict[int, object] = {}
 
+    @property
+    def crs(self):
+        """The dataset's CRS (its first scene's); every other scene is reprojected onto it."""
+        return self.scene(0).crs if self.paths else None
+
     def scene(self, i: int):
         if i not in self._scenes:  # opened lazily, so each DataLoader worker has its own handles
-            self._scenes[i] = open_scene(self.paths[i], self.cfg.bands)
+            first = self.scene(0) if i else None
+            crs = first.crs if isinstance(first, RasterScene) else None  # stacks keep their own grid
+            self._scenes[i] = open_scene(self.paths[i], self.cfg.bands, crs)
         return self._scenes[i]
 
     def to_slots(self, sample: dict) -> dict[str, torch.Tensor]:
@@ -108,12 +115,20 @@ class GeoWindows(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         scene = self.scene(i // (self.cfg.windows_per_scene if self.train else 1))
         for _ in range(100):
-            x, valid = scene.read(*self._origin(scene), self.cfg.window)
+            row, col = self._origin(scene)
+            x, valid = scene.read(row, col, self.cfg.window)
             sample = self.to_slots(to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid))
             if sample["patch_valid"].any() or not self.train:
-                return sample
+                return {**sample, "transform": window_transform(scene, row, col)}
             self.skipped += 1
         raise DataError(scene.name, "no valid patch in 100 random windows", "a scene with data")
+
+def window_transform(scene, row: int, col: int) -> torch.Tensor:
+    """The window's georeference (a, b, c, d, e, f) as a tensor [6]; zeros for a scene without one."""
+    if hasattr(scene, "window_transform") and scene.transform is not None:
+        return torch.tensor(scene.window_transform(row, col), dtype=torch.float64)
+    return torch.zeros(6, dtype=torch.float64)
+
 
 def _to_slots(sample: dict, slots: list[int], n_groups: int) -> dict[str, torch.Tensor]:
     """Place the data's bands into the model's band slots (absent slots: zeros, not present)."""
@@ -182,6 +197,7 @@ class GeoTasks(GeoWindows):
         row, col = self._origin(scene)
         x, valid = scene.read(row, col, self.cfg.window)
         sample = self.to_slots(to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid))
+        sample["transform"] = window_transform(scene, row, col)
         if self.classes is not None:
             sample["y"] = torch.tensor(self.classes[k])
         if self.labels_root is not None:

@@ -39,7 +39,7 @@ class RasterScene:
     Files on another grid than the first are warped onto it (WarpedVRT) with a warning.
     """
 
-    def __init__(self, sources: dict[str, tuple[str, int]], bands: list[Band]):
+    def __init__(self, sources: dict[str, tuple[str, int]], bands: list[Band], crs=None):
         import rasterio
         from rasterio.vrt import WarpedVRT
 
@@ -55,9 +55,12 @@ class RasterScene:
             except rasterio.errors.RasterioIOError as e:
                 raise DataError(path, f"a file rasterio cannot open as a raster ({e})", "a GeoTIFF") from None
             if ref is None:
-                ref = src
                 if src.crs is None:
                     log.warning("%s has no CRS; treated as pixel space", path)
+                elif crs is not None and src.crs != crs:
+                    log.warning("%s is in %s, not the dataset's %s; reprojected", path, src.crs, crs)
+                    src = WarpedVRT(src, crs=crs)
+                ref = src
             elif (src.crs, src.transform, src.shape) != (ref.crs, ref.transform, ref.shape):
                 log.warning("%s is on another grid (%s) than %s (%s); warped onto it", path, src.crs, ref.name, ref.crs)
                 src = WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height)
@@ -70,6 +73,11 @@ class RasterScene:
             slots.append(i)
             indexes.append(index)
         self.crs, self.transform, self.height, self.width = ref.crs, ref.transform, ref.height, ref.width
+
+    def window_transform(self, row: int, col: int) -> tuple[float, ...]:
+        """The affine (a, b, c, d, e, f) of a window whose top-left pixel is (row, col)."""
+        t = self.transform
+        return (t.a, t.b, t.c + t.a * col + t.b * row, t.d, t.e, t.f + t.d * col + t.e * row)
 
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Window at (row, col) of size x size -> (values [C, size, size] float32, valid [C, size, size]).
@@ -144,9 +152,10 @@ def _match_band_file(folder: Path, band: str) -> Path | None:
     return None
 
 
-def open_scene(path: str | Path, bands: list[Band]):
+def open_scene(path: str | Path, bands: list[Band], crs=None):
     """A multi-band GeoTIFF (bands by description if it has them, else by position), a folder with one
-    GeoTIFF per band (matched by name), or a NetCDF/zarr stack."""
+    GeoTIFF per band (matched by name), or a NetCDF/zarr stack. GeoTIFFs in another CRS than ``crs``
+    (a dataset's first scene's) are reprojected onto it with a warning."""
     import rasterio
 
     path = Path(path)
@@ -159,7 +168,7 @@ def open_scene(path: str | Path, bands: list[Band]):
             if file is None:
                 raise DataError(path, f"no file for band {band.name}", f"a GeoTIFF named {band.name}.tif or *_{band.name}.tif")
             sources[band.name] = (str(file), 1)
-        return RasterScene(sources, bands)
+        return RasterScene(sources, bands, crs)
     if not path.is_file():
         raise DataError(path, "no such file", "a GeoTIFF, a folder of per-band GeoTIFFs, or a NetCDF/zarr stack")
     try:
@@ -169,8 +178,8 @@ def open_scene(path: str | Path, bands: list[Band]):
         raise DataError(path, f"a file rasterio cannot open as a raster ({e})", "a GeoTIFF") from None
     names = [b.name for b in bands]
     if all(descriptions) and set(names) <= set(descriptions):
-        return RasterScene({b.name: (str(path), descriptions.index(b.name) + 1) for b in bands}, bands)
+        return RasterScene({b.name: (str(path), descriptions.index(b.name) + 1) for b in bands}, bands, crs)
     if count != len(bands):
         raise DataError(path, f"{count} bands" + (f" named {descriptions}" if all(descriptions) else ""),
                         f"{len(bands)} bands ({names}), as the band table says")
-    return RasterScene({b.name: (str(path), i + 1) for i, b in enumerate(bands)}, bands)
+    return RasterScene({b.name: (str(path), i + 1) for i, b in enumerate(bands)}, bands, crs)
