@@ -234,3 +234,15 @@ def test_samples_carry_their_georeference_and_scenes_share_one_crs(tmp_path, cap
         second = ds.scene(1)
     assert "is in EPSG:32615, not the dataset's EPSG:32614; reprojected" in caplog.text
     assert second.crs == ds.crs and ds.crs.to_epsg() == 32614
+
+
+def test_modis_band_table_is_a_configuration(tmp_path):
+    geo_pretrain.main(["--config", str(ROOT / "configs" / "geo_pretrain_modis.yaml"),
+                       f"data.synthetic.folder={tmp_path / 'data'}", "data.synthetic.tiles=5", "data.windows_per_scene=4",
+                       "model.dim=32", "model.depth=1", "model.decoder_dim=32", "model.decoder_depth=1",
+                       "train.epochs=1", "train.batch_size=4", f"train.out_dir={tmp_path / 'runs'}", "train.run_name=m"])
+    import json
+
+    config = json.loads((tmp_path / "runs" / "m" / "export" / "config.json").read_text())
+    assert len(config["bands"]) == 14 and config["bands"][10]["kind"] == "brightness_temperature"
+    assert config["model"]["mode"] == "mask_token"

@@ -48,9 +48,12 @@ class GeoDataConfig:
 
 def scene_paths(cfg: GeoDataConfig) -> list[Path]:
     """The scenes: the synthetic tiles, or every GeoTIFF / stack under ``root`` (or ``root`` itself)."""
-    if cfg.root is None:
+    if cfg.root is None:  # the synthetic tiles, or its MODIS-like stack when the band table is MODIS's
         s = cfg.synthetic
-        return sorted((synthetic.write_dataset(s.folder, s.tiles, s.seed) / "tiles").rglob("*.tif"))
+        root = synthetic.write_dataset(s.folder, s.tiles, s.seed)
+        if [b.name for b in cfg.bands] == synthetic.MODIS_BANDS:
+            return [root / "modis.nc"]
+        return sorted((root / "tiles").rglob("*.tif"))
     root = Path(cfg.root)
     if root.is_file() or root.suffix in (".nc", ".zarr"):
         return [root]
