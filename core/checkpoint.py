@@ -126,3 +126,27 @@ def load_training_state(path: str | os.PathLike) -> dict:
     except Exception as e:  # a corrupt or foreign file: say so plainly
         raise DataError(path, f"an unreadable training state ({type(e).__name__}: {e})",
                         "a training state written by scimae") from None
+
+
+def cache_root(name: str) -> Path:
+    """A folder for generated data in the user cache ($SCIMAE_CACHE, default ~/.cache/scimae)."""
+    return Path(os.environ.get("SCIMAE_CACHE", Path.home() / ".cache" / "scimae")) / name
+
+
+def build_folder_once(root: str | os.PathLike, fill) -> Path:
+    """Make ``root`` complete or not at all: ``fill(tmp)`` writes into a temporary sibling folder and
+    returns a one-line summary; the folder then replaces ``root`` with a COMPLETE marker. A complete
+    ``root`` is returned as it is."""
+    import shutil
+
+    root = Path(root)
+    if (root / "COMPLETE").is_file():
+        return root
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "COMPLETE").write_text(fill(tmp) + "\n")
+    if root.exists():
+        shutil.rmtree(root)
+    tmp.rename(root)
+    return root

@@ -129,3 +129,25 @@ def test_a_data_error_from_a_worker_or_a_wrapper_is_reported_in_one_line():
     except RuntimeError as outer:
         assert one_line(user_error(outer)) == "g.nii: found a; expected b"
     assert user_error(RuntimeError("x")) is None
+
+
+def test_a_generated_folder_is_complete_or_absent(tmp_path):
+    from core.checkpoint import build_folder_once
+
+    def broken(folder):
+        (folder / "half.txt").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        build_folder_once(tmp_path / "data", broken)
+    assert not (tmp_path / "data").exists()
+    calls = []
+
+    def fill(folder):
+        calls.append(folder)
+        (folder / "a.txt").write_text("a")
+        return "1 file"
+
+    assert (build_folder_once(tmp_path / "data", fill) / "a.txt").read_text() == "a"
+    build_folder_once(tmp_path / "data", fill)  # already complete: not written again
+    assert len(calls) == 1 and (tmp_path / "data" / "COMPLETE").read_text() == "1 file\n"

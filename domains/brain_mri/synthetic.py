@@ -9,14 +9,13 @@ and position vary; a segmentation (BraTS labels 1 necrosis/core, 2 oedema, 4 enh
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.checkpoint import build_folder_once, cache_root
 from domains.brain_mri.io import MODALITIES, write_volume
 
 SHAPE = (72, 88, 72)
@@ -37,7 +36,7 @@ MISSING = {1: ["t1ce"], 3: ["flair"], 6: ["t1", "t2"]}  # case index % 8 -> moda
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("SCIMAE_CACHE", Path.home() / ".cache" / "scimae")) / f"brats_synthetic_v{VERSION}"
+    return cache_root(f"brats_synthetic_v{VERSION}")
 
 
 def _smooth_noise(rng, shape, scale=8) -> np.ndarray:
@@ -98,10 +97,10 @@ def affine() -> np.ndarray:
 def write_dataset(root: str | Path | None = None, n_cases: int = 32, seed: int = 0) -> Path:
     """Write the dataset once (complete or not at all) and return its folder."""
     root = Path(root) if root is not None else default_root()
-    if (root / "COMPLETE").is_file():
-        return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    return build_folder_once(root, lambda tmp: _write(tmp, n_cases, seed))
+
+
+def _write(tmp: Path, n_cases: int, seed: int) -> str:
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n_cases):
@@ -121,8 +120,4 @@ def write_dataset(root: str | Path | None = None, n_cases: int = 32, seed: int =
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (tmp / "COMPLETE").write_text(f"{n_cases} cases, seed {seed}\n")
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)
-    return root
+    return f"{n_cases} cases, seed {seed}"

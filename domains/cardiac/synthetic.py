@@ -9,13 +9,12 @@ two leads or only PPG; channel names use common aliases (MLII, PLETH).
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import fftconvolve
 
+from core.checkpoint import build_folder_once, cache_root
 from domains.cardiac.io import LEADS
 
 VERSION = 1
@@ -45,7 +44,7 @@ _WAVES = {"P": (-0.18, 0.022, [0.12, 0.15, 0.05]), "Q": (-0.03, 0.010, [-0.10, 0
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("SCIMAE_CACHE", Path.home() / ".cache" / "scimae")) / f"cardiac_synthetic_v{VERSION}"
+    return cache_root(f"cardiac_synthetic_v{VERSION}")
 
 
 def _gauss_train(t: np.ndarray, centres: np.ndarray, width: float, amp) -> np.ndarray:
@@ -102,14 +101,13 @@ def make_record(rng: np.random.Generator, rhythm: str, pvc: bool, seconds: float
 
 def write_dataset(root: str | Path | None = None, n_records: int = 96, seconds: float = 30.0, seed: int = 0) -> Path:
     """Write the records once (complete or not at all) and return their folder."""
+    root = Path(root) if root is not None else default_root()
+    return build_folder_once(root, lambda tmp: _write(tmp, n_records, seconds, seed))
+
+
+def _write(tmp: Path, n_records: int, seconds: float, seed: int) -> str:
     import wfdb
 
-    root = Path(root) if root is not None else default_root()
-    if (root / "COMPLETE").is_file():
-        return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     rhythms = ["sinus", "AF", "brady", "tachy"]
     for i in range(n_records):
@@ -126,8 +124,4 @@ def write_dataset(root: str | Path | None = None, n_records: int = 96, seconds: 
             cols = list(range(13))
         wfdb.wrsamp(f"syn{i:04d}", fs=fs, units=units, sig_name=names, p_signal=sig[:, cols], fmt=["16"] * len(cols),
                     comments=[f"{k}: {v}" for k, v in labels.items()], write_dir=str(tmp))
-    (tmp / "COMPLETE").write_text(f"{n_records} records, seed {seed}\n")
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)
-    return root
+    return f"{n_records} records, seed {seed}"

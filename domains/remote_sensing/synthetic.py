@@ -3,11 +3,11 @@ with land-cover patches of distinct spectral signatures, a class per tile (the F
 label rasters for segmentation, a nodata border on some tiles, and a small MODIS-like 14-band NetCDF."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
+
+from core.checkpoint import build_folder_once, cache_root
 
 VERSION = 1
 CLASSES = ["water", "forest", "crops", "bare_soil", "urban"]
@@ -22,7 +22,7 @@ MODIS_BANDS = [f"b{i:02d}" for i in range(1, 15)]
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("SCIMAE_CACHE", Path.home() / ".cache" / "scimae")) / f"geo_synthetic_v{VERSION}"
+    return cache_root(f"geo_synthetic_v{VERSION}")
 
 
 def land_cover(rng: np.random.Generator, size: int, dominant: int) -> np.ndarray:
@@ -37,14 +37,14 @@ def land_cover(rng: np.random.Generator, size: int, dominant: int) -> np.ndarray
 
 def write_dataset(root: str | Path | None = None, n_tiles: int = 60, seed: int = 0) -> Path:
     """Write once (complete or not at all) and return the folder: tiles/<class>/*.tif, labels/*.tif, modis.nc."""
+    root = Path(root) if root is not None else default_root()
+    return build_folder_once(root, lambda tmp: _write(tmp, n_tiles, seed))
+
+
+def _write(tmp: Path, n_tiles: int, seed: int) -> str:
     import rasterio
     from rasterio.transform import from_origin
 
-    root = Path(root) if root is not None else default_root()
-    if (root / "COMPLETE").is_file():
-        return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng(seed)
     for i in range(n_tiles):
         dominant = i % len(CLASSES)
@@ -66,11 +66,7 @@ def write_dataset(root: str | Path | None = None, n_tiles: int = 60, seed: int =
                            **{**profile, "nodata": 255}) as dst:
             dst.write(np.where(image[0] > 0, cover, 255)[None].astype(np.uint8))
     write_modis(tmp / "modis.nc", rng)
-    (tmp / "COMPLETE").write_text(f"{n_tiles} tiles, seed {seed}\n")
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)
-    return root
+    return f"{n_tiles} tiles, seed {seed}"
 
 
 def write_modis(path: Path, rng: np.random.Generator, size: int = 64) -> None:
