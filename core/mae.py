@@ -228,3 +228,23 @@ class MaskedAutoencoder(nn.Module):
         values = self.target.to_values(out["pred"], ts, idx)
         values = torch.where(pad[..., None], recon.gather(1, index), values)  # padding entries keep their slot
         return original, masked, recon.scatter(1, index, values)
+
+
+@torch.no_grad()
+def figure_panels(model: MaskedAutoencoder, batch, seed: int = 0) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a reconstruction figure of the batch's first sample: the loss and the original, masked input and
+    reconstruction on the input grid, each [G, *S] for one channel per group (NaN = hidden or invalid)."""
+    out = model(batch, torch.Generator().manual_seed(seed))
+    tok = model.encoder.tokenizer
+    panels = [tok.unpatchify(v[:1])[0, :, 0].cpu() for v in model.reconstruction(out)]
+    return float(out["loss"]), *panels
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -14,7 +14,7 @@ from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import MLPHead, LinearProbe, Pooler
 from core.losses import PatchTarget
-from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae
+from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 from domains.brain_mri.io import MODALITIES
 
@@ -155,14 +155,8 @@ class BrainFineTuner(nn.Module):
 @torch.no_grad()
 def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
     """PNG of the first case's mid axial slice per modality: original | masked input | reconstruction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = model(batch, torch.Generator().manual_seed(0))
-    tok = model.encoder.tokenizer
-    panels = [tok.unpatchify(v[:1])[0, :, 0].cpu() for v in model.reconstruction(out)]  # 3 x [4, X, Y, Z]
+    plt = pyplot()
+    loss, *panels = figure_panels(model, batch)  # 3 x [4, X, Y, Z]
     z = panels[0].shape[-1] // 2
     fig, axes = plt.subplots(len(MODALITIES), 3, figsize=(7.5, 2.5 * len(MODALITIES)), squeeze=False)
     for row, mod in enumerate(MODALITIES):
@@ -172,7 +166,7 @@ def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
             ax.imshow(torch.nan_to_num(vol[row, :, :, z], nan=-3).T.numpy(), cmap="gray", origin="lower", vmin=-3, vmax=3)
             ax.set_axis_off()
             ax.set_title(f"{mod}: {title}" if present else f"{mod}: missing", fontsize=8)
-    fig.suptitle(f"{batch['case_id'][0]}  loss {float(out['loss']):.3f}", fontsize=9)
+    fig.suptitle(f"{batch['case_id'][0]}  loss {loss:.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

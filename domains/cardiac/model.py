@@ -12,7 +12,7 @@ from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import LinearProbe, MLPHead, Pooler
 from core.losses import PatchTarget
-from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae
+from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 from domains.cardiac.io import CHANNELS
 
@@ -129,14 +129,8 @@ def task_evaluate(task: CardiacTaskConfig, diagnoses: list[str], hr_scale: float
 @torch.no_grad()
 def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
     """PNG of the first window: per present channel, the signal, the masked input and the reconstruction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = model(batch, torch.Generator().manual_seed(0))
-    tok = model.encoder.tokenizer
-    orig, masked, recon = (tok.unpatchify(v[:1])[0, :, 0].cpu() for v in model.reconstruction(out))  # [13, L]
+    plt = pyplot()
+    loss, orig, masked, recon = figure_panels(model, batch)  # [13, L] each
     rows = [i for i, ch in enumerate(CHANNELS) if bool(batch["present"][0, i])]
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.1 * len(rows) + 0.6), squeeze=False, sharex=True)
     for ax, i in zip(axes[:, 0], rows):
@@ -147,7 +141,7 @@ def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
         ax.set_ylabel(CHANNELS[i], rotation=0, ha="right", fontsize=8)
         ax.set_yticks([])
     axes[0, 0].legend(loc="upper right", fontsize=7, ncol=3)
-    fig.suptitle(f"loss {float(out['loss']):.3f}", fontsize=9)
+    fig.suptitle(f"loss {loss:.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
     plt.close(fig)

@@ -12,7 +12,7 @@ from core.checkpoint import load_export, load_weights, save_export
 from core.config import from_dict
 from core.embed import GridTokenizer
 from core.losses import PatchTarget
-from core.mae import MAEConfig, MaskedAutoencoder, build_mae
+from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 
 
@@ -64,15 +64,10 @@ def composite(x: torch.Tensor, names: list[str]) -> np.ndarray:
 @torch.no_grad()
 def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
     """PNG of the first window as a composite: original | masked input | reconstruction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = model(batch, torch.Generator().manual_seed(0))
+    plt = pyplot()
+    loss, original, masked, recon = figure_panels(model, batch)  # [G, h, w] each
     tok = model.encoder.tokenizer
     names = tok.groups
-    original, masked, recon = (tok.unpatchify(v[:1])[0, :, 0].cpu() for v in model.reconstruction(out))
     invalid = ~batch["patch_valid"][0].cpu().repeat_interleave(tok.patch[0], 1).repeat_interleave(tok.patch[1], 2)
     original = original.masked_fill(invalid, float("nan"))
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
@@ -80,7 +75,7 @@ def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
         ax.imshow(composite(img, names))
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-    fig.suptitle(f"loss {float(out['loss']):.3f} (magenta: no data or hidden)", fontsize=8)
+    fig.suptitle(f"loss {loss:.3f} (magenta: no data or hidden)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
