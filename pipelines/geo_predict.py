@@ -22,8 +22,8 @@ from core.checkpoint import load_export, load_weights  # noqa: E402
 from core.config import from_dict, run_cli  # noqa: E402
 from core.errors import DataError  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
-from domains.remote_sensing.data import GeoDataConfig, GeoWindows, to_sample  # noqa: E402
-from domains.remote_sensing.io import Band, open_scene  # noqa: E402
+from domains.remote_sensing.data import GeoDataConfig, GeoWindows  # noqa: E402
+from domains.remote_sensing.io import Band  # noqa: E402
 from domains.remote_sensing.model import GeoFineTuner, GeoModelConfig, GeoTaskConfig, build_geo_mae  # noqa: E402
 
 log = logging.getLogger("geo_predict")
@@ -66,8 +66,8 @@ def predict_scene(model: GeoFineTuner, config: dict, path: Path, out: Path, over
 
     bands = [Band(**b) for b in config["data_bands"]]
     cfg = GeoDataConfig(root=str(path), bands=bands, window=config["window"], patch=config["patch"])
-    scene = open_scene(path, bands)
     windows = GeoWindows([path], cfg, train=False, groups=[b["name"] for b in config["bands"]])
+    scene = windows.scene(0)
     size, K = cfg.window, len(config["classes"])
     stride = max(1, int(size * (1 - overlap)))
     rows = list(range(0, max(scene.height - size, 0) + 1, stride))
@@ -81,14 +81,13 @@ def predict_scene(model: GeoFineTuner, config: dict, path: Path, out: Path, over
         origins = [(r, c) for r in rows for c in cols]
         for start in range(0, len(origins), batch_size):
             chunk = origins[start:start + batch_size]
-            reads = [scene.read(r, c, size) for r, c in chunk]
-            samples = [windows.to_slots(to_sample(x, v, windows.mean, windows.std, cfg.patch, cfg.min_valid)) for x, v in reads]
-            batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+            reads = [windows.read_sample(scene, r, c) for r, c in chunk]
+            batch = {k: torch.stack([s[k] for s, _ in reads]) for k in reads[0][0]}
             logits = model(batch)
             if logits.ndim == 2:  # a scene classifier paints its class over each window
                 logits = logits[:, :, None, None].expand(-1, -1, size, size)
             probs = logits.softmax(1).numpy()  # [b, K, size, size]
-            for (r, c), p, (_, v) in zip(chunk, probs, reads):
+            for (r, c), p, (_, v) in zip(chunk, probs, reads):  # v: the window's pixel validity
                 h, w = min(size, scene.height - r), min(size, scene.width - c)
                 acc[:K, r:r + h, c:c + w] += p[:, :h, :w] * weight[:h, :w]
                 acc[K, r:r + h, c:c + w] += weight[:h, :w]

@@ -119,12 +119,18 @@ class GeoWindows(Dataset):
         scene = self.scene(i // (self.cfg.windows_per_scene if self.train else 1))
         for _ in range(100):
             row, col = self._origin(scene)
-            x, valid = scene.read(row, col, self.cfg.window)
-            sample = self.to_slots(to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid))
+            sample, _ = self.read_sample(scene, row, col)
             if sample["patch_valid"].any() or not self.train:
-                return {**sample, "transform": window_transform(scene, row, col)}
+                return sample
             self.skipped += 1
         raise DataError(scene.name, "no valid patch in 100 random windows", "a scene with data")
+
+    def read_sample(self, scene, row: int, col: int) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """The model's inputs for one window (with its georeference) and the window's pixel validity."""
+        x, valid = scene.read(row, col, self.cfg.window)
+        sample = self.to_slots(to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid))
+        return {**sample, "transform": window_transform(scene, row, col)}, valid
+
 
 def window_transform(scene, row: int, col: int) -> torch.Tensor:
     """The window's georeference (a, b, c, d, e, f) as a tensor [6]; zeros for a scene without one."""
@@ -198,9 +204,7 @@ class GeoTasks(GeoWindows):
         k = i // (self.cfg.windows_per_scene if self.train else 1)
         scene = self.scene(k)
         row, col = self._origin(scene)
-        x, valid = scene.read(row, col, self.cfg.window)
-        sample = self.to_slots(to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid))
-        sample["transform"] = window_transform(scene, row, col)
+        sample, valid = self.read_sample(scene, row, col)
         if self.classes is not None:
             sample["y"] = torch.tensor(self.classes[k])
         if self.labels_root is not None:
