@@ -150,3 +150,17 @@ def build_folder_once(root: str | os.PathLike, fill) -> Path:
         shutil.rmtree(root)
     tmp.rename(root)
     return root
+
+
+def newest_export(runs: str | os.PathLike, make=None) -> Path:
+    """The most recent export under ``runs`` (``runs/<run>/export``). With none there, ``make()`` (which
+    trains one) is called first, if given."""
+    def find():
+        found = sorted(Path(runs).glob("*/export/" + WEIGHTS_NAME), key=lambda p: p.stat().st_mtime)
+        return found[-1].parent if found else None
+
+    if find() is None and make is not None:
+        make()
+    if find() is None:
+        raise DataError(runs, "no run with an export", "a finished run, or --model pointing at an export folder")
+    return find()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from core.checkpoint import newest_export  # noqa: E402
 from core.config import run_cli  # noqa: E402
 from core.errors import DataError  # noqa: E402
 from domains.brain_mri.data import BrainDataConfig, resolve_root  # noqa: E402
@@ -23,16 +24,12 @@ from domains.brain_mri.transforms import inference_chain  # noqa: E402
 log = logging.getLogger("brats_reconstruct")
 
 
-def newest_export() -> Path:
-    exports = sorted((ROOT / "runs" / "brats_pretrain").glob("*/export/model.safetensors"), key=lambda p: p.stat().st_mtime)
-    if exports:
-        return exports[-1].parent
+def pretrain() -> None:
     log.info("no brats_pretrain export under runs/; pretraining one with the default config")
     sys.path.insert(0, str(ROOT / "pipelines"))
     import brats_pretrain
 
     brats_pretrain.main([])
-    return newest_export()
 
 
 def main(argv=None):
@@ -57,7 +54,7 @@ def main(argv=None):
     modality = canonical_modality(args.modality) if args.modality else (missing or [None])[0]
     if modality not in MODALITIES:
         raise ValueError(f"--modality must be one of {MODALITIES} (or an alias), got {args.modality!r}")
-    model, config = load_brain_mae(args.model or newest_export())
+    model, config = load_brain_mae(args.model or newest_export(ROOT / "runs" / "brats_pretrain", pretrain))
     model.eval()
 
     chain = inference_chain(config["spacing"])

@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from core.checkpoint import load_export, load_weights  # noqa: E402
+from core.checkpoint import load_export, load_weights, newest_export  # noqa: E402
 from core.config import from_dict, run_cli  # noqa: E402
 from core.errors import DataError  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
@@ -30,16 +30,12 @@ log = logging.getLogger("geo_predict")
 NODATA = 255
 
 
-def newest_export() -> Path:
-    exports = sorted((ROOT / "runs" / "geo_finetune").glob("*/export/model.safetensors"), key=lambda p: p.stat().st_mtime)
-    if exports:
-        return exports[-1].parent
+def finetune() -> None:
     log.info("no geo_finetune export under runs/; fine-tuning a segmentation model first")
     sys.path.insert(0, str(ROOT / "pipelines"))
     import geo_finetune
 
     geo_finetune.main(["task.kind=segmentation"])
-    return newest_export()
 
 
 def load_model(folder) -> tuple[GeoFineTuner, dict]:
@@ -130,7 +126,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else ROOT / "runs" / "geo_predict" / f"{path.stem}_classes.tif"
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
-    model, config = load_model(args.model or newest_export())
+    model, config = load_model(args.model or newest_export(ROOT / "runs" / "geo_finetune", finetune))
     predict_scene(model, config, path, out, args.overlap, args.probabilities)
     print(f"{path} -> {out}")
 

@@ -151,3 +151,22 @@ def test_a_generated_folder_is_complete_or_absent(tmp_path):
     assert (build_folder_once(tmp_path / "data", fill) / "a.txt").read_text() == "a"
     build_folder_once(tmp_path / "data", fill)  # already complete: not written again
     assert len(calls) == 1 and (tmp_path / "data" / "COMPLETE").read_text() == "1 file\n"
+
+
+def test_newest_export_finds_or_makes_one(tmp_path):
+    import os
+    import time
+
+    from core.checkpoint import newest_export
+
+    with pytest.raises(DataError, match="no run with an export"):
+        newest_export(tmp_path)
+    for i, run in enumerate(("a", "b")):
+        save_export(tmp_path / run / "export", toy_mae(), {"arch": "toy"})
+        t = time.time() + i
+        os.utime(tmp_path / run / "export" / "model.safetensors", (t, t))
+    assert newest_export(tmp_path) == tmp_path / "b" / "export"
+    made = []
+    empty = tmp_path / "none"
+    newest = newest_export(empty, lambda: made.append(save_export(empty / "r" / "export", toy_mae(), {})))
+    assert made and newest == empty / "r" / "export"
