@@ -135,13 +135,19 @@ class GridTokenizer(nn.Module):
     (False for a missing group), optionally ``patch_valid`` [B, G, *grid] bool (e.g. nodata patches).
     Each group has its own patch projection; every slot gets the N-d sin-cos position of its patch and
     the learned embedding of its group, both in the encoder (and so in the decoder's slot embedding).
+    Groups of fewer channels (``group_channels``, e.g. spectral groups of 3 and 1 bands) fill the first
+    channels and leave the rest zero; the target then carries a ``value_mask`` so the loss skips them.
     """
 
     def __init__(self, groups: Sequence[str], spatial: Sequence[int], patch: Sequence[int], dim: int,
-                 channels: int = 1):
+                 channels: int = 1, group_channels: Sequence[int] | None = None):
         super().__init__()
         self.groups = list(groups)
         self.spatial, self.patch, self.channels = tuple(spatial), tuple(patch), channels
+        group_channels = list(group_channels or [channels] * len(self.groups))
+        if len(group_channels) != len(self.groups) or not all(0 < c <= channels for c in group_channels):
+            raise ValueError(f"group_channels {group_channels} must give 1..{channels} channels for each of {self.groups}")
+        self.group_channels = group_channels
         self.grid = _check_patch(self.spatial, self.patch)
         self.dim = dim
         n_in = channels
@@ -154,6 +160,9 @@ class GridTokenizer(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         self.group_embed = GroupEmbed(self.groups, dim)
         self.register_buffer("pos_table", sincos_nd(dim, self.grid), persistent=False)  # [n, D]
+        used = torch.arange(channels)[None] < torch.tensor(group_channels)[:, None]  # [G, C]
+        value_mask = used[:, None, :].expand(G, n_in // channels, channels).reshape(G, n_in)  # [G, P], values (p..., c)
+        self.register_buffer("value_mask", value_mask if not value_mask.all() else None, persistent=False)
 
     @property
     def patch_values(self) -> int:
@@ -191,8 +200,9 @@ class GridTokenizer(nn.Module):
                     out[sel] = p[sel] @ self.weight[g] + self.bias[g]
             return out + slot.expand(B, -1, -1).gather(1, idx[..., None].expand(-1, -1, self.dim))  # [B, K, D]
 
+        extras = {} if self.value_mask is None else {"value_mask": self.value_mask}
         return TokenSet(tokens=None, embed_fn=embed, group=group, valid=valid.reshape(B, G * n), pos=slot,
-                        target=patches, grid=self.grid)
+                        target=patches, grid=self.grid, extras=extras)
 
     def unpatchify(self, values: torch.Tensor) -> torch.Tensor:
         """[B, G * n, P] slot values -> [B, G, C, *S]."""

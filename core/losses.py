@@ -11,23 +11,40 @@ def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (values * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
-def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """MAE's norm-pix target: each patch [..., P] to zero mean and unit variance."""
-    mean = target.mean(-1, keepdim=True)
-    var = target.var(-1, keepdim=True, unbiased=False)
-    return (target - mean) / (var + eps).sqrt()
+def patch_stats(target: torch.Tensor, mask: torch.Tensor | None = None,
+                eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std [..., 1] of each patch [..., P] over its used values (``mask`` [..., P], all if None)."""
+    if mask is None:
+        return target.mean(-1, keepdim=True), (target.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
+    m = mask.to(target.dtype)
+    count = m.sum(-1, keepdim=True).clamp_min(1)
+    mean = (target * m).sum(-1, keepdim=True) / count
+    var = ((target - mean).pow(2) * m).sum(-1, keepdim=True) / count
+    return mean, (var + eps).sqrt()
 
 
-def patch_errors(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", norm_pix: bool = False) -> torch.Tensor:
-    """Per-slot error [B, M] between pred and target [B, M, P]."""
+def normalize_patches(target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MAE's norm-pix target: each patch [..., P] to zero mean and unit variance (over its used values)."""
+    mean, std = patch_stats(target, mask)
+    return (target - mean) / std
+
+
+def patch_errors(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", norm_pix: bool = False,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-slot error [B, M] between pred and target [B, M, P], averaged over the used values (``mask``)."""
     if norm_pix:
-        target = normalize_patches(target)
+        target = normalize_patches(target, mask)
     diff = pred - target
     if kind == "mse":
-        return diff.pow(2).mean(-1)
-    if kind == "l1":
-        return diff.abs().mean(-1)
-    raise ValueError(f"loss kind must be 'mse' or 'l1', got {kind!r}")
+        err = diff.pow(2)
+    elif kind == "l1":
+        err = diff.abs()
+    else:
+        raise ValueError(f"loss kind must be 'mse' or 'l1', got {kind!r}")
+    if mask is None:
+        return err.mean(-1)
+    m = mask.to(err.dtype)
+    return (err * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
 def grouped_losses(errors: torch.Tensor, weight: torch.Tensor, group: torch.Tensor,
@@ -67,7 +84,8 @@ def chamfer_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class PatchTarget:
     """Pixel/voxel/sample reconstruction target: MSE or L1, optional norm-pix, per-group losses.
 
-    The tokenizer puts the raw patch values in ``TokenSet.target`` [B, N, P].
+    The tokenizer puts the raw patch values in ``TokenSet.target`` [B, N, P]; a per-group
+    ``extras["value_mask"]`` [G, P] marks the values that exist (groups with fewer channels).
     """
 
     def __init__(self, names: Sequence[str], kind: str = "mse", norm_pix: bool = True):
@@ -77,14 +95,19 @@ class PatchTarget:
     def __call__(self, pred: torch.Tensor, ts, idx: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """pred [B, M, P] for slots ``idx`` [B, M]; ``weight`` [B, M] is 0 on padding entries."""
         target = ts.target.gather(1, idx[..., None].expand(-1, -1, ts.target.shape[-1]))  # [B, M, P]
-        errors = patch_errors(pred, target, self.kind, self.norm_pix)
-        return grouped_losses(errors, weight, ts.group.gather(1, idx), self.names)
+        group = ts.group.gather(1, idx)  # [B, M]
+        errors = patch_errors(pred, target, self.kind, self.norm_pix, self._mask(ts, group))
+        return grouped_losses(errors, weight, group, self.names)
+
+    @staticmethod
+    def _mask(ts, group: torch.Tensor) -> torch.Tensor | None:
+        mask = ts.extras.get("value_mask")  # [G, P]
+        return None if mask is None else mask[group]  # [B, M, P]
 
     def to_values(self, pred: torch.Tensor, ts, idx: torch.Tensor) -> torch.Tensor:
         """Prediction back in the target's units (undoes norm-pix with the true patch statistics)."""
         if not self.norm_pix:
             return pred
         target = ts.target.gather(1, idx[..., None].expand(-1, -1, ts.target.shape[-1]))
-        mean = target.mean(-1, keepdim=True)
-        std = (target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+        mean, std = patch_stats(target, self._mask(ts, ts.group.gather(1, idx)))
         return pred * std + mean

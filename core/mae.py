@@ -233,10 +233,10 @@ class MaskedAutoencoder(nn.Module):
 @torch.no_grad()
 def figure_panels(model: MaskedAutoencoder, batch, seed: int = 0) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
     """For a reconstruction figure of the batch's first sample: the loss and the original, masked input and
-    reconstruction on the input grid, each [G, *S] for one channel per group (NaN = hidden or invalid)."""
+    reconstruction on the input grid, each [G * C, *S]: group-major channel slots (NaN = hidden or invalid)."""
     out = model(batch, torch.Generator().manual_seed(seed))
     tok = model.encoder.tokenizer
-    panels = [tok.unpatchify(v[:1])[0, :, 0].cpu() for v in model.reconstruction(out)]
+    panels = [tok.unpatchify(v[:1])[0].flatten(0, 1).cpu() for v in model.reconstruction(out)]
     return float(out["loss"]), *panels
 
 

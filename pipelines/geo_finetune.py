@@ -13,9 +13,9 @@ from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
-from domains.remote_sensing.data import GeoDataConfig, GeoTasks, labelled_tiles, split_paths  # noqa: E402
+from domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths  # noqa: E402
 from domains.remote_sensing.model import (GeoFineTuner, GeoModelConfig, GeoTaskConfig, build_geo_mae,  # noqa: E402
-                                          load_geo_mae, task_evaluate, task_step)
+                                          export_layout, layout_record, load_geo_mae, task_evaluate, task_step)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "geo_finetune.yaml"
 
@@ -35,11 +35,11 @@ def main(argv=None):
     root = Path(cfg.data.root) if cfg.data.root else synthetic.write_dataset(s.folder, s.tiles, s.seed) / "tiles"
     if cfg.train.init_from:
         mae, pre = load_geo_mae(cfg.train.init_from)
-        groups = [b["name"] for b in pre["bands"]]
+        layout = export_layout(pre)
         model_cfg = pre["model"]
     else:
-        groups = [b.name for b in cfg.data.bands]
-        mae = build_geo_mae(cfg.model, groups, cfg.data.window, cfg.data.patch)
+        layout = band_layout([b.name for b in cfg.data.bands], cfg.data.groups)
+        mae = build_geo_mae(cfg.model, layout, cfg.data.window, cfg.data.patch)
         model_cfg = dataclasses.asdict(cfg.model)
     if task.kind == "classification":
         tiles, names = labelled_tiles(root)
@@ -54,13 +54,13 @@ def main(argv=None):
 
     def dataset(paths, train):
         y = [targets[p] for p in paths] if targets else None
-        return GeoTasks(paths, cfg.data, train, cfg.train.seed, groups, y, labels_root)
+        return GeoTasks(paths, cfg.data, train, cfg.train.seed, layout, y, labels_root)
 
     model = GeoFineTuner(mae.encoder, task, n_out)
     trainer = Trainer(model, cfg.train, step_fn=task_step(task), evaluate=task_evaluate(task, n_out),
                       export=lambda m, folder: save_export(folder, m, {
                           "domain": "remote_sensing", "model": model_cfg, "window": cfg.data.window,
-                          "patch": cfg.data.patch, "bands": [{"name": g} for g in groups],
+                          "patch": cfg.data.patch, "groups": layout_record(layout),
                           "data_bands": [vars(b) for b in cfg.data.bands], "task": vars(task), "classes": classes}))
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")

@@ -24,7 +24,8 @@ from core.errors import DataError  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
 from domains.remote_sensing.data import GeoDataConfig, GeoWindows  # noqa: E402
 from domains.remote_sensing.io import Band  # noqa: E402
-from domains.remote_sensing.model import GeoFineTuner, GeoModelConfig, GeoTaskConfig, build_geo_mae  # noqa: E402
+from domains.remote_sensing.model import (GeoFineTuner, GeoModelConfig, GeoTaskConfig, build_geo_mae,  # noqa: E402
+                                          export_layout)
 
 log = logging.getLogger("geo_predict")
 NODATA = 255
@@ -42,8 +43,7 @@ def load_model(folder) -> tuple[GeoFineTuner, dict]:
     config, state = load_export(folder)
     if "task" not in config:
         raise DataError(Path(folder) / "config.json", "an export without a task head", "a geo_finetune export")
-    groups = [b["name"] for b in config["bands"]]
-    mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), groups, config["window"], config["patch"])
+    mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"], config["patch"])
     model = GeoFineTuner(mae.encoder, GeoTaskConfig(**config["task"]), len(config["classes"]))
     load_weights(model, state)
     return model.eval(), config
@@ -62,7 +62,7 @@ def predict_scene(model: GeoFineTuner, config: dict, path: Path, out: Path, over
 
     bands = [Band(**b) for b in config["data_bands"]]
     cfg = GeoDataConfig(root=str(path), bands=bands, window=config["window"], patch=config["patch"])
-    windows = GeoWindows([path], cfg, train=False, groups=[b["name"] for b in config["bands"]])
+    windows = GeoWindows([path], cfg, train=False, layout=export_layout(config))
     scene = windows.scene(0)
     size, K = cfg.window, len(config["classes"])
     stride = max(1, int(size * (1 - overlap)))

@@ -27,10 +27,10 @@ class Config:
 def main(argv=None):
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     train_set, val_set = load_splits(cfg.data, cfg.train.seed)
-    names = [b.name for b in cfg.data.bands]
+    layout = train_set.layout  # spectral group -> bands
     mae = (load_geo_mae(cfg.train.init_from)[0] if cfg.train.init_from
-           else build_geo_mae(cfg.model, names, cfg.data.window, cfg.data.patch))
-    trainer = Trainer(mae, cfg.train, evaluate=mae_validation, figure=save_figure,
+           else build_geo_mae(cfg.model, layout, cfg.data.window, cfg.data.patch))
+    trainer = Trainer(mae, cfg.train, evaluate=mae_validation, figure=lambda m, b, p: save_figure(m, b, p, layout),
                       export=lambda m, folder: save_geo_export(m, folder, cfg.model, cfg.data))
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")

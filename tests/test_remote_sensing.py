@@ -10,7 +10,7 @@ from rasterio.transform import from_origin
 
 from conftest import ROOT, shared_data
 from core import DataError
-from domains.remote_sensing.data import GeoDataConfig, GeoWindows, to_sample
+from domains.remote_sensing.data import GeoDataConfig, GeoWindows, band_layout, to_sample
 from domains.remote_sensing.io import Band, open_scene
 from domains.remote_sensing.model import GeoModelConfig, build_geo_mae
 from domains.remote_sensing.synthetic import MODIS_BANDS
@@ -105,13 +105,33 @@ def test_modis_stack_via_xarray_with_fill_and_scale(tmp_path):
 def test_any_band_subset_by_name_and_both_modes():
     for mode in ("drop", "mask_token"):
         mae = build_geo_mae(GeoModelConfig(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4,
-                                           mode=mode), ["R", "G", "B", "NIR"], 16, 8)
+                                           mode=mode), band_layout(["R", "G", "B", "NIR"]), 16, 8)
         batch = {"image": torch.randn(2, 4, 1, 16, 16), "present": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool(),
                  "patch_valid": torch.ones(2, 4, 2, 2, dtype=torch.bool)}
         out = mae(batch, torch.Generator().manual_seed(0))
         out["loss"].backward()
         assert not out["tokenset"].valid[0, 12:].any()
         assert mae.encoder(batch, groups=["R", "G", "B"])["valid"][:, 12:].sum() == 0
+
+
+def test_spectral_groups_place_bands_and_a_band_subset_leaves_a_group_absent(tmp_path):
+    tif = _tif(tmp_path / "a.tif", np.stack([np.full((16, 16), v, np.uint8) for v in (10, 20, 30, 40)]),
+               descriptions=("R", "G", "B", "NIR"))
+    groups = {"visible": ["R", "G", "B"], "nir": ["NIR"]}
+    cfg = GeoDataConfig(window=16, patch=8, bands=[Band(n, mean=0, std=10) for n in ("R", "G", "B", "NIR")],
+                        groups=groups)
+    s = GeoWindows([tif], cfg, train=False)[0]
+    assert s["image"].shape == (2, 3, 16, 16) and s["present"].all()
+    assert s["image"][:, :, 0, 0].tolist() == [[1, 2, 3], [4, 0, 0]]  # nir fills channel 0 only
+    rgb = GeoDataConfig(window=16, patch=8, bands=[Band(n, mean=0, std=10) for n in ("R", "G", "B")])
+    s = GeoWindows([tif], rgb, train=False, layout=groups)[0]
+    assert s["present"].tolist() == [True, False] and not s["patch_valid"][1].any()
+    mae = build_geo_mae(GeoModelConfig(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4),
+                        groups, 16, 8)
+    batch = {k: v[None] for k, v in s.items() if k != "transform"}
+    assert mae(batch, torch.Generator().manual_seed(0))["tokenset"].valid.tolist() == [[True] * 4 + [False] * 4]
+    with pytest.raises(ValueError, match="exactly one non-empty group"):
+        GeoDataConfig(bands=[Band(n) for n in ("R", "G", "B", "NIR")], groups={"visible": ["R", "G", "B"]})
 
 
 def test_pretrain_pipeline_writes_export_metrics_and_figures(tmp_path):
@@ -145,7 +165,7 @@ def test_real_rasters_read_window_and_step():
     ds = GeoWindows([root / "naip" / "m_4709963_se_14_1_20090818.tif"], cfg, train=True)
     batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ds[0]}
     mae = build_geo_mae(GeoModelConfig(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4),
-                        ["R", "G", "B", "NIR"], 32, 8)
+                        band_layout(["R", "G", "B", "NIR"]), 32, 8)
     out = mae(batch, torch.Generator().manual_seed(0))
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
@@ -175,7 +195,7 @@ def test_finetune_classification_and_rgb_segmentation_from_rgbn(geo_runs):
     assert json.loads((geo_runs / "runs" / "scratch" / "export" / "config.json").read_text())["model"]["dim"] == 32
     seg = json.loads((geo_runs / "runs" / "seg" / "export" / "config.json").read_text())
     assert cls["classes"] == sorted(cls["classes"]) and cls["task"]["kind"] == "classification"
-    assert [b["name"] for b in seg["bands"]] == ["R", "G", "B", "NIR"]  # the model's slots
+    assert [g["name"] for g in seg["groups"]] == ["R", "G", "B", "NIR"]  # the model's band groups, in order
     assert [b["name"] for b in seg["data_bands"]] == ["R", "G", "B"]  # what the data gives
     rows = [r for r in csv.DictReader((geo_runs / "runs" / "seg" / "metrics.csv").open()) if r["kind"] == "val"]
     assert 0 <= float(rows[-1]["miou"]) <= 1 and 0 <= float(rows[-1]["macro_f1"]) <= 1
@@ -246,3 +266,5 @@ def test_modis_band_table_is_a_configuration(tmp_path):
     config = json.loads((tmp_path / "runs" / "m" / "export" / "config.json").read_text())
     assert len(config["bands"]) == 14 and config["bands"][10]["kind"] == "brightness_temperature"
     assert config["model"]["mode"] == "mask_token"
+    assert [g["name"] for g in config["groups"]] == ["reflective", "emissive"]
+    assert (tmp_path / "runs" / "m" / "recon_epoch001.png").is_file()

@@ -31,6 +31,7 @@ class SyntheticConfig:
 class GeoDataConfig:
     root: str | None = None  # GeoTIFFs under a folder, one per-band folder, or a NetCDF/zarr stack
     bands: list[Band] = field(default_factory=_naip_bands)  # the band table: name, kind, mean, std
+    groups: dict[str, list[str]] | None = None  # spectral groups, e.g. {visible: [R, G, B], nir: [NIR]}; default: one per band
     window: int = 32  # pixels per side of a sample
     patch: int = 8
     windows_per_scene: int = 4  # random training windows drawn per scene and epoch
@@ -44,6 +45,23 @@ class GeoDataConfig:
             raise ValueError(f"data.patch {self.patch} must divide data.window {self.window}")
         if not self.bands:
             raise ValueError("data.bands must name at least one band")
+        if self.groups is not None:
+            band_layout([b.name for b in self.bands], self.groups)
+
+
+def band_layout(bands: list[str], groups: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """The model's token groups: group name -> its bands (each band in exactly one group); default one group
+    per band. Groups of fewer bands than the largest leave their last channels empty."""
+    if groups is None:
+        return {b: [b] for b in bands}
+    listed = [b for members in groups.values() for b in members]
+    if sorted(listed) != sorted(bands) or not all(groups.values()):
+        raise ValueError(f"data.groups {groups} must put each band of {bands} in exactly one non-empty group")
+    return {str(g): list(members) for g, members in groups.items()}
+
+
+def layout_bands(layout: dict[str, list[str]]) -> list[str]:
+    return [b for members in layout.values() for b in members]
 
 
 def scene_paths(cfg: GeoDataConfig) -> list[Path]:
@@ -66,20 +84,24 @@ def scene_paths(cfg: GeoDataConfig) -> list[Path]:
 
 
 class GeoWindows(Dataset):
-    """Samples of ``window`` x ``window`` pixels: image [G, 1, w, w] normalised (0 where invalid),
-    present [G], patch_valid [G, w/p, w/p]. Training windows are random and may run past the scene's
-    edge (padding is invalid); windows with no valid pixel are redrawn and counted in ``skipped``."""
+    """Samples of ``window`` x ``window`` pixels in the model's band ``layout`` (default: the config's):
+    image [G, C, w, w] normalised (0 where invalid or absent), present [G] (a group with none of its bands
+    in the data is absent), patch_valid [G, w/p, w/p] (valid in every band of the group the data has).
+    Training windows are random and may run past the scene's edge (padding is invalid); windows with no
+    valid pixel are redrawn and counted in ``skipped``."""
 
     def __init__(self, paths: list[Path], cfg: GeoDataConfig, train: bool, seed: int = 0,
-                 groups: list[str] | None = None):
+                 layout: dict[str, list[str]] | None = None):
         self.paths, self.cfg, self.train = paths, cfg, train
         names = [b.name for b in cfg.bands]
-        self.groups = groups or names  # the model's band slots; bands the data lacks are absent groups
-        unknown = [n for n in names if n not in self.groups]
+        self.layout = layout or band_layout(names, cfg.groups)
+        slot = {b: (g, c) for g, members in enumerate(self.layout.values()) for c, b in enumerate(members)}
+        unknown = [n for n in names if n not in slot]
         if unknown:
             raise DataError(paths[0] if paths else "data", f"bands {unknown} the model was not trained on",
-                            f"bands among {self.groups}")
-        self.slots = [self.groups.index(n) for n in names]
+                            f"bands among {layout_bands(self.layout)}")
+        self.shape = (len(self.layout), max(map(len, self.layout.values())))  # (G, C)
+        self.slots = [slot[n] for n in names]
         self.mean = np.array([b.mean for b in cfg.bands], np.float32)[:, None, None]
         self.std = np.array([b.std for b in cfg.bands], np.float32)[:, None, None]
         self.rng = np.random.default_rng(seed)
@@ -99,7 +121,16 @@ class GeoWindows(Dataset):
         return self._scenes[i]
 
     def to_slots(self, sample: dict) -> dict[str, torch.Tensor]:
-        return _to_slots(sample, self.slots, len(self.groups))
+        """Per-band image [Nb, 1, w, w] and patch_valid [Nb, ...] -> the model's group slots."""
+        G, C = self.shape
+        image = sample["image"].new_zeros((G, C, *sample["image"].shape[2:]))
+        present = torch.zeros(G, dtype=torch.bool)
+        patch_valid = torch.ones((G, *sample["patch_valid"].shape[1:]), dtype=torch.bool)
+        for i, (g, c) in enumerate(self.slots):  # a handful of bands
+            image[g, c] = sample["image"][i, 0]
+            present[g] = True
+            patch_valid[g] &= sample["patch_valid"][i]
+        return {"image": image, "present": present, "patch_valid": patch_valid & present[:, None, None]}
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -139,25 +170,12 @@ def window_transform(scene, row: int, col: int) -> torch.Tensor:
     return torch.zeros(6, dtype=torch.float64)
 
 
-def _to_slots(sample: dict, slots: list[int], n_groups: int) -> dict[str, torch.Tensor]:
-    """Place the data's bands into the model's band slots (absent slots: zeros, not present)."""
-    if slots == list(range(n_groups)):
-        return sample
-    out = {}
-    for key, value in sample.items():
-        full = value.new_zeros((n_groups, *value.shape[1:]))
-        full[slots] = value
-        out[key] = full
-    return out
-
-
 def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid: float) -> dict[str, torch.Tensor]:
-    """Bands [G, h, w] and validity -> the tokenizer's inputs."""
-    G, h, w = x.shape
+    """Bands [Nb, h, w] and validity -> per-band image [Nb, 1, h, w] and patch_valid [Nb, h/p, w/p]."""
+    nb, h, w = x.shape
     image = np.where(valid, (x - mean) / std, 0.0).astype(np.float32)
-    patch_valid = valid.reshape(G, h // patch, patch, w // patch, patch).mean((2, 4)) >= min_valid
-    return {"image": torch.from_numpy(image)[:, None], "present": torch.ones(G, dtype=torch.bool),
-            "patch_valid": torch.from_numpy(patch_valid)}
+    patch_valid = valid.reshape(nb, h // patch, patch, w // patch, patch).mean((2, 4)) >= min_valid
+    return {"image": torch.from_numpy(image)[:, None], "patch_valid": torch.from_numpy(patch_valid)}
 
 
 def split_paths(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -193,8 +211,9 @@ class GeoTasks(GeoWindows):
     """GeoWindows with targets: ``y`` per tile (classification) or ``seg`` [w, w] per pixel (255 = ignore)."""
 
     def __init__(self, paths: list[Path], cfg: GeoDataConfig, train: bool, seed: int = 0,
-                 groups: list[str] | None = None, classes: list[int] | None = None, labels_root: Path | None = None):
-        super().__init__(paths, cfg, train, seed, groups)
+                 layout: dict[str, list[str]] | None = None, classes: list[int] | None = None,
+                 labels_root: Path | None = None):
+        super().__init__(paths, cfg, train, seed, layout)
         self.classes, self.labels_root = classes, labels_root
         if labels_root is not None:
             for p in paths:

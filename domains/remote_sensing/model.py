@@ -14,6 +14,7 @@ from core.embed import GridTokenizer
 from core.losses import PatchTarget
 from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
+from domains.remote_sensing.data import band_layout
 
 
 @dataclass
@@ -27,30 +28,44 @@ class GeoModelConfig(MAEConfig):
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="group_independent", ratio=0.75))
 
 
-def build_geo_mae(cfg: GeoModelConfig, band_names: list[str], window: int, patch: int) -> MaskedAutoencoder:
-    """One group per band (2D patches, a band embedding, 2D sin-cos positions): any band subset by name."""
-    tok = GridTokenizer(band_names, (window, window), (patch, patch), cfg.dim)
-    return build_mae(cfg, tok, band_names, PatchTarget(band_names, cfg.loss, cfg.norm_pix), tok.patch_values)
+def build_geo_mae(cfg: GeoModelConfig, layout: dict[str, list[str]], window: int, patch: int) -> MaskedAutoencoder:
+    """One token group per spectral group of ``layout`` (group -> bands; 2D patches, a group embedding,
+    2D sin-cos positions): any band subset by name."""
+    groups, sizes = list(layout), [len(m) for m in layout.values()]
+    tok = GridTokenizer(groups, (window, window), (patch, patch), cfg.dim, max(sizes), sizes)
+    return build_mae(cfg, tok, groups, PatchTarget(groups, cfg.loss, cfg.norm_pix), tok.patch_values)
 
 
 def save_geo_export(model: nn.Module, folder, model_cfg: GeoModelConfig, data_cfg, **extra):
-    """Weights with the band table (names, kinds, normalisation), window and patch size."""
+    """Weights with the band table (names, kinds, normalisation), spectral groups, window and patch size."""
+    layout = band_layout([b.name for b in data_cfg.bands], data_cfg.groups)
     return save_export(folder, model, {"domain": "remote_sensing", "model": dataclasses.asdict(model_cfg),
-                                       "bands": [dataclasses.asdict(b) for b in data_cfg.bands],
+                                       "bands": [dataclasses.asdict(b) for b in data_cfg.bands], "groups": layout_record(layout),
                                        "window": data_cfg.window, "patch": data_cfg.patch, **extra})
 
 
 def load_geo_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     config, state = load_export(folder)
-    mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), [b["name"] for b in config["bands"]],
-                        config["window"], config["patch"])
+    mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"],
+                        config["patch"])
     load_weights(mae, state)
     return mae, config
 
 
-def composite(x: torch.Tensor, names: list[str]) -> np.ndarray:
-    """[G, h, w] (NaN = no data) -> an RGB image [h, w, 3] stretched to the 2-98 percentiles; no data magenta."""
-    idx = [names.index(c) for c in ("R", "G", "B")] if {"R", "G", "B"} <= set(names) else [0, 1, 2][: len(names)]
+def layout_record(layout: dict[str, list[str]]) -> list[dict]:
+    """The band layout as an ordered JSON list (exports sort mapping keys; group order is the model's)."""
+    return [{"name": g, "bands": members} for g, members in layout.items()]
+
+
+def export_layout(config: dict) -> dict[str, list[str]]:
+    return {g["name"]: g["bands"] for g in config["groups"]}
+
+
+def composite(x: torch.Tensor, names: list[str | None]) -> np.ndarray:
+    """[K, h, w] channel slots named by ``names`` (None: unused; NaN = no data) -> an RGB image [h, w, 3]
+    stretched to the 2-98 percentiles; no data magenta."""
+    named = [i for i, n in enumerate(names) if n is not None]
+    idx = [names.index(c) for c in ("R", "G", "B")] if {"R", "G", "B"} <= set(names) else named[:3]
     rgb = x[idx].numpy().transpose(1, 2, 0)
     rgb = np.repeat(rgb, 3 // rgb.shape[2], axis=2) if rgb.shape[2] < 3 else rgb
     finite = np.isfinite(rgb).all(-1)
@@ -62,14 +77,15 @@ def composite(x: torch.Tensor, names: list[str]) -> np.ndarray:
 
 
 @torch.no_grad()
-def save_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
+def save_figure(model: MaskedAutoencoder, batch: dict, path, layout: dict[str, list[str]]) -> None:
     """PNG of the first window as a composite: original | masked input | reconstruction."""
     plt = pyplot()
-    loss, original, masked, recon = figure_panels(model, batch)  # [G, h, w] each
+    loss, original, masked, recon = figure_panels(model, batch)  # [G * C, h, w] each
     tok = model.encoder.tokenizer
-    names = tok.groups
+    C = tok.channels
+    names = [layout[g][c] if c < len(layout[g]) else None for g in tok.groups for c in range(C)]
     invalid = ~batch["patch_valid"][0].cpu().repeat_interleave(tok.patch[0], 1).repeat_interleave(tok.patch[1], 2)
-    original = original.masked_fill(invalid, float("nan"))
+    original = original.masked_fill(invalid.repeat_interleave(C, 0), float("nan"))
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
     for ax, title, img in zip(axes, ("original", "masked", "reconstruction"), (original, masked, recon)):
         ax.imshow(composite(img, names))
