@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -133,21 +134,29 @@ def cache_root(name: str) -> Path:
     return Path(os.environ.get("SCIMAE_CACHE", Path.home() / ".cache" / "scimae")) / name
 
 
-def build_folder_once(root: str | os.PathLike, fill) -> Path:
-    """Make ``root`` complete or not at all: ``fill(tmp)`` writes into a temporary sibling folder and
-    returns a one-line summary; the folder then replaces ``root`` with a COMPLETE marker. A complete
-    ``root`` is returned as it is."""
+def build_folder_once(root: str | os.PathLike | None, key: str, fill, name: str = "dataset") -> Path:
+    """Make ``root`` complete or not at all: ``fill(tmp)`` writes into a temporary sibling folder that then
+    replaces ``root`` with a COMPLETE marker holding ``key`` (what was built, e.g. "60 tiles, seed 0").
+    A complete ``root`` with the same key is returned as it is; one built with another key is an error.
+    ``root`` None: ``<cache_root(name)>/<key>``, one folder per key."""
     import shutil
 
-    root = Path(root)
-    if (root / "COMPLETE").is_file():
+    root = Path(root) if root is not None else cache_root(name) / re.sub(r"[^\w.-]+", "_", key)
+    marker = root / "COMPLETE"
+    if marker.is_file():
+        found = marker.read_text().strip()
+        if found != key:
+            raise DataError(root, f"a generated dataset of {found}", f"{key}; give another folder")
         return root
+    if root.exists() and any(root.iterdir()):
+        raise DataError(root, "a folder with other files", "an empty or new folder for the generated dataset")
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "COMPLETE").write_text(fill(tmp) + "\n")
+    fill(tmp)
+    (tmp / "COMPLETE").write_text(key + "\n")
     if root.exists():
-        shutil.rmtree(root)
+        root.rmdir()
     tmp.rename(root)
     return root
 

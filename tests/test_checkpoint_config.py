@@ -139,18 +139,24 @@ def test_a_generated_folder_is_complete_or_absent(tmp_path):
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        build_folder_once(tmp_path / "data", broken)
+        build_folder_once(tmp_path / "data", "1 file", broken)
     assert not (tmp_path / "data").exists()
     calls = []
 
     def fill(folder):
         calls.append(folder)
         (folder / "a.txt").write_text("a")
-        return "1 file"
 
-    assert (build_folder_once(tmp_path / "data", fill) / "a.txt").read_text() == "a"
-    build_folder_once(tmp_path / "data", fill)  # already complete: not written again
+    assert (build_folder_once(tmp_path / "data", "1 file", fill) / "a.txt").read_text() == "a"
+    build_folder_once(tmp_path / "data", "1 file", fill)  # already complete: not written again
     assert len(calls) == 1 and (tmp_path / "data" / "COMPLETE").read_text() == "1 file\n"
+    with pytest.raises(DataError, match="found a generated dataset of 1 file; expected 2 files"):
+        build_folder_once(tmp_path / "data", "2 files", fill)  # never silently the wrong dataset
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(DataError, match="a folder with other files"):
+        build_folder_once(tmp_path / "mine", "1 file", fill)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_newest_export_finds_or_makes_one(tmp_path):

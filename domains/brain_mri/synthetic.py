@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import build_folder_once, cache_root
+from core.checkpoint import build_folder_once
 from domains.brain_mri.io import MODALITIES, write_volume
 
 SHAPE = (72, 88, 72)
@@ -33,10 +33,6 @@ TISSUE = {
     "enhancing": (0.65, 1.70, 0.95, 1.10),
 }
 MISSING = {1: ["t1ce"], 3: ["flair"], 6: ["t1", "t2"]}  # case index % 8 -> modalities left out
-
-
-def default_root() -> Path:
-    return cache_root(f"brats_synthetic_v{VERSION}")
 
 
 def _smooth_noise(rng, shape, scale=8) -> np.ndarray:
@@ -96,11 +92,11 @@ def affine() -> np.ndarray:
 
 def write_dataset(root: str | Path | None = None, n_cases: int = 32, seed: int = 0) -> Path:
     """Write the dataset once (complete or not at all) and return its folder."""
-    root = Path(root) if root is not None else default_root()
-    return build_folder_once(root, lambda tmp: _write(tmp, n_cases, seed))
+    key = f"{n_cases} cases, seed {seed}"
+    return build_folder_once(root, key, lambda tmp: _write(tmp, n_cases, seed), f"brats_synthetic_v{VERSION}")
 
 
-def _write(tmp: Path, n_cases: int, seed: int) -> str:
+def _write(tmp: Path, n_cases: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n_cases):
@@ -120,4 +116,3 @@ def _write(tmp: Path, n_cases: int, seed: int) -> str:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    return f"{n_cases} cases, seed {seed}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import fftconvolve
 
-from core.checkpoint import build_folder_once, cache_root
+from core.checkpoint import build_folder_once
 from domains.cardiac.io import LEADS
 
 VERSION = 1
@@ -41,10 +41,6 @@ def _lead_axes() -> np.ndarray:
 _WAVES = {"P": (-0.18, 0.022, [0.12, 0.15, 0.05]), "Q": (-0.03, 0.010, [-0.10, 0.05, -0.15]),
           "R": (0.0, 0.012, [0.9, 1.1, 0.6]), "S": (0.035, 0.011, [-0.25, -0.2, -0.9]),
           "T": (0.28, 0.055, [0.25, 0.3, 0.35])}
-
-
-def default_root() -> Path:
-    return cache_root(f"cardiac_synthetic_v{VERSION}")
 
 
 def _gauss_train(t: np.ndarray, centres: np.ndarray, width: float, amp) -> np.ndarray:
@@ -101,11 +97,11 @@ def make_record(rng: np.random.Generator, rhythm: str, pvc: bool, seconds: float
 
 def write_dataset(root: str | Path | None = None, n_records: int = 96, seconds: float = 30.0, seed: int = 0) -> Path:
     """Write the records once (complete or not at all) and return their folder."""
-    root = Path(root) if root is not None else default_root()
-    return build_folder_once(root, lambda tmp: _write(tmp, n_records, seconds, seed))
+    key = f"{n_records} records of {seconds:g} s, seed {seed}"
+    return build_folder_once(root, key, lambda tmp: _write(tmp, n_records, seconds, seed), f"cardiac_synthetic_v{VERSION}")
 
 
-def _write(tmp: Path, n_records: int, seconds: float, seed: int) -> str:
+def _write(tmp: Path, n_records: int, seconds: float, seed: int) -> None:
     import wfdb
 
     rng = np.random.default_rng(seed)
@@ -124,4 +120,3 @@ def _write(tmp: Path, n_records: int, seconds: float, seed: int) -> str:
             cols = list(range(13))
         wfdb.wrsamp(f"syn{i:04d}", fs=fs, units=units, sig_name=names, p_signal=sig[:, cols], fmt=["16"] * len(cols),
                     comments=[f"{k}: {v}" for k, v in labels.items()], write_dir=str(tmp))
-    return f"{n_records} records, seed {seed}"

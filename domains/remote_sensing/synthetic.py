@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.checkpoint import build_folder_once, cache_root
+from core.checkpoint import build_folder_once
 
 VERSION = 1
 CLASSES = ["water", "forest", "crops", "bare_soil", "urban"]
@@ -19,10 +19,6 @@ SIGNATURES = np.array([[30, 45, 60, 15],     # water: dark, darkest in NIR
                        [170, 170, 175, 110]], np.float32)  # urban: bright grey
 TILE = 64
 MODIS_BANDS = [f"b{i:02d}" for i in range(1, 15)]
-
-
-def default_root() -> Path:
-    return cache_root(f"geo_synthetic_v{VERSION}")
 
 
 def land_cover(rng: np.random.Generator, size: int, dominant: int) -> np.ndarray:
@@ -37,11 +33,11 @@ def land_cover(rng: np.random.Generator, size: int, dominant: int) -> np.ndarray
 
 def write_dataset(root: str | Path | None = None, n_tiles: int = 60, seed: int = 0) -> Path:
     """Write once (complete or not at all) and return the folder: tiles/<class>/*.tif, labels/*.tif, modis.nc."""
-    root = Path(root) if root is not None else default_root()
-    return build_folder_once(root, lambda tmp: _write(tmp, n_tiles, seed))
+    key = f"{n_tiles} tiles, seed {seed}"
+    return build_folder_once(root, key, lambda tmp: _write(tmp, n_tiles, seed), f"geo_synthetic_v{VERSION}")
 
 
-def _write(tmp: Path, n_tiles: int, seed: int) -> str:
+def _write(tmp: Path, n_tiles: int, seed: int) -> None:
     import rasterio
     from rasterio.transform import from_origin
 
@@ -66,7 +62,6 @@ def _write(tmp: Path, n_tiles: int, seed: int) -> str:
                            **{**profile, "nodata": 255}) as dst:
             dst.write(np.where(image[0] > 0, cover, 255)[None].astype(np.uint8))
     write_modis(tmp / "modis.nc", rng)
-    return f"{n_tiles} tiles, seed {seed}"
 
 
 def write_modis(path: Path, rng: np.random.Generator, size: int = 64) -> None:
