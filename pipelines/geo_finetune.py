@@ -13,7 +13,7 @@ from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
-from domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths  # noqa: E402
+from domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, first_per_class, labelled_tiles, split_paths  # noqa: E402
 from domains.remote_sensing.model import (GeoFineTuner, GeoModelConfig, GeoTaskConfig, build_geo_mae,  # noqa: E402
                                           export_layout, layout_record, load_geo_mae, task_evaluate, task_step)
 
@@ -51,6 +51,8 @@ def main(argv=None):
         labels_root = Path(task.labels) if task.labels else root.parent / "labels"
         classes, targets, n_out = [str(i) for i in range(task.classes)], None, task.classes
     train_paths, val_paths = split_paths(tiles, cfg.data.val_fraction, cfg.data.split_seed)
+    if targets and task.labels_per_class:
+        train_paths = first_per_class(train_paths, [targets[p] for p in train_paths], task.labels_per_class)
 
     def dataset(paths, train):
         y = [targets[p] for p in paths] if targets else None

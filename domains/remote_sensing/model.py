@@ -102,6 +102,7 @@ class GeoTaskConfig:
     kind: str = "classification"  # classification (class subfolders) or segmentation (label rasters)
     labels: str | None = None  # segmentation: the folder of label rasters (default: <data>/../labels)
     classes: int = 5  # segmentation: number of classes (labels >= this are ignored)
+    labels_per_class: int | None = None  # classification: train on only this many tiles per class (label efficiency)
     head: str = "mlp"
     pooler: str = "mean"
     freeze_encoder: bool = False
