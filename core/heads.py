@@ -9,15 +9,17 @@ from torch import nn
 
 
 class Pooler(nn.Module):
-    """Pool encoder features to one vector: 'cls', 'mean' over valid slots, or 'attention' pooling."""
+    """Pool encoder features to one vector: 'cls', 'mean' over valid slots, 'max_mean' (max and mean over
+    valid slots, concatenated: ``out_dim`` = 2 x dim, as in Point-MAE) or 'attention' pooling."""
 
-    KINDS = ("cls", "mean", "attention")
+    KINDS = ("cls", "mean", "max_mean", "attention")
 
     def __init__(self, dim: int, kind: str = "mean", heads: int = 4):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"pooler must be one of {self.KINDS}, got {kind!r}")
         self.kind = kind
+        self.out_dim = 2 * dim if kind == "max_mean" else dim
         if kind == "attention":
             self.query = nn.Parameter(torch.zeros(1, 1, dim))
             nn.init.normal_(self.query, std=0.02)
@@ -29,9 +31,12 @@ class Pooler(nn.Module):
         if self.kind == "cls":
             return feats["cls"]
         tokens, valid = feats["tokens"], feats["valid"]
-        if self.kind == "mean":
+        if self.kind in ("mean", "max_mean"):
             w = valid[..., None].to(tokens.dtype)
-            return (tokens * w).sum(1) / w.sum(1).clamp_min(1)
+            mean = (tokens * w).sum(1) / w.sum(1).clamp_min(1)  # [B, D]
+            if self.kind == "mean":
+                return mean
+            return torch.cat([tokens.masked_fill(~valid[..., None], float("-inf")).amax(1), mean], dim=1)  # [B, 2D]
         q = self.query.expand(tokens.shape[0], -1, -1)
         out, _ = self.attn(q, tokens, tokens, key_padding_mask=~valid)  # [B, 1, D]
         return self.norm(out[:, 0])

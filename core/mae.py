@@ -171,7 +171,7 @@ class MaskedAutoencoder(nn.Module):
         """
         generator = generator if generator is not None else torch.default_generator
         ts = self.encoder.tokenizer(batch)
-        plan = self.masking(ts.valid, generator, ts.group, ts.grid)
+        plan = self.masking(ts.valid, generator, ts.group, ts.grid, ts.extras.get("coords"))
         query = plan.mask
         if self.training and self.decoder_mask_ratio > 0:
             noise = torch.rand(query.shape, generator=generator, device=generator.device).to(query.device)

@@ -53,24 +53,25 @@ def _rank(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 class MaskingStrategy(ABC):
-    """Base: ``strategy(valid, generator, group=None, grid=None) -> MaskPlan``."""
+    """Base: ``strategy(valid, generator, group=None, grid=None, coords=None) -> MaskPlan``; ``coords``
+    [B, N, c] are slot positions for tokens without a grid (point-group centres)."""
 
     def __init__(self, ratio: float = 0.75):
         self.ratio = _check_ratio(ratio)
 
     @abstractmethod
-    def scores(self, valid, generator, group, grid) -> torch.Tensor:
+    def scores(self, valid, generator, group, grid, coords=None) -> torch.Tensor:
         """[B, N] float scores; the lowest are kept."""
 
     def __call__(self, valid: torch.Tensor, generator: torch.Generator, group: torch.Tensor | None = None,
-                 grid: Sequence[int] | None = None) -> MaskPlan:
-        return plan_from_scores(self.scores(valid, generator, group, grid), valid, self.ratio)
+                 grid: Sequence[int] | None = None, coords: torch.Tensor | None = None) -> MaskPlan:
+        return plan_from_scores(self.scores(valid, generator, group, grid, coords), valid, self.ratio)
 
 
 class RandomMasking(MaskingStrategy):
     """MAE: argsort of uniform noise."""
 
-    def scores(self, valid, generator, group, grid):
+    def scores(self, valid, generator, group, grid, coords=None):
         return _rand(valid.shape, generator, valid.device)
 
 
@@ -82,7 +83,8 @@ def _blocks(valid: torch.Tensor, grid: Sequence[int]) -> tuple[int, int, int]:
 
 class BlockMasking(MaskingStrategy):
     """SimMIM-style: the grid is cut into cubes of ``block`` tokens per axis, hidden cube by cube
-    (at most one cube per sample is partly hidden)."""
+    (at most one cube per sample is partly hidden). Tokens with ``coords`` and no grid (point groups):
+    Point-MAE's block, the slots nearest to a random valid slot are hidden."""
 
     def __init__(self, ratio: float = 0.75, block: int = 2):
         super().__init__(ratio)
@@ -90,7 +92,11 @@ class BlockMasking(MaskingStrategy):
             raise ValueError(f"block must be >= 1, got {block}")
         self.block = int(block)
 
-    def scores(self, valid, generator, group, grid):
+    def scores(self, valid, generator, group, grid, coords=None):
+        if not grid and coords is not None:
+            seed = _rand(valid.shape, generator, valid.device).masked_fill(~valid, -1).argmax(1)  # [B] a valid slot
+            centre = coords.gather(1, seed[:, None, None].expand(-1, 1, coords.shape[-1]))  # [B, 1, c]
+            return -(coords - centre).pow(2).sum(-1)  # nearest first hidden
         grid = _need_grid("block", grid)
         B, nb, cells = _blocks(valid, grid)
         coarse = [math.ceil(g / self.block) for g in grid]
@@ -105,7 +111,7 @@ class BlockMasking(MaskingStrategy):
 class TubeMasking(MaskingStrategy):
     """VideoMAE: one spatial mask repeated along the time axis (the grid's first axis)."""
 
-    def scores(self, valid, generator, group, grid):
+    def scores(self, valid, generator, group, grid, coords=None):
         grid = _need_grid("tube", grid)
         B, nb, cells = _blocks(valid, grid)
         T, spatial = grid[0], math.prod(grid[1:])
@@ -141,7 +147,7 @@ class ColoredNoiseMasking(MaskingStrategy):
         low, wide = gauss(self.sigma), gauss(2 * self.sigma)
         return {"red": wide, "blue": 1 - low, "green": low - wide, "purple": 1 - low + wide}[self.color]
 
-    def scores(self, valid, generator, group, grid):
+    def scores(self, valid, generator, group, grid, coords=None):
         grid = _need_grid("colored-noise", grid)
         B, nb, cells = _blocks(valid, grid)
         dims = tuple(range(-len(grid), 0))
@@ -207,7 +213,7 @@ class GroupDirichletMasking(MaskingStrategy):
         g = (g * present).clamp_min(0)
         return g / g.sum(1, keepdim=True).clamp_min(1e-300)
 
-    def scores(self, valid, generator, group, grid):
+    def scores(self, valid, generator, group, grid, coords=None):
         G = _groups(group)
         p = self.shares(valid, generator, group).clamp_min(1e-12)  # [B, G]
         rank = _rank_in_group(_rand(valid.shape, generator, valid.device), group, valid, G)
@@ -217,7 +223,7 @@ class GroupDirichletMasking(MaskingStrategy):
 class GroupIndependentMasking(MaskingStrategy):
     """SatMAE: every group is masked at the ratio on its own (proportional apportionment)."""
 
-    def scores(self, valid, generator, group, grid):
+    def scores(self, valid, generator, group, grid, coords=None):
         G = _groups(group)
         n = _valid_per_group(group, valid, G).clamp_min(1)  # [B, G]
         rank = _rank_in_group(_rand(valid.shape, generator, valid.device), group, valid, G)

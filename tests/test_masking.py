@@ -152,3 +152,22 @@ def test_gamma_sampler_moments():
         x = sample_gamma(torch.full((20000,), alpha), torch.Generator().manual_seed(0))
         assert abs(x.mean().item() - alpha) < 0.05 * max(alpha, 1)
         assert abs(x.var().item() - alpha) < 0.1 * max(alpha, 1)
+
+
+def test_block_masking_of_point_groups_hides_a_contiguous_region():
+    g = torch.Generator().manual_seed(0)
+    coords = torch.rand(4, 64, 3, generator=g)  # [B, N, 3] group centres
+    valid = torch.ones(4, 64, dtype=torch.bool)
+    valid[0, :8] = False
+    plan = build_masking("block", 0.6)(valid, torch.Generator().manual_seed(1), None, None, coords)
+    assert (plan.mask.sum(1) == torch.round(0.6 * valid.sum(1).double()).long()).all() and not plan.mask[0, :8].any()
+    for b in range(4):  # some valid slot has every hidden slot nearer to it than every shown one
+        d = torch.cdist(coords[b], coords[b])  # [N, N]
+        hidden, shown = plan.mask[b], valid[b] & ~plan.mask[b]
+        ball = d[:, hidden].max(1).values <= d[:, shown].min(1).values  # [N]
+        assert (ball & valid[b]).any()
+    random = build_masking("random", 0.6)(valid, torch.Generator().manual_seed(1))
+    d = torch.cdist(coords[1], coords[1])
+    assert not (d[:, random.mask[1]].max(1).values <= d[:, ~random.mask[1]].min(1).values).any()
+    with pytest.raises(ValueError, match="needs a token grid"):
+        build_masking("block", 0.6)(valid, g, None, None)

@@ -101,6 +101,9 @@ def test_poolers_ignore_invalid_slots():
     changed["tokens"][0, 2:] = 1e3
     torch.testing.assert_close(att(feats)[0], att(changed)[0])
     assert torch.equal(Pooler(8, "cls")(feats), tokens[:, 0])
+    mm = Pooler(8, "max_mean")
+    assert mm.out_dim == 16
+    torch.testing.assert_close(mm(changed)[0], torch.cat([tokens[0, :2].amax(0), tokens[0, :2].mean(0)]))
     with pytest.raises(ValueError, match="pooler must be one of"):
         Pooler(8, "max")
 
