@@ -115,6 +115,24 @@ def concordance_index(risk: torch.Tensor, time: torch.Tensor, event: torch.Tenso
     return float((score * comparable).sum() / comparable.sum())
 
 
+def confusion(pred: torch.Tensor, ref: torch.Tensor, n: int) -> torch.Tensor:
+    """Confusion counts [n, n] (rows: reference, columns: prediction); references >= n are ignored."""
+    keep = ref < n
+    return torch.bincount(ref[keep] * n + pred[keep], minlength=n * n).reshape(n, n).cpu()
+
+
+def confusion_scores(conf: torch.Tensor, iou: bool = False) -> dict[str, float]:
+    """Accuracy and macro-F1 (and mean IoU) from confusion counts, averaged over the classes present."""
+    tp = conf.diag().double()
+    support, predicted = conf.sum(1).double(), conf.sum(0).double()
+    seen = support > 0
+    scores = {"accuracy": float(tp.sum() / conf.sum().clamp_min(1)),
+              "macro_f1": float((2 * tp / (support + predicted).clamp_min(1))[seen].mean())}
+    if iou:
+        scores["miou"] = float((tp / (support + predicted - tp).clamp_min(1))[seen].mean())
+    return scores
+
+
 _BLOCK = re.compile(r"blocks\.blocks\.(\d+)\.")
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from core.checkpoint import load_export, load_weights, save_export
 from core.config import from_dict
 from core.embed import GridTokenizer
+from core.heads import confusion, confusion_scores
 from core.losses import PatchTarget
 from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
@@ -158,24 +159,14 @@ def task_step(task: GeoTaskConfig):
     return step
 
 
-@torch.no_grad()
 def task_evaluate(task: GeoTaskConfig, n_out: int):
     """Accuracy and macro-F1 (classification, per tile; segmentation, per pixel) and mIoU (segmentation)."""
 
     def evaluate(model, batches) -> dict:
         conf = torch.zeros(n_out, n_out, dtype=torch.long)
         for batch in batches:
-            out = model(batch)
-            pred, ref = (out.argmax(1), batch["y"]) if task.kind == "classification" else (out.argmax(1), batch["seg"])
-            keep = ref < n_out
-            conf += torch.bincount(ref[keep] * n_out + pred[keep], minlength=n_out * n_out).reshape(n_out, n_out).cpu()
-        tp = conf.diag().double()
-        support, predicted = conf.sum(1).double(), conf.sum(0).double()
-        seen = support > 0
-        f1 = (2 * tp / (support + predicted).clamp_min(1))[seen].mean()
-        scores = {"accuracy": float(tp.sum() / conf.sum().clamp_min(1)), "macro_f1": float(f1)}
-        if task.kind == "segmentation":
-            scores["miou"] = float((tp / (support + predicted - tp).clamp_min(1))[seen].mean())
-        return scores
+            ref = batch["y"] if task.kind == "classification" else batch["seg"]
+            conf += confusion(model(batch).argmax(1), ref, n_out)
+        return confusion_scores(conf, iou=task.kind == "segmentation")
 
     return evaluate

@@ -1,0 +1,1 @@
+"""3D domain: point clouds (Point-MAE) and NeRF radiance grids (NeRF-MAE)."""

@@ -1,0 +1,191 @@
+"""Datasets of point clouds (class folders, flat folders, HDF5 files) and of NeRF radiance grids."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from core.errors import DataError
+from domains.scene3d import synthetic
+from domains.scene3d.io import CLOUD_SUFFIXES, MESH_SUFFIXES, read_cloud, read_grid, read_h5
+from domains.scene3d.transforms import (augment, check_count, density_to_opacity, fit_grid, normalize_unit_sphere,
+                                       resample)
+
+log = logging.getLogger(__name__)
+IGNORE = 255  # voxel label for padding
+
+
+@dataclass
+class SyntheticConfig:
+    per_class: int = 30
+    rooms: int = 48
+    seed: int = 0
+    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
+
+
+@dataclass
+class PointDataConfig:
+    root: str | None = None  # class folders of clouds/meshes, a flat folder, or an HDF5 file
+    n_points: int = 1024  # points per cloud after resampling
+    n_groups: int = 64  # FPS centres
+    group_size: int = 32  # kNN points per group
+    min_points: int = 64  # fewer points than this is an error; fewer than n_points is resampled with a warning
+    mesh_points: int = 8192  # points sampled from a mesh before resampling
+    rotation: str | None = "z"  # training augmentation: z, so3 or null
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        if not self.group_size <= self.n_points or not self.n_groups <= self.n_points:
+            raise ValueError(f"data.n_points {self.n_points} must be >= group_size {self.group_size} and "
+                             f">= n_groups {self.n_groups}")
+        self.min_points = max(self.min_points, self.group_size)
+
+
+@dataclass
+class Entry:
+    path: Path
+    index: int | None = None  # the cloud's row in an HDF5 file
+    label: int = -1  # -1 = unlabelled
+
+
+def find_clouds(root: Path) -> tuple[list[Entry], list[str]]:
+    """Clouds under ``root`` -> (entries, class names). Class subfolders label their files (ModelNet
+    layout); HDF5 files carry their own ``label``; files directly under ``root`` are unlabelled."""
+    root = Path(root)
+    suffixes = CLOUD_SUFFIXES + MESH_SUFFIXES + (".npy",)
+    if root.is_file():
+        files, classes = [root], []
+    elif root.is_dir():
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes + (".h5", ".hdf5"))
+    else:
+        raise DataError(root, "no such file or folder", "point-cloud files, class folders of them, or an HDF5 file")
+    entries = []
+    for f in files:
+        if f.suffix.lower() in (".h5", ".hdf5"):
+            data, labels = read_h5(f)
+            entries += [Entry(f, i, int(labels[i]) if labels is not None else -1) for i in range(len(data))]
+        else:
+            cls = f.relative_to(root).parts[0] if f.parent != root and root.is_dir() else None
+            entries.append(Entry(f, None, classes.index(cls) if cls in classes else -1))
+    if not entries:
+        raise DataError(root, "no point-cloud files", f"files ending in {', '.join(suffixes + ('.h5',))}")
+    return entries, classes
+
+
+def cloud_root(cfg: PointDataConfig) -> Path:
+    s = cfg.synthetic
+    return Path(cfg.root) if cfg.root else synthetic.write_dataset(s.folder, s.per_class, s.rooms, s.seed) / "shapes"
+
+
+def split_entries(entries: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded split of entries (or paths) into (train, val), each in its original order."""
+    order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(len(entries) * val_fraction)) if val_fraction > 0 and len(entries) > 1 else 0
+    return [entries[i] for i in sorted(order[n_val:])], [entries[i] for i in sorted(order[:n_val])]
+
+
+class PointClouds(Dataset):
+    """Clouds normalised to the unit sphere and resampled to ``n_points``: points [n, 3], y (label or -1).
+    Training samples are augmented (rotation, scale, shift) and drawn afresh each epoch."""
+
+    def __init__(self, entries: list[Entry], cfg: PointDataConfig, train: bool, seed: int = 0):
+        self.entries, self.cfg, self.train = entries, cfg, train
+        self.rng = np.random.default_rng(seed)
+        self._cache: dict[int, np.ndarray] = {}
+        self._h5: dict[Path, np.ndarray] = {}
+        self.dropped = 0  # non-finite points dropped on reading
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def cloud(self, i: int) -> np.ndarray:
+        """The i-th cloud, normalised: [N, 3] (read once, then kept)."""
+        if i not in self._cache:
+            e = self.entries[i]
+            if e.index is None:
+                c = read_cloud(e.path, self.cfg.mesh_points)
+                points, self.dropped = c.points, self.dropped + c.dropped
+            else:
+                if e.path not in self._h5:
+                    self._h5[e.path] = read_h5(e.path)[0]
+                points = self._h5[e.path][e.index]
+                ok = np.isfinite(points).all(1)
+                if not ok.any():
+                    raise DataError(f"{e.path}[{e.index}]", "a cloud with no finite point", "finite coordinates")
+                points, self.dropped = points[ok], self.dropped + int((~ok).sum())
+            name = e.path if e.index is None else f"{e.path}[{e.index}]"
+            check_count(len(points), self.cfg.n_points, self.cfg.min_points, name)  # once per cloud
+            self._cache[i] = normalize_unit_sphere(points)
+        return self._cache[i]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        e = self.entries[i]
+        rng = self.rng if self.train else np.random.default_rng(i)  # evaluation: the same points every time
+        points = resample(self.cloud(i), self.cfg.n_points, rng)
+        if self.train:
+            points = augment(points, rng, self.cfg.rotation)
+        return {"points": torch.from_numpy(np.ascontiguousarray(points, np.float32)), "y": torch.tensor(e.label)}
+
+
+@dataclass
+class NerfDataConfig:
+    root: str | None = None  # a folder of .npz grids (NeRF-RPN / NeRF-MAE layout)
+    grid: tuple[int, int, int] = (32, 32, 32)  # grids are cropped or padded (as invalid) to this size
+    patch: int = 4  # voxels per patch side (4 or 8)
+    opacity: str = "alpha"  # density -> opacity: alpha (1 - exp(-sigma * delta)) or clip
+    delta: float = 0.1  # voxel step length for the alpha rule
+    min_valid: float = 0.5  # a patch with less non-padding than this is invalid
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        if any(g % self.patch for g in self.grid):
+            raise ValueError(f"data.patch {self.patch} must divide data.grid {tuple(self.grid)}")
+
+
+def grid_paths(cfg: NerfDataConfig) -> list[Path]:
+    if cfg.root is None:
+        s = cfg.synthetic
+        return sorted((synthetic.write_dataset(s.folder, s.per_class, s.rooms, s.seed) / "rooms").glob("*.npz"))
+    root = Path(cfg.root)
+    paths = [root] if root.is_file() else sorted(root.rglob("*.npz")) if root.is_dir() else []
+    if not paths:
+        raise DataError(root, "no .npz grids", "a folder of .npz files with 'rgbsigma' arrays")
+    return paths
+
+
+class NerfGrids(Dataset):
+    """Radiance grids as GridTokenizer inputs: image [1, 4, W, L, H] (RGB, opacity), present [1],
+    patch_valid [1, w, l, h] (padding patches invalid) and labels [W, L, H] (255 = padding or unlabelled)."""
+
+    def __init__(self, paths: list[Path], cfg: NerfDataConfig):
+        self.paths, self.cfg = paths, cfg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        cfg, size = self.cfg, tuple(self.cfg.grid)
+        g = read_grid(self.paths[i])
+        rgba = g["rgbsigma"].copy()
+        rgba[..., 3] = density_to_opacity(rgba[..., 3], cfg.opacity, cfg.delta)
+        mask = fit_grid(g["mask"], size, False)
+        rgba = fit_grid(rgba, size) * mask[..., None]
+        labels = np.where(mask, fit_grid(g["labels"], size, IGNORE), IGNORE) if "labels" in g else np.full(size, IGNORE)
+        p = cfg.patch
+        coarse = [s // p for s in size]
+        valid = mask.reshape(coarse[0], p, coarse[1], p, coarse[2], p).mean((1, 3, 5)) >= cfg.min_valid
+        return {"image": torch.from_numpy(np.ascontiguousarray(rgba.transpose(3, 0, 1, 2)))[None],
+                "present": torch.ones(1, dtype=torch.bool), "patch_valid": torch.from_numpy(valid)[None],
+                "labels": torch.from_numpy(labels.astype(np.int64))}

@@ -1,0 +1,326 @@
+"""3D models: Point-MAE (FPS centres, kNN groups, a PointNet per group, Chamfer loss) and NeRF-MAE
+(3D patches of RGB + opacity grids, opacity-weighted loss), their heads, exports and figures."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.checkpoint import load_export, load_weights
+from core.config import from_dict
+from core.embed import CoordEmbed, GridTokenizer, unpatchify
+from core.heads import MLPHead, Pooler, confusion, confusion_scores
+from core.losses import chamfer_distance, grouped_losses
+from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
+from core.masking import MaskConfig
+from core.tokens import TokenSet
+
+
+def has_pytorch3d() -> bool:
+    try:
+        import pytorch3d.ops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def farthest_point_sample(points: torch.Tensor, k: int, use_pytorch3d: bool | None = None) -> torch.Tensor:
+    """Indices [B, k] of ``k`` farthest points of points [B, N, 3], starting from point 0 (pytorch3d's
+    ``sample_farthest_points`` where installed; the same rule in torch otherwise)."""
+    if use_pytorch3d if use_pytorch3d is not None else has_pytorch3d():
+        from pytorch3d.ops import sample_farthest_points
+
+        return sample_farthest_points(points, K=k)[1]
+    B, N, _ = points.shape
+    idx = points.new_zeros((B, k), dtype=torch.long)
+    nearest = points.new_full((B, N), float("inf"))  # squared distance to the chosen set
+    last = idx[:, 0]
+    rows = torch.arange(B, device=points.device)
+    for i in range(1, k):  # a loop over the k centres, vectorised over the batch and the points
+        nearest = torch.minimum(nearest, (points - points[rows, last][:, None]).pow(2).sum(-1))
+        last = nearest.argmax(1)
+        idx[:, i] = last
+    return idx
+
+
+def knn(query: torch.Tensor, points: torch.Tensor, k: int, use_pytorch3d: bool | None = None) -> torch.Tensor:
+    """Indices [B, M, k] of the ``k`` nearest points [B, N, 3] of each query [B, M, 3], nearest first
+    (pytorch3d's ``knn_points`` where installed; cdist + topk otherwise)."""
+    if use_pytorch3d if use_pytorch3d is not None else has_pytorch3d():
+        from pytorch3d.ops import knn_points
+
+        return knn_points(query, points, K=k, return_sorted=True).idx
+    return torch.cdist(query, points).topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+def group_points(points: torch.Tensor, n_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """points [B, N, 3] -> centres [B, G, 3] (FPS) and neighbourhoods [B, G, k, 3] relative to their centre."""
+    with torch.no_grad():
+        centre_idx = farthest_point_sample(points, n_groups)  # [B, G]
+        centres = points.gather(1, centre_idx[..., None].expand(-1, -1, 3))
+        nn_idx = knn(centres, points, group_size)  # [B, G, k]
+    B, G, k = nn_idx.shape
+    neigh = points.gather(1, nn_idx.reshape(B, G * k, 1).expand(-1, -1, 3)).reshape(B, G, k, 3)
+    return centres, neigh - centres[:, :, None]
+
+
+class PointNetEmbed(nn.Module):
+    """Point-MAE's group embedding: a shared point MLP, max-pooled, its global feature concatenated to every
+    point, a second MLP, max-pooled again: [..., k, 3] -> [..., D]."""
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        self.first = nn.Sequential(nn.Linear(3, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, 2 * hidden))
+        self.second = nn.Sequential(nn.Linear(4 * hidden, 4 * hidden), nn.LayerNorm(4 * hidden), nn.GELU(),
+                                    nn.Linear(4 * hidden, dim))
+
+    def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        f = self.first(groups)  # [..., k, 2h]
+        f = torch.cat([f, f.amax(-2, keepdim=True).expand_as(f)], dim=-1)  # [..., k, 4h]
+        return self.second(f).amax(-2)  # [..., D]
+
+
+class PointTokenizer(nn.Module):
+    """Point-MAE tokens: FPS centres, kNN groups of ``group_size`` points, a PointNet embedding of each
+    group plus an MLP embedding of its centre. Input ``points`` [B, N, 3]; the target is each group's
+    points relative to its centre [B, G, k * 3]; ``extras['coords']`` are the centres (for block masking)."""
+
+    def __init__(self, n_groups: int, group_size: int, dim: int):
+        super().__init__()
+        self.n_groups, self.group_size, self.dim = n_groups, group_size, dim
+        self.embed = PointNetEmbed(dim)
+        self.pos_embed = CoordEmbed(3, dim)
+
+    def forward(self, batch: dict) -> TokenSet:
+        points = batch["points"]  # [B, N, 3]
+        B, N, _ = points.shape
+        if N < self.group_size or N < self.n_groups:
+            raise ValueError(f"PointTokenizer needs at least {max(self.group_size, self.n_groups)} points, got {N}")
+        centres, neigh = group_points(points, self.n_groups, self.group_size)  # [B, G, 3], [B, G, k, 3]
+        pos = self.pos_embed(centres)  # [B, G, D]
+        G, k = self.n_groups, self.group_size
+
+        def embed(idx: torch.Tensor | None) -> torch.Tensor:
+            """PointNet features of the groups at ``idx`` [B, K] (all when None) plus their centre embedding."""
+            if idx is None:
+                return self.embed(neigh) + pos
+            sel = neigh.gather(1, idx[:, :, None, None].expand(-1, -1, k, 3))  # [B, K, k, 3]
+            return self.embed(sel) + pos.gather(1, idx[..., None].expand(-1, -1, self.dim))
+
+        return TokenSet(tokens=None, embed_fn=embed, group=torch.zeros(B, G, dtype=torch.long, device=points.device),
+                        valid=torch.ones(B, G, dtype=torch.bool, device=points.device), pos=pos,
+                        target=neigh.reshape(B, G, k * 3), extras={"coords": centres})
+
+
+class ChamferTarget:
+    """Point-MAE's objective: Chamfer-L2 between each hidden group's predicted and true points."""
+
+    names = ["points"]
+
+    def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor) -> dict:
+        B, M, P = pred.shape
+        target = ts.target.gather(1, idx[..., None].expand(-1, -1, P))  # [B, M, k * 3]
+        errors = chamfer_distance(pred.reshape(B * M, -1, 3), target.reshape(B * M, -1, 3)).reshape(B, M)
+        return grouped_losses(errors, weight, ts.group.gather(1, idx), self.names)
+
+    def to_values(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor) -> torch.Tensor:
+        return pred
+
+
+@dataclass
+class PointModelConfig(MAEConfig):
+    dim: int = 192
+    depth: int = 6
+    heads: int = 4
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="random", ratio=0.6))
+
+
+def build_point_mae(cfg: PointModelConfig, n_groups: int, group_size: int) -> MaskedAutoencoder:
+    tok = PointTokenizer(n_groups, group_size, cfg.dim)
+    return build_mae(cfg, tok, ChamferTarget.names, ChamferTarget(), group_size * 3)
+
+
+def load_point_mae(folder) -> tuple[MaskedAutoencoder, dict]:
+    """A pointcloud_pretrain export: the MAE and its config (points, groups, group size)."""
+    config, state = load_export(folder)
+    mae = build_point_mae(from_dict(PointModelConfig, config["model"]), config["n_groups"], config["group_size"])
+    load_weights(mae, state)
+    return mae, config
+
+
+class PointClassifier(nn.Module):
+    """Encoder + max-and-mean pooling + MLP head for shape classification."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, freeze_encoder: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.pool = Pooler(encoder.dim, "max_mean")
+        self.head = MLPHead(self.pool.out_dim, n_classes)
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.pool(self.encoder(batch)))  # [B, K]
+
+
+def classification_step(model, batch, generator) -> dict:
+    return {"loss": nn.functional.cross_entropy(model(batch), batch["y"])}
+
+
+def classification_evaluate(n_classes: int):
+    """Accuracy and macro-F1 over the batches."""
+
+    def evaluate(model, batches) -> dict:
+        conf = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        for batch in batches:
+            conf += confusion(model(batch).argmax(1), batch["y"], n_classes)
+        return confusion_scores(conf)
+
+    return evaluate
+
+
+@torch.no_grad()
+def pooled_features(encoder: nn.Module, dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Max-and-mean pooled encoder features [S, 2D] and labels [S] of a dataset, on the encoder's device."""
+    from torch.utils.data import DataLoader
+
+    pool = Pooler(encoder.dim, "max_mean")
+    device = next(encoder.parameters()).device
+    encoder.eval()
+    feats, labels = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        feats.append(pool(encoder({k: v.to(device) for k, v in batch.items()})).cpu())
+        labels.append(batch["y"])
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+
+
+def svm_probe(encoder: nn.Module, train_set, val_set, c: float = 0.01) -> float:
+    """Validation accuracy of a linear SVM (scikit-learn) fitted on standardised pooled features."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    svm = make_pipeline(StandardScaler(), LinearSVC(C=c, max_iter=5000))
+    svm.fit(*pooled_features(encoder, train_set))
+    x, y = pooled_features(encoder, val_set)
+    return float((svm.predict(x) == y).mean())
+
+
+@torch.no_grad()
+def save_point_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
+    """PNG of the first cloud: input (visible grey, hidden red) | reconstruction (visible grey, predicted blue)."""
+    plt = pyplot()
+    out = model(batch, torch.Generator().manual_seed(0))
+    ts, idx, pad = out["tokenset"], out["pred_idx"][0], out["pred_pad"][0]
+    centres, mask = ts.extras["coords"][0].cpu(), out["plan"].mask[0].cpu()
+    groups = (ts.target[0].reshape(len(centres), -1, 3).cpu() + centres[:, None])  # [G, k, 3]
+    pred = out["pred"][0][~pad].reshape(-1, ts.target.shape[-1] // 3, 3).cpu() + centres[idx[~pad].cpu()][:, None]
+    fig = plt.figure(figsize=(8, 4))
+    for i, (title, hidden, colour) in enumerate((("input: visible | hidden", groups[mask], "tab:red"),
+                                                 ("reconstruction: visible | predicted", pred, "tab:blue"))):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        for pts, c in ((groups[~mask], "0.6"), (hidden, colour)):
+            pts = pts.reshape(-1, 3).numpy()
+            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=1, c=c)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(f"Chamfer loss {float(out['loss']):.4f}", fontsize=8)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+class OpacityWeightedTarget:
+    """NeRF-MAE's objective on RGB + opacity patches (values (p..., c), c = R, G, B, opacity): RGB error
+    weighted by the true opacity, plus the opacity error, per hidden patch."""
+
+    names = ["rgba"]
+
+    def __init__(self, opacity_weight: float = 1.0):
+        self.opacity_weight = opacity_weight
+
+    def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor) -> dict:
+        B, M, P = pred.shape
+        t = ts.target.gather(1, idx[..., None].expand(-1, -1, P)).reshape(B, M, -1, 4)  # [B, M, p^3, 4]
+        p = pred.reshape(B, M, -1, 4)
+        alpha = t[..., 3]  # [B, M, p^3]
+        w = weight.to(pred.dtype)
+        rgb = (alpha[..., None] * (p[..., :3] - t[..., :3]).pow(2)).sum((-1, -2))  # [B, M]
+        rgb = (rgb * w).sum() / (3 * (alpha.sum(-1) * w).sum()).clamp_min(1e-8)
+        opacity = ((p[..., 3] - alpha).pow(2).mean(-1) * w).sum() / w.sum().clamp_min(1e-8)
+        return {"loss": rgb + self.opacity_weight * opacity, "loss/rgb": rgb, "loss/opacity": opacity}
+
+    def to_values(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor) -> torch.Tensor:
+        return pred
+
+
+@dataclass
+class NerfModelConfig(MAEConfig):
+    dim: int = 192
+    depth: int = 4
+    heads: int = 4
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    opacity_weight: float = 1.0
+    mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="random", ratio=0.75))
+
+
+def build_nerf_mae(cfg: NerfModelConfig, grid: tuple[int, int, int], patch: int) -> MaskedAutoencoder:
+    """3D patches (``patch`` voxels a side) of a 4-channel grid (RGB, opacity), 3D sin-cos positions."""
+    tok = GridTokenizer(["rgba"], tuple(grid), (patch,) * 3, cfg.dim, channels=4)
+    return build_mae(cfg, tok, OpacityWeightedTarget.names, OpacityWeightedTarget(cfg.opacity_weight), tok.patch_values)
+
+
+def load_nerf_mae(folder) -> tuple[MaskedAutoencoder, dict]:
+    """A nerf_pretrain export: the MAE and its config (grid, patch, opacity rule)."""
+    config, state = load_export(folder)
+    mae = build_nerf_mae(from_dict(NerfModelConfig, config["model"]), tuple(config["grid"]), config["patch"])
+    load_weights(mae, state)
+    return mae, config
+
+
+class VoxelHead(nn.Module):
+    """Per-voxel classes from the encoder: each patch token -> logits for its p^3 voxels: [B, K, W, L, H]."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int):
+        super().__init__()
+        self.encoder, self.n_classes = encoder, n_classes
+        tok = encoder.tokenizer
+        n = 1
+        for p in tok.patch:
+            n *= p
+        self.head = nn.Sequential(nn.LayerNorm(encoder.dim), nn.Linear(encoder.dim, n * n_classes))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        tok = self.encoder.tokenizer
+        logits = self.head(self.encoder(batch)["tokens"])  # [B, n, p^3 * K]
+        return unpatchify(logits, tok.patch, tok.grid, self.n_classes)  # [B, K, W, L, H]
+
+
+def render(grid: torch.Tensor) -> np.ndarray:
+    """Alpha compositing of an RGB + opacity grid [4, W, L, H] seen from above (top H first): an image [W, L, 3]."""
+    g = torch.nan_to_num(grid, nan=0.0).clamp(0, 1).flip(-1)
+    alpha = g[3]  # [W, L, H]
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1]], -1), -1)
+    return (trans * alpha * g[:3]).sum(-1).permute(1, 2, 0).clamp(0, 1).numpy()  # [W, L, 3]
+
+
+@torch.no_grad()
+def save_grid_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
+    """PNG of the first grid rendered from above: original | masked input | reconstruction."""
+    plt = pyplot()
+    loss, *panels = figure_panels(model, batch)  # [4, W, L, H] each
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    for ax, title, grid in zip(axes, ("original", "masked", "reconstruction"), panels):
+        ax.imshow(render(grid), origin="lower")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(f"loss {loss:.4f} (opacity-composited top view)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,127 @@
+"""Synthetic 3D datasets in native formats: shape point clouds as PLY and PCD files in class folders
+(open3d meshes sampled to points, with noise, partial views and random rotations), and rooms of a few
+objects as NeRF-style ``rgbsigma`` grids (.npz) with a padding mask and per-voxel labels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core.checkpoint import build_folder_once
+from domains.scene3d.io import write_cloud
+
+VERSION = 2
+SHAPES = ["sphere", "cube", "cylinder", "cone", "torus", "chair", "table", "octahedron"]
+VOXEL_CLASSES = ["empty", "floor", "box", "ball", "pillar"]
+_COLOURS = {"floor": (0.55, 0.45, 0.35), "box": (0.8, 0.2, 0.15), "ball": (0.15, 0.3, 0.85), "pillar": (0.2, 0.7, 0.3)}
+
+
+def _box(o3d, size, at):
+    m = o3d.geometry.TriangleMesh.create_box(*size)
+    return m.translate(np.asarray(at, float) - np.asarray(size, float) / 2)
+
+
+def shape_mesh(name: str, rng: np.random.Generator):
+    """An open3d triangle mesh of class ``name`` with random proportions."""
+    import open3d as o3d
+
+    G = o3d.geometry.TriangleMesh
+    u = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
+    if name == "sphere":
+        return G.create_sphere(1.0, 30)
+    if name == "cube":
+        return _box(o3d, (u(0.8, 1.2), u(0.8, 1.2), u(0.8, 1.2)), (0, 0, 0))
+    if name == "cylinder":
+        return G.create_cylinder(u(0.3, 0.6), u(1.5, 2.5), 30)
+    if name == "cone":
+        return G.create_cone(u(0.5, 0.9), u(1.2, 2.0), 30)
+    if name == "torus":
+        return G.create_torus(1.0, u(0.2, 0.4), 30, 16)
+    if name == "octahedron":
+        return G.create_octahedron(1.0)
+    if name in ("chair", "table"):
+        w, d, h, t = u(0.8, 1.2), u(0.8, 1.2), u(0.7, 1.1), 0.08
+        leg = u(0.06, 0.12)
+        parts = [_box(o3d, (w, d, t), (0, 0, h))]  # seat or top
+        parts += [_box(o3d, (leg, leg, h), (sx * (w - leg) / 2, sy * (d - leg) / 2, h / 2))
+                  for sx in (-1, 1) for sy in (-1, 1)]
+        if name == "chair":
+            parts.append(_box(o3d, (w, t, u(0.7, 1.0)), (0, (d - t) / 2, h + 0.45)))  # the back
+        mesh = parts[0]
+        for p in parts[1:]:
+            mesh += p
+        return mesh
+    raise ValueError(f"unknown shape {name!r}; expected one of {SHAPES}")
+
+
+def shape_cloud(name: str, rng: np.random.Generator, n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Points and normals of a shape: sampled from its mesh, stretched, rotated at random (any
+    orientation), noisy, and half of the time a partial view (the side away from a random viewpoint cut)."""
+    import open3d as o3d
+    from scipy.spatial.transform import Rotation
+
+    o3d.utility.random.seed(int(rng.integers(2 ** 31)))
+    mesh = shape_mesh(name, rng)
+    pc = mesh.sample_points_uniformly(n, use_triangle_normal=True)
+    points, normals = np.asarray(pc.points), np.asarray(pc.normals)
+    stretch = rng.uniform(0.75, 1.33, 3)
+    points, normals = (points - points.mean(0)) * stretch, normals / stretch  # normals: inverse transpose
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
+    rot = Rotation.random(random_state=rng).as_matrix()
+    points, normals = points @ rot.T, normals @ rot.T
+    points = points + rng.normal(0, 0.02, points.shape)
+    if rng.random() < 0.5:
+        view = rng.normal(size=3)
+        keep = points @ (view / np.linalg.norm(view)) > -0.1 * np.abs(points).max()
+        points, normals = points[keep], normals[keep]
+    return points.astype(np.float32), normals.astype(np.float32)
+
+
+def room_grid(rng: np.random.Generator, size: int = 32) -> dict[str, np.ndarray]:
+    """A room: a floor and 2-4 objects (boxes, balls, pillars) voxelised into rgbsigma [S, S, S, 4]
+    (RGB in [0, 1], raw density), with a padding mask (the room is smaller than the grid) and labels."""
+    w, l = (int(rng.integers(size * 3 // 4, size + 1)) for _ in range(2))
+    x, y, z = np.meshgrid(*[np.arange(size) + 0.5] * 3, indexing="ij")
+    labels = np.zeros((size,) * 3, np.int64)
+    labels[:, :, :2] = VOXEL_CLASSES.index("floor")
+    for _ in range(int(rng.integers(2, 5))):
+        kind = str(rng.choice(["box", "ball", "pillar"]))
+        cx, cy = rng.uniform(5, w - 5), rng.uniform(5, l - 5)
+        r = rng.uniform(2.5, 4.5)
+        if kind == "box":
+            inside = (abs(x - cx) < r) & (abs(y - cy) < rng.uniform(2.5, 4.5)) & (z >= 2) & (z < 2 + rng.uniform(4, 9))
+        elif kind == "ball":
+            inside = (x - cx) ** 2 + (y - cy) ** 2 + (z - 2 - r) ** 2 < r ** 2
+        else:
+            inside = ((x - cx) ** 2 + (y - cy) ** 2 < (r / 2) ** 2) & (z >= 2) & (z < rng.uniform(12, size - 2))
+        labels[inside] = VOXEL_CLASSES.index(kind)
+    mask = (x < w) & (y < l)
+    labels[~mask] = 0
+    rgb = rng.uniform(0, 1, (*labels.shape, 3))  # empty space: arbitrary colour, as a NeRF leaves it
+    sigma = rng.normal(-1.0, 1.0, labels.shape)  # raw density: about zero in free space
+    for k, name in enumerate(VOXEL_CLASSES[1:], start=1):
+        sel = labels == k
+        rgb[sel] = np.clip(np.asarray(_COLOURS[name]) + rng.normal(0, 0.05, (sel.sum(), 3)), 0, 1)
+        sigma[sel] = rng.uniform(15, 40) + rng.normal(0, 2, sel.sum())
+    rgbsigma = np.concatenate([rgb, sigma[..., None]], -1).astype(np.float32)
+    rgbsigma[~mask] = 0
+    return {"rgbsigma": rgbsigma, "mask": mask, "labels": labels.astype(np.uint8)}
+
+
+def write_dataset(root: str | Path | None = None, per_class: int = 30, rooms: int = 48, seed: int = 0) -> Path:
+    """Write once and return the folder: shapes/<class>/<class>_NNN.{ply,pcd} and rooms/room_NNN.npz."""
+    key = f"{per_class} shapes per class, {rooms} rooms, seed {seed}"
+    return build_folder_once(root, key, lambda tmp: _write(tmp, per_class, rooms, seed), f"scene3d_synthetic_v{VERSION}")
+
+
+def _write(tmp: Path, per_class: int, rooms: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for name in SHAPES:
+        (tmp / "shapes" / name).mkdir(parents=True)
+        for i in range(per_class):
+            points, normals = shape_cloud(name, rng)
+            suffix = ".ply" if i % 2 == 0 else ".pcd"  # both native formats, PCD binary_compressed
+            write_cloud(tmp / "shapes" / name / f"{name}_{i:03d}{suffix}", points, normals)
+    (tmp / "rooms").mkdir()
+    for i in range(rooms):
+        np.savez_compressed(tmp / "rooms" / f"room_{i:03d}.npz", **room_grid(rng))

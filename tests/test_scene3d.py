@@ -1,0 +1,271 @@
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, shared_data
+from core import DataError
+from core.masking import MaskConfig
+from domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, PointDataConfig, find_clouds
+from domains.scene3d.io import read_cloud, read_grid, read_h5, write_cloud
+from domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig, VoxelHead,
+                                   build_nerf_mae, build_point_mae, farthest_point_sample, group_points,
+                                   has_pytorch3d, knn)
+from domains.scene3d.transforms import density_to_opacity, normalize_unit_sphere, resample
+
+sys.path.insert(0, str(ROOT / "pipelines"))
+
+TINY = dict(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4)
+
+
+def _o3d():
+    import open3d as o3d
+
+    return o3d
+
+
+def test_clouds_in_every_format_keep_colours_normals_and_drop_non_finite(tmp_path):
+    o3d = _o3d()
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(200, 3))
+    pts[:7] = np.nan  # an organised scan's empty pixels
+    normals, colors = rng.normal(size=(200, 3)), rng.uniform(size=(200, 3))
+    for name, kw in (("a.pcd", dict(write_ascii=False, compressed=True)), ("b.pcd", dict(write_ascii=True)),
+                     ("c.pcd", dict(write_ascii=False)), ("d.ply", dict(write_ascii=False))):
+        pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+        pc.normals, pc.colors = o3d.utility.Vector3dVector(normals), o3d.utility.Vector3dVector(colors)
+        o3d.io.write_point_cloud(str(tmp_path / name), pc, **kw)
+        c = read_cloud(tmp_path / name)
+        assert c.points.shape == (193, 3) and c.dropped == 7, name
+        np.testing.assert_allclose(c.points, pts[7:], atol=1e-5)
+        np.testing.assert_allclose(c.colors, colors[7:], atol=1 / 255)
+        np.testing.assert_allclose(c.normals, normals[7:], atol=1e-5)
+    np.savetxt(tmp_path / "e.xyz", pts[7:])
+    np.savetxt(tmp_path / "f.pts", pts[7:], header="193", comments="")  # PTS: a count line, then points
+    for name in ("e.xyz", "f.pts"):
+        np.testing.assert_allclose(read_cloud(tmp_path / name).points, pts[7:], atol=1e-5)
+    np.save(tmp_path / "g.npy", np.concatenate([pts, normals], 1))
+    g = read_cloud(tmp_path / "g.npy")
+    assert g.dropped == 7 and g.normals.shape == (193, 3)
+
+
+def test_meshes_are_sampled_and_bad_clouds_are_data_errors(tmp_path):
+    o3d = _o3d()
+    box = o3d.geometry.TriangleMesh.create_box(2, 2, 2)
+    for name in ("box.off", "box.obj", "box.ply"):
+        o3d.io.write_triangle_mesh(str(tmp_path / name), box)
+        c = read_cloud(tmp_path / name, mesh_points=500)
+        assert c.points.shape == (500, 3) and c.normals is not None
+        assert c.points.min() >= -1e-6 and c.points.max() <= 2 + 1e-6
+    (tmp_path / "verts.off").write_text("OFF\n3 0 0\n0 0 0\n1 0 0\n0 1 0\n")
+    with pytest.raises(DataError, match="verts.off: found a mesh of .* vertices and no faces; expected faces"):
+        read_cloud(tmp_path / "verts.off")
+    (tmp_path / "empty.xyz").write_text("")
+    with pytest.raises(DataError, match="empty.xyz: found no points"):
+        read_cloud(tmp_path / "empty.xyz")
+    np.save(tmp_path / "nan.npy", np.full((10, 3), np.nan))
+    with pytest.raises(DataError, match="10 points, none of them finite"):
+        read_cloud(tmp_path / "nan.npy")
+    np.save(tmp_path / "bad.npy", np.zeros((10, 4)))
+    with pytest.raises(DataError, match=r"shape \(10, 4\)"):
+        read_cloud(tmp_path / "bad.npy")
+    (tmp_path / "x.las").write_text("?")
+    with pytest.raises(DataError, match="x.las: found a .las file"):
+        read_cloud(tmp_path / "x.las")
+
+
+def test_hdf5_clouds_with_labels(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "train0.h5", "w") as f:
+        f["data"] = np.random.default_rng(0).normal(size=(5, 100, 3)).astype(np.float32)
+        f["label"] = np.array([[3], [1], [0], [3], [2]], np.uint8)
+    data, labels = read_h5(tmp_path / "train0.h5")
+    assert data.shape == (5, 100, 3) and labels.tolist() == [3, 1, 0, 3, 2]
+    entries, _ = find_clouds(tmp_path)
+    assert [e.label for e in entries] == [3, 1, 0, 3, 2] and entries[4].index == 4
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f["points"] = np.zeros((2, 10, 3))
+    with pytest.raises(DataError, match="bad.h5: found datasets \\['points'\\]; expected a 'data' dataset"):
+        read_h5(tmp_path / "bad.h5")
+
+
+def test_normalisation_and_resampling():
+    rng = np.random.default_rng(0)
+    p = normalize_unit_sphere(rng.normal(5, 3, (100, 3)))
+    assert np.allclose(p.mean(0), 0, atol=1e-5) and np.isclose(np.sqrt((p ** 2).sum(1)).max(), 1)
+    assert len(resample(p, 50, rng)) == 50 and len(np.unique(resample(p, 100, rng), axis=0)) == 100
+    assert resample(p, 300, rng).shape == (300, 3)
+
+
+def test_too_few_points_warn_once_then_fail_under_the_floor(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "small.npy", rng.normal(size=(100, 3)))
+    ds = PointClouds(find_clouds(tmp_path)[0], PointDataConfig(n_points=300, n_groups=16, group_size=16), train=True)
+    with caplog.at_level(logging.WARNING):
+        assert ds[0]["points"].shape == (300, 3) and ds[0]["y"] == -1
+    assert caplog.text.count("small.npy: 100 points, fewer than 300; resampled with replacement") == 1
+    ds = PointClouds(find_clouds(tmp_path)[0], PointDataConfig(n_points=300, min_points=128), train=True)
+    with pytest.raises(DataError, match="small.npy: found 100 points; expected at least 128"):
+        ds[0]
+    assert density_to_opacity(np.array([-1.0, 0.0, np.log(2)]), "alpha", 1.0) == pytest.approx([0, 0, 0.5])
+    assert density_to_opacity(np.array([-1.0, 0.5, 3.0]), "clip").tolist() == [0, 0.5, 1]
+
+
+def _fps_reference(points: np.ndarray, k: int) -> list[int]:
+    chosen = [0]
+    d = ((points - points[0]) ** 2).sum(1)
+    for _ in range(k - 1):
+        chosen.append(int(d.argmax()))
+        d = np.minimum(d, ((points - points[chosen[-1]]) ** 2).sum(1))
+    return chosen
+
+
+def test_fps_and_knn_match_a_direct_reference():
+    pts = torch.rand(3, 300, 3, generator=torch.Generator().manual_seed(0))
+    idx = farthest_point_sample(pts, 16, use_pytorch3d=False)
+    for b in range(3):
+        assert idx[b].tolist() == _fps_reference(pts[b].numpy().astype(np.float64), 16)
+    q = pts[:, :5]
+    nn_idx = knn(q, pts, 8, use_pytorch3d=False)  # [B, 5, 8]
+    d = ((q[:, :, None] - pts[:, None]) ** 2).sum(-1)
+    assert torch.equal(nn_idx, d.argsort(-1)[..., :8]) and (nn_idx[..., 0] == torch.arange(5)).all()
+    centres, neigh = group_points(pts, 16, 8)
+    assert centres.shape == (3, 16, 3) and neigh.shape == (3, 16, 8, 3)
+    assert torch.allclose(neigh[:, :, 0], torch.zeros(3, 16, 3))  # the nearest point is the centre itself
+
+
+@pytest.mark.skipif(not has_pytorch3d(), reason="pytorch3d is not installed (no CPU build for this torch)")
+def test_pytorch3d_and_torch_give_the_same_groups():
+    pts = torch.rand(2, 500, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(farthest_point_sample(pts, 32, True), farthest_point_sample(pts, 32, False))
+    assert torch.equal(knn(pts[:, :20], pts, 16, True), knn(pts[:, :20], pts, 16, False))
+
+
+def test_point_mae_embeds_only_what_it_is_asked_and_scores_by_chamfer():
+    for strategy in ("random", "block"):
+        mae = build_point_mae(PointModelConfig(**TINY, mask=MaskConfig(strategy, 0.6)), 16, 8)
+        batch = {"points": torch.randn(2, 128, 3)}
+        out = mae(batch, torch.Generator().manual_seed(0))
+        out["loss"].backward()
+        assert out["plan"].mask.sum(1).tolist() == [10, 10] and torch.isfinite(out["loss"])
+    ts = mae.encoder.tokenizer(batch)
+    idx = torch.tensor([[3, 0], [15, 7]])
+    torch.testing.assert_close(ts.embed(idx), ts.embed().gather(1, idx[..., None].expand(-1, -1, 32)))
+    target = ChamferTarget()
+    exact = ts.target.gather(1, idx[..., None].expand(-1, -1, 24))
+    shuffled = exact.reshape(2, 2, 8, 3)[:, :, torch.randperm(8)].reshape(2, 2, 24)  # order does not matter
+    assert target(shuffled, ts, idx, torch.ones(2, 2))["loss"] < 1e-10
+    assert target(exact + 0.1, ts, idx, torch.ones(2, 2))["loss"] > 1e-3
+    with pytest.raises(ValueError, match="at least 16 points"):
+        mae.encoder.tokenizer({"points": torch.randn(1, 10, 3)})
+
+
+def _grid_file(path, size=(12, 12, 12), **extra):
+    rng = np.random.default_rng(0)
+    rgbsigma = np.concatenate([rng.uniform(0, 1, (*size, 3)), rng.uniform(-1, 30, (*size, 1))], -1)
+    np.savez(path, rgbsigma=rgbsigma.astype(np.float32), **extra)
+    return path
+
+
+def test_nerf_grids_pad_as_invalid_and_bad_npz_are_data_errors(tmp_path):
+    mask = np.ones((12, 12, 12), bool)
+    mask[8:] = False
+    labels = np.ones((12, 12, 12), np.uint8)
+    f = _grid_file(tmp_path / "a.npz", mask=mask, labels=labels)
+    s = NerfGrids([f], NerfDataConfig(grid=(16, 16, 16), patch=4))[0]
+    assert s["image"].shape == (1, 4, 16, 16, 16) and s["patch_valid"].shape == (1, 4, 4, 4)
+    expected = torch.zeros(4, 4, 4, dtype=torch.bool)
+    expected[:2, :3, :3] = True  # the mask ends at 8, the grid at 12 of 16
+    assert torch.equal(s["patch_valid"][0], expected)
+    assert (s["labels"][:8, :12, :12] == 1).all() and (s["labels"][8:] == 255).all()
+    assert 0 <= s["image"][0, 3].min() and s["image"][0, 3].max() <= 1 and (s["image"][0, :, 8:] == 0).all()
+    np.savez(tmp_path / "b.npz", density=np.zeros((4, 4, 4)))
+    with pytest.raises(DataError, match="b.npz: found arrays \\['density'\\]; expected an 'rgbsigma' array"):
+        read_grid(tmp_path / "b.npz")
+    np.savez(tmp_path / "c.npz", rgbsigma=np.zeros((4, 4, 4, 3)))
+    with pytest.raises(DataError, match=r"c.npz: found 'rgbsigma' of shape \(4, 4, 4, 3\)"):
+        read_grid(tmp_path / "c.npz")
+
+
+def test_opacity_weighted_loss_ignores_colour_in_empty_space_and_voxel_head_shapes():
+    mae = build_nerf_mae(NerfModelConfig(**TINY), (8, 8, 8), 4)
+    image = torch.rand(2, 1, 4, 8, 8, 8)
+    image[:, :, 3] = (image[:, :, 3] > 0.5).float()
+    batch = {"image": image, "present": torch.ones(2, 1, dtype=torch.bool)}
+    ts = mae.encoder.tokenizer(batch)
+    idx = torch.arange(8)[None].expand(2, -1)
+    target = OpacityWeightedTarget()
+    pred = ts.target.clone().reshape(2, 8, -1, 4)
+    empty = pred[..., 3:] == 0
+    pred[..., :3] = torch.where(empty, torch.rand_like(pred[..., :3]), pred[..., :3])  # colour where nothing is
+    losses = target(pred.reshape(2, 8, -1), ts, idx, torch.ones(2, 8))
+    assert losses["loss"] < 1e-10
+    pred[..., 3] += 0.5
+    assert target(pred.reshape(2, 8, -1), ts, idx, torch.ones(2, 8))["loss/opacity"] == pytest.approx(0.25)
+    head = VoxelHead(mae.encoder, 5)
+    logits = head(batch)
+    assert logits.shape == (2, 5, 8, 8, 8)
+    torch.nn.functional.cross_entropy(logits, torch.randint(0, 5, (2, 8, 8, 8))).backward()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    import nerf_pretrain
+    import pointcloud_finetune
+    import pointcloud_pretrain
+
+    tmp = tmp_path_factory.mktemp("s3d")
+    data = [f"data.synthetic.folder={tmp / 'data'}", "data.synthetic.per_class=3", "data.synthetic.rooms=4"]
+    small = ["model.dim=32", "model.depth=1", "model.decoder_dim=32", "model.decoder_depth=1", "train.epochs=1",
+             "train.epoch_repeats=1", "train.batch_size=8", f"train.out_dir={tmp / 'runs'}"]
+    points = ["data.n_points=256", "data.n_groups=16", "data.group_size=16"]
+    pointcloud_pretrain.main(data + small + points + ["train.run_name=pre"])
+    pointcloud_finetune.main(data + small + points + ["train.run_name=ft", f"--init-from={tmp / 'runs/pre/export'}"])
+    nerf_pretrain.main(data + small + ["data.grid=[16, 16, 16]", "train.batch_size=2", "train.run_name=nerf"])
+    return tmp
+
+
+def test_point_pipelines_write_native_data_exports_and_figures(runs):
+    shapes = runs / "data" / "shapes"
+    files = sorted(shapes.rglob("*.*"))
+    assert {p.suffix for p in files} == {".ply", ".pcd"} and len({p.parent.name for p in files}) >= 8
+    assert b"binary_compressed" in next(p for p in files if p.suffix == ".pcd").read_bytes()[:400]
+    pre = runs / "runs" / "pre"
+    assert (pre / "export" / "model.safetensors").is_file() and (pre / "recon_epoch001.png").is_file()
+    assert json.loads((pre / "export" / "config.json").read_text())["n_groups"] == 16
+    ft = runs / "runs" / "ft"
+    assert 0 <= json.loads((ft / "svm_probe.json").read_text())["accuracy"] <= 1
+    config = json.loads((ft / "export" / "config.json").read_text())
+    assert config["classes"] == sorted(config["classes"]) and len(config["classes"]) == 8
+
+
+def test_nerf_pipeline_writes_grids_export_and_figure(runs):
+    rooms = sorted((runs / "data" / "rooms").glob("*.npz"))
+    g = read_grid(rooms[0])
+    assert g["rgbsigma"].shape == (32, 32, 32, 4) and g["labels"].max() >= 2 and not g["mask"].all()
+    nerf = runs / "runs" / "nerf"
+    assert (nerf / "export" / "model.safetensors").is_file() and (nerf / "recon_epoch001.png").is_file()
+    assert {"loss/rgb", "loss/opacity"} <= set((nerf / "metrics.csv").read_text().splitlines()[0].split(","))
+
+
+def test_real_point_clouds_read_group_and_step():
+    root = shared_data("point_cloud")
+    bunny = read_cloud(root / "bun_zipper.ply", mesh_points=4096)  # a mesh: sampled on its faces
+    assert bunny.points.shape == (4096, 3) and bunny.normals is not None
+    scan = read_cloud(root / "bunny_bun000_scan.xyz")
+    assert scan.points.shape == (40256, 3)
+    milk, car = read_cloud(root / "milk_color.pcd"), read_cloud(root / "car6.pcd")
+    assert milk.colors is not None and len(milk.points) == 13704 and len(car.points) == 10031
+    cfg = PointDataConfig(root=str(root), n_points=512, n_groups=32, group_size=16)
+    entries, _ = find_clouds(root)
+    ds = PointClouds(entries, cfg, train=True)
+    batch = {"points": torch.stack([ds[i]["points"] for i in range(len(ds))])}
+    assert batch["points"].shape == (4, 512, 3)
+    mae = build_point_mae(PointModelConfig(**TINY), 32, 16)
+    out = mae(batch, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
