@@ -101,7 +101,11 @@ class MAEEncoder(nn.Module):
             pad = ~ts.valid
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
         pad = torch.cat([pad.new_zeros(B, 1), pad], dim=1)
-        out = self.blocks(x, pad, return_layers)
+        bias = None
+        if "attn_bias" in ts.extras:  # the tokenizer's attention bias between the slots the encoder sees
+            slots = plan.keep if mode == "drop" else torch.arange(x.shape[1] - 1, device=x.device)[None].expand(B, -1)
+            bias = nn.functional.pad(ts.extras["attn_bias"](slots), (1, 0, 1, 0))  # [B, H, 1 + L, 1 + L], cls unbiased
+        out = self.blocks(x, pad, return_layers, bias)
         return out if return_layers else (out, [])
 
     def forward(self, batch, groups: Sequence[str] | None = None,
@@ -171,7 +175,7 @@ class MaskedAutoencoder(nn.Module):
         """
         generator = generator if generator is not None else torch.default_generator
         ts = self.encoder.tokenizer(batch)
-        plan = self.masking(ts.valid, generator, ts.group, ts.grid, ts.extras.get("coords"))
+        plan = self.masking.for_tokens(ts, generator)
         query = plan.mask
         if self.training and self.decoder_mask_ratio > 0:
             noise = torch.rand(query.shape, generator=generator, device=generator.device).to(query.device)

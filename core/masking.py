@@ -67,6 +67,10 @@ class MaskingStrategy(ABC):
                  grid: Sequence[int] | None = None, coords: torch.Tensor | None = None) -> MaskPlan:
         return plan_from_scores(self.scores(valid, generator, group, grid, coords), valid, self.ratio)
 
+    def for_tokens(self, ts, generator: torch.Generator) -> MaskPlan:
+        """The plan for a TokenSet; a domain strategy that needs more of it (body parts, motion) overrides this."""
+        return self(ts.valid, generator, ts.group, ts.grid, ts.extras.get("coords"))
+
 
 class RandomMasking(MaskingStrategy):
     """MAE: argsort of uniform noise."""
@@ -240,8 +244,15 @@ STRATEGIES = {
 }
 
 
+def register_masking(name: str, cls: type[MaskingStrategy]) -> None:
+    """Make a domain's strategy buildable by name (from ``MaskConfig.strategy``)."""
+    if STRATEGIES.get(name, cls) is not cls:
+        raise ValueError(f"masking strategy {name!r} is already registered as {STRATEGIES[name].__name__}")
+    STRATEGIES[name] = cls
+
+
 def build_masking(name: str, ratio: float, **options) -> MaskingStrategy:
-    """Build a strategy by name; of ``options`` (block, color, sigma, alpha) it takes those it has."""
+    """Build a strategy by name; of ``options`` (block, color, sigma, alpha, tau) it takes those it has."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown masking strategy {name!r}; expected one of {sorted(STRATEGIES)}")
     cls = STRATEGIES[name]
@@ -257,10 +268,11 @@ class MaskConfig:
     color: str = "green"  # colored: red, blue, green, purple
     sigma: float = 1.0  # colored: filter width in tokens
     alpha: float = 1.0  # group_dirichlet: concentration
+    tau: float = 0.75  # saliency-guided strategies (e.g. motion-aware): temperature
 
     def __post_init__(self):
         self.build()  # validates
 
     def build(self) -> MaskingStrategy:
         return build_masking(self.strategy, self.ratio, block=self.block, color=self.color, sigma=self.sigma,
-                             alpha=self.alpha)
+                             alpha=self.alpha, tau=self.tau)

@@ -27,7 +27,7 @@ class TokenSet:
     target: torch.Tensor | None = None  # [B, N, ...] what the target scores (patch values, point groups)
     grid: tuple[int, ...] | None = None  # token grid of one block
     embed_fn: Callable[[torch.Tensor | None], torch.Tensor] | None = None  # idx [B, K] or None -> [B, K or N, D]
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # e.g. coords [B, N, c], value_mask [G, P], attn_bias: slots -> [B, H, K, K]
 
     def __post_init__(self):
         if (self.tokens is None) == (self.embed_fn is None):

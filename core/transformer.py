@@ -53,11 +53,13 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def key_padding_mask(pad: torch.Tensor | None) -> torch.Tensor | None:
-    """[B, N] bool (True = padding) -> SDPA mask [B, 1, 1, N] (True = attend), or None if nothing is padded."""
-    if pad is None or not bool(pad.any()):
-        return None
-    return ~pad[:, None, None, :]
+def key_padding_mask(pad: torch.Tensor | None, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """[B, N] bool (True = padding) -> SDPA mask [B, 1, 1, N] (True = attend), or None if nothing is padded.
+    With an additive ``bias`` [B, H or 1, N, N]: the bias with padded keys at -inf."""
+    padded = pad is not None and bool(pad.any())
+    if bias is not None:
+        return bias.masked_fill(pad[:, None, None, :], float("-inf")) if padded else bias
+    return ~pad[:, None, None, :] if padded else None
 
 
 class Transformer(nn.Module):
@@ -71,11 +73,11 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.checkpointing = checkpointing
 
-    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None,
-                return_layers: tuple[int, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """x [B, N, D], pad [B, N] True = ignore as a key. With ``return_layers``, also the outputs
-        of those blocks (1-based)."""
-        mask = key_padding_mask(pad)
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None, return_layers: tuple[int, ...] = (),
+                bias: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x [B, N, D], pad [B, N] True = ignore as a key, ``bias`` [B, H or 1, N, N] added to the attention
+        logits (e.g. a graph-distance bias). With ``return_layers``, also the outputs of those blocks (1-based)."""
+        mask = key_padding_mask(pad, bias)
         layers = []
         for i, blk in enumerate(self.blocks, 1):
             if self.checkpointing and self.training:

@@ -76,9 +76,10 @@ def test_gradient_accumulation_matches_a_large_batch(tmp_path):
 class _FixedMask:
     """Hide the same slots in every sample, so that batch composition does not change the masks."""
 
-    def __call__(self, valid, generator, group, grid):
+    def for_tokens(self, ts, generator):
         from core.masking import plan_from_scores
 
+        valid = ts.valid
         return plan_from_scores(torch.arange(valid.shape[1], dtype=torch.float)[None].expand_as(valid), valid, 0.75)
 
 

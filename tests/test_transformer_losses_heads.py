@@ -149,3 +149,19 @@ def test_layer_decay_groups_scale_lr_by_depth():
     assert lr_of[id(enc.blocks.blocks[0].attn.qkv.weight)] == 0.25
     assert lr_of[id(enc.cls_token)] == 0.125 and wd_of[id(enc.cls_token)] == 0.0
     assert wd_of[id(model["head"].bias)] == 0.0 and wd_of[id(model["head"].weight)] == 0.05
+
+
+def test_attention_bias_steers_attention_and_keeps_key_padding():
+    torch.manual_seed(0)
+    t = Transformer(16, 1, 2).eval()
+    x = torch.randn(1, 4, 16)
+    bias = torch.zeros(1, 1, 4, 4)
+    bias[..., 0, 3] = float("-inf")  # token 0 may not look at token 3
+    changed = x.clone()
+    changed[0, 3] += 5
+    a, b = t(x, bias=bias), t(changed, bias=bias)
+    torch.testing.assert_close(a[0, 0], b[0, 0])
+    assert not torch.allclose(t(x)[0, 0], t(changed)[0, 0])
+    pad = torch.tensor([[False, False, True, False]])
+    changed[0, 2] += 5
+    torch.testing.assert_close(t(x, pad, bias=bias)[0, 0], t(changed, pad, bias=bias)[0, 0])
