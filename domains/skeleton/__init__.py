@@ -1,0 +1,1 @@
+"""Skeleton sequences: NTU RGB+D .skeleton files and (N, C, T, V, M) arrays on the 25-joint body graph."""

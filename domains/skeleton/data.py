@@ -1,0 +1,101 @@
+"""Skeleton datasets: a folder of NTU ``.skeleton`` files (or .npy / .npz arrays), cleaned, normalised and
+cut to a fixed length; cross-subject and cross-view splits; a list of samples to skip."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from core.errors import DataError
+from domains.skeleton import synthetic
+from domains.skeleton.io import in_split, read_arrays, read_skeleton
+from domains.skeleton.transforms import clean, random_rotation, resample_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyntheticConfig:
+    per_action: int = 30
+    seed: int = 0
+    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
+
+
+@dataclass
+class SkeletonDataConfig:
+    root: str | None = None  # a folder of .skeleton files, or a .npy / .npz array file (N, C, T, V, M)
+    frames: int = 32  # every sequence is resampled to this many frames
+    bodies: int = 2  # bodies kept per sequence (chosen by motion)
+    joints: int = 25
+    split: str = "xsub"  # xsub (cross-subject) or xview (cross-view); arrays without names split at random
+    skip_list: str | None = None  # a text file of sample names to leave out (e.g. NTU's missing skeletons)
+    rotate: float = 0.3  # training augmentation: random rotation up to this many radians about each axis
+    val_fraction: float = 0.25  # for arrays, which carry no performer or camera
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        if self.split not in ("xsub", "xview"):
+            raise ValueError(f"data.split must be 'xsub' or 'xview', got {self.split!r}")
+
+
+def skeleton_root(cfg: SkeletonDataConfig) -> Path:
+    s = cfg.synthetic
+    return Path(cfg.root) if cfg.root else synthetic.write_dataset(s.folder, s.per_action, s.seed)
+
+
+def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
+    """(train, val) samples: {'name', 'xyz' [M, T, V, 3], 'present' [M], 'action' (1-based or -1)}."""
+    root = skeleton_root(cfg)
+    skip = set()
+    if cfg.skip_list:
+        skip = {ln.strip() for ln in Path(cfg.skip_list).read_text().splitlines() if ln.strip()}
+    if root.is_file():
+        x, y = read_arrays(root)  # [N, C, T, V, M]
+        x = np.pad(x[..., : cfg.bodies], [(0, 0)] * 4 + [(0, max(0, cfg.bodies - x.shape[-1]))])
+        samples = [{"name": f"{root.name}[{i}]", "xyz": resample_frames(s[:3].transpose(3, 1, 2, 0), cfg.frames),
+                    "present": np.abs(s[:3]).sum((0, 1, 2)) > 0, "action": int(y[i]) + 1 if y is not None else -1}
+                   for i, s in enumerate(x)]
+        order = np.random.default_rng(0).permutation(len(samples))
+        n_val = int(len(samples) * cfg.val_fraction)
+        return [samples[i] for i in sorted(order[n_val:])], [samples[i] for i in sorted(order[:n_val])]
+    if not root.is_dir():
+        raise DataError(root, "no such file or folder", "a folder of .skeleton files or a .npy/.npz array file")
+    files = sorted(p for p in root.rglob("*.skeleton") if p.stem not in skip)
+    if not files:
+        raise DataError(root, "no .skeleton files", "NTU RGB+D files such as S001C002P003R002A013.skeleton")
+    if skip:
+        log.info("%d samples left out by %s", len(skip), cfg.skip_list)
+    train, val = [], []
+    for f in files:
+        seq = read_skeleton(f, cfg.joints)
+        xyz, present = clean(seq, cfg.bodies, name=f)
+        sample = {"name": f.stem, "xyz": resample_frames(xyz, cfg.frames), "present": present,
+                  "action": seq.meta.get("action", -1)}
+        (train if not seq.meta or in_split(seq.meta, cfg.split, True) else val).append(sample)
+    return train, val
+
+
+class Skeletons(Dataset):
+    """Samples for the tokenizer: joints [M, T, V, 3], present [M], y (class index, -1 if unknown).
+    ``actions`` maps action numbers to class indices; training samples are randomly rotated."""
+
+    def __init__(self, samples: list[dict], cfg: SkeletonDataConfig, train: bool, actions: list[int], seed: int = 0):
+        self.samples, self.cfg, self.train, self.actions = samples, cfg, train, actions
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        s = self.samples[i]
+        xyz = random_rotation(s["xyz"], self.rng, self.cfg.rotate) if self.train and self.cfg.rotate else s["xyz"]
+        y = self.actions.index(s["action"]) if s["action"] in self.actions else -1
+        return {"joints": torch.from_numpy(np.ascontiguousarray(xyz, np.float32)),
+                "present": torch.from_numpy(s["present"]), "y": torch.tensor(y)}

@@ -1,0 +1,236 @@
+"""Skeleton models: joint-segment tokens on the body graph, graph-biased attention, body-part and
+motion-aware masking, position (and motion) targets, the action classifier, exports and the figure."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.checkpoint import load_export, load_weights
+from core.config import from_dict
+from core.embed import GroupEmbed, sincos_1d
+from core.heads import LinearProbe, MLPHead, Pooler, confusion, confusion_scores
+from core.losses import PatchTarget
+from core.mae import MAEConfig, MaskedAutoencoder, build_mae, pyplot
+from core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
+from core.tokens import TokenSet
+from domains.skeleton.transforms import BONES, hop_distance, part_of_joint
+
+TARGETS = ("position", "position_motion")
+
+
+def _uniform(shape, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float64).to(device)
+
+
+class SkeletonTokenizer(nn.Module):
+    """Tokens per body, temporal segment and joint: the joint's ``segment`` frames of x, y, z, linearly
+    embedded, plus a learned joint embedding, the segment's 1-D sin-cos time embedding and a body embedding.
+
+    The graph enters the encoder as an attention bias by hop distance (``extras['attn_bias']``): a learned
+    value per head for each number of bones between two tokens' joints (and one for joints of different
+    bodies). We chose the bias over graph convolutions because it acts on whichever tokens the encoder sees:
+    a graph convolution before masking would mix hidden joints into visible tokens (the MAE would see what
+    it must predict), and one over the visible tokens alone would see a broken graph. It keeps the standard
+    attention blocks and lets each head learn how local to the body graph it should be.
+
+    Input: ``joints`` [B, M, T, V, 3], ``present`` [B, M]. Target: each token's positions [s * 3] and,
+    for ``position_motion``, its frame-to-frame motion too [2 * s * 3]. Extras for masking: ``part``
+    (body part x body, per slot) and ``motion`` (mean speed per slot).
+    """
+
+    def __init__(self, frames: int, segment: int, dim: int, heads: int, bodies: int = 2, joints: int = 25,
+                 target: str = "position", max_hop: int = 6):
+        super().__init__()
+        if frames % segment:
+            raise ValueError(f"segment {segment} must divide frames {frames}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.frames, self.segment, self.dim, self.bodies, self.joints = frames, segment, dim, bodies, joints
+        self.target_kind, self.max_hop = target, max_hop
+        self.n_seg = frames // segment
+        self.proj = nn.Linear(segment * 3, dim)
+        self.joint_embed = nn.Parameter(torch.randn(joints, dim) * 0.02)
+        self.body_embed = GroupEmbed([f"body{m + 1}" for m in range(bodies)], dim)
+        self.register_buffer("time_table", sincos_1d(dim, torch.arange(self.n_seg)), persistent=False)  # [S, D]
+        hops = torch.from_numpy(hop_distance()).clamp(max=max_hop) if joints == 25 else torch.zeros(joints, joints, dtype=torch.long)
+        self.register_buffer("hops", hops, persistent=False)  # [V, V]
+        self.hop_bias = nn.Parameter(torch.zeros(max_hop + 2, heads))  # last row: joints of different bodies
+        self.register_buffer("part", torch.from_numpy(part_of_joint()) if joints == 25 else torch.zeros(joints, dtype=torch.long),
+                             persistent=False)
+
+    @property
+    def group_names(self) -> list[str]:
+        return self.body_embed.names
+
+    @property
+    def pred_dim(self) -> int:
+        return self.segment * 3 * (2 if self.target_kind == "position_motion" else 1)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, M, T, V, C] -> [B, M * S * V, s * C], slots ordered (body, segment, joint)."""
+        B, M, T, V, C = x.shape
+        x = x.reshape(B, M, self.n_seg, self.segment, V, C).permute(0, 1, 2, 4, 3, 5)
+        return x.reshape(B, M * self.n_seg * V, self.segment * C)
+
+    def unpatch(self, values: torch.Tensor) -> torch.Tensor:
+        """Position values [B, N, >= s * 3] -> joints [B, M, T, V, 3]."""
+        B = values.shape[0]
+        x = values[..., : self.segment * 3].reshape(B, self.bodies, self.n_seg, self.joints, self.segment, 3)
+        return x.permute(0, 1, 2, 4, 3, 5).reshape(B, self.bodies, self.frames, self.joints, 3)
+
+    def forward(self, batch: dict) -> TokenSet:
+        x, present = batch["joints"], batch["present"]  # [B, M, T, V, 3], [B, M]
+        B, M, T, V, _ = x.shape
+        if (M, T, V) != (self.bodies, self.frames, self.joints):
+            raise ValueError(f"SkeletonTokenizer expected joints [B, {self.bodies}, {self.frames}, {self.joints}, 3], "
+                             f"got {list(x.shape)}")
+        S = self.n_seg
+        patches = self.patches(x)  # [B, N, s*3]
+        motion = torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, 1:] - x[:, :, :-1]], dim=2)  # [B, M, T, V, 3]
+        move = self.patches(motion)  # [B, N, s*3]
+        target = torch.cat([patches, move], -1) if self.target_kind == "position_motion" else patches
+        slot = (self.body_embed(torch.arange(M, device=x.device))[:, None, None] + self.time_table[None, :, None]
+                + self.joint_embed[None, None]).reshape(1, M * S * V, -1)  # [1, N, D]
+        body = torch.arange(M, device=x.device).repeat_interleave(S * V)  # [N]
+        joint = torch.arange(V, device=x.device).repeat(M * S)  # [N]
+
+        def embed(idx: torch.Tensor | None) -> torch.Tensor:
+            if idx is None:
+                return self.proj(patches) + slot
+            return self.proj(patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))) + slot[0, idx]
+
+        def attn_bias(idx: torch.Tensor) -> torch.Tensor:
+            """Slots [B, K] -> the hop-distance bias between them [B, H, K, K]."""
+            j, b = joint[idx], body[idx]  # [B, K]
+            hop = self.hops[j[:, :, None], j[:, None, :]]  # [B, K, K]
+            hop = torch.where(b[:, :, None] == b[:, None, :], hop, self.max_hop + 1)
+            return self.hop_bias[hop].permute(0, 3, 1, 2)
+
+        segment = torch.arange(M * S * V, device=x.device) // V % S  # [N]
+        unit = (body * (int(self.part.max()) + 1) + self.part[joint]) * S + segment  # [N] body x part x segment
+        extras = {"attn_bias": attn_bias, "part": unit[None].expand(B, -1),
+                  "motion": move.reshape(B, -1, self.segment, 3).norm(dim=-1).mean(-1)}  # [B, N] mean speed
+        return TokenSet(tokens=None, embed_fn=embed, group=body[None].expand(B, -1), valid=present[:, body], pos=slot,
+                        target=target, extras=extras)
+
+
+class BodyPartMasking(MaskingStrategy):
+    """SkeletonMAE-style: whole body parts are hidden over a temporal segment (``extras['part']`` names the
+    unit of each slot), units in random order."""
+
+    def scores(self, valid, generator, group, grid, coords=None):
+        raise ValueError("body_part masking needs the tokenizer's body parts; use it through a MaskedAutoencoder")
+
+    def for_tokens(self, ts, generator):
+        unit = ts.extras["part"]  # [B, N] long
+        n_units = int(unit.max()) + 1
+        rank = _uniform((unit.shape[0], n_units), generator, unit.device).argsort(1).argsort(1).double()  # [B, U]
+        tie = _uniform(unit.shape, generator, unit.device)
+        return plan_from_scores(rank.gather(1, unit) + tie, ts.valid, self.ratio)
+
+
+class MotionAwareMasking(MaskingStrategy):
+    """MAMP-style: tokens that move more are more likely hidden (Gumbel top-k of log-motion / tau)."""
+
+    def __init__(self, ratio: float = 0.9, tau: float = 0.75):
+        super().__init__(ratio)
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.tau = float(tau)
+
+    def scores(self, valid, generator, group, grid, coords=None):
+        raise ValueError("motion masking needs the tokenizer's motion; use it through a MaskedAutoencoder")
+
+    def for_tokens(self, ts, generator):
+        motion = ts.extras["motion"].double()  # [B, N]
+        motion = motion / motion.mean(1, keepdim=True).clamp_min(1e-12)
+        gumbel = -torch.log(-torch.log(_uniform(motion.shape, generator, motion.device).clamp(1e-12, 1 - 1e-12)))
+        return plan_from_scores(torch.log(motion + 1e-6) / self.tau + gumbel, ts.valid, self.ratio)  # high: hidden
+
+
+register_masking("body_part", BodyPartMasking)
+register_masking("motion", MotionAwareMasking)
+
+
+@dataclass
+class SkeletonModelConfig(MAEConfig):
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    decoder_dim: int = 96
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    segment: int = 4  # frames per token
+    target: str = "position"  # position or position_motion (MAMP's motion as well)
+    mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="motion", ratio=0.75))
+
+
+def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, joints: int = 25) -> MaskedAutoencoder:
+    tok = SkeletonTokenizer(frames, cfg.segment, cfg.dim, cfg.heads, bodies, joints, cfg.target)
+    return build_mae(cfg, tok, tok.group_names, PatchTarget(tok.group_names, cfg.loss, norm_pix=False), tok.pred_dim)
+
+
+def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
+    config, state = load_export(folder)
+    mae = build_skeleton_mae(from_dict(SkeletonModelConfig, config["model"]), config["frames"], config["bodies"],
+                             config["joints"])
+    load_weights(mae, state)
+    return mae, config
+
+
+class SkeletonClassifier(nn.Module):
+    """Encoder + mean pooling over the present bodies' tokens + a linear probe (frozen encoder) or an MLP."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, linear_probe: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.pool = Pooler(encoder.dim, "mean")
+        self.head = LinearProbe(encoder.dim, n_classes) if linear_probe else MLPHead(encoder.dim, n_classes)
+        if linear_probe:
+            self.encoder.requires_grad_(False)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.pool(self.encoder(batch)))  # [B, K]
+
+
+def classification_step(model, batch, generator) -> dict:
+    return {"loss": nn.functional.cross_entropy(model(batch), batch["y"])}
+
+
+def classification_evaluate(n_classes: int):
+    def evaluate(model, batches) -> dict:
+        conf = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        for batch in batches:
+            conf += confusion(model(batch).argmax(1), batch["y"], n_classes)
+        return confusion_scores(conf)
+
+    return evaluate
+
+
+@torch.no_grad()
+def save_figure(model: MaskedAutoencoder, batch: dict, path, n_frames: int = 4) -> None:
+    """PNG of the first sequence's first body at a few frames (x-y view): original | masked | reconstruction."""
+    plt = pyplot()
+    out = model(batch, torch.Generator().manual_seed(0))
+    tok = model.encoder.tokenizer
+    panels = [tok.unpatch(v[:1])[0, 0].cpu().numpy() for v in model.reconstruction(out)]  # [T, V, 3] each
+    frames = np.linspace(0, tok.frames - 1, n_frames).astype(int)
+    fig, axes = plt.subplots(3, n_frames, figsize=(2.2 * n_frames, 6.6))
+    for row, (title, xyz) in enumerate(zip(("original", "masked", "reconstruction"), panels)):
+        for col, t in enumerate(frames):
+            ax = axes[row, col]
+            for a, b in BONES:
+                if np.isfinite(xyz[t, [a, b]]).all():
+                    ax.plot(xyz[t, [a, b], 0], xyz[t, [a, b], 1], "-", color="tab:blue", lw=1.5)
+            ok = np.isfinite(xyz[t, :, 0])
+            ax.plot(xyz[t, ok, 0], xyz[t, ok, 1], "o", color="tab:red" if row == 2 else "k", ms=2)
+            ax.set_aspect("equal")
+            ax.set_axis_off()
+            ax.set_title(f"{title}, frame {t}", fontsize=7)
+    fig.suptitle(f"loss {float(out['loss']):.4f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
