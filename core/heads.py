@@ -65,6 +65,42 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
+class PooledClassifier(nn.Module):
+    """Encoder + pooler + a linear or MLP head, the encoder optionally frozen (a linear probe):
+    batch -> logits [B, K]."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, pooler: str = "mean", head: str = "mlp",
+                 freeze_encoder: bool = False):
+        super().__init__()
+        if head not in ("linear", "mlp"):
+            raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
+        self.encoder = encoder
+        self.pool = Pooler(encoder.dim, pooler)
+        self.head = (LinearProbe if head == "linear" else MLPHead)(self.pool.out_dim, n_classes)
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.head(self.pool(self.encoder(batch)))  # [B, K]
+
+
+def classification_step(model: nn.Module, batch, generator=None) -> dict:
+    """A training step for single-label classification: cross-entropy against ``batch['y']``."""
+    return {"loss": F.cross_entropy(model(batch), batch["y"])}
+
+
+def classification_evaluate(n_classes: int):
+    """An ``evaluate`` hook: accuracy and macro-F1 of ``model(batch)`` against ``batch['y']``."""
+
+    def evaluate(model, batches) -> dict:
+        conf = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        for batch in batches:
+            conf += confusion(model(batch).argmax(1), batch["y"], n_classes)
+        return confusion_scores(conf)
+
+    return evaluate
+
+
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool = False,
                         pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (y [B] long) or, multi-label, BCE with ``pos_weight`` (y [B, C] in {0, 1})."""

@@ -15,9 +15,9 @@ from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
 from core.errors import DataError  # noqa: E402
+from core.heads import classification_evaluate, classification_step  # noqa: E402
 from domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries  # noqa: E402
-from domains.scene3d.model import (PointClassifier, PointModelConfig, build_point_mae, classification_evaluate,  # noqa: E402
-                                   classification_step, load_point_mae, svm_probe)
+from domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, point_classifier, svm_probe  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_finetune.yaml"
 
@@ -50,7 +50,7 @@ def main(argv=None):
         model_cfg, d.n_groups, d.group_size = pre["model"], pre["n_groups"], pre["group_size"]
     else:
         mae, model_cfg = build_point_mae(cfg.model, d.n_groups, d.group_size), dataclasses.asdict(cfg.model)
-    model = PointClassifier(mae.encoder, n_classes, cfg.task.freeze_encoder)
+    model = point_classifier(mae.encoder, n_classes, cfg.task.freeze_encoder)
     trainer = Trainer(model, cfg.train, step_fn=classification_step, evaluate=classification_evaluate(n_classes),
                       export=lambda m, folder: save_export(folder, m, {
                           "domain": "scene3d", "kind": "point_cloud_classifier", "model": model_cfg,

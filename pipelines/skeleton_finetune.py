@@ -12,9 +12,9 @@ from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
 from core.errors import DataError  # noqa: E402
+from core.heads import classification_evaluate, classification_step  # noqa: E402
 from domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root  # noqa: E402
-from domains.skeleton.model import (SkeletonClassifier, SkeletonModelConfig, build_skeleton_mae,  # noqa: E402
-                                    classification_evaluate, classification_step, load_skeleton_mae)
+from domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae, skeleton_classifier  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_finetune.yaml"
 
@@ -45,7 +45,7 @@ def main(argv=None):
         model_cfg = pre["model"]
     else:
         mae, model_cfg = build_skeleton_mae(cfg.model, d.frames, d.bodies, d.joints), dataclasses.asdict(cfg.model)
-    model = SkeletonClassifier(mae.encoder, len(actions), cfg.task.linear_probe)
+    model = skeleton_classifier(mae.encoder, len(actions), cfg.task.linear_probe)
     trainer = Trainer(model, cfg.train, step_fn=classification_step, evaluate=classification_evaluate(len(actions)),
                       export=lambda m, folder: save_export(folder, m, {
                           "domain": "skeleton", "model": model_cfg, "frames": d.frames, "bodies": d.bodies,

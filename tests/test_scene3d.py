@@ -10,7 +10,7 @@ from conftest import ROOT, shared_data
 from core import DataError
 from core.masking import MaskConfig
 from domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, PointDataConfig, find_clouds
-from domains.scene3d.io import read_cloud, read_grid, read_h5, write_cloud
+from domains.scene3d.io import read_cloud, read_grid, read_h5
 from domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig, VoxelHead,
                                    build_nerf_mae, build_point_mae, farthest_point_sample, group_points,
                                    has_pytorch3d, knn)

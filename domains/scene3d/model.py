@@ -11,7 +11,7 @@ from torch import nn
 from core.checkpoint import load_export, load_weights
 from core.config import from_dict
 from core.embed import CoordEmbed, GridTokenizer, unpatchify
-from core.heads import MLPHead, Pooler, confusion, confusion_scores
+from core.heads import PooledClassifier, Pooler
 from core.losses import chamfer_distance, grouped_losses
 from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
@@ -153,35 +153,9 @@ def load_point_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     return mae, config
 
 
-class PointClassifier(nn.Module):
-    """Encoder + max-and-mean pooling + MLP head for shape classification."""
-
-    def __init__(self, encoder: nn.Module, n_classes: int, freeze_encoder: bool = False):
-        super().__init__()
-        self.encoder = encoder
-        self.pool = Pooler(encoder.dim, "max_mean")
-        self.head = MLPHead(self.pool.out_dim, n_classes)
-        if freeze_encoder:
-            self.encoder.requires_grad_(False)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.head(self.pool(self.encoder(batch)))  # [B, K]
-
-
-def classification_step(model, batch, generator) -> dict:
-    return {"loss": nn.functional.cross_entropy(model(batch), batch["y"])}
-
-
-def classification_evaluate(n_classes: int):
-    """Accuracy and macro-F1 over the batches."""
-
-    def evaluate(model, batches) -> dict:
-        conf = torch.zeros(n_classes, n_classes, dtype=torch.long)
-        for batch in batches:
-            conf += confusion(model(batch).argmax(1), batch["y"], n_classes)
-        return confusion_scores(conf)
-
-    return evaluate
+def point_classifier(encoder: nn.Module, n_classes: int, freeze_encoder: bool = False) -> PooledClassifier:
+    """Encoder + max-and-mean pooling (Point-MAE) + MLP head for shape classification."""
+    return PooledClassifier(encoder, n_classes, "max_mean", "mlp", freeze_encoder)
 
 
 @torch.no_grad()

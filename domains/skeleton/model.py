@@ -11,7 +11,7 @@ from torch import nn
 from core.checkpoint import load_export, load_weights
 from core.config import from_dict
 from core.embed import GroupEmbed, sincos_1d
-from core.heads import LinearProbe, MLPHead, Pooler, confusion, confusion_scores
+from core.heads import PooledClassifier
 from core.losses import PatchTarget
 from core.mae import MAEConfig, MaskedAutoencoder, build_mae, pyplot
 from core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
@@ -181,33 +181,9 @@ def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     return mae, config
 
 
-class SkeletonClassifier(nn.Module):
+def skeleton_classifier(encoder: nn.Module, n_classes: int, linear_probe: bool = False) -> PooledClassifier:
     """Encoder + mean pooling over the present bodies' tokens + a linear probe (frozen encoder) or an MLP."""
-
-    def __init__(self, encoder: nn.Module, n_classes: int, linear_probe: bool = False):
-        super().__init__()
-        self.encoder = encoder
-        self.pool = Pooler(encoder.dim, "mean")
-        self.head = LinearProbe(encoder.dim, n_classes) if linear_probe else MLPHead(encoder.dim, n_classes)
-        if linear_probe:
-            self.encoder.requires_grad_(False)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.head(self.pool(self.encoder(batch)))  # [B, K]
-
-
-def classification_step(model, batch, generator) -> dict:
-    return {"loss": nn.functional.cross_entropy(model(batch), batch["y"])}
-
-
-def classification_evaluate(n_classes: int):
-    def evaluate(model, batches) -> dict:
-        conf = torch.zeros(n_classes, n_classes, dtype=torch.long)
-        for batch in batches:
-            conf += confusion(model(batch).argmax(1), batch["y"], n_classes)
-        return confusion_scores(conf)
-
-    return evaluate
+    return PooledClassifier(encoder, n_classes, "mean", "linear" if linear_probe else "mlp", linear_probe)
 
 
 @torch.no_grad()
