@@ -11,7 +11,7 @@ from core.checkpoint import build_folder_once
 from domains.skeleton.io import Sequence, write_skeleton
 from domains.skeleton.transforms import JOINTS
 
-VERSION = 1
+VERSION = 2
 ACTIONS = ["wave", "walk", "jump", "sit_down", "kick", "drink", "clap", "bow"]  # A001..A008
 J = {n: i for i, n in enumerate(JOINTS)}
 _REST = {"spine_base": (0, 0, 0), "spine_mid": (0, 0.25, 0), "spine_shoulder": (0, 0.5, 0), "neck": (0, 0.58, 0),
@@ -55,7 +55,12 @@ def perform(action: str, T: int, rng: np.random.Generator) -> np.ndarray:
     wave = np.sin(2 * np.pi * cycles * p)
     bump = np.sin(np.pi * np.clip((p - 0.25) / 0.5, 0, 1))  # one movement and back
     ramp = np.clip(p / 0.3, 0, 1)
-    pose = np.repeat(REST[None] * rng.uniform(0.85, 1.15), T, axis=0)
+    rest = REST * rng.uniform(0.85, 1.15)  # body size, then each limb's own length
+    for side in "lr":
+        for limb in ("arm", "leg"):
+            root, below, _, _ = _chain(side, limb)
+            rest[below] = rest[root] + (rest[below] - rest[root]) * rng.uniform(0.9, 1.1)
+    pose = np.repeat(rest[None], T, axis=0)
     upper_body = [J[n] for n in JOINTS if n not in ("spine_base", "spine_mid") and not n.startswith(("hip", "knee", "ankle", "foot"))]
     if action == "wave":
         _limb(pose, "r", "arm", "z", 2.4 * ramp, 0.5 * wave * ramp)
