@@ -2,10 +2,11 @@
 
 1. farthest point sampling, kNN and Chamfer distance: pytorch3d's kernels against the torch fallback on
    the same inputs (the fallback alone when pytorch3d is not installed);
-2. shape classification on the synthetic clouds: a linear SVM on pooled features and full fine-tuning,
-   from the pointcloud_pretrain export against a random initialisation, at the same labels and steps.
+2. shape classification on the synthetic clouds with few labels (--labels-per-class clouds of each class;
+   pretraining sees every training cloud, unlabelled): a linear SVM on pooled features and full
+   fine-tuning, from the pointcloud_pretrain export against a random initialisation, same labels and steps.
 
-Usage: python benchmarks/scene3d.py [--pretrain-epochs 10] [--finetune-epochs 10]
+Usage: python benchmarks/scene3d.py [--labels-per-class 5] [--pretrain-epochs 10] [--finetune-epochs 10]
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def last_val(run: Path) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--labels-per-class", type=int, default=5)
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--finetune-epochs", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "runs" / "benchmark_scene3d"))
@@ -77,9 +79,10 @@ def main():
     for name, extra in (("scratch", []), ("pretrained", [f"--init-from={out / f'pretrain-{stamp}' / 'export'}"])):
         run = f"{name}-{stamp}"
         pointcloud_finetune.main([f"train.out_dir={out}", f"train.run_name={run}", f"train.epochs={args.finetune_epochs}",
-                                  *extra])
+                                  f"task.labels_per_class={args.labels_per_class}", "train.epoch_repeats=16", *extra])
         rows[name] = (json.loads((out / run / "svm_probe.json").read_text())["accuracy"], last_val(out / run))
-    print("shape classification on validation clouds, same labels and steps (linear SVM, fine-tuned accuracy):")
+    print(f"shape classification, {args.labels_per_class} labelled clouds per class, validation clouds, same labels "
+          "and steps (linear SVM, fine-tuned accuracy):")
     for name, (svm, ft) in rows.items():
         print(f"  {name:12s} {svm:.3f}  {ft:.3f}")
 

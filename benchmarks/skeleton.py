@@ -1,10 +1,11 @@
 """Skeleton benchmark, from one run on the synthetic NTU-format set:
 
 1. read throughput of .skeleton files (the exact parser) and of cleaning + resampling;
-2. action classification on the cross-subject test side: linear probe and full fine-tuning, from the
-   skeleton_pretrain export against a random initialisation, at the same labels and steps.
+2. action classification on the cross-subject test side with few labels (--labels-per-class sequences of
+   each action; pretraining sees every training sequence, unlabelled): linear probe and full fine-tuning,
+   from the skeleton_pretrain export against a random initialisation, at the same labels and steps.
 
-Usage: python benchmarks/skeleton.py [--pretrain-epochs 10] [--finetune-epochs 10]
+Usage: python benchmarks/skeleton.py [--labels-per-class 2] [--pretrain-epochs 10] [--finetune-epochs 10]
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def last_val(run: Path) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--labels-per-class", type=int, default=2)
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--finetune-epochs", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "runs" / "benchmark_skeleton"))
@@ -59,9 +61,11 @@ def main():
                         ("linear probe, pretrained", ["task.linear_probe=true", export]),
                         ("fine-tune, scratch", []), ("fine-tune, pretrained", [export])):
         run = f"{name.replace(', ', '_').replace(' ', '_')}-{stamp}"
-        skeleton_finetune.main([f"train.out_dir={out}", f"train.run_name={run}", f"train.epochs={args.finetune_epochs}", *extra])
+        skeleton_finetune.main([f"train.out_dir={out}", f"train.run_name={run}", f"train.epochs={args.finetune_epochs}",
+                                f"task.labels_per_class={args.labels_per_class}", "train.epoch_repeats=20", *extra])
         scores[name] = last_val(out / run)
-    print("action classification, cross-subject test side, same labels and steps (accuracy):")
+    print(f"action classification, {args.labels_per_class} labelled sequences per action, cross-subject test side, "
+          "same labels and steps (accuracy):")
     for name, acc in scores.items():
         print(f"  {name:26s} {acc:.3f}")
 

@@ -101,6 +101,17 @@ def classification_evaluate(n_classes: int):
     return evaluate
 
 
+def first_per_class(items: list, labels: list[int], k: int) -> list:
+    """The first ``k`` items of each class, in order: a fixed few-label training set."""
+    count: dict[int, int] = {}
+    kept = []
+    for item, label in zip(items, labels):
+        count[label] = count.get(label, 0) + 1
+        if count[label] <= k:
+            kept.append(item)
+    return kept
+
+
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool = False,
                         pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (y [B] long) or, multi-label, BCE with ``pos_weight`` (y [B, C] in {0, 1})."""

@@ -12,8 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
+from core.heads import first_per_class  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
-from domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, first_per_class, labelled_tiles, split_paths  # noqa: E402
+from domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths  # noqa: E402
 from domains.remote_sensing.model import (GeoFineTuner, GeoModelConfig, GeoTaskConfig, build_geo_mae,  # noqa: E402
                                           export_layout, layout_record, load_geo_mae, task_evaluate, task_step)
 

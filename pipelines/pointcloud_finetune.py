@@ -15,7 +15,7 @@ from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
 from core.errors import DataError  # noqa: E402
-from core.heads import classification_evaluate, classification_step  # noqa: E402
+from core.heads import classification_evaluate, classification_step, first_per_class  # noqa: E402
 from domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries  # noqa: E402
 from domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, point_classifier, svm_probe  # noqa: E402
 
@@ -26,6 +26,7 @@ DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_finetune
 class TaskConfig:
     svm_c: float = 0.01  # the linear SVM's regularisation
     freeze_encoder: bool = False  # train the head only
+    labels_per_class: int | None = None  # train on only this many clouds per class (label efficiency)
 
 
 @dataclass
@@ -45,6 +46,8 @@ def main(argv=None):
         raise DataError(root, "clouds without a class", "class subfolders, or HDF5 files with a 'label' dataset")
     n_classes = len(classes) or max(e.label for e in entries) + 1
     train, val = split_entries(entries, d.val_fraction, d.split_seed)
+    if cfg.task.labels_per_class:
+        train = first_per_class(train, [e.label for e in train], cfg.task.labels_per_class)
     if cfg.train.init_from:
         mae, pre = load_point_mae(cfg.train.init_from)
         model_cfg, d.n_groups, d.group_size = pre["model"], pre["n_groups"], pre["group_size"]

@@ -12,7 +12,7 @@ from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
 from core.errors import DataError  # noqa: E402
-from core.heads import classification_evaluate, classification_step  # noqa: E402
+from core.heads import classification_evaluate, classification_step, first_per_class  # noqa: E402
 from domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root  # noqa: E402
 from domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae, skeleton_classifier  # noqa: E402
 
@@ -22,6 +22,7 @@ DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_finetune.y
 @dataclass
 class TaskConfig:
     linear_probe: bool = False  # freeze the encoder and train a linear head
+    labels_per_class: int | None = None  # train on only this many sequences per action (label efficiency)
 
 
 @dataclass
@@ -40,6 +41,8 @@ def main(argv=None):
         raise DataError(skeleton_root(d), "no test side of the split, or samples without an action",
                         "NTU file names (S...C...P...R...A...) or arrays with labels")
     actions = sorted({s["action"] for s in train})
+    if cfg.task.labels_per_class:
+        train = first_per_class(train, [s["action"] for s in train], cfg.task.labels_per_class)
     if cfg.train.init_from:
         mae, pre = load_skeleton_mae(cfg.train.init_from)
         model_cfg = pre["model"]

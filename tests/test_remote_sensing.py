@@ -269,9 +269,3 @@ def test_modis_band_table_is_a_configuration(tmp_path):
     assert [g["name"] for g in config["groups"]] == ["reflective", "emissive"]
     assert (tmp_path / "runs" / "m" / "recon_epoch001.png").is_file()
 
-
-def test_first_per_class_keeps_a_fixed_few_label_set():
-    from domains.remote_sensing.data import first_per_class
-
-    paths = [f"t{i}" for i in range(7)]
-    assert first_per_class(paths, [0, 1, 0, 0, 1, 2, 1], 2) == ["t0", "t1", "t2", "t4", "t5"]

@@ -165,3 +165,10 @@ def test_attention_bias_steers_attention_and_keeps_key_padding():
     pad = torch.tensor([[False, False, True, False]])
     changed[0, 2] = torch.randn(16)
     torch.testing.assert_close(t(x, pad, bias=bias)[0, 0], t(changed, pad, bias=bias)[0, 0])
+
+
+def test_first_per_class_keeps_a_fixed_few_label_set():
+    from core.heads import first_per_class
+
+    items = [f"t{i}" for i in range(7)]
+    assert first_per_class(items, [0, 1, 0, 0, 1, 2, 1], 2) == ["t0", "t1", "t2", "t4", "t5"]

@@ -200,17 +200,6 @@ def labelled_tiles(root: Path) -> tuple[list[Path], list[str]]:
     return [p for p, _ in tiles], [c for _, c in tiles]
 
 
-def first_per_class(paths: list[Path], labels: list[int], k: int) -> list[Path]:
-    """The first ``k`` paths of each class, in order (a fixed few-label training set)."""
-    count: dict[int, int] = {}
-    kept = []
-    for path, label in zip(paths, labels):
-        count[label] = count.get(label, 0) + 1
-        if count[label] <= k:
-            kept.append(path)
-    return kept
-
-
 def label_path(image: Path, labels_root: Path) -> Path:
     path = Path(labels_root) / image.name
     if not path.is_file():
