@@ -47,6 +47,11 @@ def test_clouds_in_every_format_keep_colours_normals_and_drop_non_finite(tmp_pat
     np.savetxt(tmp_path / "f.pts", pts[7:], header="193", comments="")  # PTS: a count line, then points
     for name in ("e.xyz", "f.pts"):
         np.testing.assert_allclose(read_cloud(tmp_path / name).points, pts[7:], atol=1e-5)
+    header = ("# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 3\nHEIGHT 2\n"
+              "VIEWPOINT 0 0 0 1 0 0 0\nPOINTS 6\nDATA ascii\n")  # an organised 3 x 2 scan with 2 empty pixels
+    (tmp_path / "organised.pcd").write_text(header + "1 2 3\nnan nan nan\n4 5 6\n7 8 9\nnan nan nan\n1 1 1\n")
+    org = read_cloud(tmp_path / "organised.pcd")
+    assert org.points.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [1, 1, 1]] and org.dropped == 2
     np.save(tmp_path / "g.npy", np.concatenate([pts, normals], 1))
     g = read_cloud(tmp_path / "g.npy")
     assert g.dropped == 7 and g.normals.shape == (193, 3)
