@@ -44,7 +44,7 @@ def loader_vs_step(cfg) -> None:
     load_rate = n / (time.perf_counter() - t)
     mae = build_brain_mae(cfg.model, cfg.data.grid()[0])
     g = torch.Generator().manual_seed(0)
-    step_s = time_steps(mae, lambda: mae(batch, g)["loss"], 5, make_optimizer(mae.parameters(), 1e-3))
+    step_s = time_steps(mae, lambda m: m(batch, g)["loss"], make_optimizer(mae.parameters(), 1e-3), 5)
     step_rate = batch["image"].shape[0] / step_s
     print(f"loader: {load_rate:.1f} volumes/s (2 workers, 4 modalities each); training step consumes "
           f"{step_rate:.1f} volumes/s -> loader/step = {load_rate / step_rate:.2f} (>= 1: the step is never starved)")

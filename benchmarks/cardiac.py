@@ -40,7 +40,7 @@ def loader_vs_step(cfg) -> None:
     load_rate = n / (time.perf_counter() - t)
     mae = build_cardiac_mae(cfg.model, cfg.data.window_length, cfg.data.patch)
     g = torch.Generator().manual_seed(0)
-    step_s = time_steps(mae, lambda: mae(batch, g)["loss"], 5, make_optimizer(mae.parameters(), 1e-3))
+    step_s = time_steps(mae, lambda m: m(batch, g)["loss"], make_optimizer(mae.parameters(), 1e-3), 5)
     step_rate = len(batch["y"]) / step_s
     print(f"loader: {load_rate:.0f} windows/s (preprocessed once, in memory); training step consumes "
           f"{step_rate:.0f} windows/s -> loader/step = {load_rate / step_rate:.1f}")

@@ -7,6 +7,8 @@ FLOP/s over this machine's measured fp32 matmul FLOP/s. Usage: python benchmarks
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,15 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.embed import GridTokenizer, patchify  # noqa: E402
 from core.engine import make_optimizer  # noqa: E402
 from core.losses import PatchTarget  # noqa: E402
-from core.mae import MAEEncoder, MaskedAutoencoder  # noqa: E402
-from core.masking import build_masking, plan_from_scores  # noqa: E402
+from core.mae import MAEEncoder, MaskedAutoencoder, full_plan  # noqa: E402
+from core.masking import build_masking  # noqa: E402
 
 
 class _NoMasking:
     """Mask ratio 0: every slot visible, nothing to reconstruct."""
 
-    def __call__(self, valid, generator, group=None, grid=None):
-        return plan_from_scores(torch.zeros(valid.shape), valid, 0.0)
+    def for_tokens(self, ts, generator):
+        return full_plan(ts.valid)
 
 
 def core_model(spatial, patch, w, ratio):
@@ -46,54 +48,84 @@ def monai_model(spatial, patch, w):
                                 spatial_dims=len(spatial), qkv_bias=True)
 
 
-def time_steps(model, step, n, opt) -> float:
+def stepper(model, loss_fn, opt):
+    """One training step (forward, backward, optimizer) as a callable, warmed up twice."""
 
     def once():
         opt.zero_grad(set_to_none=True)
-        step().backward()
+        loss_fn(model).backward()
         opt.step()
 
-    once()  # warm-up
-    t = time.perf_counter()
-    for _ in range(n):
-        once()
-    return (time.perf_counter() - t) / n
+    once()
+    once()
+    return once
+
+
+def interleaved(steps: dict, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each runner, timed in alternating rounds so that a noisy neighbour
+    slows every runner alike."""
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, once in steps.items():
+            t = time.perf_counter()
+            once()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def time_steps(model, loss_fn, opt, n: int) -> float:
+    """Median seconds per training step of ``loss_fn(model)`` over ``n`` steps."""
+    return interleaved({"step": stepper(model, loss_fn, opt)}, n)["step"]
+
+
+def step_flops(model, loss_fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        loss_fn(model).backward()
+    model.zero_grad(set_to_none=True)
+    return fc.get_total_flops()
 
 
 def matmul_flops() -> float:
+    """The machine's fp32 matmul FLOP/s: the best of ten 2048^3 products."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
-    t = time.perf_counter()
-    for _ in range(5):
+    best = math.inf
+    for _ in range(10):
+        t = time.perf_counter()
         a @ b
-    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048 ** 3 / best
 
 
-def bench(name, spatial, patch, batch, w, n):
+def bench(spatial, patch, batch, w, rounds) -> dict:
+    """Step times of the core at mask 0.75 and 0.0 and of MONAI at 0.75, and the core's FLOPs per step."""
     x = torch.randn(batch, 1, *spatial)
     g = torch.Generator().manual_seed(0)
-    core = core_model(spatial, patch, w, 0.75)
     core_batch = {"image": x[:, None], "present": torch.ones(batch, 1, dtype=torch.bool)}
-
-    def core_step(m=core):
-        return m(core_batch, g)["loss"]
-
-    mon = monai_model(spatial, patch, w)
     target = patchify(x, patch)
 
-    def monai_step():
-        pred, mask = mon(x, 0.75)
+    def core_loss(m):
+        return m(core_batch, g)["loss"]
+
+    def monai_loss(m):
+        pred, mask = m(x, 0.75)
         return (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
 
+    core, full, mon = core_model(spatial, patch, w, 0.75), core_model(spatial, patch, w, 0.0), monai_model(spatial, patch, w)
     # each with its own training loop's optimizer: the core engine's fused AdamW, MONAI's usual AdamW
-    t_core = time_steps(core, core_step, n, make_optimizer(core.parameters(), 1e-4))
-    t_monai = time_steps(mon, monai_step, n, torch.optim.AdamW(mon.parameters(), lr=1e-4))
-    full = core_model(spatial, patch, w, 0.0)
-    t_full = time_steps(full, lambda: core_step(full), n, make_optimizer(full.parameters(), 1e-4))
-    with FlopCounterMode(display=False) as fc:
-        core_step().backward()
-    flops = fc.get_total_flops()
-    return {"name": name, "core_s": t_core, "monai_s": t_monai, "full_s": t_full, "flops": flops}
+    t = interleaved({"core": stepper(core, core_loss, make_optimizer(core.parameters(), 1e-4)),
+                     "monai": stepper(mon, monai_loss, torch.optim.AdamW(mon.parameters(), lr=1e-4)),
+                     "full": stepper(full, core_loss, make_optimizer(full.parameters(), 1e-4))}, rounds)
+    return {**t, "flops": step_flops(core, core_loss), "full_flops": step_flops(full, core_loss)}
+
+
+def report(name: str, r: dict, peak: float) -> str:
+    return (f"{name}: core {r['core'] * 1e3:.0f} ms/step, MONAI {r['monai'] * 1e3:.0f} ms/step -> "
+            f"{r['monai'] / r['core']:.2f}x faster (target >= 1.3); "
+            f"mask 0.75 / mask 0.0 step time {r['core'] / r['full']:.2f} (target <= 0.35; "
+            f"FLOP ratio {r['flops'] / r['full_flops']:.2f}); "
+            f"achieved {r['flops'] / r['core'] / 1e9:.0f} GFLOP/s = {r['flops'] / r['core'] / peak:.0%} "
+            f"of matmul (target >= 50%)")
 
 
 def main():
@@ -103,17 +135,13 @@ def main():
     torch.manual_seed(0)
     w = ({"dim": 192, "depth": 4, "heads": 3, "dec_dim": 128, "dec_depth": 2} if args.quick
          else {"dim": 384, "depth": 8, "heads": 6, "dec_dim": 192, "dec_depth": 4})
-    n = 2 if args.quick else 5
+    rounds = 3 if args.quick else 9
     peak = matmul_flops()
-    print(f"threads {torch.get_num_threads()}; fp32 matmul {peak / 1e9:.0f} GFLOP/s; width {w}")
+    print(f"threads {torch.get_num_threads()}; fp32 matmul {peak / 1e9:.0f} GFLOP/s; width {w}; "
+          f"median of {rounds} interleaved steps")
     for name, spatial, patch, batch in [("2D 224^2/16", (224, 224), (16, 16), 16),
                                          ("3D 96^3/16", (96, 96, 96), (16, 16, 16), 4)]:
-        r = bench(name, spatial, patch, batch, w, n)
-        print(f"{name}: core {r['core_s'] * 1e3:.0f} ms/step, MONAI {r['monai_s'] * 1e3:.0f} ms/step -> "
-              f"{r['monai_s'] / r['core_s']:.2f}x faster (target >= 1.3); "
-              f"mask 0.75 / mask 0.0 step time {r['core_s'] / r['full_s']:.2f} (target <= 0.35); "
-              f"achieved {r['flops'] / r['core_s'] / 1e9:.0f} GFLOP/s = {r['flops'] / r['core_s'] / peak:.0%} "
-              f"of matmul (target >= 50%)")
+        print(report(name, bench(spatial, patch, batch, w, rounds), peak), flush=True)
 
 
 if __name__ == "__main__":
