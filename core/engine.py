@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from core.checkpoint import atomic_write, load_training_state, rng_state, save_training_state, set_rng_state
+from core.heads import layer_decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +172,12 @@ class Trainer:
 
     Optional hooks: ``evaluate(model, loader) -> {name: float}`` after each epoch, ``figure(model, batch,
     path)`` for a reconstruction figure, ``export(model, folder)`` for the export written beside
-    ``last.pt``. ``param_groups(model, lr)`` overrides the AdamW parameter groups.
+    ``last.pt``. With ``cfg.layer_decay`` < 1 the encoder's blocks get layer-wise decayed learning rates.
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: str | Path | None = None,
                  step_fn: Callable = default_step, evaluate: Callable | None = None,
-                 figure: Callable | None = None, export: Callable | None = None,
-                 param_groups: Callable | None = None, collate: Callable | None = None):
+                 figure: Callable | None = None, export: Callable | None = None, collate: Callable | None = None):
         self.cfg, self.step_fn, self.evaluate_fn = cfg, step_fn, evaluate
         self.figure_fn, self.export_fn, self.collate = figure, export, collate
         self.dist = Distributed()
@@ -186,7 +186,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.run_dir = self._run_dir(run_dir)
         self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * cfg.batch_size * cfg.accum_steps * self.dist.world / 256
-        groups = param_groups(self.model, self.lr) if param_groups else _default_groups(self.model, cfg.weight_decay, self.lr)
+        groups = (layer_decay_groups(self.model, self.lr, cfg.weight_decay, cfg.layer_decay) if cfg.layer_decay < 1
+                  else _default_groups(self.model, cfg.weight_decay, self.lr))
         self.optimizer = make_optimizer(groups, self.lr, cfg.betas, cfg.weight_decay)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)

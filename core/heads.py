@@ -184,13 +184,16 @@ _BLOCK = re.compile(r"blocks\.blocks\.(\d+)\.")
 
 
 def layer_decay_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float,
-                       depth: int) -> list[dict]:
+                       depth: int | None = None) -> list[dict]:
     """AdamW parameter groups with layer-wise lr decay (BEiT/MAE fine-tuning).
 
     The tokenizer and cls/mask tokens are layer 0, encoder block i is layer i + 1, everything else
-    (final norm, heads) layer depth + 1; layer l gets lr x layer_decay^(depth + 1 - l). Biases, norms
-    and tokens get no weight decay.
+    (final norm, heads) layer depth + 1; layer l gets lr x layer_decay^(depth + 1 - l). ``depth``
+    defaults to the number of encoder blocks in the model. Biases, norms and tokens get no weight decay.
     """
+    if depth is None:
+        depth = 1 + max((int(m.group(1)) for name, _ in model.named_parameters() if (m := _BLOCK.search(name))),
+                        default=-1)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

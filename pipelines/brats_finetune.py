@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
-from core.heads import layer_decay_groups  # noqa: E402
 from domains.brain_mri.data import (BrainDataConfig, class_targets, collate, make_dataset, resolve_root,  # noqa: E402
                                     restrict, split_cases, survival_targets)
 from domains.brain_mri.io import discover_cases  # noqa: E402
@@ -60,10 +59,8 @@ def main(argv=None):
         mae, model_cfg = build_brain_mae(cfg.model, roi), cfg.model
     n_out = task_outputs(task, len(facts.get("classes", [])), task.bins)
     model = BrainFineTuner(mae.encoder, task, n_out)
-    groups = (lambda m, lr: layer_decay_groups(m, lr, cfg.train.weight_decay, cfg.train.layer_decay, model_cfg.depth))
     evaluate = task_evaluate(task)
     trainer = Trainer(model, cfg.train, step_fn=task_step(task), evaluate=evaluate, collate=collate,
-                      param_groups=groups if cfg.train.layer_decay < 1 else None,
                       export=lambda m, folder: save_export(folder, m, export_config(
                           model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts)))
     if trainer.dist.main:

@@ -13,7 +13,7 @@ from core.checkpoint import save_export  # noqa: E402
 from core.config import parse_cli, run_cli, save_config  # noqa: E402
 from core.engine import Trainer, TrainConfig  # noqa: E402
 from core.errors import DataError  # noqa: E402
-from core.heads import layer_decay_groups, pos_weight_from_labels  # noqa: E402
+from core.heads import pos_weight_from_labels  # noqa: E402
 from domains.cardiac.data import CardiacDataConfig, CardiacWindows, find_records, resolve_root, split_records  # noqa: E402
 from domains.cardiac.io import LEADS  # noqa: E402
 from domains.cardiac.model import (CardiacFineTuner, CardiacModelConfig, CardiacTaskConfig, build_cardiac_mae,  # noqa: E402
@@ -49,10 +49,8 @@ def main(argv=None):
     hr_scale = float(train_set.hr.nanmean()) if task.kind == "regression" else 1.0
     model = CardiacFineTuner(mae.encoder, task, n_out)
     pos_weight = pos_weight_from_labels(train_set.y) if task.kind == "diagnosis" else None
-    groups = (lambda m, lr: layer_decay_groups(m, lr, cfg.train.weight_decay, cfg.train.layer_decay, model_cfg.depth))
     trainer = Trainer(model, cfg.train, step_fn=task_step(task, pos_weight, hr_scale),
                       evaluate=task_evaluate(task, cfg.data.diagnoses, hr_scale),
-                      param_groups=groups if cfg.train.layer_decay < 1 and not task.freeze_encoder else None,
                       export=lambda m, folder: save_export(folder, m, export_config(
                           model_cfg, cfg.data, task=vars(task), n_out=n_out, diagnoses=cfg.data.diagnoses,
                           target_scale=hr_scale)))

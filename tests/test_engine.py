@@ -83,6 +83,18 @@ class _FixedMask:
         return plan_from_scores(torch.arange(valid.shape[1], dtype=torch.float)[None].expand_as(valid), valid, 0.75)
 
 
+def test_layer_decay_reaches_the_optimizer(tmp_path):
+    plain = _trainer(tmp_path, "plain")
+    assert {g["lr"] for g in plain.optimizer.param_groups} == {plain.lr}
+    decayed = _trainer(tmp_path, "decayed", layer_decay=0.5)
+    enc = decayed.model.encoder
+    lr_of = {id(p): g["lr"] for g in decayed.optimizer.param_groups for p in g["params"]}
+    depth = len(enc.blocks.blocks)
+    assert lr_of[id(enc.blocks.blocks[-1].mlp[0].weight)] == pytest.approx(decayed.lr * 0.5)
+    assert lr_of[id(enc.cls_token)] == pytest.approx(decayed.lr * 0.5 ** (depth + 1))
+    assert lr_of[id(decayed.model.decoder_pred.weight)] == pytest.approx(decayed.lr)
+
+
 def test_cosine_schedule():
     assert cosine_schedule(0, 100, 10, 0.0) == pytest.approx(0.1)
     assert cosine_schedule(10, 100, 10, 0.0) == pytest.approx(1.0)

@@ -149,6 +149,8 @@ def test_layer_decay_groups_scale_lr_by_depth():
     assert lr_of[id(enc.blocks.blocks[0].attn.qkv.weight)] == 0.25
     assert lr_of[id(enc.cls_token)] == 0.125 and wd_of[id(enc.cls_token)] == 0.0
     assert wd_of[id(model["head"].bias)] == 0.0 and wd_of[id(model["head"].weight)] == 0.05
+    inferred = layer_decay_groups(model, 1.0, 0.05, 0.5)  # depth counted from the encoder's blocks
+    assert {id(p): g["lr"] for g in inferred for p in g["params"]} == lr_of
 
 
 def test_attention_bias_steers_attention_and_keeps_key_padding():
