@@ -302,7 +302,7 @@ class Trainer:
                     last = {k: float(v) / n_sum for k, v in sums.items()}
                     sums, n_sum = {}, 0
                     row = {"kind": "train", "epoch": self.epoch, "step": self.step,
-                           "lr": self.optimizer.param_groups[0]["lr"], **last}
+                           "lr": max(g["lr"] for g in self.optimizer.param_groups), **last}
                     self._log(metrics, writer, row, bar)
                 if self.step >= stop:
                     break

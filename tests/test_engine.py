@@ -93,6 +93,14 @@ def test_layer_decay_reaches_the_optimizer(tmp_path):
     assert lr_of[id(enc.blocks.blocks[-1].mlp[0].weight)] == pytest.approx(decayed.lr * 0.5)
     assert lr_of[id(enc.cls_token)] == pytest.approx(decayed.lr * 0.5 ** (depth + 1))
     assert lr_of[id(decayed.model.decoder_pred.weight)] == pytest.approx(decayed.lr)
+    data = ToyImages(16)
+    plain.fit(data, None)
+    decayed.fit(data, None)
+
+    def logged(run):  # metrics.csv reports the top (undecayed) lr of the schedule
+        return [float(r["lr"]) for r in csv.DictReader((tmp_path / run / "metrics.csv").open()) if r["kind"] == "train"]
+
+    assert logged("decayed") == pytest.approx(logged("plain"))
 
 
 def test_cosine_schedule():
