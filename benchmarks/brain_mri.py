@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import brats_finetune  # noqa: E402
 import brats_pretrain  # noqa: E402
-from core.config import load_config  # noqa: E402
+from core.config import load_config, run_cli  # noqa: E402
 from core_step import time_steps  # noqa: E402
 from core.engine import make_optimizer  # noqa: E402
 from domains.brain_mri.data import collate, load_splits  # noqa: E402
@@ -86,4 +86,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

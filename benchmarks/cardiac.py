@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import cardiac_finetune  # noqa: E402
 import cardiac_pretrain  # noqa: E402
-from core.config import load_config  # noqa: E402
+from core.config import load_config, run_cli  # noqa: E402
 from core_step import time_steps  # noqa: E402
 from core.engine import make_optimizer  # noqa: E402
 from domains.cardiac.api import CardiacFoundationModel  # noqa: E402
@@ -84,5 +84,6 @@ def main():
         print(f"{args.task} {mode}: {metric} on validation records, same labels and steps: "
               f"scratch {scores['scratch']:.3f}, pretrained {scores['pretrained']:.3f}")
 
+
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
 import geo_finetune  # noqa: E402
 import geo_pretrain  # noqa: E402
+from core.config import run_cli  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
 from domains.remote_sensing.data import GeoDataConfig  # noqa: E402
 from domains.remote_sensing.io import open_scene  # noqa: E402
@@ -82,4 +83,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

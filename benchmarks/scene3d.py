@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
 import pointcloud_finetune  # noqa: E402
 import pointcloud_pretrain  # noqa: E402
+from core.config import run_cli  # noqa: E402
 from core.losses import chamfer_torch  # noqa: E402
 from domains.scene3d.model import farthest_point_sample, has_pytorch3d, knn  # noqa: E402
 
@@ -88,4 +89,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

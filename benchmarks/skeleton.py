@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
 import skeleton_finetune  # noqa: E402
 import skeleton_pretrain  # noqa: E402
+from core.config import run_cli  # noqa: E402
 from domains.skeleton import synthetic  # noqa: E402
 from domains.skeleton.io import read_skeleton  # noqa: E402
 from domains.skeleton.transforms import clean, resample_frames  # noqa: E402
@@ -71,4 +72,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
