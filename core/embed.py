@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from core.tokens import TokenSet
+from core.tokens import TokenSet, gather_slots
 
 
 def _check_patch(spatial: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
@@ -189,7 +189,7 @@ class GridTokenizer(nn.Module):
             """Each group's own projection of the patches at ``idx`` (all slots when None), plus slot embedding."""
             if idx is None:
                 idx = torch.arange(G * n, device=x.device)[None].expand(B, -1)
-            p = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # [B, K, P]
+            p = gather_slots(patches, idx)  # [B, K, P]
             gk = idx // n  # [B, K] group of each slot
             if G == 1:
                 out = p @ self.weight[0] + self.bias[0]
@@ -198,7 +198,7 @@ class GridTokenizer(nn.Module):
                 for g in range(G):  # a loop over groups (a handful), never over samples
                     sel = gk == g
                     out[sel] = p[sel] @ self.weight[g] + self.bias[g]
-            return out + slot.expand(B, -1, -1).gather(1, idx[..., None].expand(-1, -1, self.dim))  # [B, K, D]
+            return out + gather_slots(slot, idx)  # [B, K, D]
 
         extras = {} if self.value_mask is None else {"value_mask": self.value_mask}
         return TokenSet(tokens=None, embed_fn=embed, group=group, valid=valid.reshape(B, G * n), pos=slot,

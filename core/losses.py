@@ -4,6 +4,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+
+from core.tokens import gather_slots
 
 
 def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -29,18 +32,17 @@ def normalize_patches(target: torch.Tensor, mask: torch.Tensor | None = None) ->
     return (target - mean) / std
 
 
+_ELEMENTWISE = {"mse": F.mse_loss, "l1": F.l1_loss}
+
+
 def patch_errors(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", norm_pix: bool = False,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-slot error [B, M] between pred and target [B, M, P], averaged over the used values (``mask``)."""
     if norm_pix:
         target = normalize_patches(target, mask)
-    diff = pred - target
-    if kind == "mse":
-        err = diff.pow(2)
-    elif kind == "l1":
-        err = diff.abs()
-    else:
+    if kind not in _ELEMENTWISE:
         raise ValueError(f"loss kind must be 'mse' or 'l1', got {kind!r}")
+    err = _ELEMENTWISE[kind](pred, target, reduction="none")  # one fused kernel each way
     if mask is None:
         return err.mean(-1)
     m = mask.to(err.dtype)
@@ -94,7 +96,7 @@ class PatchTarget:
 
     def __call__(self, pred: torch.Tensor, ts, idx: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """pred [B, M, P] for slots ``idx`` [B, M]; ``weight`` [B, M] is 0 on padding entries."""
-        target = ts.target.gather(1, idx[..., None].expand(-1, -1, ts.target.shape[-1]))  # [B, M, P]
+        target = gather_slots(ts.target, idx)  # [B, M, P]
         group = ts.group.gather(1, idx)  # [B, M]
         errors = patch_errors(pred, target, self.kind, self.norm_pix, self._mask(ts, group))
         return grouped_losses(errors, weight, group, self.names)
@@ -108,6 +110,6 @@ class PatchTarget:
         """Prediction back in the target's units (undoes norm-pix with the true patch statistics)."""
         if not self.norm_pix:
             return pred
-        target = ts.target.gather(1, idx[..., None].expand(-1, -1, ts.target.shape[-1]))
+        target = gather_slots(ts.target, idx)
         mean, std = patch_stats(target, self._mask(ts, ts.group.gather(1, idx)))
         return pred * std + mean

@@ -8,14 +8,8 @@ import torch
 from torch import nn
 
 from core.masking import MaskConfig, MaskingStrategy, plan_from_scores
-from core.tokens import MaskPlan, TokenSet
+from core.tokens import MaskPlan, TokenSet, gather_slots
 from core.transformer import Transformer
-
-
-def gather_slots(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B or 1, N, D], idx [B, K] -> [B, K, D]."""
-    x = x.expand(idx.shape[0], -1, -1)
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def full_plan(valid: torch.Tensor) -> MaskPlan:
@@ -230,7 +224,7 @@ class MaskedAutoencoder(nn.Module):
         recon = torch.where(ts.valid[..., None], original, nan)
         index = idx[..., None].expand(-1, -1, original.shape[-1])
         values = self.target.to_values(out["pred"], ts, idx)
-        values = torch.where(pad[..., None], recon.gather(1, index), values)  # padding entries keep their slot
+        values = torch.where(pad[..., None], gather_slots(recon, idx), values)  # padding entries keep their slot
         return original, masked, recon.scatter(1, index, values)
 
 

@@ -53,10 +53,21 @@ class TokenSet:
             return self.embed_fn(idx)
         if idx is None:
             return self.tokens
-        return self.tokens.gather(1, idx[..., None].expand(-1, -1, self.tokens.shape[-1]))
+        return gather_slots(self.tokens, idx)
 
     def with_valid(self, valid: torch.Tensor) -> "TokenSet":
         return replace(self, valid=valid)
+
+
+def gather_slots(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Slots ``idx`` [B, M] of ``x`` [B or 1, N, ...] -> [B, M, ...]: one row ``index_select`` (a few times
+    faster than ``gather`` with an index expanded over wide patches)."""
+    B, M = idx.shape
+    if x.shape[0] == 1:
+        flat, rows = x[0], idx
+    else:
+        flat, rows = x.flatten(0, 1), idx + torch.arange(B, device=idx.device)[:, None] * x.shape[1]
+    return flat.index_select(0, rows.reshape(-1)).view(B, M, *x.shape[2:])
 
 
 @dataclass

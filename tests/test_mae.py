@@ -102,3 +102,20 @@ def test_reconstruction_puts_predictions_in_hidden_slots_only():
     assert torch.isnan(recon[~valid]).all()
     assert not torch.isnan(recon[plan.mask]).any()
     assert not torch.allclose(recon[plan.mask], original[plan.mask])
+
+
+def test_gather_slots_matches_gather_and_passes_gradients():
+    from core.tokens import gather_slots
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 5, 2, requires_grad=True)
+    idx = torch.stack([torch.randperm(7)[:4] for _ in range(3)])  # [3, 4]
+    ref = x.gather(1, idx[..., None, None].expand(-1, -1, 5, 2))
+    out = gather_slots(x, idx)
+    assert torch.equal(out, ref)
+    shared = torch.randn(1, 7, 5)  # one table for the whole batch (positions)
+    assert torch.equal(gather_slots(shared, idx), shared.expand(3, -1, -1).gather(1, idx[..., None].expand(-1, -1, 5)))
+    assert torch.equal(gather_slots(x[:, :, :, 0], idx), ref[..., 0])  # a non-contiguous view
+    out.sum().backward()
+    counts = torch.zeros(3, 7).scatter_add_(1, idx, torch.ones(3, 4))
+    assert torch.equal(x.grad[..., 0, 0], counts)

@@ -15,7 +15,7 @@ from core.heads import PooledClassifier, Pooler
 from core.losses import chamfer_distance, grouped_losses
 from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
-from core.tokens import TokenSet
+from core.tokens import TokenSet, gather_slots
 
 
 def has_pytorch3d() -> bool:
@@ -106,8 +106,7 @@ class PointTokenizer(nn.Module):
             """PointNet features of the groups at ``idx`` [B, K] (all when None) plus their centre embedding."""
             if idx is None:
                 return self.embed(neigh) + pos
-            sel = neigh.gather(1, idx[:, :, None, None].expand(-1, -1, k, 3))  # [B, K, k, 3]
-            return self.embed(sel) + pos.gather(1, idx[..., None].expand(-1, -1, self.dim))
+            return self.embed(gather_slots(neigh, idx)) + gather_slots(pos, idx)  # [B, K, D]
 
         return TokenSet(tokens=None, embed_fn=embed, group=torch.zeros(B, G, dtype=torch.long, device=points.device),
                         valid=torch.ones(B, G, dtype=torch.bool, device=points.device), pos=pos,
@@ -120,8 +119,8 @@ class ChamferTarget:
     names = ["points"]
 
     def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor) -> dict:
-        B, M, P = pred.shape
-        target = ts.target.gather(1, idx[..., None].expand(-1, -1, P))  # [B, M, k * 3]
+        B, M, _ = pred.shape
+        target = gather_slots(ts.target, idx)  # [B, M, k * 3]
         errors = chamfer_distance(pred.reshape(B * M, -1, 3), target.reshape(B * M, -1, 3)).reshape(B, M)
         return grouped_losses(errors, weight, ts.group.gather(1, idx), self.names)
 
@@ -218,8 +217,8 @@ class OpacityWeightedTarget:
         self.opacity_weight = opacity_weight
 
     def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor) -> dict:
-        B, M, P = pred.shape
-        t = ts.target.gather(1, idx[..., None].expand(-1, -1, P)).reshape(B, M, -1, 4)  # [B, M, p^3, 4]
+        B, M, _ = pred.shape
+        t = gather_slots(ts.target, idx).reshape(B, M, -1, 4)  # [B, M, p^3, 4]
         p = pred.reshape(B, M, -1, 4)
         alpha = t[..., 3]  # [B, M, p^3]
         w = weight.to(pred.dtype)

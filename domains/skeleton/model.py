@@ -15,7 +15,7 @@ from core.heads import PooledClassifier
 from core.losses import PatchTarget
 from core.mae import MAEConfig, MaskedAutoencoder, build_mae, pyplot
 from core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
-from core.tokens import TokenSet
+from core.tokens import TokenSet, gather_slots
 from domains.skeleton.transforms import BONES, hop_distance, part_of_joint
 
 TARGETS = ("position", "position_motion")
@@ -100,7 +100,7 @@ class SkeletonTokenizer(nn.Module):
         def embed(idx: torch.Tensor | None) -> torch.Tensor:
             if idx is None:
                 return self.proj(patches) + slot
-            return self.proj(patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))) + slot[0, idx]
+            return self.proj(gather_slots(patches, idx)) + gather_slots(slot, idx)
 
         def attn_bias(idx: torch.Tensor) -> torch.Tensor:
             """Slots [B, K] -> the hop-distance bias between them [B, H, K, K]."""
