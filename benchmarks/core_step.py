@@ -1,6 +1,6 @@
 """Pretraining step time of the scimae core against MONAI's MaskedAutoEncoderViT, from one run.
 
-Prints, for 2D (224^2, patch 16) and 3D (96^3, patch 16) at equal width, depth, tokens and mask ratio:
+Prints, for 2D (224^2, patch 16) and 3D (96^3 and 128^3, patch 16) at equal width, depth, tokens and mask ratio:
 the core/MONAI speed ratio, the core's step time at mask 0.75 over mask 0.0, and the core's achieved
 FLOP/s over this machine's measured fp32 matmul FLOP/s. Usage: python benchmarks/core_step.py [--quick]
 """
@@ -140,7 +140,8 @@ def main():
     print(f"threads {torch.get_num_threads()}; fp32 matmul {peak / 1e9:.0f} GFLOP/s; width {w}; "
           f"median of {rounds} interleaved steps")
     for name, spatial, patch, batch in [("2D 224^2/16", (224, 224), (16, 16), 16),
-                                         ("3D 96^3/16", (96, 96, 96), (16, 16, 16), 4)]:
+                                         ("3D 96^3/16", (96, 96, 96), (16, 16, 16), 4),
+                                         ("3D 128^3/16 (the BraTS ROI)", (128, 128, 128), (16, 16, 16), 4)]:
         print(report(name, bench(spatial, patch, batch, w, rounds), peak), flush=True)
 
 
