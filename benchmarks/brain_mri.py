@@ -10,7 +10,6 @@ Usage: python benchmarks/brain_mri.py [--pretrain-epochs 20] [--finetune-epochs 
 from __future__ import annotations
 
 import argparse
-import csv
 import resource
 import sys
 import time
@@ -26,7 +25,7 @@ import brats_finetune  # noqa: E402
 import brats_pretrain  # noqa: E402
 from core.config import load_config, run_cli  # noqa: E402
 from core_step import time_steps  # noqa: E402
-from core.engine import make_optimizer  # noqa: E402
+from core.engine import make_optimizer, read_metrics  # noqa: E402
 from domains.brain_mri.data import collate, load_splits  # noqa: E402
 from domains.brain_mri.model import build_brain_mae  # noqa: E402
 
@@ -48,11 +47,6 @@ def loader_vs_step(cfg) -> None:
     step_rate = batch["image"].shape[0] / step_s
     print(f"loader: {load_rate:.1f} volumes/s (2 workers, 4 modalities each); training step consumes "
           f"{step_rate:.1f} volumes/s -> loader/step = {load_rate / step_rate:.2f} (>= 1: the step is never starved)")
-
-
-def last_val(run: Path, key: str) -> float:
-    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["kind"] == "val"]
-    return float(rows[-1][key])
 
 
 def main():
@@ -80,7 +74,7 @@ def main():
         run = f"{args.task}-{name}-{stamp}"
         brats_finetune.main([f"train.out_dir={args.out}", f"train.run_name={run}", f"task.kind={args.task}",
                              f"train.epochs={args.finetune_epochs}", *extra])
-        scores[name] = last_val(Path(args.out) / run, metric)
+        scores[name] = float(read_metrics(Path(args.out) / run, "val")[-1][metric])
     print(f"{args.task} {metric} on the validation cases, same labels and steps: "
           f"scratch {scores['scratch']:.3f}, pretrained {scores['pretrained']:.3f}")
 

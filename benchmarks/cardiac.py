@@ -10,7 +10,6 @@ Usage: python benchmarks/cardiac.py [--pretrain-epochs 10] [--finetune-epochs 8]
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import cardiac_finetune  # noqa: E402
 import cardiac_pretrain  # noqa: E402
 from core.config import load_config, run_cli  # noqa: E402
 from core_step import time_steps  # noqa: E402
-from core.engine import make_optimizer  # noqa: E402
+from core.engine import make_optimizer, read_metrics  # noqa: E402
 from domains.cardiac.api import CardiacFoundationModel  # noqa: E402
 from domains.cardiac.data import find_records, load_splits, resolve_root  # noqa: E402
 from domains.cardiac.model import build_cardiac_mae  # noqa: E402
@@ -79,8 +78,7 @@ def main():
             run = f"{args.task}-{mode.replace(' ', '')}-{name}-{stamp}"
             cardiac_finetune.main([f"train.out_dir={args.out}", f"train.run_name={run}", f"task.kind={args.task}",
                                    f"train.epochs={args.finetune_epochs}", *extra_mode, *extra])
-            rows = [r for r in csv.DictReader((Path(args.out) / run / "metrics.csv").open()) if r["kind"] == "val"]
-            scores[name] = float(rows[-1][metric])
+            scores[name] = float(read_metrics(Path(args.out) / run, "val")[-1][metric])
         print(f"{args.task} {mode}: {metric} on validation records, same labels and steps: "
               f"scratch {scores['scratch']:.3f}, pretrained {scores['pretrained']:.3f}")
 

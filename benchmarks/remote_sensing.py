@@ -10,7 +10,6 @@ Usage: python benchmarks/remote_sensing.py [--tiles 200] [--labels-per-class 4] 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 import geo_finetune  # noqa: E402
 import geo_pretrain  # noqa: E402
 from core.config import run_cli  # noqa: E402
+from core.engine import read_metrics  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
 from domains.remote_sensing.data import GeoDataConfig  # noqa: E402
 from domains.remote_sensing.io import open_scene  # noqa: E402
@@ -46,10 +46,6 @@ def read_throughput(path: Path, n: int = 400, size: int = 32) -> None:
     ours = n / (time.perf_counter() - t)
     print(f"window reads ({size}x{size}, 4 bands): scene reader {ours:.0f}/s, plain rasterio {plain:.0f}/s "
           f"-> ratio {ours / plain:.2f}")
-
-
-def last_val(run: Path, key: str) -> float:
-    return float([r for r in csv.DictReader((run / "metrics.csv").open()) if r["kind"] == "val"][-1][key])
 
 
 def main():
@@ -75,7 +71,8 @@ def main():
         run = f"{name.replace(', ', '_').replace(' ', '_').replace('->', 'to')}-{stamp}"
         geo_finetune.main([*data, f"train.run_name={run}", f"train.epochs={args.finetune_epochs}",
                            f"task.labels_per_class={args.labels_per_class}", "train.epoch_repeats=5", *extra])
-        scores[name] = (last_val(Path(args.out) / run, "accuracy"), last_val(Path(args.out) / run, "macro_f1"))
+        last = read_metrics(Path(args.out) / run, "val")[-1]
+        scores[name] = (float(last["accuracy"]), float(last["macro_f1"]))
     print(f"scene classification, {args.labels_per_class} labelled tiles per class, validation tiles "
           "(accuracy, macro-F1):")
     for name, (acc, f1) in scores.items():

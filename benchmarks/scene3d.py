@@ -11,7 +11,6 @@ Usage: python benchmarks/scene3d.py [--labels-per-class 5] [--pretrain-epochs 10
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 import pointcloud_finetune  # noqa: E402
 import pointcloud_pretrain  # noqa: E402
 from core.config import run_cli  # noqa: E402
+from core.engine import read_metrics  # noqa: E402
 from core.losses import chamfer_torch  # noqa: E402
 from domains.scene3d.model import farthest_point_sample, has_pytorch3d, knn  # noqa: E402
 
@@ -61,10 +61,6 @@ def point_ops(device: torch.device) -> None:
         print(line + (f"  pytorch3d {fast * 1e3:8.2f} ms  -> fallback / pytorch3d {fallback / fast:.2f}" if p3d else ""))
 
 
-def last_val(run: Path) -> float:
-    return float([r for r in csv.DictReader((run / "metrics.csv").open()) if r["kind"] == "val"][-1]["accuracy"])
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--labels-per-class", type=int, default=5)
@@ -81,7 +77,7 @@ def main():
         run = f"{name}-{stamp}"
         pointcloud_finetune.main([f"train.out_dir={out}", f"train.run_name={run}", f"train.epochs={args.finetune_epochs}",
                                   f"task.labels_per_class={args.labels_per_class}", "train.epoch_repeats=16", *extra])
-        rows[name] = (json.loads((out / run / "svm_probe.json").read_text())["accuracy"], last_val(out / run))
+        rows[name] = (json.loads((out / run / "svm_probe.json").read_text())["accuracy"], float(read_metrics(out / run, "val")[-1]["accuracy"]))
     print(f"shape classification, {args.labels_per_class} labelled clouds per class, validation clouds, same labels "
           "and steps (linear SVM, fine-tuned accuracy):")
     for name, (svm, ft) in rows.items():

@@ -10,7 +10,6 @@ Usage: python benchmarks/skeleton.py [--labels-per-class 2] [--pretrain-epochs 1
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 import skeleton_finetune  # noqa: E402
 import skeleton_pretrain  # noqa: E402
 from core.config import run_cli  # noqa: E402
+from core.engine import read_metrics  # noqa: E402
 from domains.skeleton import synthetic  # noqa: E402
 from domains.skeleton.io import read_skeleton  # noqa: E402
 from domains.skeleton.transforms import clean, resample_frames  # noqa: E402
@@ -39,10 +39,6 @@ def read_throughput() -> None:
     mb = sum(f.stat().st_size for f in files) / 2 ** 20
     print(f".skeleton reads: {len(files) / read:.0f} files/s, {frames / read:.0f} frames/s, {mb / read:.1f} MB/s; "
           f"cleaning + resampling {len(files) / prep:.0f} sequences/s")
-
-
-def last_val(run: Path) -> float:
-    return float([r for r in csv.DictReader((run / "metrics.csv").open()) if r["kind"] == "val"][-1]["accuracy"])
 
 
 def main():
@@ -64,7 +60,7 @@ def main():
         run = f"{name.replace(', ', '_').replace(' ', '_')}-{stamp}"
         skeleton_finetune.main([f"train.out_dir={out}", f"train.run_name={run}", f"train.epochs={args.finetune_epochs}",
                                 f"task.labels_per_class={args.labels_per_class}", "train.epoch_repeats=20", *extra])
-        scores[name] = last_val(out / run)
+        scores[name] = float(read_metrics(out / run, "val")[-1]["accuracy"])
     print(f"action classification, {args.labels_per_class} labelled sequences per action, cross-subject test side, "
           "same labels and steps (accuracy):")
     for name, acc in scores.items():

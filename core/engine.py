@@ -128,20 +128,34 @@ class _ListSampler(Sampler):
         return len(self.indices)
 
 
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv (only those of ``kind``, e.g. 'train' or 'val', when given)."""
+    with (Path(run_dir) / "metrics.csv").open(newline="") as f:
+        return [r for r in csv.DictReader(f) if kind is None or r["kind"] == kind]
+
+
 class MetricsLog:
-    """metrics.csv in the run folder: one row per logged step or evaluation, columns grown as needed."""
+    """metrics.csv in the run folder: one row per logged step or evaluation. A row is appended; the file is
+    rewritten (atomically) only when a row brings a new column, or on resume to drop rows past the step."""
 
     def __init__(self, path: Path, keep_until_step: int | None = None):
-        self.path, self.rows = path, []
+        self.path, self.rows, self.keys = path, [], []
         if keep_until_step is not None and path.is_file():
-            with path.open() as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
+            self.rows = [r for r in read_metrics(path.parent) if int(r["step"]) <= keep_until_step]
+            self._rewrite()
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
-        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        if self.path.is_file() and set(row) <= set(self.keys):
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.keys).writerow(row)
+        else:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        self.keys = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
+        w = csv.DictWriter(buf, fieldnames=self.keys)
         w.writeheader()
         w.writerows(self.rows)
         atomic_write(self.path, lambda p: Path(p).write_text(buf.getvalue()))

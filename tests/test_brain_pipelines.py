@@ -1,4 +1,3 @@
-import csv
 import subprocess
 import sys
 
@@ -7,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from core.engine import read_metrics
 
 sys.path.insert(0, str(ROOT / "pipelines"))
 import brats_finetune  # noqa: E402
@@ -33,7 +33,7 @@ def test_pretrain_leaves_export_metrics_and_figures(pretrained):
     assert (run / "export" / "config.json").is_file() and (run / "export" / "model.safetensors").is_file()
     assert (run / "recon_epoch001.png").is_file() and (run / "recon_epoch002.png").is_file()
     assert (run / "config.yaml").read_text().count("group_dirichlet") == 1
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    rows = read_metrics(run)
     assert {"loss/t1", "loss/t1ce", "loss/t2", "loss/flair"} <= set(rows[0])
     assert any(r["kind"] == "val" for r in rows)
     cases = sorted((pretrained / "data").glob("SynBraTS_*"))
@@ -52,7 +52,7 @@ def test_finetune_each_task_from_the_export(pretrained, kind, metric, capsys):
     brats_finetune.main(args)
     out = capsys.readouterr().out
     assert "t1+t1ce+t2+flair" in out and "t1+t2+flair" in out and metric in out
-    rows = [r for r in csv.DictReader((pretrained / "runs" / f"ft_{kind}" / "metrics.csv").open()) if r["kind"] == "val"]
+    rows = read_metrics(pretrained / "runs" / f"ft_{kind}", "val")
     assert 0.0 <= float(rows[-1][metric]) <= 1.0
 
 

@@ -1,4 +1,3 @@
-import csv
 import sys
 
 import numpy as np
@@ -7,6 +6,7 @@ import torch
 import wfdb
 
 from conftest import ROOT, shared_data
+from core.engine import read_metrics
 from domains.cardiac.api import CardiacFoundationModel
 from domains.cardiac.io import CHANNELS, read_record
 
@@ -30,7 +30,7 @@ def pretrained(tmp_path_factory):
 def test_synthetic_records_and_pretraining_outputs(pretrained):
     run = pretrained / "runs" / "pre"
     assert (run / "export" / "model.safetensors").is_file() and (run / "recon_epoch001.png").is_file()
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    rows = read_metrics(run)
     assert {"loss/II", "loss/PPG", "loss/V6"} <= set(rows[0])
     twelve = read_record(pretrained / "data" / "syn0001")
     assert twelve.channels == CHANNELS and twelve.labels["rhythm"] == "AF" and "AF" in twelve.labels["labels"]

@@ -1,4 +1,3 @@
-import csv
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import torch
 
 from conftest import ROOT, collate
 from core.checkpoint import save_export
-from core.engine import Trainer, TrainConfig, cosine_schedule
+from core.engine import MetricsLog, TrainConfig, Trainer, cosine_schedule, read_metrics
 from toy import ToyImages, toy_mae
 
 
@@ -36,7 +35,7 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed.step == full.step == 8
     for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), k
-    rows = list(csv.DictReader((tmp_path / "part" / "metrics.csv").open()))
+    rows = read_metrics(tmp_path / "part")
     assert [r["step"] for r in rows if r["kind"] == "train"] == [str(s) for s in range(1, 9)]
     assert len([r for r in rows if r["kind"] == "val"]) == 2
     assert (tmp_path / "part" / "export" / "model.safetensors").is_file()
@@ -47,7 +46,7 @@ def test_loss_falls_and_lr_follows_the_mae_rule(tmp_path):
     t = _trainer(tmp_path, "a", epochs=6, base_lr=1.5e-4 * 256 / 8 * 10)
     assert t.lr == pytest.approx(1.5e-3)
     t.fit(ToyImages(64))
-    rows = [r for r in csv.DictReader((tmp_path / "a" / "metrics.csv").open())]
+    rows = read_metrics(tmp_path / "a")
     losses = [float(r["loss"]) for r in rows]
     assert sum(losses[-4:]) < 0.6 * sum(losses[:4])
     assert {"loss/a", "loss/b", "lr"} <= set(rows[0])
@@ -98,9 +97,23 @@ def test_layer_decay_reaches_the_optimizer(tmp_path):
     decayed.fit(data, None)
 
     def logged(run):  # metrics.csv reports the top (undecayed) lr of the schedule
-        return [float(r["lr"]) for r in csv.DictReader((tmp_path / run / "metrics.csv").open()) if r["kind"] == "train"]
+        return [float(r["lr"]) for r in read_metrics(tmp_path / run, "train")]
 
     assert logged("decayed") == pytest.approx(logged("plain"))
+
+
+def test_metrics_log_appends_and_grows_columns(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.csv")
+    for step in (1, 2):
+        log.add({"kind": "train", "epoch": 0, "step": step, "loss": 1.0 / step})
+    log.add({"kind": "val", "epoch": 0, "step": 2, "accuracy": 0.5})  # a new column: the file is rewritten
+    log.add({"kind": "train", "epoch": 1, "step": 3, "loss": 0.25})  # known columns: appended
+    rows = read_metrics(tmp_path)
+    assert [(r["kind"], r["step"], r["loss"], r["accuracy"]) for r in rows] == [
+        ("train", "1", "1.0", ""), ("train", "2", "0.5", ""), ("val", "2", "", "0.5"), ("train", "3", "0.25", "")]
+    assert [r["step"] for r in read_metrics(tmp_path, "train")] == ["1", "2", "3"]
+    resumed = MetricsLog(tmp_path / "metrics.csv", keep_until_step=2)  # resume from step 2 drops step 3
+    assert [r["step"] for r in read_metrics(tmp_path)] == ["1", "2", "2"] and len(resumed.rows) == 3
 
 
 def test_cosine_schedule():

@@ -1,4 +1,3 @@
-import csv
 import logging
 import sys
 
@@ -10,6 +9,7 @@ from rasterio.transform import from_origin
 
 from conftest import ROOT, shared_data
 from core import DataError
+from core.engine import read_metrics
 from domains.remote_sensing.data import GeoDataConfig, GeoWindows, band_layout, to_sample
 from domains.remote_sensing.io import Band, open_scene
 from domains.remote_sensing.model import GeoModelConfig, build_geo_mae
@@ -141,7 +141,7 @@ def test_pretrain_pipeline_writes_export_metrics_and_figures(tmp_path):
                        f"train.out_dir={tmp_path / 'runs'}", "train.run_name=r"])
     run = tmp_path / "runs" / "r"
     assert (run / "export" / "model.safetensors").is_file() and (run / "recon_epoch002.png").is_file()
-    assert {"loss/R", "loss/NIR"} <= set(next(csv.DictReader((run / "metrics.csv").open())))
+    assert {"loss/R", "loss/NIR"} <= set(read_metrics(run)[0])
     tiles = sorted((tmp_path / "data" / "tiles").rglob("*.tif"))
     assert len(tiles) == 10 and {p.parent.name for p in tiles} <= {"water", "forest", "crops", "bare_soil", "urban"}
     with rasterio.open(tiles[0]) as src:
@@ -197,7 +197,7 @@ def test_finetune_classification_and_rgb_segmentation_from_rgbn(geo_runs):
     assert cls["classes"] == sorted(cls["classes"]) and cls["task"]["kind"] == "classification"
     assert [g["name"] for g in seg["groups"]] == ["R", "G", "B", "NIR"]  # the model's band groups, in order
     assert [b["name"] for b in seg["data_bands"]] == ["R", "G", "B"]  # what the data gives
-    rows = [r for r in csv.DictReader((geo_runs / "runs" / "seg" / "metrics.csv").open()) if r["kind"] == "val"]
+    rows = read_metrics(geo_runs / "runs" / "seg", "val")
     assert 0 <= float(rows[-1]["miou"]) <= 1 and 0 <= float(rows[-1]["macro_f1"]) <= 1
 
 

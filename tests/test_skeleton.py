@@ -1,4 +1,3 @@
-import csv
 import json
 import sys
 
@@ -8,6 +7,7 @@ import torch
 
 from conftest import ROOT
 from core import DataError
+from core.engine import read_metrics
 from core.masking import MaskConfig
 from domains.skeleton import synthetic
 from domains.skeleton.data import SkeletonDataConfig, SyntheticConfig, load_samples
@@ -156,10 +156,10 @@ def test_pipelines_write_native_files_exports_metrics_and_figures(runs):
     assert len(files) == 32 and {parse_name(f)["action"] for f in files} == set(range(1, 9))
     pre = runs / "runs" / "pre"
     assert (pre / "export" / "model.safetensors").is_file() and (pre / "recon_epoch001.png").is_file()
-    assert "loss/body1" in next(csv.DictReader((pre / "metrics.csv").open()))
+    assert "loss/body1" in read_metrics(pre)[0]
     probe = json.loads((runs / "runs" / "probe" / "export" / "config.json").read_text())
     assert probe["task"]["linear_probe"] and probe["actions"] == list(range(1, 9))
-    rows = [r for r in csv.DictReader((runs / "runs" / "scratch" / "metrics.csv").open()) if r["kind"] == "val"]
+    rows = read_metrics(runs / "runs" / "scratch", "val")
     assert 0 <= float(rows[-1]["accuracy"]) <= 1
 
 
