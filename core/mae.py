@@ -37,6 +37,18 @@ class MAEConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
 
 
+@dataclass
+class SmallMAEConfig(MAEConfig):
+    """A CPU-sized encoder (128 wide, 4 deep) and decoder (96 wide, 2 deep) for signals of a few hundred tokens."""
+
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    decoder_dim: int = 96
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+
+
 def build_mae(cfg: MAEConfig, tokenizer: nn.Module, group_names: Sequence[str], target, pred_dim: int) -> "MaskedAutoencoder":
     """A MaskedAutoencoder from its config, a domain tokenizer and a target."""
     encoder = MAEEncoder(tokenizer, group_names, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,

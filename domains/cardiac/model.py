@@ -12,19 +12,13 @@ from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import LinearProbe, MLPHead, Pooler
 from core.losses import PatchTarget
-from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, pyplot
+from core.mae import MAEEncoder, MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 from domains.cardiac.io import CHANNELS
 
 
 @dataclass
-class CardiacModelConfig(MAEConfig):
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    decoder_dim: int = 96
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+class CardiacModelConfig(SmallMAEConfig):
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="random", ratio=0.75))
 
 

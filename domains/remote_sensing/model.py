@@ -13,19 +13,13 @@ from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import confusion, confusion_scores
 from core.losses import PatchTarget
-from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
+from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 from domains.remote_sensing.data import band_layout
 
 
 @dataclass
-class GeoModelConfig(MAEConfig):
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    decoder_dim: int = 96
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+class GeoModelConfig(SmallMAEConfig):
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="group_independent", ratio=0.75))
 
 

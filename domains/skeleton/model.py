@@ -13,7 +13,7 @@ from core.config import from_dict
 from core.embed import GroupEmbed, sincos_1d
 from core.heads import PooledClassifier
 from core.losses import PatchTarget
-from core.mae import MAEConfig, MaskedAutoencoder, build_mae, pyplot
+from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, pyplot
 from core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
 from core.tokens import TokenSet, gather_slots
 from domains.skeleton.transforms import BONES, hop_distance, part_of_joint
@@ -156,13 +156,7 @@ register_masking("motion", MotionAwareMasking)
 
 
 @dataclass
-class SkeletonModelConfig(MAEConfig):
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    decoder_dim: int = 96
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+class SkeletonModelConfig(SmallMAEConfig):
     segment: int = 4  # frames per token
     target: str = "position"  # position or position_motion (MAMP's motion as well)
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="motion", ratio=0.75))
