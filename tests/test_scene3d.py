@@ -11,8 +11,8 @@ from core import DataError
 from core.masking import MaskConfig
 from domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, PointDataConfig, find_clouds
 from domains.scene3d.io import read_cloud, read_grid, read_h5
-from domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig, VoxelHead,
-                                   build_nerf_mae, build_point_mae, farthest_point_sample, group_points,
+from domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig, PointNetEmbed,
+                                   VoxelHead, build_nerf_mae, build_point_mae, farthest_point_sample, group_points,
                                    has_pytorch3d, knn)
 from domains.scene3d.transforms import density_to_opacity, normalize_unit_sphere, resample
 
@@ -148,6 +148,20 @@ def test_pytorch3d_and_torch_give_the_same_groups():
     pts = torch.rand(2, 500, 3, generator=torch.Generator().manual_seed(1))
     assert torch.equal(farthest_point_sample(pts, 32, True), farthest_point_sample(pts, 32, False))
     assert torch.equal(knn(pts[:, :20], pts, 16, True), knn(pts[:, :20], pts, 16, False))
+
+
+def test_pointnet_embedding_is_the_concatenated_form_and_ignores_point_order():
+    torch.manual_seed(0)
+    emb = PointNetEmbed(32, hidden=16)
+    groups = torch.randn(2, 5, 8, 3)  # [B, G, k, 3]
+    out = emb(groups)  # [B, G, D]
+    f = emb.first(groups)  # Point-MAE: one linear layer on [point feature, group max] of every point
+    joined = torch.cat([f, f.amax(-2, keepdim=True).expand_as(f)], -1)
+    weight = torch.cat([emb.point.weight, emb.glob.weight], 1)
+    ref = emb.second(torch.nn.functional.linear(joined, weight, emb.point.bias)).amax(-2)
+    assert out.shape == (2, 5, 32)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(emb(groups[:, :, torch.randperm(8)]), out, rtol=1e-5, atol=1e-5)
 
 
 def test_point_mae_embeds_only_what_it_is_asked_and_scores_by_chamfer():
