@@ -200,7 +200,7 @@ class MaskedAutoencoder(nn.Module):
             query = self.decoder_mask_token + gather_slots(pos, idx)  # [B, M, Dd]
             seq = torch.cat([y[:, :1], vis, query], dim=1)
             seq_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), vis_pad, pad], dim=1)
-            pred = self.decoder_pred(self.decoder(seq, seq_pad)[:, seq.shape[1] - idx.shape[1]:])  # [B, M, P]
+            pred = self.decoder_pred(self.decoder(seq, seq_pad, n_out=idx.shape[1]))  # [B, M, P]
         else:
             seq = y.clone()
             seq[:, 1:] = seq[:, 1:] + pos

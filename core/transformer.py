@@ -30,11 +30,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, n_out: int | None = None) -> torch.Tensor:
+        """x [B, N, D] -> [B, N, D], or with ``n_out`` only the last n_out rows attend (as queries): [B, n_out, D]."""
         B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # [B, H, N, d]
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, d]
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        H, d = self.heads, D // self.heads
+        if n_out is None:
+            q, k, v = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # [B, H, N, d]
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, N - n_out:], w[:D], None if b is None else b[:D])  # [B, n_out, D]
+            q = q.reshape(B, n_out, H, d).transpose(1, 2)  # [B, H, n_out, d]
+            k, v = F.linear(x, w[D:], None if b is None else b[D:]).reshape(B, N, 2, H, d).permute(2, 0, 3, 1, 4)
+            if attn_mask is not None and attn_mask.shape[-2] == N:
+                attn_mask = attn_mask[..., N - n_out:, :]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, n_out or N, d]
+        return self.proj(x.transpose(1, 2).reshape(B, -1, D))
 
 
 class Block(nn.Module):
@@ -48,8 +58,12 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, n_out: int | None = None) -> torch.Tensor:
+        """x [B, N, D] -> [B, N, D]; with ``n_out``, only the last n_out rows are computed: [B, n_out, D]."""
+        h = self.norm1(x)
+        if n_out is not None:
+            x = x[:, x.shape[1] - n_out:]
+        x = x + self.drop_path(self.attn(h, attn_mask, n_out))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -74,16 +88,20 @@ class Transformer(nn.Module):
         self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None, return_layers: tuple[int, ...] = (),
-                bias: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+                bias: torch.Tensor | None = None, n_out: int | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """x [B, N, D], pad [B, N] True = ignore as a key, ``bias`` [B, H or 1, N, N] added to the attention
-        logits (e.g. a graph-distance bias). With ``return_layers``, also the outputs of those blocks (1-based)."""
+        logits (e.g. a graph-distance bias). With ``return_layers``, also the outputs of those blocks (1-based).
+        With ``n_out``, only the last n_out rows of the output [B, n_out, D] are wanted: the last block computes
+        just those (every row still serves as a key)."""
         mask = key_padding_mask(pad, bias)
         layers = []
         for i, blk in enumerate(self.blocks, 1):
+            n = n_out if i == len(self.blocks) else None
             if self.checkpointing and self.training:
-                x = checkpoint(blk, x, mask, use_reentrant=False)
+                x = checkpoint(blk, x, mask, n, use_reentrant=False)
             else:
-                x = blk(x, mask)
+                x = blk(x, mask, n)
             if i in return_layers:
                 layers.append(x)
         x = self.norm(x)

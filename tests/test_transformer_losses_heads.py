@@ -34,6 +34,22 @@ def test_checkpointing_gives_the_same_output_and_gradient():
     torch.testing.assert_close(ga, gb)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_last_rows_only_equal_the_full_output_with_padding_and_bias(checkpointing):
+    torch.manual_seed(0)
+    t = Transformer(16, 2, 4, checkpointing=checkpointing)
+    x = torch.randn(2, 7, 16, requires_grad=True)
+    pad = torch.tensor([[False] * 5 + [True] * 2, [False] * 7])
+    bias = torch.randn(2, 4, 7, 7)
+    for b in (None, bias):
+        full, part = t(x, pad, bias=b)[:, 4:], t(x, pad, bias=b, n_out=3)
+        assert part.shape == (2, 3, 16)
+        torch.testing.assert_close(part, full)
+        g_full, = torch.autograd.grad(full.sum(), x)
+        g_part, = torch.autograd.grad(part.sum(), x)
+        torch.testing.assert_close(g_part, g_full)  # earlier rows still feed the last ones as keys
+
+
 def test_return_layers_and_drop_path():
     t = Transformer(8, 3, 2)
     out, layers = t(torch.randn(1, 3, 8), return_layers=(1, 3))
