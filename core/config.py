@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 import types
 import typing
@@ -12,6 +13,29 @@ from pathlib import Path
 import yaml
 
 from core.errors import DataError, one_line, user_error
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 scalars: only true/false are booleans (YAML 1.1 reads ``amp: off`` as
+    False) and a float needs no dot (YAML 1.1 reads ``3e-3`` as a string)."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    """YAML text -> Python values, safely, with ``ConfigLoader``'s scalars."""
+    loader = ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _check_value(tp, value, key: str):
@@ -43,11 +67,6 @@ def _check_value(tp, value, key: str):
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ValueError(f"config key {key!r}: expected {tp.__name__}, got {value!r}")
     return value
@@ -64,7 +83,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    """Apply ``a.b=value`` strings (values parsed as YAML by ``parse_yaml``) to a nested dict, in place."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -75,7 +94,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_yaml(raw)
     return data
 
 
@@ -84,7 +103,7 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
     data = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = parse_yaml(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             raise DataError(path, f"an unreadable config ({e})", "a YAML mapping") from None
         if not isinstance(data, dict):

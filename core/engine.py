@@ -38,7 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (1.0 = off)
     warmup_epochs: float = 1.0
-    betas: list[float] = (0.9, 0.95)
+    betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = 1.0
     accum_steps: int = 1
     amp: str = "auto"  # auto: bf16 autocast on CUDA only; off; bf16; fp16

@@ -90,6 +90,20 @@ def test_config_yaml_overrides_and_saving(tmp_path):
     assert again["inner"]["name"] == "b" and again["train"]["batch_size"] == 4
 
 
+def test_config_reads_yaml_1_2_scalars_and_round_trips(tmp_path):
+    """`off` and `no` stay strings (YAML 1.1 reads them as booleans), floats need no dot, true is a boolean."""
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  name: no\ntrain:\n  amp: off\n  tensorboard: true\n")
+    cfg = load_config(Outer, path, ["inner.ratio=-2E+3"])
+    assert cfg.train.amp == "off" and cfg.inner.name == "no" and cfg.train.tensorboard is True
+    assert cfg.inner.ratio == -2000.0
+    assert load_config(Outer, None, ["train.amp=off"]).train.amp == "off"
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(Outer, tmp_path / "run" / "config.yaml") == cfg
+    with pytest.raises(ValueError, match="config key 'train.tensorboard': expected bool, got 'yes'"):
+        load_config(Outer, None, ["train.tensorboard=yes"])
+
+
 def test_config_rejects_unknown_keys_and_wrong_types():
     with pytest.raises(ValueError, match=r"unknown config key 'inner.ratoi'; expected one of \['inner.ratio'"):
         load_config(Outer, None, ["inner.ratoi=0.3"])

@@ -39,3 +39,20 @@ def test_no_cuda_calls_or_unsafe_loading():
             text = path.read_text()
             assert ".cuda()" not in text, path
             assert not re.search(r"import pickle|(?<![.\w])eval\(|yaml\.load\(|weights_only=False", text), path
+
+
+def test_every_pipeline_config_reloads_from_its_saved_copy(tmp_path):
+    """The config.yaml a run writes reads back to the same config (what --resume and a rerun rely on)."""
+    import importlib.util
+
+    from core.config import load_config, save_config
+
+    for path in sorted((ROOT / "pipelines").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"pipeline_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "Config"):  # tools that read a run's export, not a config
+            continue
+        cfg = load_config(module.Config, module.DEFAULT)
+        save_config(cfg, tmp_path / f"{path.stem}.yaml")
+        assert load_config(module.Config, tmp_path / f"{path.stem}.yaml") == cfg, path.stem
