@@ -204,7 +204,7 @@ class Trainer:
                   else _default_groups(self.model, cfg.weight_decay, self.lr))
         self.optimizer = make_optimizer(groups, self.lr, cfg.betas, cfg.weight_decay)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
                     if self.dist.world > 1 else self.model)
         self.mask_gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.dist.rank)

@@ -135,3 +135,22 @@ def test_two_process_torchrun_ends_with_identical_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
     assert "world 2 steps 8" in r.stdout  # 32 samples / 2 ranks / batch 4 x 2 epochs
     assert (tmp_path / "run" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("amp, dtype", [("auto", None), ("off", None), ("bf16", torch.bfloat16),
+                                        ("fp16", torch.float16)])
+def test_amp_setting_decides_the_autocast_dtype_on_cpu(tmp_path, amp, dtype):
+    """auto is full precision on CPU; bf16 and fp16 autocast when asked (fp16 with loss scaling); every mode
+    trains to finite weights."""
+    seen = []
+
+    def step(model, batch, generator):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return model(batch, generator)
+
+    t = _trainer(tmp_path, amp, amp=amp, max_steps=2)
+    t.step_fn = step
+    t.fit(ToyImages(16))
+    assert seen == [dtype, dtype]
+    assert t.scaler.is_enabled() == (amp == "fp16")
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
