@@ -70,22 +70,24 @@ class PointNetEmbed(nn.Module):
     """Point-MAE's group embedding: a shared point MLP, max-pooled, its global feature joined to every point,
     a second MLP, max-pooled again: [..., k, 3] -> [..., D].
 
-    The second MLP's first layer acts on [point feature, global feature]; it is held as two linear maps whose
-    sum equals that layer, so the global half is computed once per group instead of once per point.
+    The second MLP's first layer acts on [point feature, global feature]; its weight is applied as two column
+    blocks, so the global half is computed once per group instead of once per point.
     """
 
     def __init__(self, dim: int, hidden: int = 128):
         super().__init__()
         self.first = nn.Sequential(nn.Linear(3, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, 2 * hidden))
-        self.point = nn.Linear(2 * hidden, 4 * hidden)
-        self.glob = nn.Linear(2 * hidden, 4 * hidden, bias=False)
-        self.second = nn.Sequential(nn.LayerNorm(4 * hidden), nn.GELU(), nn.Linear(4 * hidden, dim))
+        self.second = nn.Sequential(nn.Linear(4 * hidden, 4 * hidden), nn.LayerNorm(4 * hidden), nn.GELU(),
+                                    nn.Linear(4 * hidden, dim))
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         f = self.first(groups)  # [..., k, 2h]
         # max, not amax: its backward scatters to the arg-max, amax's spreads over ties at twice the cost
-        h = self.point(f) + self.glob(f.max(-2, keepdim=True).values)  # [..., k, 4h] + [..., 1, 4h]
-        return self.second(h).max(-2).values  # [..., D]
+        g = f.max(-2, keepdim=True).values  # [..., 1, 2h]
+        joint = self.second[0]
+        w_point, w_glob = joint.weight.split(f.shape[-1], dim=1)  # [4h, 2h] each
+        h = nn.functional.linear(f, w_point, joint.bias) + nn.functional.linear(g, w_glob)  # [..., k, 4h]
+        return self.second[1:](h).max(-2).values  # [..., D]
 
 
 class PointTokenizer(nn.Module):
