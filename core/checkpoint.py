@@ -47,8 +47,10 @@ def save_export(folder: str | os.PathLike, model: nn.Module, config: dict) -> Pa
     return folder
 
 
-def load_export(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read an export folder: (config, state_dict on CPU)."""
+def load_export(folder: str | os.PathLike, domain: str | None = None,
+                keys: tuple[str, ...] = ()) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read an export folder: (config, state_dict on CPU). With ``domain`` and ``keys``, an export of another
+    domain or one without the config entries a loader needs is a DataError, not a KeyError deep inside."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -67,6 +69,12 @@ def load_export(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor
     if config.get("export_version", 0) > EXPORT_VERSION:
         raise DataError(folder / CONFIG_NAME, f"export_version {config['export_version']}",
                         f"<= {EXPORT_VERSION}; update scimae")
+    if domain is not None and config.get("domain") != domain:
+        raise DataError(folder / CONFIG_NAME, f"an export of domain {config.get('domain')!r}", f"a {domain} export")
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise DataError(folder / CONFIG_NAME, f"no {', '.join(missing)} (another pipeline's or an older export)",
+                        f"an export with {', '.join(keys)}")
     return config, state
 
 

@@ -24,8 +24,8 @@ from core.errors import DataError  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
 from domains.remote_sensing.data import GeoDataConfig, GeoWindows  # noqa: E402
 from domains.remote_sensing.io import Band  # noqa: E402
-from domains.remote_sensing.model import (GeoFineTuner, GeoModelConfig, GeoTaskConfig, build_geo_mae,  # noqa: E402
-                                          export_layout)
+from domains.remote_sensing.model import (EXPORT_KEYS, GeoFineTuner, GeoModelConfig, GeoTaskConfig,  # noqa: E402
+                                          build_geo_mae, export_layout)
 
 log = logging.getLogger("geo_predict")
 NODATA = 255
@@ -40,9 +40,7 @@ def finetune() -> None:
 
 
 def load_model(folder) -> tuple[GeoFineTuner, dict]:
-    config, state = load_export(folder)
-    if "task" not in config:
-        raise DataError(Path(folder) / "config.json", "an export without a task head", "a geo_finetune export")
+    config, state = load_export(folder, "remote_sensing", EXPORT_KEYS + ("task", "classes", "data_bands"))
     mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"], config["patch"])
     model = GeoFineTuner(mae.encoder, GeoTaskConfig(**config["task"]), len(config["classes"]))
     load_weights(model, state)

@@ -49,6 +49,15 @@ def test_bad_exports_raise_data_error(tmp_path):
         load_export(tmp_path)
 
 
+def test_an_export_of_another_domain_or_without_needed_keys_is_a_data_error(tmp_path):
+    save_export(tmp_path, toy_mae(), {"domain": "skeleton", "model": {}, "frames": 8})
+    assert load_export(tmp_path, "skeleton", ("model", "frames"))[0]["frames"] == 8
+    with pytest.raises(DataError, match=r"config.json: found an export of domain 'skeleton'; expected a cardiac export"):
+        load_export(tmp_path, "cardiac")
+    with pytest.raises(DataError, match=r"config.json: found no joints, bodies .*expected an export with model, joints"):
+        load_export(tmp_path, "skeleton", ("model", "joints", "bodies"))
+
+
 def test_training_state_loads_with_weights_only_and_rejects_pickled_code(tmp_path):
     state = {"model": toy_mae().state_dict(), "step": 3}
     save_training_state(tmp_path / "last.pt", state)

@@ -57,7 +57,7 @@ def save_brain_export(model: nn.Module, folder, model_cfg: BrainModelConfig, roi
 
 def load_brain_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """``(mae, config)`` from an export of brats_pretrain (ready to continue pretraining or reconstruct)."""
-    config, state = load_export(folder)
+    config, state = load_export(folder, "brain_mri", ("model", "roi"))
     cfg = from_dict(BrainModelConfig, config["model"])
     mae = build_brain_mae(cfg, config["roi"])
     load_weights(mae, state)

@@ -18,7 +18,7 @@ from core.checkpoint import load_export, load_weights
 from core.errors import DataError
 from domains.cardiac.data import CardiacDataConfig, record_windows
 from domains.cardiac.io import CHANNELS, Signal, canonical_channel, from_array, read_record
-from domains.cardiac.model import CardiacFineTuner, CardiacTaskConfig, mae_from_config
+from domains.cardiac.model import EXPORT_KEYS, CardiacFineTuner, CardiacTaskConfig, mae_from_config
 
 
 class CardiacFoundationModel:
@@ -34,9 +34,7 @@ class CardiacFoundationModel:
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None) -> "CardiacFoundationModel":
         """An export of cardiac_pretrain (or of cardiac_finetune, which adds the head)."""
-        config, state = load_export(folder)
-        if config.get("domain") != "cardiac":
-            raise DataError(Path(folder) / "config.json", f"domain {config.get('domain')!r}", "a cardiac export")
+        config, state = load_export(folder, "cardiac", EXPORT_KEYS)
         mae = mae_from_config(config)
         head = None
         if "task" in config:

@@ -42,13 +42,16 @@ def save_cardiac_export(model: nn.Module, folder, model_cfg: CardiacModelConfig,
     return save_export(folder, model, export_config(model_cfg, data_cfg, **extra))
 
 
+EXPORT_KEYS = ("model", "fs", "window_s", "stride_s", "patch", "max_gap_s")  # what a loader reads
+
+
 def mae_from_config(config: dict) -> MaskedAutoencoder:
     cfg = from_dict(CardiacModelConfig, config["model"])
     return build_cardiac_mae(cfg, int(round(config["window_s"] * config["fs"])), config["patch"])
 
 
 def load_cardiac_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    config, state = load_export(folder)
+    config, state = load_export(folder, "cardiac", EXPORT_KEYS)
     mae = mae_from_config(config)
     load_weights(mae, state)
     return mae, config

@@ -39,8 +39,11 @@ def save_geo_export(model: nn.Module, folder, model_cfg: GeoModelConfig, data_cf
                                        "window": data_cfg.window, "patch": data_cfg.patch, **extra})
 
 
+EXPORT_KEYS = ("model", "groups", "window", "patch")  # what a loader reads
+
+
 def load_geo_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    config, state = load_export(folder)
+    config, state = load_export(folder, "remote_sensing", EXPORT_KEYS)
     mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"],
                         config["patch"])
     load_weights(mae, state)

@@ -154,7 +154,7 @@ def build_point_mae(cfg: PointModelConfig, n_groups: int, group_size: int) -> Ma
 
 def load_point_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """A pointcloud_pretrain export: the MAE and its config (points, groups, group size)."""
-    config, state = load_export(folder)
+    config, state = load_export(folder, "scene3d", ("model", "n_groups", "group_size"))
     mae = build_point_mae(from_dict(PointModelConfig, config["model"]), config["n_groups"], config["group_size"])
     load_weights(mae, state)
     return mae, config
@@ -259,7 +259,7 @@ def build_nerf_mae(cfg: NerfModelConfig, grid: tuple[int, int, int], patch: int)
 
 def load_nerf_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """A nerf_pretrain export: the MAE and its config (grid, patch, opacity rule)."""
-    config, state = load_export(folder)
+    config, state = load_export(folder, "scene3d", ("model", "grid", "patch"))
     mae = build_nerf_mae(from_dict(NerfModelConfig, config["model"]), tuple(config["grid"]), config["patch"])
     load_weights(mae, state)
     return mae, config

@@ -168,7 +168,7 @@ def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, j
 
 
 def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    config, state = load_export(folder)
+    config, state = load_export(folder, "skeleton", ("model", "frames", "bodies", "joints"))
     mae = build_skeleton_mae(from_dict(SkeletonModelConfig, config["model"]), config["frames"], config["bodies"],
                              config["joints"])
     load_weights(mae, state)
