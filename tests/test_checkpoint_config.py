@@ -8,6 +8,8 @@ from core import DataError
 from core.checkpoint import load_export, load_training_state, load_weights, save_export, save_training_state
 from core.config import apply_overrides, load_config, save_config
 from core.engine import TrainConfig
+from core.heads import PooledClassifier
+from core.mae import load_mae_weights
 from toy import toy_mae
 
 
@@ -56,6 +58,24 @@ def test_an_export_of_another_domain_or_without_needed_keys_is_a_data_error(tmp_
         load_export(tmp_path, "cardiac")
     with pytest.raises(DataError, match=r"config.json: found no joints, bodies .*expected an export with model, joints"):
         load_export(tmp_path, "skeleton", ("model", "joints", "bodies"))
+
+
+def test_mae_weights_from_a_pretraining_or_a_fine_tuned_export(tmp_path):
+    torch.manual_seed(0)
+    tuned = PooledClassifier(toy_mae().encoder, 3)  # a fine-tuned export: encoder + head, no decoder
+    save_export(tmp_path / "tuned", tuned, {})
+    mae = toy_mae()
+    decoder = {k: v.clone() for k, v in mae.decoder.state_dict().items()}
+    load_mae_weights(mae, load_export(tmp_path / "tuned")[1])
+    for k, v in tuned.encoder.state_dict().items():
+        assert torch.equal(mae.encoder.state_dict()[k], v), k
+    assert all(torch.equal(mae.decoder.state_dict()[k], v) for k, v in decoder.items())
+    source = toy_mae()
+    save_export(tmp_path / "pre", source, {})
+    load_mae_weights(mae, load_export(tmp_path / "pre")[1])
+    assert all(torch.equal(mae.state_dict()[k], v) for k, v in source.state_dict().items())
+    with pytest.raises(ValueError, match="weights do not match the model: missing"):
+        load_mae_weights(mae, {k: v for k, v in source.state_dict().items() if k != "decoder_pred.bias"})
 
 
 def test_training_state_loads_with_weights_only_and_rejects_pickled_code(tmp_path):

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.checkpoint import load_export, load_weights, save_export
+from core.checkpoint import load_export, save_export
 from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import MLPHead, LinearProbe, Pooler
 from core.losses import PatchTarget
-from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, pyplot
+from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, load_mae_weights, pyplot
 from core.masking import MaskConfig
 from domains.brain_mri.io import MODALITIES
 
@@ -60,7 +60,7 @@ def load_brain_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     config, state = load_export(folder, "brain_mri", ("model", "roi"))
     cfg = from_dict(BrainModelConfig, config["model"])
     mae = build_brain_mae(cfg, config["roi"])
-    load_weights(mae, state)
+    load_mae_weights(mae, state)
     return mae, config
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import load_export, load_weights, save_export
+from core.checkpoint import load_export, save_export
 from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import confusion, confusion_scores
 from core.losses import PatchTarget
-from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
+from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, load_mae_weights, pyplot
 from core.masking import MaskConfig
 from domains.remote_sensing.data import band_layout
 
@@ -46,7 +46,7 @@ def load_geo_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     config, state = load_export(folder, "remote_sensing", EXPORT_KEYS)
     mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"],
                         config["patch"])
-    load_weights(mae, state)
+    load_mae_weights(mae, state)
     return mae, config
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import load_export, load_weights
+from core.checkpoint import load_export
 from core.config import from_dict
 from core.embed import GroupEmbed, sincos_1d
 from core.heads import PooledClassifier
 from core.losses import PatchTarget
-from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, pyplot
+from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, load_mae_weights, pyplot
 from core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
 from core.tokens import TokenSet, gather_slots
 from domains.skeleton.transforms import BONES, hop_distance, part_of_joint
@@ -171,7 +171,7 @@ def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     config, state = load_export(folder, "skeleton", ("model", "frames", "bodies", "joints"))
     mae = build_skeleton_mae(from_dict(SkeletonModelConfig, config["model"]), config["frames"], config["bodies"],
                              config["joints"])
-    load_weights(mae, state)
+    load_mae_weights(mae, state)
     return mae, config
 
 
