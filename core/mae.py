@@ -15,6 +15,7 @@ from core.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
+
 def full_plan(valid: torch.Tensor) -> MaskPlan:
     """A plan that shows every valid slot and hides none."""
     return plan_from_scores(torch.zeros(valid.shape, device=valid.device), valid, 0.0)
