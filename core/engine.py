@@ -271,8 +271,9 @@ class Trainer:
                                      shuffle=True, seed=cfg.seed, drop_last=True)
         batches = len(sampler) * cfg.epoch_repeats // cfg.batch_size
         if batches < cfg.accum_steps:
-            raise ValueError(f"the training set gives {batches} batches of {cfg.batch_size} per process; "
-                             f"need at least accum_steps={cfg.accum_steps}")
+            raise ValueError(f"the training set has {len(train_set)} samples: {batches} batches of {cfg.batch_size} "
+                             f"per process; need at least accum_steps={cfg.accum_steps} (add data or lower "
+                             f"train.batch_size)")
         per_epoch = batches // cfg.accum_steps
         total = cfg.epochs * per_epoch
         warmup = min(int(cfg.warmup_epochs * per_epoch), total - 1)

@@ -52,6 +52,12 @@ def test_loss_falls_and_lr_follows_the_mae_rule(tmp_path):
     assert {"loss/a", "loss/b", "lr"} <= set(rows[0])
 
 
+def test_too_small_a_training_set_says_so(tmp_path):
+    with pytest.raises(ValueError, match=r"the training set has 6 samples: 0 batches of 8 per process; need at "
+                                         r"least accum_steps=1 \(add data or lower train.batch_size\)"):
+        _trainer(tmp_path, "small").fit(ToyImages(6))
+
+
 def test_an_existing_run_is_never_overwritten(tmp_path):
     _trainer(tmp_path, "a", max_steps=1).fit(ToyImages(16))
     with pytest.raises(ValueError, match="already holds a run"):
