@@ -10,7 +10,7 @@ from conftest import ROOT, shared_data
 from core import DataError
 from core.masking import MaskConfig
 from domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, PointDataConfig, find_clouds
-from domains.scene3d.io import read_cloud, read_grid, read_h5
+from domains.scene3d.io import read_cloud, read_grid, read_h5, write_cloud
 from domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig, PointNetEmbed,
                                    VoxelHead, build_nerf_mae, build_point_mae, farthest_point_sample, group_points,
                                    has_pytorch3d, knn)
@@ -66,8 +66,11 @@ def test_meshes_are_sampled_and_bad_clouds_are_data_errors(tmp_path):
         assert c.points.shape == (500, 3) and c.normals is not None
         assert c.points.min() >= -1e-6 and c.points.max() <= 2 + 1e-6
     (tmp_path / "verts.off").write_text("OFF\n3 0 0\n0 0 0\n1 0 0\n0 1 0\n")
-    with pytest.raises(DataError, match="verts.off: found a mesh of .* vertices and no faces; expected faces"):
+    with pytest.raises(DataError, match=r"verts.off: found a file open3d could not read whole \(.*no vertices or faces"):
         read_cloud(tmp_path / "verts.off")
+    (tmp_path / "verts.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    with pytest.raises(DataError, match="verts.obj: found a mesh of .* vertices and no faces; expected faces"):
+        read_cloud(tmp_path / "verts.obj")
     (tmp_path / "empty.xyz").write_text("")
     with pytest.raises(DataError, match="empty.xyz: found no points"):
         read_cloud(tmp_path / "empty.xyz")
@@ -80,6 +83,12 @@ def test_meshes_are_sampled_and_bad_clouds_are_data_errors(tmp_path):
     (tmp_path / "x.las").write_text("?")
     with pytest.raises(DataError, match="x.las: found a .las file"):
         read_cloud(tmp_path / "x.las")
+    for name in ("cut.ply", "cut.pcd"):  # open3d returns a cut PLY at full length, the rest uninitialised
+        write_cloud(tmp_path / name, np.random.default_rng(0).random((1000, 3)))
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(DataError, match=rf"{name}: found a file open3d could not read whole \(.*failed"):
+            read_cloud(tmp_path / name)
 
 
 def test_hdf5_clouds_with_labels(tmp_path):

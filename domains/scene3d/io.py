@@ -2,6 +2,12 @@
 ModelNet40 / ScanObjectNN layout) and NeRF radiance grids (the NeRF-RPN / NeRF-MAE ``.npz`` layout)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +38,46 @@ def _open3d():
     return o3d
 
 
+@contextlib.contextmanager
+def _printed():
+    """Collect what is printed inside the block, by Python (open3d's log goes through ``sys.stdout``) and by
+    native code to file descriptors 1 and 2 (RPly's errors); yields a list that holds the text once the
+    block ends."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    text, logged, saved = [], io.StringIO(), (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(logged), contextlib.redirect_stderr(logged):
+                yield text
+        finally:
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            tmp.seek(0)
+            text.append(tmp.read().decode(errors="replace") + logged.getvalue())
+
+
+def _o3d_read(path: Path, read):
+    """``read(str(path))`` with open3d's messages caught. open3d returns a truncated PLY at its full declared
+    size, the missing points uninitialised memory, and says so only in a printed warning: that warning,
+    or any other reported failure, becomes a DataError."""
+    o3d = _open3d()
+    with _printed() as out:
+        o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Warning)
+        try:
+            result = read(str(path))
+        finally:
+            o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+    message = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", out[0]).split())
+    if re.search(r"fail|error|unexpected end", message.replace(str(path), ""), re.IGNORECASE):
+        raise DataError(path, f"a file open3d could not read whole ({message[:300]})",
+                        "a complete, well-formed point cloud or mesh file")
+    return result
+
+
 def _finite(path, points: np.ndarray, *extra: np.ndarray | None) -> Cloud:
     """Drop the points that are not finite (organised PCD scans mark empty pixels with NaN)."""
     if len(points) == 0:
@@ -46,7 +92,7 @@ def _finite(path, points: np.ndarray, *extra: np.ndarray | None) -> Cloud:
 def read_mesh_points(path: str | Path, n_points: int) -> Cloud:
     """A triangle mesh (PLY, OFF, OBJ) sampled uniformly by area to ``n_points`` points with normals."""
     o3d = _open3d()
-    mesh = o3d.io.read_triangle_mesh(str(path))
+    mesh = _o3d_read(Path(path), o3d.io.read_triangle_mesh)
     if len(mesh.triangles) == 0:
         raise DataError(path, f"a mesh of {len(mesh.vertices)} vertices and no faces", "faces to sample points from")
     cloud = mesh.sample_points_uniformly(number_of_points=n_points, use_triangle_normal=True)
@@ -70,9 +116,9 @@ def read_cloud(path: str | Path, mesh_points: int = 8192) -> Cloud:
     if suffix not in CLOUD_SUFFIXES + MESH_SUFFIXES:
         raise DataError(path, f"a {suffix or 'suffix-less'} file", f"one of {', '.join(SUFFIXES)}")
     o3d = _open3d()
-    if suffix in MESH_SUFFIXES or (suffix == ".ply" and len(o3d.io.read_triangle_mesh(str(path)).triangles)):
+    if suffix in MESH_SUFFIXES or (suffix == ".ply" and len(_o3d_read(path, o3d.io.read_triangle_mesh).triangles)):
         return read_mesh_points(path, mesh_points)
-    pc = o3d.io.read_point_cloud(str(path), remove_nan_points=False, remove_infinite_points=False)
+    pc = _o3d_read(path, lambda p: o3d.io.read_point_cloud(p, remove_nan_points=False, remove_infinite_points=False))
     if len(pc.points) == 0:
         size = path.stat().st_size
         raise DataError(path, f"no points ({size} bytes; empty or not a readable {suffix[1:].upper()})",
