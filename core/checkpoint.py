@@ -146,6 +146,7 @@ def build_folder_once(root: str | os.PathLike | None, key: str, fill, name: str 
     """Make ``root`` complete or not at all: ``fill(tmp)`` writes into a temporary sibling folder that then
     replaces ``root`` with a COMPLETE marker holding ``key`` (what was built, e.g. "60 tiles, seed 0").
     A complete ``root`` with the same key is returned as it is; one built with another key is an error.
+    Processes that build the same folder at once (torchrun ranks) all return it; the first one's stays.
     ``root`` None: ``<cache_root(name)>/<key>``, one folder per key."""
     import shutil
 
@@ -163,9 +164,14 @@ def build_folder_once(root: str | os.PathLike | None, key: str, fill, name: str 
     tmp.mkdir(parents=True)
     fill(tmp)
     (tmp / "COMPLETE").write_text(key + "\n")
-    if root.exists():
-        root.rmdir()
-    tmp.rename(root)
+    try:
+        if root.exists():
+            root.rmdir()  # an empty folder named for it
+        tmp.rename(root)
+    except OSError:  # another process (a torchrun rank) completed the same folder first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (marker.is_file() and marker.read_text().strip() == key):
+            raise
     return root
 
 

@@ -1,3 +1,4 @@
+import shutil
 from dataclasses import dataclass, field
 
 import pytest
@@ -200,6 +201,26 @@ def test_a_generated_folder_is_complete_or_absent(tmp_path):
     with pytest.raises(DataError, match="a folder with other files"):
         build_folder_once(tmp_path / "mine", "1 file", fill)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_processes_building_one_folder_at_once_all_get_the_first_complete_one(tmp_path):
+    from core.checkpoint import build_folder_once
+
+    root = tmp_path / "data"
+
+    def racing(key):
+        def fill(folder):  # while this process fills its copy, another completes root
+            (folder / "a.txt").write_text("second")
+            root.mkdir()
+            (root / "a.txt").write_text("first")
+            (root / "COMPLETE").write_text(key + "\n")
+        return fill
+
+    assert (build_folder_once(root, "1 file", racing("1 file")) / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # the second copy is gone
+    shutil.rmtree(root)
+    with pytest.raises(OSError):  # a folder completed as something else is never taken for ours
+        build_folder_once(root, "1 file", racing("2 files"))
 
 
 def test_newest_export_finds_or_makes_one(tmp_path):
