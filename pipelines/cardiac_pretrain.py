@@ -35,7 +35,8 @@ def main(argv=None):
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)
-    print(f"run folder: {trainer.run_dir}")
+    if trainer.dist.main:
+        print(f"run folder: {trainer.run_dir}")
 
 
 if __name__ == "__main__":

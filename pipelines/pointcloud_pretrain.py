@@ -39,7 +39,8 @@ def main(argv=None):
         save_config(cfg, trainer.run_dir / "config.yaml")
     train_set = PointClouds(train, d, True, cfg.train.seed)
     trainer.fit(train_set, PointClouds(val, d, False) if val else None)
-    print(f"run folder: {trainer.run_dir}; non-finite points dropped: {train_set.dropped}")
+    if trainer.dist.main:
+        print(f"run folder: {trainer.run_dir}; non-finite points dropped: {train_set.dropped}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def main(argv=None):
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(Skeletons(train, d, True, actions, cfg.train.seed), Skeletons(val, d, False, actions) if val else None)
-    print(f"run folder: {trainer.run_dir} ({len(train)} training, {len(val)} validation sequences)")
+    if trainer.dist.main:
+        print(f"run folder: {trainer.run_dir} ({len(train)} training, {len(val)} validation sequences)")
 
 
 if __name__ == "__main__":
