@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from core.checkpoint import atomic_write, load_training_state, rng_state, save_training_state, set_rng_state
 from core.heads import layer_decay_groups
+from core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,10 @@ class Trainer:
             self.optimizer, lambda s: cosine_schedule(s, total, warmup, min_ratio))
         if cfg.resume:
             path = Path(cfg.resume)
-            self.load_state_dict(load_training_state(path if path.is_file() else path / "last.pt"))
+            path = path if path.is_file() else path / "last.pt"
+            state = load_training_state(path)
+            _check_resumable(path, state, self.model, self.optimizer)
+            self.load_state_dict(state)
             log.info("resumed %s at step %d (epoch %d)", self.run_dir, self.step, self.epoch)
         metrics = MetricsLog(self.run_dir / "metrics.csv", self.step if cfg.resume else None)
         if self.dist.main:
@@ -386,6 +390,25 @@ class Trainer:
             bar.set_postfix_str(text)
         else:
             log.info("%s epoch %d step %d %s", row["kind"], row["epoch"], row["step"], text)
+
+
+def _check_resumable(path: Path, state: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A training state of another model or optimizer set-up than this config builds is a DataError."""
+    saved, own = state["model"], model.state_dict()
+    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    resized = sorted(f"{k} {list(saved[k].shape)} here {list(own[k].shape)}" for k in own.keys() & saved.keys()
+                     if saved[k].shape != own[k].shape)
+    groups = ([len(g["params"]) for g in state["optimizer"]["param_groups"]],
+              [len(g["params"]) for g in optimizer.param_groups])
+    found = "; ".join(part for part in (
+        f"{len(resized)} tensors of other shapes (e.g. {resized[0]})" if resized else "",
+        f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+        f"{len(unexpected)} not in this model (e.g. {unexpected[0]})" if unexpected else "",
+        f"optimizer parameter groups of {groups[0]} tensors, here {groups[1]}" if groups[0] != groups[1] else "")
+        if part)
+    if found:
+        raise DataError(path, f"the state of another set-up: {found}",
+                        "the model and optimizer this run was started with (resume with the settings in its config.yaml)")
 
 
 def make_optimizer(params, lr: float, betas=(0.9, 0.95), weight_decay: float = 0.05) -> torch.optim.AdamW:

@@ -52,6 +52,19 @@ def test_loss_falls_and_lr_follows_the_mae_rule(tmp_path):
     assert {"loss/a", "loss/b", "lr"} <= set(rows[0])
 
 
+def test_resuming_into_another_model_or_optimizer_set_up_is_a_data_error(tmp_path):
+    from core import DataError
+
+    _trainer(tmp_path, "a", max_steps=1).fit(ToyImages(16))
+    other = _trainer(tmp_path, "b", resume=str(tmp_path / "a"))
+    other.model = toy_mae(dim=16)
+    with pytest.raises(DataError, match=r"a/last.pt: found the state of another set-up: \d+ tensors of other shapes "
+                                        r"\(e.g. decoder_embed.weight \[32, 32\] here \[32, 16\]\)"):
+        other.fit(ToyImages(16))
+    with pytest.raises(DataError, match=r"optimizer parameter groups of \[\d+, \d+\] tensors, here \[\d+(, \d+){3,}\]"):
+        _trainer(tmp_path, "c", resume=str(tmp_path / "a"), layer_decay=0.7).fit(ToyImages(16))
+
+
 def test_too_small_a_training_set_says_so(tmp_path):
     with pytest.raises(ValueError, match=r"the training set has 6 samples: 0 batches of 8 per process; need at "
                                          r"least accum_steps=1 \(add data or lower train.batch_size\)"):
