@@ -51,7 +51,10 @@ def main(argv=None):
         cases = discover_cases(resolve_root(BrainDataConfig()))
         case = next(c for c in cases if len(c.paths) < len(MODALITIES))
     missing = [m for m in MODALITIES if m not in case.paths]
-    modality = canonical_modality(args.modality) if args.modality else (missing or [None])[0]
+    if not args.modality and not missing:
+        raise ValueError(f"{case.case_id} has every contrast; name the one to synthesise with --modality "
+                         f"(one of {MODALITIES})")
+    modality = canonical_modality(args.modality) if args.modality else missing[0]
     if modality not in MODALITIES:
         raise ValueError(f"--modality must be one of {MODALITIES} (or an alias), got {args.modality!r}")
     model, config = load_brain_mae(args.model or newest_export(ROOT / "runs" / "brats_pretrain", pretrain))

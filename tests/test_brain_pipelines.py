@@ -77,6 +77,10 @@ def test_reconstruct_writes_the_missing_contrast_on_the_input_grid(pretrained):
     with pytest.raises(ValueError, match="exists"):
         brats_reconstruct.main(["--model", str(pretrained / "runs" / "pre" / "export"), "--case", str(case),
                                 "--out", str(out)])
+    full = pretrained / "data" / "SynBraTS_00002"  # every contrast: which one is the user's to say
+    assert len(list(full.glob("*_t*.nii.gz")) + list(full.glob("*_flair.nii.gz"))) == 4
+    with pytest.raises(ValueError, match="SynBraTS_00002 has every contrast; name the one to synthesise"):
+        brats_reconstruct.main(["--model", str(pretrained / "runs" / "pre" / "export"), "--case", str(full)])
 
 
 def test_bad_data_exits_2_with_one_message(tmp_path):
