@@ -167,19 +167,35 @@ def default_step(model: nn.Module, batch, generator: torch.Generator) -> dict:
     return model(batch, generator)
 
 
+class Means:
+    """Running means of the scalar losses and metrics of step outputs. A 'loss/<g>' is weighted by the
+    'slots/<g>' beside it (see core.losses.grouped_losses), so a batch without group g's slots does not pull
+    its mean towards 0; a mean that got no weight at all is left out."""
+
+    def __init__(self):
+        self.num: dict[str, torch.Tensor] = {}
+        self.den: dict[str, torch.Tensor | float] = {}
+
+    def add(self, out: dict) -> None:
+        for k, v in out.items():
+            if isinstance(v, torch.Tensor) and v.ndim == 0 and k.startswith(("loss", "metric")):
+                w = out.get(f"slots/{k[5:]}", 1.0) if k.startswith("loss/") else 1.0
+                w = w.detach() if isinstance(w, torch.Tensor) else w
+                self.num[k] = self.num.get(k, 0.0) + v.detach() * w
+                self.den[k] = self.den.get(k, 0.0) + w
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        return {prefix + k: float(self.num[k]) / float(self.den[k]) for k in self.num if float(self.den[k]) > 0}
+
+
 @torch.no_grad()
 def mae_validation(model: nn.Module, batches) -> dict:
     """Mean MAE losses over a validation set, with the same masks at every evaluation."""
     g = torch.Generator().manual_seed(0)
-    sums: dict[str, float] = {}
-    n = 0
+    means = Means()
     for batch in batches:
-        out = model(batch, g)
-        for k, v in out.items():
-            if k.startswith("loss"):
-                sums[f"val_{k}"] = sums.get(f"val_{k}", 0.0) + float(v)
-        n += 1
-    return {k: v / max(n, 1) for k, v in sums.items()}
+        means.add(model(batch, g))
+    return means.result("val_")
 
 
 class Trainer:
@@ -301,25 +317,19 @@ class Trainer:
             start = self.batch_in_epoch
             loader.sampler.indices = indices[start * cfg.batch_size:]
             self.model.train()
-            sums: dict[str, torch.Tensor] = {}
-            n_sum = 0
+            means = Means()
             for i, batch in enumerate(loader, start):
                 if i >= per_epoch * cfg.accum_steps:
                     break
                 sync = (i + 1) % cfg.accum_steps == 0
-                out = self._forward_backward(batch, sync)
-                for k, v in out.items():
-                    if isinstance(v, torch.Tensor) and v.ndim == 0 and k.startswith(("loss", "metric")):
-                        sums[k] = sums.get(k, 0) + v.detach()
-                n_sum += 1
+                means.add(self._forward_backward(batch, sync))
                 self.batch_in_epoch = i + 1
                 if not sync:
                     continue
                 self._optimizer_step()
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == stop:
-                    last = {k: float(v) / n_sum for k, v in sums.items()}
-                    sums, n_sum = {}, 0
+                    last, means = means.result(), Means()
                     row = {"kind": "train", "epoch": self.epoch, "step": self.step,
                            "lr": max(g["lr"] for g in self.optimizer.param_groups), **last}
                     self._log(metrics, writer, row, bar)

@@ -51,7 +51,8 @@ def patch_errors(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", no
 
 def grouped_losses(errors: torch.Tensor, weight: torch.Tensor, group: torch.Tensor,
                    names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """{'loss': mean over weighted slots, 'loss/<name>': the same per group} (0 for an empty group)."""
+    """{'loss': mean over weighted slots, 'loss/<name>': the same per group (0 for an empty group), and
+    'slots/<name>': the weight behind it, so that means over batches can weigh each group by it}."""
     w = weight.to(errors.dtype)
     sums = errors.new_zeros(len(names)).scatter_add_(0, group.reshape(-1), (errors * w).reshape(-1))
     counts = errors.new_zeros(len(names)).scatter_add_(0, group.reshape(-1), w.reshape(-1))
@@ -59,6 +60,7 @@ def grouped_losses(errors: torch.Tensor, weight: torch.Tensor, group: torch.Tens
     per = sums / counts.clamp_min(1e-8)
     for i, name in enumerate(names):
         out[f"loss/{name}"] = per[i]
+        out[f"slots/{name}"] = counts[i]
     return out
 
 

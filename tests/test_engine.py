@@ -8,7 +8,7 @@ import torch
 
 from conftest import ROOT, collate
 from core.checkpoint import save_export
-from core.engine import MetricsLog, TrainConfig, Trainer, cosine_schedule, read_metrics
+from core.engine import Means, MetricsLog, TrainConfig, Trainer, cosine_schedule, read_metrics
 from toy import ToyImages, toy_mae
 
 
@@ -133,6 +133,17 @@ def test_metrics_log_appends_and_grows_columns(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == ["1", "2", "3"]
     resumed = MetricsLog(tmp_path / "metrics.csv", keep_until_step=2)  # resume from step 2 drops step 3
     assert [r["step"] for r in read_metrics(tmp_path)] == ["1", "2", "2"] and len(resumed.rows) == 3
+
+
+def test_group_loss_means_weigh_batches_by_the_group_slots_they_scored():
+    t = torch.tensor
+    means = Means()
+    means.add({"loss": t(1.0), "loss/a": t(2.0), "slots/a": t(3.0), "loss/b": t(0.0), "slots/b": t(0.0),
+               "loss/c": t(0.0), "slots/c": t(0.0), "pred": t(9.0)})
+    means.add({"loss": t(3.0), "loss/a": t(4.0), "slots/a": t(1.0), "loss/b": t(5.0), "slots/b": t(2.0),
+               "loss/c": t(0.0), "slots/c": t(0.0), "metric_acc": t(0.5)})
+    # b's first batch had none of its slots: its 0 is not a loss of 0; c never had any: no mean at all
+    assert means.result("val_") == {"val_loss": 2.0, "val_loss/a": 2.5, "val_loss/b": 5.0, "val_metric_acc": 0.5}
 
 
 def test_cosine_schedule():

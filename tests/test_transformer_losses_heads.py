@@ -69,6 +69,7 @@ def test_grouped_losses_reduce_only_over_weighted_slots_and_stay_finite():
     assert out["loss"].item() == pytest.approx(2.0)
     assert out["loss/x"].item() == pytest.approx(2.0)
     assert out["loss/y"].item() == 0.0 and math.isfinite(out["loss/z"].item())
+    assert [out[f"slots/{n}"].item() for n in "xyz"] == [3.0, 0.0, 0.0]  # the weight behind each group's loss
     empty = grouped_losses(err, torch.zeros_like(w), g, ["x", "y"])
     assert all(math.isfinite(v.item()) for v in empty.values())
 
