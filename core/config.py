@@ -30,10 +30,16 @@ ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]
 
 
 def parse_yaml(text: str):
-    """YAML text -> Python values, safely, with ``ConfigLoader``'s scalars."""
+    """YAML text -> Python values, safely, with ``ConfigLoader``'s scalars; bad syntax is a ValueError that
+    says where."""
     loader = ConfigLoader(text)
     try:
         return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        raise ValueError(f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"invalid YAML: {' '.join(str(e).split())}") from None
     finally:
         loader.dispose()
 
@@ -94,7 +100,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = parse_yaml(raw)
+        try:
+            node[leaf] = parse_yaml(raw)
+        except ValueError as e:
+            raise ValueError(f"override {item!r}: {e}") from None
     return data
 
 
@@ -102,9 +111,11 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
     """YAML file (optional) + overrides -> validated dataclass ``cls``; unset keys take their defaults."""
     data = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise DataError(path, "no such file", "a YAML config")
         try:
             data = parse_yaml(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, ValueError) as e:
             raise DataError(path, f"an unreadable config ({e})", "a YAML mapping") from None
         if not isinstance(data, dict):
             raise DataError(path, f"a {type(data).__name__}", "a YAML mapping")

@@ -149,6 +149,14 @@ def test_bad_yaml_is_a_data_error(tmp_path):
     (tmp_path / "c.yaml").write_text("- just\n- a list\n")
     with pytest.raises(DataError, match="expected a YAML mapping"):
         load_config(Outer, tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(DataError, match=r"c.yaml: found an unreadable config \(invalid YAML at line 2, column 1: "
+                                        r"expected ',' or '\]'"):
+        load_config(Outer, tmp_path / "c.yaml")
+    with pytest.raises(DataError, match="none.yaml: found no such file; expected a YAML config"):
+        load_config(Outer, tmp_path / "none.yaml")
+    with pytest.raises(ValueError, match=r"override 'train.betas=\[1, 2': invalid YAML at line 1, column 6"):
+        load_config(Outer, None, ["train.betas=[1, 2"])
 
 
 class _BadData(torch.utils.data.Dataset):
