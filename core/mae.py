@@ -187,6 +187,12 @@ class MaskedAutoencoder(nn.Module):
     def group_names(self) -> list[str]:
         return self.encoder.group_names
 
+    def encode(self, batch, groups: Sequence[str] | None = None,
+               return_layers: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+        """Features for downstream use, with no masking, from all groups or the named subset: tokens [B, N, D],
+        valid [B, N], cls [B, D], group [B, N], the requested layers and the tokenset (:meth:`MAEEncoder.forward`)."""
+        return self.encoder(batch, groups, return_layers)
+
     def forward(self, batch, generator: torch.Generator | None = None) -> dict:
         """Mask, encode, decode and score one batch.
 

@@ -69,16 +69,16 @@ def test_decoder_masking_decodes_a_fraction_of_hidden_slots():
 def test_encode_a_subset_of_groups_ignores_the_rest():
     model = toy_mae().eval()
     batch = _batch()
-    feats = model.encoder(batch, groups=["a"])
+    feats = model.encode(batch, groups=["a"])
     other = dict(batch, image=batch["image"].clone())
     other["image"][:, 1] = torch.randn_like(other["image"][:, 1])
-    feats2 = model.encoder(other, groups=["a"])
+    feats2 = model.encode(other, groups=["a"])
     torch.testing.assert_close(feats["cls"], feats2["cls"])
     assert feats["valid"][:, 16:].sum() == 0 and feats["tokens"][:, 16:].abs().sum() == 0
     assert not torch.allclose(model.encoder(batch)["cls"], feats["cls"])
     with pytest.raises(ValueError, match="unknown groups"):
         model.encoder(batch, groups=["c"])
-    feats = model.encoder(batch, return_layers=(1, 2))
+    feats = model.encode(batch, return_layers=(1, 2))
     assert len(feats["layers"]) == 2 and feats["layers"][0].shape == (8, 32, 32)
 
 
