@@ -97,6 +97,31 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
     return missing, sorted(unexpected)
 
 
+def from_pretrained(folder: str | os.PathLike, build, domain: str | None = None,
+                    keys: tuple[str, ...] = ()) -> tuple[nn.Module, dict]:
+    """An export folder -> (model, its config): ``build(config)`` makes the architecture the config describes
+    and the export's weights fill it, part by part (a part is a top-level module or parameter). Parts the
+    export lacks keep their initialisation and parts only the export has are left out, both logged: so a
+    fine-tuned export (encoder + head) fills a masked autoencoder's encoder and leaves its decoder fresh.
+    Every part both have must match key for key and shape for shape."""
+    config, state = load_export(folder, domain, keys)
+    model = build(config)
+    part = lambda key: key.split(".", 1)[0]  # noqa: E731
+    own, given = {part(k) for k in model.state_dict()}, {part(k) for k in state}
+    shared = own & given
+    if not shared:
+        raise DataError(Path(folder) / WEIGHTS_NAME, f"weights of {sorted(given)}", f"weights for {sorted(own)}")
+    missing, unexpected = load_weights(model, {k: v for k, v in state.items() if part(k) in shared}, strict=False)
+    missing = [k for k in missing if part(k) in shared]
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
+    if own - shared:
+        log.info("%s: no weights for %s; they keep their initialisation", folder, sorted(own - shared))
+    if given - shared:
+        log.info("%s: weights of %s left out (not in this model)", folder, sorted(given - shared))
+    return model, config
+
+
 def _short(keys, n=6) -> str:
     return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n})" if len(keys) > n else "")
 

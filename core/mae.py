@@ -1,19 +1,15 @@
 """The masked autoencoder: tokenizer -> masking -> encoder -> light decoder -> target."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from core.checkpoint import load_weights
 from core.masking import MaskConfig, MaskingStrategy, plan_from_scores
 from core.tokens import MaskPlan, TokenSet, gather_slots
 from core.transformer import Transformer
-
-log = logging.getLogger(__name__)
 
 
 def full_plan(valid: torch.Tensor) -> MaskPlan:
@@ -59,16 +55,6 @@ def build_mae(cfg: MAEConfig, tokenizer: nn.Module, group_names: Sequence[str], 
                          cfg.checkpointing, mask_token=cfg.mode == "mask_token")
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio)
-
-
-def load_mae_weights(mae: "MaskedAutoencoder", state: dict[str, torch.Tensor]) -> None:
-    """Weights of a pretraining export fill the whole MAE; those of a fine-tuned one (encoder and task head,
-    no decoder) fill the encoder, and the decoder keeps its initialisation."""
-    if any(k.startswith("decoder") for k in state):
-        load_weights(mae, state)
-        return
-    load_weights(mae.encoder, {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
-    log.info("a fine-tuned export: its encoder loaded, the decoder starts from its initialisation")
 
 
 def _init_weights(m: nn.Module) -> None:

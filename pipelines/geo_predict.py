@@ -18,14 +18,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from core.checkpoint import load_export, load_weights, newest_export  # noqa: E402
-from core.config import from_dict, run_cli  # noqa: E402
+from core.checkpoint import from_pretrained, newest_export  # noqa: E402
+from core.config import run_cli  # noqa: E402
 from core.errors import DataError  # noqa: E402
 from domains.remote_sensing import synthetic  # noqa: E402
 from domains.remote_sensing.data import GeoDataConfig, GeoWindows  # noqa: E402
 from domains.remote_sensing.io import Band  # noqa: E402
-from domains.remote_sensing.model import (EXPORT_KEYS, GeoFineTuner, GeoModelConfig, GeoTaskConfig,  # noqa: E402
-                                          build_geo_mae, export_layout)
+from domains.remote_sensing.model import (EXPORT_KEYS, GeoFineTuner, GeoTaskConfig, export_layout,  # noqa: E402
+                                          mae_from_config)
 
 log = logging.getLogger("geo_predict")
 NODATA = 255
@@ -40,10 +40,10 @@ def finetune() -> None:
 
 
 def load_model(folder) -> tuple[GeoFineTuner, dict]:
-    config, state = load_export(folder, "remote_sensing", EXPORT_KEYS + ("task", "classes", "data_bands"))
-    mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"], config["patch"])
-    model = GeoFineTuner(mae.encoder, GeoTaskConfig(**config["task"]), len(config["classes"]))
-    load_weights(model, state)
+    def build(c: dict) -> GeoFineTuner:
+        return GeoFineTuner(mae_from_config(c).encoder, GeoTaskConfig(**c["task"]), len(c["classes"]))
+
+    model, config = from_pretrained(folder, build, "remote_sensing", EXPORT_KEYS + ("task", "classes", "data_bands"))
     return model.eval(), config
 
 

@@ -6,11 +6,11 @@ import torch
 import yaml
 
 from core import DataError
-from core.checkpoint import load_export, load_training_state, load_weights, save_export, save_training_state
+from core.checkpoint import (from_pretrained, load_export, load_training_state, load_weights, save_export,
+                             save_training_state)
 from core.config import apply_overrides, load_config, save_config
 from core.engine import TrainConfig
 from core.heads import PooledClassifier
-from core.mae import load_mae_weights
 from toy import toy_mae
 
 
@@ -61,22 +61,25 @@ def test_an_export_of_another_domain_or_without_needed_keys_is_a_data_error(tmp_
         load_export(tmp_path, "skeleton", ("model", "joints", "bodies"))
 
 
-def test_mae_weights_from_a_pretraining_or_a_fine_tuned_export(tmp_path):
+def test_from_pretrained_builds_from_the_config_and_fills_the_parts_the_export_has(tmp_path):
     torch.manual_seed(0)
-    tuned = PooledClassifier(toy_mae().encoder, 3)  # a fine-tuned export: encoder + head, no decoder
-    save_export(tmp_path / "tuned", tuned, {})
-    mae = toy_mae()
-    decoder = {k: v.clone() for k, v in mae.decoder.state_dict().items()}
-    load_mae_weights(mae, load_export(tmp_path / "tuned")[1])
-    for k, v in tuned.encoder.state_dict().items():
-        assert torch.equal(mae.encoder.state_dict()[k], v), k
-    assert all(torch.equal(mae.decoder.state_dict()[k], v) for k, v in decoder.items())
     source = toy_mae()
-    save_export(tmp_path / "pre", source, {})
-    load_mae_weights(mae, load_export(tmp_path / "pre")[1])
-    assert all(torch.equal(mae.state_dict()[k], v) for k, v in source.state_dict().items())
-    with pytest.raises(ValueError, match="weights do not match the model: missing"):
-        load_mae_weights(mae, {k: v for k, v in source.state_dict().items() if k != "decoder_pred.bias"})
+    save_export(tmp_path / "pre", source, {"domain": "toy", "dim": 32})
+    model, config = from_pretrained(tmp_path / "pre", lambda c: toy_mae(dim=c["dim"]), "toy", ("dim",))
+    assert config["dim"] == 32
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
+    tuned = PooledClassifier(toy_mae().encoder, 3)  # a fine-tuned export: encoder + pooler + head, no decoder
+    save_export(tmp_path / "tuned", tuned, {"dim": 32})
+    torch.manual_seed(1)
+    fresh = toy_mae().decoder.state_dict()
+    torch.manual_seed(1)
+    mae, _ = from_pretrained(tmp_path / "tuned", lambda c: toy_mae(dim=c["dim"]))
+    assert all(torch.equal(mae.encoder.state_dict()[k], v) for k, v in tuned.encoder.state_dict().items())
+    assert all(torch.equal(mae.decoder.state_dict()[k], v) for k, v in fresh.items())  # kept as initialised
+    with pytest.raises(ValueError, match=r"weights do not match the model: missing \['decoder_embed.weight'"):
+        from_pretrained(tmp_path / "pre", lambda c: toy_mae(dim=16))  # a part both have must match
+    with pytest.raises(DataError, match="model.safetensors: found weights of"):
+        from_pretrained(tmp_path / "tuned", lambda c: torch.nn.Linear(2, 2))
 
 
 def test_training_state_loads_with_weights_only_and_rejects_pickled_code(tmp_path):

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.checkpoint import load_export, save_export
+from core.checkpoint import from_pretrained, save_export
 from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import MLPHead, LinearProbe, Pooler
 from core.losses import PatchTarget
-from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, load_mae_weights, pyplot
+from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 from domains.brain_mri.io import MODALITIES
 
@@ -57,11 +57,8 @@ def save_brain_export(model: nn.Module, folder, model_cfg: BrainModelConfig, roi
 
 def load_brain_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """``(mae, config)`` from an export of brats_pretrain (ready to continue pretraining or reconstruct)."""
-    config, state = load_export(folder, "brain_mri", ("model", "roi"))
-    cfg = from_dict(BrainModelConfig, config["model"])
-    mae = build_brain_mae(cfg, config["roi"])
-    load_mae_weights(mae, state)
-    return mae, config
+    return from_pretrained(folder, lambda c: build_brain_mae(from_dict(BrainModelConfig, c["model"]), c["roi"]),
+                           "brain_mri", ("model", "roi"))
 
 
 def fuse_modalities(tokens: torch.Tensor, valid: torch.Tensor, n_mod: int, grid) -> torch.Tensor:

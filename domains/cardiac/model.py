@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.checkpoint import load_export, save_export
+from core.checkpoint import from_pretrained, save_export
 from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import LinearProbe, MLPHead, Pooler
 from core.losses import PatchTarget
-from core.mae import MAEEncoder, MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, load_mae_weights, pyplot
+from core.mae import MAEEncoder, MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 from domains.cardiac.io import CHANNELS
 
@@ -51,10 +51,7 @@ def mae_from_config(config: dict) -> MaskedAutoencoder:
 
 
 def load_cardiac_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    config, state = load_export(folder, "cardiac", EXPORT_KEYS)
-    mae = mae_from_config(config)
-    load_mae_weights(mae, state)
-    return mae, config
+    return from_pretrained(folder, mae_from_config, "cardiac", EXPORT_KEYS)
 
 
 @dataclass

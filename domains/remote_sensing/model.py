@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import load_export, save_export
+from core.checkpoint import from_pretrained, save_export
 from core.config import from_dict
 from core.embed import GridTokenizer
 from core.heads import confusion, confusion_scores
 from core.losses import PatchTarget
-from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, load_mae_weights, pyplot
+from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 from domains.remote_sensing.data import band_layout
 
@@ -42,12 +42,13 @@ def save_geo_export(model: nn.Module, folder, model_cfg: GeoModelConfig, data_cf
 EXPORT_KEYS = ("model", "groups", "window", "patch")  # what a loader reads
 
 
+def mae_from_config(config: dict) -> MaskedAutoencoder:
+    return build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"],
+                         config["patch"])
+
+
 def load_geo_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    config, state = load_export(folder, "remote_sensing", EXPORT_KEYS)
-    mae = build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"],
-                        config["patch"])
-    load_mae_weights(mae, state)
-    return mae, config
+    return from_pretrained(folder, mae_from_config, "remote_sensing", EXPORT_KEYS)
 
 
 def layout_record(layout: dict[str, list[str]]) -> list[dict]:

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import load_export
+from core.checkpoint import from_pretrained
 from core.config import from_dict
 from core.embed import CoordEmbed, GridTokenizer, unpatchify
 from core.heads import PooledClassifier, Pooler
 from core.losses import chamfer_distance, grouped_losses
-from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, load_mae_weights, pyplot
+from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
 from core.masking import MaskConfig
 from core.tokens import TokenSet, gather_slots
 
@@ -154,10 +154,9 @@ def build_point_mae(cfg: PointModelConfig, n_groups: int, group_size: int) -> Ma
 
 def load_point_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """A pointcloud_pretrain export: the MAE and its config (points, groups, group size)."""
-    config, state = load_export(folder, "scene3d", ("model", "n_groups", "group_size"))
-    mae = build_point_mae(from_dict(PointModelConfig, config["model"]), config["n_groups"], config["group_size"])
-    load_mae_weights(mae, state)
-    return mae, config
+    return from_pretrained(folder, lambda c: build_point_mae(from_dict(PointModelConfig, c["model"]), c["n_groups"],
+                                                             c["group_size"]),
+                           "scene3d", ("model", "n_groups", "group_size"))
 
 
 def point_classifier(encoder: nn.Module, n_classes: int, freeze_encoder: bool = False) -> PooledClassifier:
@@ -259,10 +258,9 @@ def build_nerf_mae(cfg: NerfModelConfig, grid: tuple[int, int, int], patch: int)
 
 def load_nerf_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """A nerf_pretrain export: the MAE and its config (grid, patch, opacity rule)."""
-    config, state = load_export(folder, "scene3d", ("model", "grid", "patch"))
-    mae = build_nerf_mae(from_dict(NerfModelConfig, config["model"]), tuple(config["grid"]), config["patch"])
-    load_mae_weights(mae, state)
-    return mae, config
+    return from_pretrained(folder, lambda c: build_nerf_mae(from_dict(NerfModelConfig, c["model"]), tuple(c["grid"]),
+                                                            c["patch"]),
+                           "scene3d", ("model", "grid", "patch"))
 
 
 class VoxelHead(nn.Module):

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import load_export
+from core.checkpoint import from_pretrained
 from core.config import from_dict
 from core.embed import GroupEmbed, sincos_1d
 from core.heads import PooledClassifier
 from core.losses import PatchTarget
-from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, load_mae_weights, pyplot
+from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, pyplot
 from core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
 from core.tokens import TokenSet, gather_slots
 from domains.skeleton.transforms import BONES, hop_distance, part_of_joint
@@ -168,11 +168,9 @@ def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, j
 
 
 def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    config, state = load_export(folder, "skeleton", ("model", "frames", "bodies", "joints"))
-    mae = build_skeleton_mae(from_dict(SkeletonModelConfig, config["model"]), config["frames"], config["bodies"],
-                             config["joints"])
-    load_mae_weights(mae, state)
-    return mae, config
+    return from_pretrained(folder, lambda c: build_skeleton_mae(from_dict(SkeletonModelConfig, c["model"]), c["frames"],
+                                                                c["bodies"], c["joints"]),
+                           "skeleton", ("model", "frames", "bodies", "joints"))
 
 
 def skeleton_classifier(encoder: nn.Module, n_classes: int, linear_probe: bool = False) -> PooledClassifier:
