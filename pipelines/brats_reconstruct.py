@@ -57,7 +57,11 @@ def main(argv=None):
     modality = canonical_modality(args.modality) if args.modality else missing[0]
     if modality not in MODALITIES:
         raise ValueError(f"--modality must be one of {MODALITIES} (or an alias), got {args.modality!r}")
-    model, config = load_brain_mae(args.model or newest_export(ROOT / "runs" / "brats_pretrain", pretrain))
+    folder = args.model or newest_export(ROOT / "runs" / "brats_pretrain", pretrain)
+    model, config = load_brain_mae(folder)
+    if "task" in config:  # a fine-tuned export: encoder and head, no trained decoder to synthesise with
+        raise DataError(Path(folder) / "config.json", "a brats_finetune export (no trained decoder)",
+                        "a brats_pretrain export")
     model.eval()
 
     chain = inference_chain(config["spacing"])

@@ -1,3 +1,5 @@
+import json
+import shutil
 import subprocess
 import sys
 
@@ -6,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from core import DataError
 from core.engine import read_metrics
 
 sys.path.insert(0, str(ROOT / "pipelines"))
@@ -77,6 +80,12 @@ def test_reconstruct_writes_the_missing_contrast_on_the_input_grid(pretrained):
     with pytest.raises(ValueError, match="exists"):
         brats_reconstruct.main(["--model", str(pretrained / "runs" / "pre" / "export"), "--case", str(case),
                                 "--out", str(out)])
+    tuned = pretrained / "tuned_export"  # a fine-tuned export's config names its task; it has no trained decoder
+    shutil.copytree(pretrained / "runs" / "pre" / "export", tuned, dirs_exist_ok=True)
+    config = json.loads((tuned / "config.json").read_text())
+    (tuned / "config.json").write_text(json.dumps({**config, "task": {"kind": "classification"}}))
+    with pytest.raises(DataError, match="tuned_export/config.json: found a brats_finetune export"):
+        brats_reconstruct.main(["--model", str(tuned), "--case", str(case), "--out", str(pretrained / "x.nii.gz")])
     full = pretrained / "data" / "SynBraTS_00002"  # every contrast: which one is the user's to say
     assert len(list(full.glob("*_t*.nii.gz")) + list(full.glob("*_flair.nii.gz"))) == 4
     with pytest.raises(ValueError, match="SynBraTS_00002 has every contrast; name the one to synthesise"):

@@ -82,6 +82,8 @@ def test_foundation_model_predicts_with_a_fine_tuned_export(pretrained):
     model = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "ft_diagnosis" / "export")
     probs = model.predict(pretrained / "data" / "syn0002")
     assert probs.shape == (3, 4) and ((probs >= 0) & (probs <= 1)).all()
+    with pytest.raises(ValueError, match="fine-tuned model without the pretrained decoder"):
+        model.reconstruct(pretrained / "data" / "syn0002", ["II"])  # its decoder would be untrained
 
 
 def test_real_records_read_resample_step_and_embed(pretrained):

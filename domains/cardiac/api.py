@@ -84,6 +84,9 @@ class CardiacFoundationModel:
                     names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Synthesise ``channels`` (e.g. a lead from a PPG) from the record's other channels:
         {channel: [W, L]} per window, standardised units, at the model's rate."""
+        if self.head is not None:  # a fine-tuned export holds the encoder and head, not the decoder
+            raise ValueError("this export is a fine-tuned model without the pretrained decoder; use "
+                             "cardiac_pretrain's export for reconstruct()")
         wanted = [canonical_channel(c) or c for c in channels]
         unknown = [c for c in wanted if c not in CHANNELS]
         if unknown:
