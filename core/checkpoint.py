@@ -78,23 +78,26 @@ def load_export(folder: str | os.PathLike, domain: str | None = None,
     return config, state
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> tuple[list, list]:
-    """Load ``state`` into ``model``; report missing and unexpected keys (raise on them if ``strict``).
-
-    Tensors whose shape differs are reported and left out.
-    """
+def _match(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, list, list]:
+    """(the tensors of ``state`` that fit ``model``, missing keys, unexpected keys); a tensor whose shape
+    differs counts as missing."""
     own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    usable = {k: v for k, v in state.items() if k not in mismatched}
-    missing, unexpected = model.load_state_dict(usable, strict=False)
-    missing = sorted(set(missing) | set(mismatched))
+    usable = {k: v for k, v in state.items() if k not in own or own[k].shape == v.shape}
+    return usable, sorted(own.keys() - usable.keys()), sorted(usable.keys() - own.keys())
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> tuple[list, list]:
+    """Load ``state`` into ``model``; report missing and unexpected keys (raise on them, loading nothing, if
+    ``strict``). Tensors whose shape differs are reported and left out."""
+    usable, missing, unexpected = _match(model, state)
     if strict and (missing or unexpected):
-        raise ValueError(f"weights do not match the model: missing {missing}, unexpected {sorted(unexpected)}")
+        raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
+    model.load_state_dict(usable, strict=False)
     if missing:
         log.warning("weights: %d keys missing (kept as initialised): %s", len(missing), _short(missing))
     if unexpected:
-        log.info("weights: %d keys unused: %s", len(unexpected), _short(sorted(unexpected)))
-    return missing, sorted(unexpected)
+        log.info("weights: %d keys unused: %s", len(unexpected), _short(unexpected))
+    return missing, unexpected
 
 
 def from_pretrained(folder: str | os.PathLike, build, domain: str | None = None,
@@ -111,10 +114,11 @@ def from_pretrained(folder: str | os.PathLike, build, domain: str | None = None,
     shared = own & given
     if not shared:
         raise DataError(Path(folder) / WEIGHTS_NAME, f"weights of {sorted(given)}", f"weights for {sorted(own)}")
-    missing, unexpected = load_weights(model, {k: v for k, v in state.items() if part(k) in shared}, strict=False)
+    usable, missing, unexpected = _match(model, {k: v for k, v in state.items() if part(k) in shared})
     missing = [k for k in missing if part(k) in shared]
     if missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
+    model.load_state_dict(usable, strict=False)
     if own - shared:
         log.info("%s: no weights for %s; they keep their initialisation", folder, sorted(own - shared))
     if given - shared:

@@ -34,8 +34,10 @@ def test_load_weights_reports_missing_and_unexpected_keys():
     state["extra.weight"] = torch.zeros(1)
     del state["decoder_pred.bias"]
     state["decoder_pred.weight"] = torch.zeros(3, 3)  # wrong shape: reported, not loaded
+    state["encoder.cls_token"] = torch.ones_like(state["encoder.cls_token"])
     with pytest.raises(ValueError, match="missing .*decoder_pred.bias.*unexpected .*extra.weight"):
         load_weights(model, state)
+    assert not torch.equal(model.encoder.cls_token, state["encoder.cls_token"])  # a refused load changes nothing
     missing, unexpected = load_weights(model, state, strict=False)
     assert "decoder_pred.weight" in missing and unexpected == ["extra.weight"]
 
