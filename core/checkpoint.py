@@ -78,7 +78,7 @@ def load_export(folder: str | os.PathLike, domain: str | None = None,
     return config, state
 
 
-def _match(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, list, list]:
+def match_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, list, list]:
     """(the tensors of ``state`` that fit ``model``, missing keys, unexpected keys); a tensor whose shape
     differs counts as missing."""
     own = model.state_dict()
@@ -89,7 +89,7 @@ def _match(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, list
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> tuple[list, list]:
     """Load ``state`` into ``model``; report missing and unexpected keys (raise on them, loading nothing, if
     ``strict``). Tensors whose shape differs are reported and left out."""
-    usable, missing, unexpected = _match(model, state)
+    usable, missing, unexpected = match_weights(model, state)
     if strict and (missing or unexpected):
         raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
     model.load_state_dict(usable, strict=False)
@@ -114,7 +114,7 @@ def from_pretrained(folder: str | os.PathLike, build, domain: str | None = None,
     shared = own & given
     if not shared:
         raise DataError(Path(folder) / WEIGHTS_NAME, f"weights of {sorted(given)}", f"weights for {sorted(own)}")
-    usable, missing, unexpected = _match(model, {k: v for k, v in state.items() if part(k) in shared})
+    usable, missing, unexpected = match_weights(model, {k: v for k, v in state.items() if part(k) in shared})
     missing = [k for k in missing if part(k) in shared]
     if missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from core.checkpoint import atomic_write, load_training_state, rng_state, save_training_state, set_rng_state
+from core.checkpoint import (atomic_write, load_training_state, match_weights, rng_state, save_training_state,
+                             set_rng_state)
 from core.heads import layer_decay_groups
 from core.errors import DataError
 
@@ -405,9 +406,9 @@ class Trainer:
 def _check_resumable(path: Path, state: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """A training state of another model or optimizer set-up than this config builds is a DataError."""
     saved, own = state["model"], model.state_dict()
-    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
-    resized = sorted(f"{k} {list(saved[k].shape)} here {list(own[k].shape)}" for k in own.keys() & saved.keys()
-                     if saved[k].shape != own[k].shape)
+    _, missing, unexpected = match_weights(model, saved)  # a resized tensor counts as missing there
+    resized = [f"{k} {list(saved[k].shape)} here {list(own[k].shape)}" for k in missing if k in saved]
+    missing = [k for k in missing if k not in saved]
     groups = ([len(g["params"]) for g in state["optimizer"]["param_groups"]],
               [len(g["params"]) for g in optimizer.param_groups])
     found = "; ".join(part for part in (
