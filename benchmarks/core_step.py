@@ -2,7 +2,11 @@
 
 Prints, for 2D (224^2, patch 16) and 3D (96^3 and 128^3, patch 16) at equal width, depth, tokens and mask ratio:
 the core/MONAI speed ratio, the core's step time at mask 0.75 over mask 0.0, and the core's achieved
-FLOP/s over this machine's measured fp32 matmul FLOP/s. Usage: python benchmarks/core_step.py [--quick]
+FLOP/s over this machine's measured fp32 matmul FLOP/s. Usage: python benchmarks/core_step.py [--size base|small|tiny]
+
+Sizes: ``base`` is MONAI's default MaskedAutoEncoderViT (a ViT-B/16 encoder, 768 wide and 12 deep, and a decoder
+384 wide and 4 deep), with the usual 4x MLP; ``small`` a CPU-sized encoder (384 x 8, decoder 192 x 4), whose decoder
+is a larger share of the step; ``tiny`` a quick look.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def core_model(spatial, patch, w, ratio):
     enc = MAEEncoder(tok, ["x"], w["dim"], w["depth"], w["heads"])
     masking = build_masking("random", ratio) if ratio > 0 else _NoMasking()
     return MaskedAutoencoder(enc, masking, PatchTarget(["x"], norm_pix=False), tok.patch_values, w["dec_dim"],
-                             w["dec_depth"], w["heads"])
+                             w["dec_depth"], w["dec_heads"])
 
 
 def monai_model(spatial, patch, w):
@@ -43,7 +47,7 @@ def monai_model(spatial, patch, w):
 
     return MaskedAutoEncoderViT(1, spatial, patch, hidden_size=w["dim"], mlp_dim=4 * w["dim"], num_layers=w["depth"],
                                 num_heads=w["heads"], decoder_hidden_size=w["dec_dim"], decoder_mlp_dim=4 * w["dec_dim"],
-                                decoder_num_layers=w["dec_depth"], decoder_num_heads=w["heads"],
+                                decoder_num_layers=w["dec_depth"], decoder_num_heads=w["dec_heads"],
                                 spatial_dims=len(spatial), qkv_bias=True)
 
 
@@ -127,14 +131,18 @@ def report(name: str, r: dict, peak: float) -> str:
             f"of matmul (target >= 50%)")
 
 
+# widths and depths of each size, and the rounds of steps timed
+SIZES = {"base": ({"dim": 768, "depth": 12, "heads": 12, "dec_dim": 384, "dec_depth": 4, "dec_heads": 12}, 5),
+         "small": ({"dim": 384, "depth": 8, "heads": 6, "dec_dim": 192, "dec_depth": 4, "dec_heads": 6}, 9),
+         "tiny": ({"dim": 192, "depth": 4, "heads": 3, "dec_dim": 96, "dec_depth": 2, "dec_heads": 3}, 3)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="smaller models and fewer steps")
+    ap.add_argument("--size", choices=sorted(SIZES), default="base", help="model widths and depths (default: base)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    w = ({"dim": 192, "depth": 4, "heads": 3, "dec_dim": 128, "dec_depth": 2} if args.quick
-         else {"dim": 384, "depth": 8, "heads": 6, "dec_dim": 192, "dec_depth": 4})
-    rounds = 3 if args.quick else 9
+    w, rounds = SIZES[args.size]
     peak = matmul_flops()
     print(f"threads {torch.get_num_threads()}; fp32 matmul {peak / 1e9:.0f} GFLOP/s; width {w}; "
           f"best of {rounds} interleaved steps")

@@ -15,7 +15,7 @@ def _load(name):
 
 def test_core_step_benchmark_toy():
     bench = _load("core_step")
-    w = {"dim": 48, "depth": 2, "heads": 2, "dec_dim": 24, "dec_depth": 1}
+    w = {"dim": 48, "depth": 2, "heads": 2, "dec_dim": 24, "dec_depth": 1, "dec_heads": 2}
     for spatial, patch in [((32, 32), (8, 8)), ((16, 16, 16), (8, 8, 8))]:
         r = bench.bench(spatial, patch, 2, w, rounds=1)
         assert min(r["core"], r["monai"], r["full"]) > 0
