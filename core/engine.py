@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from core.checkpoint import (atomic_write, load_training_state, match_weights, rng_state, save_training_state,
                              set_rng_state)
-from core.heads import layer_decay_groups
 from core.errors import DataError
+from core.heads import layer_decay_groups
 
 log = logging.getLogger(__name__)
 
