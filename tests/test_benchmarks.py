@@ -23,6 +23,8 @@ def test_core_step_benchmark_toy():
         assert 0.1 * r["full_flops"] < r["flops"] < 0.8 * r["full_flops"]
         line = bench.report("toy", r, peak=1e11)
         assert "faster" in line and "FLOP ratio" in line
+        # the ceiling: MONAI's step time over the core's FLOPs at the given matmul rate
+        assert f"ceiling at the matmul peak {r['monai'] / (r['flops'] / 1e11):.2f}x" in line
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")))
