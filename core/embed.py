@@ -191,13 +191,16 @@ class GridTokenizer(nn.Module):
                 idx = torch.arange(G * n, device=x.device)[None].expand(B, -1)
             p = gather_slots(patches, idx)  # [B, K, P]
             gk = idx // n  # [B, K] group of each slot
+            # unbind, not weight[g]: its backward stacks the groups' gradients once instead of zero-filling
+            # a full [G, P, D] gradient for each group
+            ws, bs = self.weight.unbind(0), self.bias.unbind(0)  # G x [P, D], G x [D]
             if G == 1:
-                out = p @ self.weight[0] + self.bias[0]
+                out = p @ ws[0] + bs[0]
             else:
                 out = p.new_empty((*idx.shape, self.dim))
                 for g in range(G):  # a loop over groups (a handful), never over samples
                     sel = gk == g
-                    out[sel] = p[sel] @ self.weight[g] + self.bias[g]
+                    out[sel] = p[sel] @ ws[g] + bs[g]
             return out + gather_slots(slot, idx)  # [B, K, D]
 
         extras = {} if self.value_mask is None else {"value_mask": self.value_mask}

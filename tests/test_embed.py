@@ -100,6 +100,22 @@ def test_grid_tokenizer_marks_missing_groups_invalid_and_round_trips():
         tok({"image": torch.randn(2, 2, 1, 8, 8), "present": present})
 
 
+def test_grid_tokenizer_projects_each_group_with_its_own_weights_and_gradients():
+    tok = GridTokenizer(["a", "b", "c"], (8, 8), (4, 4), 16)
+    ts = tok({"image": torch.randn(2, 3, 1, 8, 8), "present": torch.ones(2, 3, dtype=torch.bool)})
+    r = torch.randn(2, 4, 16)
+    for idx in (torch.tensor([[11, 0, 5, 6], [3, 4, 8, 9]]), torch.tensor([[0, 1, 8, 9], [2, 3, 10, 11]])):
+        g = idx // 4  # the group of each slot; the second index picks no slot of group "b"
+        p = ts.target.gather(1, idx[..., None].expand(-1, -1, 16))  # [B, K, P]
+        ref = torch.einsum("bkp,bkpd->bkd", p, tok.weight[g]) + tok.bias[g] + ts.pos[0][idx]
+        grads = torch.autograd.grad((ts.embed(idx) * r).sum(), (tok.weight, tok.bias))
+        ref_grads = torch.autograd.grad((ref * r).sum(), (tok.weight, tok.bias))
+        torch.testing.assert_close(ts.embed(idx), ref)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b)
+    assert grads[0][1].abs().sum() == 0 and grads[0][0].abs().sum() > 0
+
+
 def test_grid_tokenizer_groups_of_fewer_channels_are_masked_out_of_the_loss():
     from core.losses import PatchTarget, normalize_patches
 
