@@ -6,6 +6,7 @@ FLOP/s over this machine's measured fp32 matmul FLOP/s. Also the speed-up ceilin
 time of the core step's matrix products run alone (same shapes and layouts), the ratio the core would reach if
 nothing but its matmuls took time (equal architectures run near-equal matmuls, so where MONAI's own overhead is
 small the ceiling is low).
+Runs on CUDA when present (fp32), else on the CPU.
 Usage: python benchmarks/core_step.py [--size base|small|tiny]
 
 Sizes: ``base`` is MONAI's default MaskedAutoEncoderViT (a ViT-B/16 encoder, 768 wide and 12 deep, and a decoder
@@ -29,6 +30,8 @@ from core.engine import make_optimizer  # noqa: E402
 from core.losses import PatchTarget  # noqa: E402
 from core.mae import MAEEncoder, MaskedAutoencoder, full_plan  # noqa: E402
 from core.masking import build_masking  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _NoMasking:
@@ -68,14 +71,21 @@ def stepper(model, loss_fn, opt):
     return once
 
 
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def interleaved(steps: dict, rounds: int) -> dict[str, float]:
     """Best seconds per step of each runner, timed in alternating rounds so that a noisy neighbour
     slows every runner alike. The best, as for the matmul peak: on a shared machine noise only adds time."""
     times = {name: [] for name in steps}
     for _ in range(rounds):
         for name, once in steps.items():
+            _sync()
             t = time.perf_counter()
             once()
+            _sync()
             times[name].append(time.perf_counter() - t)
     return {name: min(ts) for name, ts in times.items()}
 
@@ -121,7 +131,7 @@ def matmul_replay(model, loss_fn):
         if not isinstance(a, tuple):
             return a
         if a not in operands:
-            operands[a] = torch.empty_strided(*a).normal_()
+            operands[a] = torch.empty_strided(*a, device=DEVICE).normal_()
         return operands[a]
 
     calls = [(func, [operand(a) for a in layout], kwargs) for func, layout, kwargs in rec.calls]
@@ -138,9 +148,9 @@ def bench(spatial, patch, batch, w, rounds) -> dict:
     """Step times of the core at mask 0.75 and 0.0, of MONAI at 0.75 and of the core's matrix products alone
     (at 0.75), the core's FLOPs per step, and the machine's fp32 matmul FLOP/s (a 2048^3 product); all timed in
     the same rounds, so under the same load."""
-    x = torch.randn(batch, 1, *spatial)
+    x = torch.randn(batch, 1, *spatial, device=DEVICE)
     g = torch.Generator().manual_seed(0)
-    core_batch = {"image": x[:, None], "present": torch.ones(batch, 1, dtype=torch.bool)}
+    core_batch = {"image": x[:, None], "present": torch.ones(batch, 1, dtype=torch.bool, device=DEVICE)}
     target = patchify(x, patch)
 
     def core_loss(m):
@@ -150,8 +160,9 @@ def bench(spatial, patch, batch, w, rounds) -> dict:
         pred, mask = m(x, 0.75)
         return (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    core, full, mon = core_model(spatial, patch, w, 0.75), core_model(spatial, patch, w, 0.0), monai_model(spatial, patch, w)
+    a, b = torch.randn(2048, 2048, device=DEVICE), torch.randn(2048, 2048, device=DEVICE)
+    core, full = core_model(spatial, patch, w, 0.75).to(DEVICE), core_model(spatial, patch, w, 0.0).to(DEVICE)
+    mon = monai_model(spatial, patch, w).to(DEVICE)
     # each with its own training loop's optimizer: the core engine's fused AdamW, MONAI's usual AdamW
     t = interleaved({"core": stepper(core, core_loss, make_optimizer(core.parameters(), 1e-4)),
                      "monai": stepper(mon, monai_loss, torch.optim.AdamW(mon.parameters(), lr=1e-4)),
@@ -185,7 +196,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     w, rounds = SIZES[args.size]
-    print(f"threads {torch.get_num_threads()}; width {w}; best of {rounds} interleaved steps and fp32 matmuls")
+    print(f"{DEVICE}, {torch.get_num_threads()} threads; width {w}; best of {rounds} interleaved steps and fp32 matmuls")
     for name, spatial, patch, batch in [("2D 224^2/16", (224, 224), (16, 16), 16),
                                          ("3D 96^3/16", (96, 96, 96), (16, 16, 16), 4),
                                          ("3D 128^3/16 (the BraTS ROI)", (128, 128, 128), (16, 16, 16), 4)]:
