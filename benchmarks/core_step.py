@@ -95,13 +95,6 @@ def time_steps(model, loss_fn, opt, n: int) -> float:
     return interleaved({"step": stepper(model, loss_fn, opt)}, n)["step"]
 
 
-def step_flops(model, loss_fn) -> int:
-    with FlopCounterMode(display=False) as fc:
-        loss_fn(model).backward()
-    model.zero_grad(set_to_none=True)
-    return fc.get_total_flops()
-
-
 class _MatmulRecorder(TorchDispatchMode):
     """Records every matrix product that runs under it: the op, and each operand's shape and strides."""
 
@@ -118,13 +111,18 @@ class _MatmulRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def matmul_replay(model, loss_fn):
-    """A callable that runs the matrix products of one forward and backward of ``loss_fn(model)`` alone, on
-    stand-in operands of the same shapes and layouts (transposed views stay transposed): the time a step of
-    this model cannot go below on this machine, whatever else it does."""
-    with _MatmulRecorder() as rec:
+def record_step(model, loss_fn) -> tuple[int, list]:
+    """The FLOPs of one forward and backward of ``loss_fn(model)`` and its matrix products (for
+    :func:`matmul_replay`), from one pass; the model is left without gradients."""
+    with FlopCounterMode(display=False) as fc, _MatmulRecorder() as rec:
         loss_fn(model).backward()
     model.zero_grad(set_to_none=True)
+    return fc.get_total_flops(), rec.calls
+
+
+def matmul_replay(calls: list):
+    """A callable that runs recorded matrix products alone, on stand-in operands of the same shapes and layouts
+    (transposed views stay transposed): the time a step cannot go below on this machine, whatever else it does."""
     operands = {}
 
     def operand(a):
@@ -134,7 +132,7 @@ def matmul_replay(model, loss_fn):
             operands[a] = torch.empty_strided(*a, device=DEVICE).normal_()
         return operands[a]
 
-    calls = [(func, [operand(a) for a in layout], kwargs) for func, layout, kwargs in rec.calls]
+    calls = [(func, [operand(a) for a in layout], kwargs) for func, layout, kwargs in calls]
 
     def once():
         for func, args, kwargs in calls:
@@ -163,14 +161,14 @@ def bench(spatial, patch, batch, w, rounds) -> dict:
     a, b = torch.randn(2048, 2048, device=DEVICE), torch.randn(2048, 2048, device=DEVICE)
     core, full = core_model(spatial, patch, w, 0.75).to(DEVICE), core_model(spatial, patch, w, 0.0).to(DEVICE)
     mon = monai_model(spatial, patch, w).to(DEVICE)
+    flops, calls = record_step(core, core_loss)
     # each with its own training loop's optimizer: the core engine's fused AdamW, MONAI's usual AdamW
     t = interleaved({"core": stepper(core, core_loss, make_optimizer(core.parameters(), 1e-4)),
                      "monai": stepper(mon, monai_loss, torch.optim.AdamW(mon.parameters(), lr=1e-4)),
                      "full": stepper(full, core_loss, make_optimizer(full.parameters(), 1e-4)),
-                     "core_matmuls": matmul_replay(core, core_loss),
+                     "core_matmuls": matmul_replay(calls),
                      "matmul": lambda: a @ b}, rounds)
-    return {**t, "peak": 2 * 2048 ** 3 / t["matmul"], "flops": step_flops(core, core_loss),
-            "full_flops": step_flops(full, core_loss)}
+    return {**t, "peak": 2 * 2048 ** 3 / t["matmul"], "flops": flops, "full_flops": record_step(full, core_loss)[0]}
 
 
 def report(name: str, r: dict) -> str:
