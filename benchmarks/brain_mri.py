@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from scimae.pipelines import brats_finetune
+from scimae.pipelines import brats_pretrain
+from scimae.core.config import load_config, run_cli
+from core_step import time_steps
+from scimae.core.engine import make_optimizer, read_metrics
+from scimae.domains.brain_mri.data import collate, load_splits
+from scimae.domains.brain_mri.model import build_brain_mae
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "pipelines"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import brats_finetune  # noqa: E402
-import brats_pretrain  # noqa: E402
-from core.config import load_config, run_cli  # noqa: E402
-from core_step import time_steps  # noqa: E402
-from core.engine import make_optimizer, read_metrics  # noqa: E402
-from domains.brain_mri.data import collate, load_splits  # noqa: E402
-from domains.brain_mri.model import build_brain_mae  # noqa: E402
 
 
 def loader_vs_step(cfg) -> None:

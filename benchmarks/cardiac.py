@@ -10,24 +10,21 @@ Usage: python benchmarks/cardiac.py [--pretrain-epochs 10] [--finetune-epochs 8]
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from scimae.pipelines import cardiac_finetune
+from scimae.pipelines import cardiac_pretrain
+from scimae.core.config import load_config, run_cli
+from core_step import time_steps
+from scimae.core.engine import make_optimizer, read_metrics
+from scimae.domains.cardiac.api import CardiacFoundationModel
+from scimae.domains.cardiac.data import find_records, load_splits, resolve_root
+from scimae.domains.cardiac.model import build_cardiac_mae
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "pipelines"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import cardiac_finetune  # noqa: E402
-import cardiac_pretrain  # noqa: E402
-from core.config import load_config, run_cli  # noqa: E402
-from core_step import time_steps  # noqa: E402
-from core.engine import make_optimizer, read_metrics  # noqa: E402
-from domains.cardiac.api import CardiacFoundationModel  # noqa: E402
-from domains.cardiac.data import find_records, load_splits, resolve_root  # noqa: E402
-from domains.cardiac.model import build_cardiac_mae  # noqa: E402
 
 
 def loader_vs_step(cfg) -> None:

@@ -16,20 +16,17 @@ is a larger share of the step; ``tiny`` a quick look.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.embed import GridTokenizer, patchify  # noqa: E402
-from core.engine import make_optimizer  # noqa: E402
-from core.losses import PatchTarget  # noqa: E402
-from core.mae import MAEEncoder, MaskedAutoencoder, full_plan  # noqa: E402
-from core.masking import build_masking  # noqa: E402
+from scimae.core.embed import GridTokenizer, patchify
+from scimae.core.engine import make_optimizer
+from scimae.core.losses import PatchTarget
+from scimae.core.mae import MAEEncoder, MaskedAutoencoder, full_plan
+from scimae.core.masking import build_masking
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

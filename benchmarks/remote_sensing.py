@@ -10,7 +10,6 @@ Usage: python benchmarks/remote_sensing.py [--tiles 200] [--labels-per-class 4] 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -18,16 +17,15 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from scimae.pipelines import geo_finetune
+from scimae.pipelines import geo_pretrain
+from scimae.core.config import run_cli
+from scimae.core.engine import read_metrics
+from scimae.domains.remote_sensing import synthetic
+from scimae.domains.remote_sensing.data import GeoDataConfig
+from scimae.domains.remote_sensing.io import open_scene
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "pipelines"))
-import geo_finetune  # noqa: E402
-import geo_pretrain  # noqa: E402
-from core.config import run_cli  # noqa: E402
-from core.engine import read_metrics  # noqa: E402
-from domains.remote_sensing import synthetic  # noqa: E402
-from domains.remote_sensing.data import GeoDataConfig  # noqa: E402
-from domains.remote_sensing.io import open_scene  # noqa: E402
 
 
 def read_throughput(path: Path, n: int = 400, size: int = 32) -> None:

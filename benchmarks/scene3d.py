@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from scimae.pipelines import pointcloud_finetune
+from scimae.pipelines import pointcloud_pretrain
+from scimae.core.config import run_cli
+from scimae.core.engine import read_metrics
+from scimae.core.losses import chamfer_torch
+from scimae.domains.scene3d.model import farthest_point_sample, has_pytorch3d, knn
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "pipelines"))
-import pointcloud_finetune  # noqa: E402
-import pointcloud_pretrain  # noqa: E402
-from core.config import run_cli  # noqa: E402
-from core.engine import read_metrics  # noqa: E402
-from core.losses import chamfer_torch  # noqa: E402
-from domains.scene3d.model import farthest_point_sample, has_pytorch3d, knn  # noqa: E402
 
 
 def per_call(fn, repeats: int = 5) -> float:

@@ -10,20 +10,18 @@ Usage: python benchmarks/skeleton.py [--labels-per-class 2] [--pretrain-epochs 1
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from scimae.pipelines import skeleton_finetune
+from scimae.pipelines import skeleton_pretrain
+from scimae.core.config import run_cli
+from scimae.core.engine import read_metrics
+from scimae.domains.skeleton import synthetic
+from scimae.domains.skeleton.io import read_skeleton
+from scimae.domains.skeleton.transforms import clean, resample_frames
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "pipelines"))
-import skeleton_finetune  # noqa: E402
-import skeleton_pretrain  # noqa: E402
-from core.config import run_cli  # noqa: E402
-from core.engine import read_metrics  # noqa: E402
-from domains.skeleton import synthetic  # noqa: E402
-from domains.skeleton.io import read_skeleton  # noqa: E402
-from domains.skeleton.transforms import clean, resample_frames  # noqa: E402
 
 
 def read_throughput() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import DataError
+from scimae.core.errors import DataError
 
 log = logging.getLogger(__name__)
 EXPORT_VERSION = 1
@@ -36,15 +36,62 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 
 
 def save_export(folder: str | os.PathLike, model: nn.Module, config: dict) -> Path:
-    """Write ``config.json`` (with a format version) and ``model.safetensors`` of the whole model."""
+    """Write ``config.json`` (with the format and scimae versions) and ``model.safetensors`` of the whole model."""
     from safetensors.torch import save_file
+
+    from scimae import __version__
 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    text = json.dumps({**config, "export_version": EXPORT_VERSION}, indent=2, sort_keys=True)
+    text = json.dumps({**config, "export_version": EXPORT_VERSION, "scimae_version": __version__}, indent=2,
+                      sort_keys=True)
     atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
     return folder
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_export(folder: str | os.PathLike) -> Path:
+    """A local export folder, or a Hugging Face Hub repo id (``owner/name``, fetched into the Hub cache with
+    huggingface_hub, or read from that cache offline) -> the local folder holding the export's two files."""
+    path = Path(folder)
+    if not path.exists() and HUB_ID.match(str(folder)):
+        path = _from_hub(str(folder))
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (path / name).is_file():
+            raise DataError(path / name, "no such file", f"an export folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "
+                                                         "or a Hugging Face Hub repo id")
+    return path
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise DataError(repo_id, "no such local folder (as a Hub repo id it needs huggingface_hub, not installed)",
+                        'an export folder, or pip install "scimae[hub]" to load from the Hugging Face Hub') from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    except Exception as e:  # offline, unknown repo, no access: one message, whatever huggingface_hub raised
+        raise DataError(repo_id, f"no such local folder, and the Hugging Face Hub gave no export "
+                                 f"({type(e).__name__}: {' '.join(str(e).split())[:200]})",
+                        "an export folder, or a Hub repo id that is reachable or already in the Hub cache") from None
+
+
+class Exportable:
+    """Hugging Face style saving for a model that knows the config that rebuilds it: ``export_config`` (set by
+    whoever builds the model, or by ``from_pretrained``) and ``save_pretrained(folder)``."""
+
+    export_config: dict | None = None
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the export folder (config.json + model.safetensors) that the domain's loaders read."""
+        if self.export_config is None:
+            raise ValueError(f"this {type(self).__name__} has no export_config; build it with the domain's "
+                             "builder, or load it with from_pretrained, to save it")
+        return save_export(folder, self, self.export_config)
 
 
 def load_export(folder: str | os.PathLike, domain: str | None = None,
@@ -54,10 +101,7 @@ def load_export(folder: str | os.PathLike, domain: str | None = None,
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (folder / name).is_file():
-            raise DataError(folder / name, "no such file", f"an export folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    folder = resolve_export(folder)
     try:
         config = json.loads((folder / CONFIG_NAME).read_text())
     except json.JSONDecodeError as e:
@@ -119,6 +163,7 @@ def from_pretrained(folder: str | os.PathLike, build, domain: str | None = None,
     if missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
     model.load_state_dict(usable, strict=False)
+    model.export_config = config
     if own - shared:
         log.info("%s: no weights for %s; they keep their initialisation", folder, sorted(own - shared))
     if given - shared:
@@ -166,53 +211,13 @@ def load_training_state(path: str | os.PathLike) -> dict:
                         "a training state written by scimae") from None
 
 
-def cache_root(name: str) -> Path:
-    """A folder for generated data in the user cache ($SCIMAE_CACHE, default ~/.cache/scimae)."""
-    return Path(os.environ.get("SCIMAE_CACHE", Path.home() / ".cache" / "scimae")) / name
+def describe_export(folder: str | os.PathLike) -> dict:
+    """What an export holds, read without building the model: its config, the parameter count and tensor
+    count from the safetensors header."""
+    from safetensors import safe_open
 
-
-def build_folder_once(root: str | os.PathLike | None, key: str, fill, name: str = "dataset") -> Path:
-    """Make ``root`` complete or not at all: ``fill(tmp)`` writes into a temporary sibling folder that then
-    replaces ``root`` with a COMPLETE marker holding ``key`` (what was built, e.g. "60 tiles, seed 0").
-    A complete ``root`` with the same key is returned as it is; one built with another key is an error.
-    Processes that build the same folder at once (torchrun ranks) all return it; the first one's stays.
-    ``root`` None: ``<cache_root(name)>/<key>``, one folder per key."""
-    import shutil
-
-    root = Path(root) if root is not None else cache_root(name) / re.sub(r"[^\w.-]+", "_", key)
-    marker = root / "COMPLETE"
-    if marker.is_file():
-        found = marker.read_text().strip()
-        if found != key:
-            raise DataError(root, f"a generated dataset of {found}", f"{key}; give another folder")
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise DataError(root, "a folder with other files", "an empty or new folder for the generated dataset")
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    fill(tmp)
-    (tmp / "COMPLETE").write_text(key + "\n")
-    try:
-        if root.exists():
-            root.rmdir()  # an empty folder named for it
-        tmp.rename(root)
-    except OSError:  # another process (a torchrun rank) completed the same folder first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (marker.is_file() and marker.read_text().strip() == key):
-            raise
-    return root
-
-
-def newest_export(runs: str | os.PathLike, make=None) -> Path:
-    """The most recent export under ``runs`` (``runs/<run>/export``). With none there, ``make()`` (which
-    trains one) is called first, if given."""
-    def find():
-        found = sorted(Path(runs).glob("*/export/" + WEIGHTS_NAME), key=lambda p: p.stat().st_mtime)
-        return found[-1].parent if found else None
-
-    if find() is None and make is not None:
-        make()
-    if find() is None:
-        raise DataError(runs, "no run with an export", "a finished run, or --model pointing at an export folder")
-    return find()
+    folder = resolve_export(folder)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    with safe_open(folder / WEIGHTS_NAME, "pt") as f:
+        shapes = [f.get_slice(k).get_shape() for k in f.keys()]
+    return {"config": config, "parameters": sum(int(np.prod(s)) for s in shapes), "tensors": len(shapes)}

@@ -2,22 +2,37 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import io
 import logging
 import re
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
 
 import yaml
 
-from core.errors import DataError, one_line, user_error
+from scimae.core.errors import DataError, one_line, user_error
 
 
 class ConfigLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` with YAML 1.2 scalars: only true/false are booleans (YAML 1.1 reads ``amp: off`` as
-    False) and a float needs no dot (YAML 1.1 reads ``3e-3`` as a string)."""
+    False) and a float needs no dot (YAML 1.1 reads ``3e-3`` as a string). A key given twice in one mapping
+    is an error (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 ConfigLoader.yaml_implicit_resolvers = {
@@ -124,30 +139,96 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
 
 def save_config(cfg, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    from core.checkpoint import atomic_write
+    from scimae.core.checkpoint import atomic_write
 
     text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
     atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def field_notes(cls) -> dict[str, str]:
+    """Each field's one-line description: the ``# comment`` after it in the class body, from the nearest
+    class of ``cls``'s bases that has one."""
+    notes: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # a builtin base, or source not shipped
+            continue
+        comments = {tok.start[0]: tok.string.lstrip("# ").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+        body = ast.parse(source).body[0].body
+        for node in body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.lineno in comments:
+                notes[node.target.id] = comments[node.lineno]
+    return notes
+
+
+def _type_name(tp) -> str:
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def describe(cls, values=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, value, description) for every leaf key of dataclass ``cls``; values from the config
+    instance ``values`` (default: the dataclass defaults)."""
+    values = values if values is not None else cls()
+    hints, notes, rows = typing.get_type_hints(cls), field_notes(cls), []
+    for f in dataclasses.fields(cls):
+        value = getattr(values, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(type(value), value, f"{prefix}{f.name}.")
+        else:
+            plain = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value] \
+                if isinstance(value, (list, tuple)) else value
+            shown = yaml.safe_dump(plain, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+            rows.append((prefix + f.name, _type_name(hints[f.name]), shown, notes.get(f.name, "")))
+    return rows
+
+
+def config_help(cls, defaults) -> str:
+    """The table of every config key (type, default in the pipeline's YAML, description) that ``--help`` shows."""
+    rows = describe(cls, defaults)
+    width = max(len(k) for k, *_ in rows)
+    lines = ["config keys (set any with key.sub=value; defaults from --config):"]
+    for key, tp, value, note in rows:
+        lines.append(f"  {key:<{width}}  {tp} = {value}" + (f"\n  {'':<{width}}    {note}" if note else ""))
+    return "\n".join(lines)
 
 
 def parse_cli(cls, default_config: str | Path, description: str, argv: list[str] | None = None):
     """The command line every pipeline shares.
 
     ``--config`` (default: the pipeline's YAML), ``--data DIR`` (= data.root=DIR), ``--resume RUN``
-    (= train.resume=RUN), ``--init-from EXPORT`` (= train.init_from=EXPORT), and ``key.sub=value``.
+    (= train.resume=RUN), ``--init-from EXPORT`` (= train.init_from=EXPORT), ``key.sub=value``, and
+    ``--print-config`` (print the resolved YAML and exit). ``--help`` lists every config key. The config's
+    ``train.seed``, when it has one, seeds every generator before anything is built or split.
     """
-    ap = argparse.ArgumentParser(description=description)
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        def format_help(self):  # the key table is built only when --help asks for it
+            return super().format_help() + "\n" + config_help(cls, load_config(cls, default_config)) + "\n"
+
+    ap = argparse.ArgumentParser(description=description, formatter_class=Formatter)
     ap.add_argument("--config", default=str(default_config), help="YAML config (default: %(default)s)")
     ap.add_argument("--data", help="a folder of real data instead of the synthetic default")
     ap.add_argument("--resume", help="a run folder (or its last.pt) to continue")
     ap.add_argument("--init-from", help="an export folder whose weights initialise the model")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings, e.g. train.epochs=5")
     args = ap.parse_args(argv)
     overrides = list(args.overrides)
     for flag, key in ((args.data, "data.root"), (args.resume, "train.resume"), (args.init_from, "train.init_from")):
         if flag:
             overrides.append(f"{key}={flag}")
-    return load_config(cls, args.config, overrides)
+    cfg = load_config(cls, args.config, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+        sys.exit(0)
+    if hasattr(getattr(cfg, "train", None), "seed"):
+        from scimae.core.engine import seed_everything
+
+        seed_everything(cfg.train.seed)
+    return cfg
 
 
 def run_cli(main) -> None:

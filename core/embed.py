@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from core.tokens import TokenSet, gather_slots
+from scimae.core.tokens import TokenSet, gather_slots
 
 
 def _check_patch(spatial: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:

@@ -1,5 +1,5 @@
 """The training loop for pretraining and fine-tuning: AdamW, warm-up + cosine, accumulation,
-clipping, AMP on CUDA, DDP under torchrun, metrics.csv, figures, exports and exact resume."""
+clipping, AMP on CUDA, DDP under torchrun, metrics.csv and curves.png, figures, exports and exact resume."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,39 +20,40 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from core.checkpoint import (atomic_write, load_training_state, match_weights, rng_state, save_training_state,
-                             set_rng_state)
-from core.errors import DataError
-from core.heads import layer_decay_groups
+from scimae.core.checkpoint import (atomic_write, load_training_state, match_weights, rng_state, save_export,
+                                    save_training_state, set_rng_state)
+from scimae.core.errors import DataError
+from scimae.core.heads import layer_decay_groups
+from scimae.core.progress import save_curves, training_bar
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 10  # passes over the data (see epoch_repeats)
     epoch_repeats: int = 1  # passes over the training set per epoch (small datasets: fewer evaluations and saves)
-    batch_size: int = 8
+    batch_size: int = 8  # samples per step and process
     base_lr: float = 1.5e-4  # lr = base_lr x effective batch / 256 (the MAE rule), unless lr is set
-    lr: float | None = None
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
+    lr: float | None = None  # absolute learning rate; overrides base_lr
+    min_lr: float = 0.0  # learning rate at the end of the cosine schedule
+    weight_decay: float = 0.05  # AdamW weight decay (not on biases, norms and tokens)
     layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (1.0 = off)
-    warmup_epochs: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = 1.0
-    accum_steps: int = 1
+    warmup_epochs: float = 1.0  # linear warm-up, in epochs
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    grad_clip: float | None = 1.0  # clip the gradient norm to this (None = no clipping)
+    accum_steps: int = 1  # batches accumulated per optimizer step
     amp: str = "auto"  # auto: bf16 autocast on CUDA only; off; bf16; fp16
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 10
+    seed: int = 0  # seeds model initialisation, masks, shuffling and augmentation
+    num_workers: int = 0  # DataLoader worker processes
+    log_every: int = 10  # optimizer steps between rows of metrics.csv
     figure_every: int = 1  # epochs between reconstruction figures (0 = none)
     max_steps: int | None = None  # stop after this many optimizer steps (the schedule still spans all epochs)
-    tensorboard: bool = False
-    out_dir: str = "runs"
+    tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard package)
+    out_dir: str = "runs"  # run folders are made under this folder
     run_name: str | None = None  # default: a timestamp
-    resume: str | None = None
-    init_from: str | None = None
+    resume: str | None = None  # a run folder (or its last.pt) to continue exactly (--resume)
+    init_from: str | None = None  # an export whose weights initialise the model (--init-from)
 
     def __post_init__(self):
         for name in ("epochs", "epoch_repeats", "batch_size", "accum_steps", "log_every"):
@@ -202,16 +202,17 @@ def mae_validation(model: nn.Module, batches) -> dict:
 class Trainer:
     """Runs ``step_fn(model, batch, generator) -> {'loss': tensor, ...}`` over a dataset.
 
-    Optional hooks: ``evaluate(model, loader) -> {name: float}`` after each epoch, ``figure(model, batch,
-    path)`` for a reconstruction figure, ``export(model, folder)`` for the export written beside
-    ``last.pt``. With ``cfg.layer_decay`` < 1 the encoder's blocks get layer-wise decayed learning rates.
+    Optional hooks: ``evaluate(model, loader) -> {name: float}`` after each epoch and ``figure(model, batch,
+    path)`` for a reconstruction figure. A model with an ``export_config`` (see ``checkpoint.Exportable``) is
+    exported beside ``last.pt``, with ``pipeline`` and the step that wrote it.
+    With ``cfg.layer_decay`` < 1 the encoder's blocks get layer-wise decayed learning rates.
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: str | Path | None = None,
                  step_fn: Callable = default_step, evaluate: Callable | None = None,
-                 figure: Callable | None = None, export: Callable | None = None, collate: Callable | None = None):
-        self.cfg, self.step_fn, self.evaluate_fn = cfg, step_fn, evaluate
-        self.figure_fn, self.export_fn, self.collate = figure, export, collate
+                 figure: Callable | None = None, collate: Callable | None = None, pipeline: str | None = None):
+        self.cfg, self.step_fn, self.evaluate_fn, self.pipeline = cfg, step_fn, evaluate, pipeline
+        self.figure_fn, self.collate = figure, collate
         self.dist = Distributed()
         self.device = self.dist.device
         seed_everything(cfg.seed + self.dist.rank)
@@ -259,12 +260,13 @@ class Trainer:
         self.mask_gen.set_state(state["mask_gen"])
 
     def save(self) -> None:
-        """last.pt (training state) and, with an export hook, export/ (on rank 0)."""
+        """last.pt (training state) and, for a model with an export config, export/ (on rank 0)."""
         if not self.dist.main:
             return
         save_training_state(self.run_dir / "last.pt", self.state_dict())
-        if self.export_fn:
-            self.export_fn(self.model, self.run_dir / "export")
+        if getattr(self.model, "export_config", None) is not None:
+            training = {"pipeline": self.pipeline, "step": self.step, "epoch": self.epoch}
+            save_export(self.run_dir / "export", self.model, {**self.model.export_config, "training": training})
 
     # -- loop --------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, indices: list[int], seed: int, train: bool = False) -> DataLoader:
@@ -310,7 +312,7 @@ class Trainer:
             log.info("run folder %s; lr %.3g; %d steps/epoch; device %s", self.run_dir, self.lr, per_epoch, self.device)
         writer = _tensorboard(self.run_dir) if cfg.tensorboard and self.dist.main else None
         stop = cfg.max_steps if cfg.max_steps is not None else total
-        bar = _bar(total=min(stop, total), initial=self.step, disable=not self.dist.main)
+        bar = training_bar(total=min(stop, total), initial=self.step, enabled=self.dist.main)
         last: dict = {}
         loader = self._loader(train_set, [], cfg.seed, train=True)
         while self.epoch < cfg.epochs and self.step < stop:
@@ -342,6 +344,8 @@ class Trainer:
         bar.close()
         if writer:
             writer.close()
+        if self.dist.main:
+            save_curves(metrics.rows, self.run_dir / "curves.png")
         return last
 
     def _forward_backward(self, batch, sync: bool) -> dict:
@@ -396,10 +400,10 @@ class Trainer:
             for k, v in row.items():
                 if k not in ("kind", "epoch", "step") and isinstance(v, (int, float)):
                     writer.add_scalar(f"{row['kind']}/{k}", v, row["step"])
-        text = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
         if bar is not None and not bar.disable:
-            bar.set_postfix_str(text)
+            bar.set_postfix_str(f"loss={row['loss']:.4g}" if "loss" in row else "")
         else:
+            text = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
             log.info("%s epoch %d step %d %s", row["kind"], row["epoch"], row["step"], text)
 
 
@@ -440,12 +444,6 @@ def _amp_dtype(amp: str, device: torch.device):
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     return torch.float16 if amp == "fp16" else torch.bfloat16
-
-
-def _bar(total: int, initial: int, disable: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=disable or not sys.stderr.isatty(), unit="step")
 
 
 def _tensorboard(run_dir: Path):

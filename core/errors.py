@@ -1,4 +1,4 @@
-"""The one error type for bad input data."""
+"""The errors a user sees as one line: bad input data, and an optional package that is not installed."""
 
 
 class DataError(Exception):
@@ -13,8 +13,9 @@ class DataError(Exception):
 
 
 def user_error(exc: BaseException) -> BaseException | None:
-    """The DataError or ValueError behind ``exc`` (libraries such as MONAI wrap what a transform raised)."""
-    while exc is not None and not isinstance(exc, (DataError, ValueError)):
+    """The DataError, ValueError or MissingDependency behind ``exc`` (libraries such as MONAI wrap what a
+    transform raised)."""
+    while exc is not None and not isinstance(exc, (DataError, ValueError, MissingDependency)):
         exc = exc.__cause__
     return exc
 
@@ -26,3 +27,23 @@ def one_line(exc: BaseException) -> str:
         text = text.splitlines()[-1]
         text = text.split("Error: ", 1)[-1]
     return text
+
+
+class MissingDependency(ImportError):
+    """An optional package a feature needs is not installed; the message says which extra brings it."""
+
+
+def require(what: str, extra: str, *modules: str) -> None:
+    """Raise ``MissingDependency`` with a one-line install hint when one of ``modules`` cannot be found,
+    e.g. ``remote sensing needs rasterio: pip install "scimae[geo]"``."""
+    import importlib.util
+    import sys
+
+    def found(name: str) -> bool:
+        if name in sys.modules:
+            return sys.modules[name] is not None
+        return importlib.util.find_spec(name) is not None
+
+    missing = [m for m in modules if not found(m)]
+    if missing:
+        raise MissingDependency(f"{what} needs {', '.join(missing)}: pip install \"scimae[{extra}]\"")

@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scimae.core.checkpoint import Exportable
+from scimae.core.metrics import classification_scores
+
 
 class Pooler(nn.Module):
     """Pool encoder features to one vector: 'cls', 'mean' over valid slots, 'max_mean' (max and mean over
@@ -65,7 +68,7 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
-class PooledClassifier(nn.Module):
+class PooledClassifier(Exportable, nn.Module):
     """Encoder + pooler + a linear or MLP head, the encoder optionally frozen (a linear probe):
     batch -> logits [B, K]."""
 
@@ -93,10 +96,8 @@ def classification_evaluate(n_classes: int):
     """An ``evaluate`` hook: accuracy and macro-F1 of ``model(batch)`` against ``batch['y']``."""
 
     def evaluate(model, batches) -> dict:
-        conf = torch.zeros(n_classes, n_classes, dtype=torch.long)
-        for batch in batches:
-            conf += confusion(model(batch).argmax(1), batch["y"], n_classes)
-        return confusion_scores(conf)
+        preds, refs = zip(*[(model(batch).argmax(1).cpu(), batch["y"].cpu()) for batch in batches])
+        return classification_scores(torch.cat(preds), torch.cat(refs))
 
     return evaluate
 
@@ -148,36 +149,6 @@ def survival_risk(logits: torch.Tensor) -> torch.Tensor:
     """Risk score [B] from hazard logits: 1 - S(T), the probability of the event by the last interval."""
     survival = torch.cumprod(1 - torch.sigmoid(logits), dim=1)
     return 1 - survival[:, -1]
-
-
-def concordance_index(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> float:
-    """Harrell's C-index: among comparable pairs (i had the event before j's time), the fraction where
-    i has the higher risk; ties in risk count one half."""
-    risk, time, event = risk.double().reshape(-1), time.double().reshape(-1), event.bool().reshape(-1)
-    comparable = (time[:, None] < time[None, :]) & event[:, None]  # [n, n]: i before j, i observed
-    if not bool(comparable.any()):
-        raise ValueError("C-index needs at least one comparable pair (an observed event before another time)")
-    diff = risk[:, None] - risk[None, :]
-    score = (diff > 0).double() + 0.5 * (diff == 0).double()
-    return float((score * comparable).sum() / comparable.sum())
-
-
-def confusion(pred: torch.Tensor, ref: torch.Tensor, n: int) -> torch.Tensor:
-    """Confusion counts [n, n] (rows: reference, columns: prediction); references >= n are ignored."""
-    keep = ref < n
-    return torch.bincount(ref[keep] * n + pred[keep], minlength=n * n).reshape(n, n).cpu()
-
-
-def confusion_scores(conf: torch.Tensor, iou: bool = False) -> dict[str, float]:
-    """Accuracy and macro-F1 (and mean IoU) from confusion counts, averaged over the classes present."""
-    tp = conf.diag().double()
-    support, predicted = conf.sum(1).double(), conf.sum(0).double()
-    seen = support > 0
-    scores = {"accuracy": float(tp.sum() / conf.sum().clamp_min(1)),
-              "macro_f1": float((2 * tp / (support + predicted).clamp_min(1))[seen].mean())}
-    if iou:
-        scores["miou"] = float((tp / (support + predicted - tp).clamp_min(1))[seen].mean())
-    return scores
 
 
 _BLOCK = re.compile(r"blocks\.blocks\.(\d+)\.")

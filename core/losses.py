@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from core.tokens import gather_slots
+from scimae.core.tokens import gather_slots
 
 
 def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

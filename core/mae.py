@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.masking import MaskConfig, MaskingStrategy, plan_from_scores
-from core.tokens import MaskPlan, TokenSet, gather_slots
-from core.transformer import Transformer
+from scimae.core.checkpoint import Exportable
+from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
+from scimae.core.tokens import MaskPlan, TokenSet, gather_slots
+from scimae.core.transformer import Transformer
 
 
 def full_plan(valid: torch.Tensor) -> MaskPlan:
@@ -21,19 +22,19 @@ def full_plan(valid: torch.Tensor) -> MaskPlan:
 class MAEConfig:
     """Architecture and objective of a masked autoencoder (the tokenizer is the domain's)."""
 
-    dim: int = 384
-    depth: int = 8
-    heads: int = 6
-    decoder_dim: int = 256
-    decoder_depth: int = 4
-    decoder_heads: int = 8
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.0
+    dim: int = 384  # encoder width
+    depth: int = 8  # encoder blocks
+    heads: int = 6  # encoder attention heads
+    decoder_dim: int = 256  # decoder width
+    decoder_depth: int = 4  # decoder blocks
+    decoder_heads: int = 8  # decoder attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width over the block width
+    drop_path: float = 0.0  # stochastic depth rate of the encoder's last block
     mode: str = "drop"  # drop (MAE) or mask_token (SimMIM)
     decoder_mask_ratio: float = 0.0  # VideoMAE V2 decoder masking
     checkpointing: bool = False  # activation checkpointing in the encoder
     loss: str = "mse"  # mse or l1
-    norm_pix: bool = False
+    norm_pix: bool = False  # normalise each target patch to zero mean and unit variance (MAE's norm-pix loss)
     mask: MaskConfig = field(default_factory=MaskConfig)
 
 
@@ -139,7 +140,7 @@ class MAEEncoder(nn.Module):
                 "layers": [scatter(t) for t in layers], "tokenset": ts}
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(Exportable, nn.Module):
     """MAE / SimMIM with a light transformer decoder.
 
     mode ``drop``: the encoder sees only kept slots (MAE). mode ``mask_token``: it sees every valid slot

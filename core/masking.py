@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.tokens import MaskPlan
+from scimae.core.tokens import MaskPlan
 
 
 def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float) -> MaskPlan:
@@ -262,8 +262,8 @@ def build_masking(name: str, ratio: float, **options) -> MaskingStrategy:
 
 @dataclass
 class MaskConfig:
-    strategy: str = "random"
-    ratio: float = 0.75
+    strategy: str = "random"  # random, block, tube, colored, group_dirichlet, group_independent (or a domain's own)
+    ratio: float = 0.75  # share of each sample's valid tokens hidden from the encoder
     block: int = 2  # block: cube size in tokens
     color: str = "green"  # colored: red, blue, green, purple
     sigma: float = 1.0  # colored: filter width in tokens

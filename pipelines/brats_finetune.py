@@ -4,19 +4,33 @@ Dice for whole tumour, tumour core, enhancing tumour) or survival (logistic haza
 --init-from EXPORT starts from a brats_pretrain export; without it the encoder starts from scratch.
 At the end it prints the validation score with every modality and with each one left out.
 """
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.checkpoint import save_export  # noqa: E402
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig  # noqa: E402
-from domains.brain_mri.data import (BrainDataConfig, class_targets, collate, make_dataset, resolve_root,  # noqa: E402
-                                    restrict, split_cases, survival_targets)
-from domains.brain_mri.io import discover_cases  # noqa: E402
-from domains.brain_mri.model import (BrainFineTuner, BrainModelConfig, TaskConfig, build_brain_mae,  # noqa: E402
-                                     export_config, load_brain_mae, task_evaluate, task_outputs, task_step)
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer
+from scimae.domains.brain_mri.data import (
+    BrainDataConfig,
+    class_targets,
+    collate,
+    make_dataset,
+    resolve_root,
+    restrict,
+    split_cases,
+    survival_targets,
+)
+from scimae.domains.brain_mri.io import discover_cases
+from scimae.domains.brain_mri.model import (
+    BrainFineTuner,
+    BrainModelConfig,
+    TaskConfig,
+    build_brain_mae,
+    export_config,
+    load_brain_mae,
+    task_evaluate,
+    task_outputs,
+    task_step,
+)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "brats_finetune.yaml"
 
@@ -60,9 +74,9 @@ def main(argv=None):
     n_out = task_outputs(task, len(facts.get("classes", [])), task.bins)
     model = BrainFineTuner(mae.encoder, task, n_out)
     evaluate = task_evaluate(task)
-    trainer = Trainer(model, cfg.train, step_fn=task_step(task), evaluate=evaluate, collate=collate,
-                      export=lambda m, folder: save_export(folder, m, export_config(
-                          model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts)))
+    model.export_config = export_config(model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts)
+    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=task_step(task), evaluate=evaluate,
+                      collate=collate)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)

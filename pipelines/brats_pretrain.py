@@ -4,16 +4,13 @@ With no arguments it writes a synthetic BraTS-like NIfTI dataset (once) and pret
 --data DIR it reads a BraTS folder (2020/2021 or 2023 names) or a CSV manifest.
 The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and export/.
 """
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig, mae_validation  # noqa: E402
-from domains.brain_mri.data import BrainDataConfig, collate, load_splits  # noqa: E402
-from domains.brain_mri.model import (BrainModelConfig, build_brain_mae, load_brain_mae, save_brain_export,  # noqa: E402
-                                     save_figure)
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer, mae_validation
+from scimae.domains.brain_mri.data import BrainDataConfig, collate, load_splits
+from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae, save_figure
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "brats_pretrain.yaml"
 
@@ -30,8 +27,9 @@ def main(argv=None):
     roi, spacing = cfg.data.grid()
     train_set, val_set, _, _ = load_splits(cfg.data, cfg.train.seed)
     mae = load_brain_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_brain_mae(cfg.model, roi)
-    trainer = Trainer(mae, cfg.train, collate=collate, evaluate=mae_validation, figure=save_figure,
-                      export=lambda m, folder: save_brain_export(m, folder, cfg.model, roi, spacing))
+    mae.export_config = export_config(cfg.model, roi, spacing)
+    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, collate=collate, evaluate=mae_validation,
+                      figure=save_figure)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)

@@ -8,26 +8,22 @@ intensities are z-scores (the model's units). With no arguments it uses the newe
 """
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from core.checkpoint import newest_export  # noqa: E402
-from core.config import run_cli  # noqa: E402
-from core.errors import DataError  # noqa: E402
-from domains.brain_mri.data import BrainDataConfig, resolve_root  # noqa: E402
-from domains.brain_mri.io import MODALITIES, canonical_modality, discover_cases, read_volume, write_volume  # noqa: E402
-from domains.brain_mri.model import load_brain_mae, synthesise  # noqa: E402
-from domains.brain_mri.transforms import inference_chain  # noqa: E402
+from scimae.core.config import run_cli
+from scimae.core.errors import DataError
+from scimae.core.files import newest_export
+from scimae.domains.brain_mri.data import BrainDataConfig, resolve_root
+from scimae.domains.brain_mri.io import MODALITIES, canonical_modality, discover_cases, read_volume, write_volume
+from scimae.domains.brain_mri.model import load_brain_mae, synthesise
+from scimae.domains.brain_mri.transforms import inference_chain
 
 log = logging.getLogger("brats_reconstruct")
 
 
 def pretrain() -> None:
     log.info("no brats_pretrain export under runs/; pretraining one with the default config")
-    sys.path.insert(0, str(ROOT / "pipelines"))
-    import brats_pretrain
+    from scimae.pipelines import brats_pretrain
 
     brats_pretrain.main([])
 
@@ -57,7 +53,7 @@ def main(argv=None):
     modality = canonical_modality(args.modality) if args.modality else missing[0]
     if modality not in MODALITIES:
         raise ValueError(f"--modality must be one of {MODALITIES} (or an alias), got {args.modality!r}")
-    folder = args.model or newest_export(ROOT / "runs" / "brats_pretrain", pretrain)
+    folder = args.model or newest_export(Path("runs") / "brats_pretrain", pretrain)
     model, config = load_brain_mae(folder)
     if "task" in config:  # a fine-tuned export: encoder and head, no trained decoder to synthesise with
         raise DataError(Path(folder) / "config.json", "a brats_finetune export (no trained decoder)",
@@ -74,7 +70,7 @@ def main(argv=None):
     ref_path = next(case.paths[m] for m in MODALITIES if m in case.paths and m != modality)
     ref, affine, header = read_volume(ref_path)
     restored = restored * (ref != 0)  # resampling back may blur past the head: keep the input's foreground
-    out = Path(args.out or ROOT / "runs" / "brats_reconstruct" / f"{case.case_id}_{modality}.nii.gz")
+    out = Path(args.out or Path("runs") / "brats_reconstruct" / f"{case.case_id}_{modality}.nii.gz")
     write_volume(out, restored, affine, header, overwrite=args.overwrite)
     note = "" if modality in missing else " (the case has this contrast: compare them)"
     print(f"{case.case_id}: {modality} synthesised from {sorted(set(case.paths) - {modality})} -> {out}{note}")

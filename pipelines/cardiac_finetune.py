@@ -4,20 +4,25 @@
 --init-from EXPORT starts from a cardiac_pretrain export. At the end it prints the validation score
 per channel configuration (12-lead, limb leads, lead I, lead II, PPG only, ECG + PPG), same weights.
 """
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.checkpoint import save_export  # noqa: E402
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig  # noqa: E402
-from core.errors import DataError  # noqa: E402
-from core.heads import pos_weight_from_labels  # noqa: E402
-from domains.cardiac.data import CardiacDataConfig, CardiacWindows, find_records, resolve_root, split_records  # noqa: E402
-from domains.cardiac.io import LEADS  # noqa: E402
-from domains.cardiac.model import (CardiacFineTuner, CardiacModelConfig, CardiacTaskConfig, build_cardiac_mae,  # noqa: E402
-                                   export_config, load_cardiac_mae, task_evaluate, task_step)
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer
+from scimae.core.errors import DataError
+from scimae.core.heads import pos_weight_from_labels
+from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, find_records, resolve_root, split_records
+from scimae.domains.cardiac.io import LEADS
+from scimae.domains.cardiac.model import (
+    CardiacFineTuner,
+    CardiacModelConfig,
+    CardiacTaskConfig,
+    build_cardiac_mae,
+    export_config,
+    load_cardiac_mae,
+    task_evaluate,
+    task_step,
+)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cardiac_finetune.yaml"
 CONFIGURATIONS = {"12-lead": LEADS, "limb leads": ["I", "II", "III", "aVR", "aVL", "aVF"], "lead I": ["I"],
@@ -49,11 +54,10 @@ def main(argv=None):
     hr_scale = float(train_set.hr.nanmean()) if task.kind == "regression" else 1.0
     model = CardiacFineTuner(mae.encoder, task, n_out)
     pos_weight = pos_weight_from_labels(train_set.y) if task.kind == "diagnosis" else None
-    trainer = Trainer(model, cfg.train, step_fn=task_step(task, pos_weight, hr_scale),
-                      evaluate=task_evaluate(task, cfg.data.diagnoses, hr_scale),
-                      export=lambda m, folder: save_export(folder, m, export_config(
-                          model_cfg, cfg.data, task=vars(task), n_out=n_out, diagnoses=cfg.data.diagnoses,
-                          target_scale=hr_scale)))
+    model.export_config = export_config(model_cfg, cfg.data, task=vars(task), n_out=n_out,
+                                        diagnoses=cfg.data.diagnoses, target_scale=hr_scale)
+    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=task_step(task, pos_weight, hr_scale),
+                      evaluate=task_evaluate(task, cfg.data.diagnoses, hr_scale))
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)

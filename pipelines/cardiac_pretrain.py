@@ -4,16 +4,19 @@ With no arguments it writes a synthetic set of WFDB records (once) and pretrains
 --data DIR it reads every WFDB record or EDF file under DIR. The run folder gets config.yaml,
 metrics.csv, recon_epochNNN.png (signal | masked input | reconstruction per channel), last.pt and export/.
 """
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig, mae_validation  # noqa: E402
-from domains.cardiac.data import CardiacDataConfig, load_splits  # noqa: E402
-from domains.cardiac.model import (CardiacModelConfig, build_cardiac_mae, load_cardiac_mae,  # noqa: E402
-                                   save_cardiac_export, save_figure)
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer, mae_validation
+from scimae.domains.cardiac.data import CardiacDataConfig, load_splits
+from scimae.domains.cardiac.model import (
+    CardiacModelConfig,
+    build_cardiac_mae,
+    export_config,
+    load_cardiac_mae,
+    save_figure,
+)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cardiac_pretrain.yaml"
 
@@ -30,8 +33,8 @@ def main(argv=None):
     train_set, val_set = load_splits(cfg.data)
     mae = (load_cardiac_mae(cfg.train.init_from)[0] if cfg.train.init_from
            else build_cardiac_mae(cfg.model, cfg.data.window_length, cfg.data.patch))
-    trainer = Trainer(mae, cfg.train, evaluate=mae_validation, figure=save_figure,
-                      export=lambda m, folder: save_cardiac_export(m, folder, cfg.model, cfg.data))
+    mae.export_config = export_config(cfg.model, cfg.data)
+    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_figure)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)

@@ -4,19 +4,25 @@
 --init-from EXPORT starts from a geo_pretrain export (a band subset of its bands is fine, by name).
 """
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.checkpoint import save_export  # noqa: E402
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig  # noqa: E402
-from core.heads import first_per_class  # noqa: E402
-from domains.remote_sensing import synthetic  # noqa: E402
-from domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths  # noqa: E402
-from domains.remote_sensing.model import (GeoFineTuner, GeoModelConfig, GeoTaskConfig, build_geo_mae,  # noqa: E402
-                                          export_layout, layout_record, load_geo_mae, task_evaluate, task_step)
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer
+from scimae.core.heads import first_per_class
+from scimae.domains.remote_sensing import synthetic
+from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
+from scimae.domains.remote_sensing.model import (
+    GeoFineTuner,
+    GeoModelConfig,
+    GeoTaskConfig,
+    build_geo_mae,
+    export_layout,
+    layout_record,
+    load_geo_mae,
+    task_evaluate,
+    task_step,
+)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "geo_finetune.yaml"
 
@@ -60,11 +66,11 @@ def main(argv=None):
         return GeoTasks(paths, cfg.data, train, cfg.train.seed, layout, y, labels_root)
 
     model = GeoFineTuner(mae.encoder, task, n_out)
-    trainer = Trainer(model, cfg.train, step_fn=task_step(task), evaluate=task_evaluate(task, n_out),
-                      export=lambda m, folder: save_export(folder, m, {
-                          "domain": "remote_sensing", "model": model_cfg, "window": cfg.data.window,
-                          "patch": cfg.data.patch, "groups": layout_record(layout),
-                          "data_bands": [vars(b) for b in cfg.data.bands], "task": vars(task), "classes": classes}))
+    model.export_config = {"domain": "remote_sensing", "model": model_cfg, "window": cfg.data.window,
+                           "patch": cfg.data.patch, "groups": layout_record(layout),
+                           "data_bands": [vars(b) for b in cfg.data.bands], "task": vars(task), "classes": classes}
+    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=task_step(task),
+                      evaluate=task_evaluate(task, n_out))
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(dataset(train_paths, True), dataset(val_paths, False))

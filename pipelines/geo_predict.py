@@ -9,23 +9,19 @@ none) on the first synthetic tile.
 """
 import argparse
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from core.checkpoint import from_pretrained, newest_export  # noqa: E402
-from core.config import run_cli  # noqa: E402
-from core.errors import DataError  # noqa: E402
-from domains.remote_sensing import synthetic  # noqa: E402
-from domains.remote_sensing.data import GeoDataConfig, GeoWindows  # noqa: E402
-from domains.remote_sensing.io import Band  # noqa: E402
-from domains.remote_sensing.model import (EXPORT_KEYS, GeoFineTuner, GeoTaskConfig, export_layout,  # noqa: E402
-                                          mae_from_config)
+from scimae.core.checkpoint import from_pretrained
+from scimae.core.config import run_cli
+from scimae.core.errors import DataError
+from scimae.core.files import newest_export
+from scimae.domains.remote_sensing import synthetic
+from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows
+from scimae.domains.remote_sensing.io import Band
+from scimae.domains.remote_sensing.model import EXPORT_KEYS, GeoFineTuner, GeoTaskConfig, export_layout, mae_from_config
 
 log = logging.getLogger("geo_predict")
 NODATA = 255
@@ -33,8 +29,7 @@ NODATA = 255
 
 def finetune() -> None:
     log.info("no geo_finetune export under runs/; fine-tuning a segmentation model first")
-    sys.path.insert(0, str(ROOT / "pipelines"))
-    import geo_finetune
+    from scimae.pipelines import geo_finetune
 
     geo_finetune.main(["task.kind=segmentation"])
 
@@ -121,10 +116,10 @@ def main(argv=None):
     if not 0 <= args.overlap < 1:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
     path = Path(args.input) if args.input else sorted((synthetic.write_dataset() / "tiles").rglob("*.tif"))[0]
-    out = Path(args.out) if args.out else ROOT / "runs" / "geo_predict" / f"{path.stem}_classes.tif"
+    out = Path(args.out) if args.out else Path("runs") / "geo_predict" / f"{path.stem}_classes.tif"
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
-    model, config = load_model(args.model or newest_export(ROOT / "runs" / "geo_finetune", finetune))
+    model, config = load_model(args.model or newest_export(Path("runs") / "geo_finetune", finetune))
     predict_scene(model, config, path, out, args.overlap, args.probabilities)
     print(f"{path} -> {out}")
 

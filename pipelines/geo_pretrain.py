@@ -4,15 +4,13 @@ With no arguments it writes synthetic georeferenced 4-band GeoTIFF tiles (once) 
 --data takes a folder of GeoTIFFs, a folder of per-band GeoTIFFs, or a NetCDF/zarr stack, read by the
 band table in the config. The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt, export/.
 """
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig, mae_validation  # noqa: E402
-from domains.remote_sensing.data import GeoDataConfig, load_splits  # noqa: E402
-from domains.remote_sensing.model import GeoModelConfig, build_geo_mae, load_geo_mae, save_figure, save_geo_export  # noqa: E402
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer, mae_validation
+from scimae.domains.remote_sensing.data import GeoDataConfig, load_splits
+from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_config, load_geo_mae, save_figure
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "geo_pretrain.yaml"
 
@@ -30,8 +28,9 @@ def main(argv=None):
     layout = train_set.layout  # spectral group -> bands
     mae = (load_geo_mae(cfg.train.init_from)[0] if cfg.train.init_from
            else build_geo_mae(cfg.model, layout, cfg.data.window, cfg.data.patch))
-    trainer = Trainer(mae, cfg.train, evaluate=mae_validation, figure=lambda m, b, p: save_figure(m, b, p, layout),
-                      export=lambda m, folder: save_geo_export(m, folder, cfg.model, cfg.data))
+    mae.export_config = export_config(cfg.model, cfg.data)
+    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation,
+                      figure=lambda m, b, p: save_figure(m, b, p, layout))
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)

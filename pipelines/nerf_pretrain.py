@@ -6,16 +6,13 @@ pretrains on them; --data takes a folder of .npz grids in the NeRF-RPN / NeRF-MA
 gets config.yaml, metrics.csv, recon_epochNNN.png (a top view rendered by alpha compositing), last.pt, export/.
 """
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.checkpoint import save_export  # noqa: E402
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig, mae_validation  # noqa: E402
-from domains.scene3d.data import NerfDataConfig, NerfGrids, grid_paths, split_entries  # noqa: E402
-from domains.scene3d.model import NerfModelConfig, build_nerf_mae, load_nerf_mae, save_grid_figure  # noqa: E402
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer, mae_validation
+from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, grid_paths, split_entries
+from scimae.domains.scene3d.model import NerfModelConfig, build_nerf_mae, load_nerf_mae, save_grid_figure
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "nerf_pretrain.yaml"
 
@@ -32,10 +29,9 @@ def main(argv=None):
     d = cfg.data
     train, val = split_entries(grid_paths(d), d.val_fraction, d.split_seed)
     mae = load_nerf_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_nerf_mae(cfg.model, tuple(d.grid), d.patch)
-    trainer = Trainer(mae, cfg.train, evaluate=mae_validation, figure=save_grid_figure,
-                      export=lambda m, folder: save_export(folder, m, {
-                          "domain": "scene3d", "kind": "nerf_grid", "model": dataclasses.asdict(cfg.model),
-                          "grid": list(d.grid), "patch": d.patch, "opacity": d.opacity, "delta": d.delta}))
+    mae.export_config = {"domain": "scene3d", "kind": "nerf_grid", "model": dataclasses.asdict(cfg.model),
+                         "grid": list(d.grid), "patch": d.patch, "opacity": d.opacity, "delta": d.delta}
+    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_grid_figure)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(NerfGrids(train, d), NerfGrids(val, d) if val else None)

@@ -6,18 +6,15 @@ ScanObjectNN). --init-from EXPORT starts from a pointcloud_pretrain export; with
 """
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.checkpoint import save_export  # noqa: E402
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig  # noqa: E402
-from core.errors import DataError  # noqa: E402
-from core.heads import classification_evaluate, classification_step, first_per_class  # noqa: E402
-from domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries  # noqa: E402
-from domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, point_classifier, svm_probe  # noqa: E402
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer
+from scimae.core.errors import DataError
+from scimae.core.heads import classification_evaluate, classification_step, first_per_class
+from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
+from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, point_classifier, svm_probe
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_finetune.yaml"
 
@@ -54,11 +51,11 @@ def main(argv=None):
     else:
         mae, model_cfg = build_point_mae(cfg.model, d.n_groups, d.group_size), dataclasses.asdict(cfg.model)
     model = point_classifier(mae.encoder, n_classes, cfg.task.freeze_encoder)
-    trainer = Trainer(model, cfg.train, step_fn=classification_step, evaluate=classification_evaluate(n_classes),
-                      export=lambda m, folder: save_export(folder, m, {
-                          "domain": "scene3d", "kind": "point_cloud_classifier", "model": model_cfg,
-                          "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size,
-                          "classes": classes or [str(i) for i in range(n_classes)]}))
+    model.export_config = {"domain": "scene3d", "kind": "point_cloud_classifier", "model": model_cfg,
+                           "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size,
+                           "classes": classes or [str(i) for i in range(n_classes)]}
+    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=classification_step,
+                      evaluate=classification_evaluate(n_classes))
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     train_fixed, val_set = PointClouds(train, d, False), PointClouds(val, d, False)  # no augmentation

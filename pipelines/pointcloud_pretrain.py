@@ -5,16 +5,13 @@ a folder of clouds or meshes (PLY, PCD, XYZ, PTS, OFF, OBJ, .npy; class subfolde
 The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and export/.
 """
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.checkpoint import save_export  # noqa: E402
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig, mae_validation  # noqa: E402
-from domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries  # noqa: E402
-from domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, save_point_figure  # noqa: E402
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer, mae_validation
+from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
+from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, save_point_figure
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_pretrain.yaml"
 
@@ -31,10 +28,9 @@ def main(argv=None):
     d = cfg.data
     train, val = split_entries(find_clouds(cloud_root(d))[0], d.val_fraction, d.split_seed)
     mae = load_point_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_point_mae(cfg.model, d.n_groups, d.group_size)
-    trainer = Trainer(mae, cfg.train, evaluate=mae_validation, figure=save_point_figure,
-                      export=lambda m, folder: save_export(folder, m, {
-                          "domain": "scene3d", "kind": "point_cloud", "model": dataclasses.asdict(cfg.model),
-                          "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size}))
+    mae.export_config = {"domain": "scene3d", "kind": "point_cloud", "model": dataclasses.asdict(cfg.model),
+                         "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size}
+    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_point_figure)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     train_set = PointClouds(train, d, True, cfg.train.seed)

@@ -3,18 +3,20 @@
 xsub or xview). --init-from EXPORT starts from a skeleton_pretrain export; without it, from scratch.
 """
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.checkpoint import save_export  # noqa: E402
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig  # noqa: E402
-from core.errors import DataError  # noqa: E402
-from core.heads import classification_evaluate, classification_step, first_per_class  # noqa: E402
-from domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root  # noqa: E402
-from domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae, skeleton_classifier  # noqa: E402
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer
+from scimae.core.errors import DataError
+from scimae.core.heads import classification_evaluate, classification_step, first_per_class
+from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root
+from scimae.domains.skeleton.model import (
+    SkeletonModelConfig,
+    build_skeleton_mae,
+    load_skeleton_mae,
+    skeleton_classifier,
+)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_finetune.yaml"
 
@@ -49,10 +51,10 @@ def main(argv=None):
     else:
         mae, model_cfg = build_skeleton_mae(cfg.model, d.frames, d.bodies, d.joints), dataclasses.asdict(cfg.model)
     model = skeleton_classifier(mae.encoder, len(actions), cfg.task.linear_probe)
-    trainer = Trainer(model, cfg.train, step_fn=classification_step, evaluate=classification_evaluate(len(actions)),
-                      export=lambda m, folder: save_export(folder, m, {
-                          "domain": "skeleton", "model": model_cfg, "frames": d.frames, "bodies": d.bodies,
-                          "joints": d.joints, "actions": actions, "task": dataclasses.asdict(cfg.task)}))
+    model.export_config = {"domain": "skeleton", "model": model_cfg, "frames": d.frames, "bodies": d.bodies,
+                           "joints": d.joints, "actions": actions, "task": dataclasses.asdict(cfg.task)}
+    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=classification_step,
+                      evaluate=classification_evaluate(len(actions)))
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     val_set = Skeletons(val, d, False, actions)

@@ -6,16 +6,13 @@ folder of .skeleton files (data.skip_list names samples to leave out) or a .npy/
 The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and export/.
 """
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.checkpoint import save_export  # noqa: E402
-from core.config import parse_cli, run_cli, save_config  # noqa: E402
-from core.engine import Trainer, TrainConfig, mae_validation  # noqa: E402
-from domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples  # noqa: E402
-from domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae, save_figure  # noqa: E402
+from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.engine import TrainConfig, Trainer, mae_validation
+from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples
+from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae, save_figure
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_pretrain.yaml"
 
@@ -34,10 +31,9 @@ def main(argv=None):
     actions = sorted({s["action"] for s in train + val})
     mae = (load_skeleton_mae(cfg.train.init_from)[0] if cfg.train.init_from
            else build_skeleton_mae(cfg.model, d.frames, d.bodies, d.joints))
-    trainer = Trainer(mae, cfg.train, evaluate=mae_validation, figure=save_figure,
-                      export=lambda m, folder: save_export(folder, m, {
-                          "domain": "skeleton", "model": dataclasses.asdict(cfg.model), "frames": d.frames,
-                          "bodies": d.bodies, "joints": d.joints}))
+    mae.export_config = {"domain": "skeleton", "model": dataclasses.asdict(cfg.model), "frames": d.frames,
+                         "bodies": d.bodies, "joints": d.joints}
+    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_figure)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(Skeletons(train, d, True, actions, cfg.train.seed), Skeletons(val, d, False, actions) if val else None)

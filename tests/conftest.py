@@ -7,7 +7,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(ROOT))
 torch.set_num_threads(2)
 
 

@@ -6,7 +6,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import collate  # noqa: E402
-from core.engine import Trainer, TrainConfig  # noqa: E402
+from scimae.core.engine import Trainer, TrainConfig  # noqa: E402
 from toy import ToyImages, toy_mae  # noqa: E402
 
 out = Path(sys.argv[1])

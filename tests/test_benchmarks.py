@@ -1,5 +1,6 @@
 """The core step benchmark runs and measures what it says, at toy size."""
 import importlib.util
+import sys
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "benchmarks"))  # as when a benchmark runs as a script: siblings import each other
 
 def _load(name):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import DataError
-from domains.brain_mri.io import discover_cases, read_manifest, read_volume, write_volume
-from domains.brain_mri.transforms import LoadCase, preprocess
+from scimae.core import DataError
+from scimae.domains.brain_mri.io import discover_cases, read_manifest, read_volume, write_volume
+from scimae.domains.brain_mri.transforms import LoadCase, preprocess
 
 AFFINE = np.diag([-2.0, -2.0, 2.0, 1.0])
 
@@ -147,8 +147,8 @@ def test_write_volume_never_overwrites_silently(tmp_path):
 
 
 def test_memory_and_disk_caches_give_the_same_volumes(tmp_path):
-    from domains.brain_mri.data import BrainDataConfig, make_dataset
-    from domains.brain_mri.io import Case
+    from scimae.domains.brain_mri.data import BrainDataConfig, make_dataset
+    from scimae.domains.brain_mri.io import Case
 
     t1 = _write(tmp_path / "c_t1.nii.gz")
     cases = [Case("c", {"t1": str(t1)})]

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from core.checkpoint import load_export
-from domains.brain_mri.model import (BrainFineTuner, BrainModelConfig, TaskConfig, build_brain_mae, load_brain_mae,
-                                     save_brain_export, synthesise)
+from scimae.core.checkpoint import load_export
+from scimae.domains.brain_mri.model import (BrainFineTuner, BrainModelConfig, TaskConfig, build_brain_mae, load_brain_mae,
+                                            export_config, synthesise)
 
 ROI = (32, 32, 32)
 
@@ -51,7 +51,8 @@ def test_segmentation_needs_patch_16():
 
 def test_export_records_modality_order_and_reloads_bit_exact(tmp_path):
     mae = build_brain_mae(_cfg(), ROI)
-    save_brain_export(mae, tmp_path / "e", _cfg(), ROI, [2.0, 2.0, 2.0])
+    mae.export_config = export_config(_cfg(), ROI, [2.0, 2.0, 2.0])
+    mae.save_pretrained(tmp_path / "e")
     config, _ = load_export(tmp_path / "e")
     assert config["modalities"] == ["t1", "t1ce", "t2", "flair"] and config["roi"] == list(ROI)
     assert config["model"]["mask"]["strategy"] == "group_dirichlet"

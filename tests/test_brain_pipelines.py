@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from core import DataError
-from core.engine import read_metrics
+from scimae.core import DataError
+from scimae.core.engine import read_metrics
 
-sys.path.insert(0, str(ROOT / "pipelines"))
-import brats_finetune  # noqa: E402
-import brats_pretrain  # noqa: E402
-import brats_reconstruct  # noqa: E402
+from scimae.pipelines import brats_finetune  # noqa: E402
+from scimae.pipelines import brats_pretrain  # noqa: E402
+from scimae.pipelines import brats_reconstruct  # noqa: E402
 
 TINY = ["model.dim=48", "model.depth=4", "model.heads=4", "model.decoder_dim=32", "model.decoder_depth=1",
         "model.decoder_heads=4", "train.epochs=2", "train.epoch_repeats=1", "train.batch_size=2",

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, shared_data
-from domains.brain_mri.data import collate
-from domains.brain_mri.io import discover_cases
-from domains.brain_mri.model import BrainModelConfig, build_brain_mae, save_brain_export
-from domains.brain_mri.transforms import preprocess
+from conftest import shared_data
+from scimae.domains.brain_mri.data import collate
+from scimae.domains.brain_mri.io import discover_cases
+from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config
+from scimae.domains.brain_mri.transforms import preprocess
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,13 @@ def test_preprocess_and_one_pretraining_step(case):
 
 
 def test_reconstruction_lands_on_the_input_grid(case, tmp_path):
-    import sys
 
-    sys.path.insert(0, str(ROOT / "pipelines"))
-    import brats_reconstruct
+    from scimae.pipelines import brats_reconstruct
 
     cfg = BrainModelConfig(dim=48, depth=2, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4)
-    save_brain_export(build_brain_mae(cfg, (64, 64, 64)), tmp_path / "export", cfg, (64, 64, 64), (3.0, 3.0, 3.0))
+    mae = build_brain_mae(cfg, (64, 64, 64))
+    mae.export_config = export_config(cfg, (64, 64, 64), (3.0, 3.0, 3.0))
+    mae.save_pretrained(tmp_path / "export")
     out = tmp_path / "flair.nii.gz"
     brats_reconstruct.main(["--model", str(tmp_path / "export"), "--case", str(shared_data("brain_mri/TCGA-DU-7294")),
                             "--modality", "fla", "--out", str(out)])

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import wfdb
 
-from core import DataError
-from domains.cardiac.io import CHANNELS, canonical_channel, find_records, from_array, read_record
-from domains.cardiac.transforms import bandpass, check_rate, fill_gaps, prepare, resample, standardise, to_slots, windows
+from scimae.core import DataError
+from scimae.domains.cardiac.io import CHANNELS, canonical_channel, find_records, from_array, read_record
+from scimae.domains.cardiac.transforms import bandpass, check_rate, fill_gaps, prepare, resample, standardise, to_slots, windows
 
 
 def _write(tmp_path, name="r", names=("I", "MLII", "PLETH", "RESP"), fs=250, seconds=12, nan=None):

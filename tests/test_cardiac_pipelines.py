@@ -1,18 +1,16 @@
-import sys
 
 import numpy as np
 import pytest
 import torch
 import wfdb
 
-from conftest import ROOT, shared_data
-from core.engine import read_metrics
-from domains.cardiac.api import CardiacFoundationModel
-from domains.cardiac.io import CHANNELS, read_record
+from conftest import shared_data
+from scimae.core.engine import read_metrics
+from scimae.domains.cardiac.api import CardiacFoundationModel
+from scimae.domains.cardiac.io import CHANNELS, read_record
 
-sys.path.insert(0, str(ROOT / "pipelines"))
-import cardiac_finetune  # noqa: E402
-import cardiac_pretrain  # noqa: E402
+from scimae.pipelines import cardiac_finetune  # noqa: E402
+from scimae.pipelines import cardiac_pretrain  # noqa: E402
 
 TINY = ["model.dim=32", "model.depth=2", "model.heads=4", "model.decoder_dim=32", "model.decoder_depth=1",
         "model.decoder_heads=4", "train.epochs=1", "train.batch_size=8", "train.log_every=1",
@@ -49,7 +47,7 @@ def test_finetune_prints_the_channel_configuration_table(pretrained, kind, metri
                                          f"--init-from={pretrained / 'runs' / 'pre' / 'export'}"])
     out = capsys.readouterr().out
     if probe:  # a linear probe leaves the pretrained encoder untouched
-        from core.checkpoint import load_export
+        from scimae.core.checkpoint import load_export
 
         _, pre = load_export(pretrained / "runs" / "pre" / "export")
         _, ft = load_export(pretrained / "runs" / f"ft_{kind}" / "export")
@@ -93,8 +91,8 @@ def test_real_records_read_resample_step_and_embed(pretrained):
     icu = read_record(chal)
     assert icu.channels == ["II", "PPG"]  # V has no canonical lead; RESP is ignored
     assert np.isnan(icu.data).sum() > 0
-    from domains.cardiac.data import CardiacDataConfig, record_windows
-    from domains.cardiac.model import CardiacModelConfig, build_cardiac_mae
+    from scimae.domains.cardiac.data import CardiacDataConfig, record_windows
+    from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae
 
     cfg = CardiacDataConfig(root="")
     w = record_windows(icu, cfg)

@@ -5,12 +5,12 @@ import pytest
 import torch
 import yaml
 
-from core import DataError
-from core.checkpoint import (from_pretrained, load_export, load_training_state, load_weights, save_export,
-                             save_training_state)
-from core.config import apply_overrides, load_config, save_config
-from core.engine import TrainConfig
-from core.heads import PooledClassifier
+from scimae.core import DataError
+from scimae.core.checkpoint import (from_pretrained, load_export, load_training_state, load_weights, save_export,
+                                    save_training_state)
+from scimae.core.config import apply_overrides, load_config, save_config
+from scimae.core.engine import TrainConfig
+from scimae.core.heads import PooledClassifier
 from toy import toy_mae
 
 
@@ -173,7 +173,7 @@ class _BadData(torch.utils.data.Dataset):
 
 
 def test_a_data_error_from_a_worker_or_a_wrapper_is_reported_in_one_line():
-    from core.errors import one_line, user_error
+    from scimae.core.errors import one_line, user_error
 
     with pytest.raises(DataError) as info:
         next(iter(torch.utils.data.DataLoader(_BadData(), num_workers=1)))
@@ -189,7 +189,7 @@ def test_a_data_error_from_a_worker_or_a_wrapper_is_reported_in_one_line():
 
 
 def test_a_generated_folder_is_complete_or_absent(tmp_path):
-    from core.checkpoint import build_folder_once
+    from scimae.core.files import build_folder_once
 
     def broken(folder):
         (folder / "half.txt").write_text("x")
@@ -217,7 +217,7 @@ def test_a_generated_folder_is_complete_or_absent(tmp_path):
 
 
 def test_processes_building_one_folder_at_once_all_get_the_first_complete_one(tmp_path):
-    from core.checkpoint import build_folder_once
+    from scimae.core.files import build_folder_once
 
     root = tmp_path / "data"
 
@@ -240,7 +240,7 @@ def test_newest_export_finds_or_makes_one(tmp_path):
     import os
     import time
 
-    from core.checkpoint import newest_export
+    from scimae.core.files import newest_export
 
     with pytest.raises(DataError, match="no run with an export"):
         newest_export(tmp_path)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.embed import CoordEmbed, GridTokenizer, GroupEmbed, PatchEmbed, patchify, sincos_nd, unpatchify
+from scimae.core.embed import CoordEmbed, GridTokenizer, GroupEmbed, PatchEmbed, patchify, sincos_nd, unpatchify
 
 
 @pytest.mark.parametrize("spatial,patch", [((12,), (4,)), ((8, 12), (4, 2)), ((4, 8, 6), (2, 4, 3))])
@@ -117,7 +117,7 @@ def test_grid_tokenizer_projects_each_group_with_its_own_weights_and_gradients()
 
 
 def test_grid_tokenizer_groups_of_fewer_channels_are_masked_out_of_the_loss():
-    from core.losses import PatchTarget, normalize_patches
+    from scimae.core.losses import PatchTarget, normalize_patches
 
     tok = GridTokenizer(["visible", "nir"], (8, 8), (4, 4), 16, channels=3, group_channels=[3, 1])
     x = torch.randn(2, 2, 3, 8, 8)

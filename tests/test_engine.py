@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT, collate
-from core.checkpoint import save_export
-from core.engine import Means, MetricsLog, TrainConfig, Trainer, cosine_schedule, read_metrics
+from scimae.core.engine import Means, MetricsLog, TrainConfig, Trainer, cosine_schedule, read_metrics
 from toy import ToyImages, toy_mae
 
 
@@ -16,8 +15,9 @@ def _trainer(tmp_path, name, **kw):
     torch.manual_seed(0)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "base_lr": 0.05, "warmup_epochs": 0.5, "log_every": 1,
                          "out_dir": str(tmp_path), "run_name": name, **kw})
-    return Trainer(toy_mae(), cfg, collate=collate,
-                   export=lambda m, f: save_export(f, m, {"arch": "toy"}),
+    model = toy_mae()
+    model.export_config = {"arch": "toy"}
+    return Trainer(model, cfg, collate=collate, pipeline="toy_pretrain",
                    evaluate=lambda m, loader: {"val_loss": sum(m(b, torch.Generator().manual_seed(0))["loss"].item()
                                                                 for b in loader)},
                    figure=lambda m, b, p: p.write_bytes(b"png"))
@@ -53,7 +53,7 @@ def test_loss_falls_and_lr_follows_the_mae_rule(tmp_path):
 
 
 def test_resuming_into_another_model_or_optimizer_set_up_is_a_data_error(tmp_path):
-    from core import DataError
+    from scimae.core import DataError
 
     _trainer(tmp_path, "a", max_steps=1).fit(ToyImages(16))
     other = _trainer(tmp_path, "b", resume=str(tmp_path / "a"))
@@ -95,7 +95,7 @@ class _FixedMask:
     """Hide the same slots in every sample, so that batch composition does not change the masks."""
 
     def for_tokens(self, ts, generator):
-        from core.masking import plan_from_scores
+        from scimae.core.masking import plan_from_scores
 
         valid = ts.valid
         return plan_from_scores(torch.arange(valid.shape[1], dtype=torch.float)[None].expand_as(valid), valid, 0.75)

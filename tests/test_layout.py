@@ -7,8 +7,10 @@ from conftest import ROOT
 
 
 def test_import_core_pulls_no_domain_library():
-    code = ("import sys, core, core.mae, core.engine, core.heads, core.checkpoint, core.config, core.losses;"
-            "print([m for m in ('monai', 'nibabel', 'rasterio', 'wfdb', 'open3d', 'pytorch3d', 'domains') if m in sys.modules])")
+    code = ("import sys, scimae.core.mae, scimae.core.engine, scimae.core.heads, scimae.core.checkpoint, "
+            "scimae.core.config, scimae.core.losses, scimae.core.metrics, scimae.core.files, scimae.core.progress;"
+            "print([m for m in ('monai', 'nibabel', 'rasterio', 'wfdb', 'open3d', 'pytorch3d', 'sklearn', 'sksurv', "
+            "'scimae.domains') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -24,13 +26,21 @@ def _imports(path):
 
 def test_core_imports_no_domain_and_domains_import_no_other_domain():
     for path in (ROOT / "core").rglob("*.py"):
-        assert not [m for m in _imports(path) if m.startswith("domains")], path
+        assert not [m for m in _imports(path) if m.startswith("scimae.domains")], path
     for domain in (ROOT / "domains").iterdir():
         if not domain.is_dir() or domain.name.startswith("_"):
             continue
         for path in domain.rglob("*.py"):
-            others = [m for m in _imports(path) if m.startswith("domains.") and m.split(".")[1] != domain.name]
+            others = [m for m in _imports(path) if m.startswith("scimae.domains.") and m.split(".")[2] != domain.name]
             assert not others, (path, others)
+
+
+def test_everything_imports_through_the_scimae_package():
+    """No module imports the top-level folders by their bare names (which an installed wheel does not have)."""
+    for folder in ("core", "domains", "pipelines", "benchmarks", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            bare = [m for m in _imports(path) if m.split(".")[0] in ("core", "domains", "pipelines")]
+            assert not bare, (path, bare)
 
 
 def test_no_cuda_calls_or_unsafe_loading():
@@ -45,7 +55,7 @@ def test_every_pipeline_config_reloads_from_its_saved_copy(tmp_path):
     """The config.yaml a run writes reads back to the same config (what --resume and a rerun rely on)."""
     import importlib.util
 
-    from core.config import load_config, save_config
+    from scimae.core.config import load_config, save_config
 
     for path in sorted((ROOT / "pipelines").glob("*.py")):
         spec = importlib.util.spec_from_file_location(f"pipeline_{path.stem}", path)

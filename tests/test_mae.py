@@ -105,7 +105,7 @@ def test_reconstruction_puts_predictions_in_hidden_slots_only():
 
 
 def test_gather_slots_matches_gather_and_passes_gradients():
-    from core.tokens import gather_slots
+    from scimae.core.tokens import gather_slots
 
     torch.manual_seed(0)
     x = torch.randn(3, 7, 5, 2, requires_grad=True)

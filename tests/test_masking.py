@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from core.masking import STRATEGIES, GroupDirichletMasking, build_masking, plan_from_scores, sample_gamma
+from scimae.core.masking import STRATEGIES, GroupDirichletMasking, build_masking, plan_from_scores, sample_gamma
 
 GRID = (8, 8)
 OPTS = {"block": {"block": 2}, "colored": {"color": "green"}}

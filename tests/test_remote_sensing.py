@@ -1,5 +1,4 @@
 import logging
-import sys
 
 import numpy as np
 import pytest
@@ -8,15 +7,14 @@ import torch
 from rasterio.transform import from_origin
 
 from conftest import ROOT, shared_data
-from core import DataError
-from core.engine import read_metrics
-from domains.remote_sensing.data import GeoDataConfig, GeoWindows, band_layout, to_sample
-from domains.remote_sensing.io import Band, open_scene
-from domains.remote_sensing.model import GeoModelConfig, build_geo_mae
-from domains.remote_sensing.synthetic import MODIS_BANDS
+from scimae.core import DataError
+from scimae.core.engine import read_metrics
+from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows, band_layout, to_sample
+from scimae.domains.remote_sensing.io import Band, open_scene
+from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae
+from scimae.domains.remote_sensing.synthetic import MODIS_BANDS
 
-sys.path.insert(0, str(ROOT / "pipelines"))
-import geo_pretrain  # noqa: E402
+from scimae.pipelines import geo_pretrain  # noqa: E402
 
 RGBN = [Band(n) for n in ("R", "G", "B", "NIR")]
 
@@ -91,7 +89,7 @@ def test_training_windows_skip_all_nodata_and_patches_follow_validity(tmp_path):
 
 
 def test_modis_stack_via_xarray_with_fill_and_scale(tmp_path):
-    from domains.remote_sensing.synthetic import write_modis
+    from scimae.domains.remote_sensing.synthetic import write_modis
 
     write_modis(tmp_path / "m.nc", np.random.default_rng(0), size=32)
     scene = open_scene(tmp_path / "m.nc", [Band(b) for b in MODIS_BANDS])
@@ -173,7 +171,7 @@ def test_real_rasters_read_window_and_step():
 
 @pytest.fixture(scope="module")
 def geo_runs(tmp_path_factory):
-    import geo_finetune
+    from scimae.pipelines import geo_finetune
 
     tmp = tmp_path_factory.mktemp("geo")
     tiny = [f"data.synthetic.folder={tmp / 'data'}", "data.synthetic.tiles=10", "data.windows_per_scene=2",
@@ -202,7 +200,7 @@ def test_finetune_classification_and_rgb_segmentation_from_rgbn(geo_runs):
 
 
 def test_predict_writes_classes_on_the_input_grid(geo_runs, tmp_path):
-    import geo_predict
+    from scimae.pipelines import geo_predict
 
     tile = sorted((geo_runs / "data" / "tiles").rglob("*.tif"))[4]  # has a nodata border
     out = tmp_path / "classes.tif"
@@ -222,7 +220,7 @@ def test_predict_writes_classes_on_the_input_grid(geo_runs, tmp_path):
 
 
 def test_label_raster_on_another_grid_is_an_error(tmp_path):
-    from domains.remote_sensing.data import check_label_grid
+    from scimae.domains.remote_sensing.data import check_label_grid
 
     image = _tif(tmp_path / "i.tif", np.ones((4, 16, 16), np.uint8))
     label = _tif(tmp_path / "l.tif", np.ones((1, 8, 8), np.uint8))
@@ -231,7 +229,7 @@ def test_label_raster_on_another_grid_is_an_error(tmp_path):
 
 
 def test_real_naip_prediction_keeps_crs_and_transform(geo_runs, tmp_path):
-    import geo_predict
+    from scimae.pipelines import geo_predict
 
     naip = shared_data("remote_sensing") / "naip" / "m_4709963_se_14_1_20090818.tif"
     out = tmp_path / "naip.tif"

@@ -1,22 +1,20 @@
 import json
 import logging
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, shared_data
-from core import DataError
-from core.masking import MaskConfig
-from domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, PointDataConfig, find_clouds
-from domains.scene3d.io import read_cloud, read_grid, read_h5, write_cloud
-from domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig, PointNetEmbed,
-                                   VoxelHead, build_nerf_mae, build_point_mae, farthest_point_sample, group_points,
-                                   has_pytorch3d, knn)
-from domains.scene3d.transforms import density_to_opacity, normalize_unit_sphere, resample
+from conftest import shared_data
+from scimae.core import DataError
+from scimae.core.masking import MaskConfig
+from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, PointDataConfig, find_clouds
+from scimae.domains.scene3d.io import read_cloud, read_grid, read_h5, write_cloud
+from scimae.domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig, PointNetEmbed,
+                                          VoxelHead, build_nerf_mae, build_point_mae, farthest_point_sample, group_points,
+                                          has_pytorch3d, knn)
+from scimae.domains.scene3d.transforms import density_to_opacity, normalize_unit_sphere, resample
 
-sys.path.insert(0, str(ROOT / "pipelines"))
 
 TINY = dict(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4)
 
@@ -241,9 +239,9 @@ def test_opacity_weighted_loss_ignores_colour_in_empty_space_and_voxel_head_shap
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    import nerf_pretrain
-    import pointcloud_finetune
-    import pointcloud_pretrain
+    from scimae.pipelines import nerf_pretrain
+    from scimae.pipelines import pointcloud_finetune
+    from scimae.pipelines import pointcloud_pretrain
 
     tmp = tmp_path_factory.mktemp("s3d")
     data = [f"data.synthetic.folder={tmp / 'data'}", "data.synthetic.per_class=3", "data.synthetic.rooms=4"]

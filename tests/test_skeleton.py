@@ -1,21 +1,18 @@
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
-from core import DataError
-from core.engine import read_metrics
-from core.masking import MaskConfig
-from domains.skeleton import synthetic
-from domains.skeleton.data import SkeletonDataConfig, SyntheticConfig, load_samples
-from domains.skeleton.io import in_split, parse_name, read_arrays, read_skeleton, write_skeleton
-from domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae
-from domains.skeleton.transforms import BONES, JOINTS, PARTS, adjacency, clean, hop_distance, resample_frames
+from scimae.core import DataError
+from scimae.core.engine import read_metrics
+from scimae.core.masking import MaskConfig
+from scimae.domains.skeleton import synthetic
+from scimae.domains.skeleton.data import SkeletonDataConfig, SyntheticConfig, load_samples
+from scimae.domains.skeleton.io import in_split, parse_name, read_arrays, read_skeleton, write_skeleton
+from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae
+from scimae.domains.skeleton.transforms import BONES, JOINTS, PARTS, adjacency, clean, hop_distance, resample_frames
 
-sys.path.insert(0, str(ROOT / "pipelines"))
 
 TINY = dict(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4)
 
@@ -138,8 +135,8 @@ def test_attention_bias_follows_the_body_graph():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    import skeleton_finetune
-    import skeleton_pretrain
+    from scimae.pipelines import skeleton_finetune
+    from scimae.pipelines import skeleton_pretrain
 
     tmp = tmp_path_factory.mktemp("sk")
     common = [f"data.synthetic.folder={tmp / 'data'}", "data.synthetic.per_action=4", "data.frames=16",

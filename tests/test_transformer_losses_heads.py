@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from core.heads import (MLPHead, LinearProbe, Pooler, classification_loss, concordance_index, layer_decay_groups,
-                        pos_weight_from_labels, survival_loss, survival_risk)
-from core.losses import PatchTarget, chamfer_distance, chamfer_torch, grouped_losses, normalize_patches, weighted_mse
-from core.tokens import TokenSet
-from core.transformer import DropPath, Transformer
+from scimae.core.heads import (MLPHead, LinearProbe, Pooler, classification_loss, layer_decay_groups,
+                               pos_weight_from_labels, survival_loss, survival_risk)
+from scimae.core.losses import PatchTarget, chamfer_distance, chamfer_torch, grouped_losses, normalize_patches, weighted_mse
+from scimae.core.tokens import TokenSet
+from scimae.core.transformer import DropPath, Transformer
 
 
 def test_padded_keys_do_not_change_other_outputs():
@@ -135,16 +135,6 @@ def test_heads_and_classification_losses():
     assert classification_loss(logits, torch.tensor([0])).item() < 1e-3
 
 
-def test_concordance_index_matches_pairwise_count():
-    risk = torch.tensor([0.9, 0.1, 0.5, 0.5])
-    time = torch.tensor([1.0, 4.0, 2.0, 3.0])
-    event = torch.tensor([1, 0, 1, 1])
-    # comparable (i observed, t_i < t_j): (0,1),(0,2),(0,3),(2,1),(2,3),(3,1) -> 1,1,1,1,0.5,1
-    assert concordance_index(risk, time, event) == pytest.approx(5.5 / 6)
-    with pytest.raises(ValueError, match="comparable pair"):
-        concordance_index(risk, time, torch.zeros(4))
-
-
 def test_survival_loss_prefers_the_right_hazards():
     time_bin, event = torch.tensor([1, 2]), torch.tensor([1, 0])
     good = torch.tensor([[-9.0, 9.0, -9.0], [-9.0, -9.0, -9.0]])
@@ -187,7 +177,7 @@ def test_attention_bias_steers_attention_and_keeps_key_padding():
 
 
 def test_first_per_class_keeps_a_fixed_few_label_set():
-    from core.heads import first_per_class
+    from scimae.core.heads import first_per_class
 
     items = [f"t{i}" for i in range(7)]
     assert first_per_class(items, [0, 1, 0, 0, 1, 2, 1], 2) == ["t0", "t1", "t2", "t4", "t5"]

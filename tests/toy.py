@@ -2,10 +2,10 @@
 import torch
 from torch.utils.data import Dataset
 
-from core.embed import GridTokenizer
-from core.losses import PatchTarget
-from core.mae import MAEEncoder, MaskedAutoencoder
-from core.masking import build_masking
+from scimae.core.embed import GridTokenizer
+from scimae.core.losses import PatchTarget
+from scimae.core.mae import MAEEncoder, MaskedAutoencoder
+from scimae.core.masking import build_masking
 
 GROUPS = ["a", "b"]
 

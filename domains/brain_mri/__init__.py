@@ -1,4 +1,8 @@
 """Brain MRI: multi-contrast NIfTI (BraTS) with missing modalities."""
-from domains.brain_mri.io import MODALITIES
+from scimae.core.errors import require
+
+require("brain MRI", "mri", "monai", "nibabel")
+
+from scimae.domains.brain_mri.io import MODALITIES  # noqa: E402
 
 __all__ = ["MODALITIES"]

@@ -9,10 +9,11 @@ from pathlib import Path
 import monai.data
 import torch
 
-from core.errors import DataError
-from domains.brain_mri import synthetic
-from domains.brain_mri.io import MODALITIES, Case, discover_cases
-from domains.brain_mri.transforms import preprocess
+from scimae.core.errors import DataError
+from scimae.core.progress import on_terminal
+from scimae.domains.brain_mri import synthetic
+from scimae.domains.brain_mri.io import MODALITIES, Case, discover_cases
+from scimae.domains.brain_mri.transforms import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -21,23 +22,23 @@ log = logging.getLogger(__name__)
 class SyntheticConfig:
     """The embedded default dataset, at a size that trains on a CPU."""
 
-    cases: int = 32
-    seed: int = 0
+    cases: int = 32  # cases to generate
+    seed: int = 0  # generator seed (another seed, another dataset)
     folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
-    roi: list[int] = field(default_factory=lambda: [64, 64, 64])
-    spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])
+    roi: list[int] = field(default_factory=lambda: [64, 64, 64])  # volume size of the generated cases, voxels
+    spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # voxel size of the generated cases, mm
 
 
 @dataclass
 class BrainDataConfig:
     root: str | None = None  # a BraTS-style folder or a CSV manifest; None = the synthetic dataset
-    roi: list[int] = field(default_factory=lambda: [128, 128, 128])
-    spacing: list[float] | None = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    roi: list[int] = field(default_factory=lambda: [128, 128, 128])  # region of interest the volumes are cropped or padded to, voxels
+    spacing: list[float] | None = field(default_factory=lambda: [1.0, 1.0, 1.0])  # resample to this voxel size in mm (None = keep each case's)
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # which to use (any subset)
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    val_fraction: float = 0.2  # share of cases held out for validation
+    split_seed: int = 0  # seed of the train/validation split
     cache: str = "none"  # keep preprocessed volumes: none, memory, or disk (in cache_dir)
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # folder for data.cache=disk
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -117,7 +118,9 @@ def make_dataset(cases: list[Case], cfg: BrainDataConfig, train: bool, seed: int
     if cfg.cache == "disk":
         return DiskCachedBrainDataset(data, transform, cache_dir=cfg.cache_dir)
     if cfg.cache == "memory":
-        return MemoryCachedBrainDataset(data, transform, progress=False)
+        if not on_terminal():
+            log.info("preprocessing %d cases into memory", len(data))
+        return MemoryCachedBrainDataset(data, transform, progress=on_terminal())
     return BrainDataset(data, transform)
 
 

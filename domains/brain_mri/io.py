@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from core.errors import DataError
+from scimae.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def read_volume(path: str | Path, label: bool = False) -> tuple[np.ndarray, np.n
 
 def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray, header=None, overwrite: bool = False) -> Path:
     """Write a NIfTI with ``affine`` (and the input's header fields, e.g. units); float64 is stored as float32."""
-    from core.checkpoint import atomic_write
+    from scimae.core.checkpoint import atomic_write
 
     path = Path(path)
     if path.exists() and not overwrite:

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from core.checkpoint import from_pretrained, save_export
-from core.config import from_dict
-from core.embed import GridTokenizer
-from core.heads import MLPHead, LinearProbe, Pooler
-from core.losses import PatchTarget
-from core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, pyplot
-from core.masking import MaskConfig
-from domains.brain_mri.io import MODALITIES
+from scimae.core.checkpoint import Exportable, from_pretrained
+from scimae.core.config import from_dict
+from scimae.core.embed import GridTokenizer
+from scimae.core.heads import MLPHead, LinearProbe, Pooler
+from scimae.core.losses import PatchTarget
+from scimae.core.mae import MAEConfig, MAEEncoder, MaskedAutoencoder, build_mae, figure_panels, pyplot
+from scimae.core.masking import MaskConfig
+from scimae.domains.brain_mri.io import MODALITIES
 
 
 @dataclass
 class BrainModelConfig(MAEConfig):
-    patch: int = 16
+    patch: int = 16  # patch edge in voxels (one token per patch and modality)
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="group_dirichlet", ratio=0.75, alpha=1.0))
 
 
@@ -49,10 +48,6 @@ def export_config(model_cfg: BrainModelConfig, roi, spacing, **extra) -> dict:
     return {"domain": "brain_mri", "model": dataclasses.asdict(model_cfg), "modalities": list(MODALITIES),
             "roi": list(roi), "spacing": list(spacing) if spacing else None, "patch_size": [model_cfg.patch] * 3,
             "orientation": "RAS", "normalization": "z-score over non-zero voxels, per modality", **extra}
-
-
-def save_brain_export(model: nn.Module, folder, model_cfg: BrainModelConfig, roi, spacing, **extra) -> Path:
-    return save_export(folder, model, export_config(model_cfg, roi, spacing, **extra))
 
 
 def load_brain_mae(folder) -> tuple[MaskedAutoencoder, dict]:
@@ -105,11 +100,11 @@ class TaskConfig:
     kind: str = "classification"  # classification, segmentation or survival
     label: str = "grade"  # label column (classification)
     time: str = "survival_days"  # survival columns
-    event: str = "event"
+    event: str = "event"  # event column (1 = observed, 0 = censored)
     bins: int = 4  # survival intervals (quantiles of the training times)
     head: str = "mlp"  # mlp or linear (a linear probe on a frozen encoder)
     pooler: str = "mean"  # cls, mean or attention
-    freeze_encoder: bool = False
+    freeze_encoder: bool = False  # train the head only (a probe of frozen features)
     feature_size: int = 16  # segmentation decoder width
 
     def __post_init__(self):
@@ -119,7 +114,7 @@ class TaskConfig:
             raise ValueError(f"task.head must be mlp or linear, got {self.head!r}")
 
 
-class BrainFineTuner(nn.Module):
+class BrainFineTuner(Exportable, nn.Module):
     """The pretrained encoder with a task head; serves any subset of modalities with the same weights."""
 
     def __init__(self, encoder: MAEEncoder, task: TaskConfig, n_out: int):
@@ -177,7 +172,7 @@ def task_step(task: TaskConfig):
     """step_fn for the engine: the task's loss."""
     from monai.losses import DiceCELoss
 
-    from core.heads import classification_loss, survival_loss
+    from scimae.core.heads import classification_loss, survival_loss
 
     dice_ce = DiceCELoss(sigmoid=True)
 
@@ -195,9 +190,10 @@ def task_step(task: TaskConfig):
 @torch.no_grad()
 def task_evaluate(task: TaskConfig):
     """evaluate hook: accuracy and AUROC, C-index, or Dice per BraTS region (TC, WT, ET)."""
-    from monai.metrics import DiceMetric, compute_roc_auc
+    from monai.metrics import DiceMetric
 
-    from core.heads import concordance_index, survival_risk
+    from scimae.core.heads import survival_risk
+    from scimae.core.metrics import auroc, concordance_index
 
     def evaluate(model, batches) -> dict:
         outs, refs = [], []
@@ -218,9 +214,7 @@ def task_evaluate(task: TaskConfig):
             return {"c_index": concordance_index(survival_risk(logits), time, event)}
         y = torch.cat([r["y"] for r in refs])
         probs = logits.softmax(1)
-        onehot = torch.nn.functional.one_hot(y, probs.shape[1])
-        auroc = compute_roc_auc(probs[:, 1], y) if probs.shape[1] == 2 else compute_roc_auc(probs, onehot, average="macro")
-        return {"accuracy": float((probs.argmax(1) == y).float().mean()), "auroc": float(auroc)}
+        return {"accuracy": float((probs.argmax(1) == y).float().mean()), "auroc": auroc(probs, y)}
 
     return evaluate
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import build_folder_once
-from domains.brain_mri.io import MODALITIES, write_volume
+from scimae.core.files import build_folder_once
+from scimae.core.progress import progress
+from scimae.domains.brain_mri.io import MODALITIES, write_volume
 
 SHAPE = (72, 88, 72)
 SPACING = 2.0
@@ -99,7 +100,7 @@ def write_dataset(root: str | Path | None = None, n_cases: int = 32, seed: int =
 def _write(tmp: Path, n_cases: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     rows = []
-    for i in range(n_cases):
+    for i in progress(range(n_cases), "writing synthetic BraTS cases"):
         case = f"SynBraTS_{i:05d}"
         hgg = bool(i % 2 == 0) if i < 8 else bool(rng.random() < 0.5)
         volumes, label, facts = make_case(rng, hgg)

@@ -11,8 +11,8 @@ from monai.transforms import (CenterSpatialCropd, Compose, ConvertToMultiChannel
                               Orientationd, RandFlipd, RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd,
                               ResampleToMatch, Spacingd, SpatialPadd, Transform)
 
-from core.errors import DataError
-from domains.brain_mri.io import MODALITIES, read_volume
+from scimae.core.errors import DataError
+from scimae.domains.brain_mri.io import MODALITIES, read_volume
 
 log = logging.getLogger(__name__)
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel affines map voxels to RAS+ world coordinates

@@ -1,11 +1,12 @@
 """CardiacFoundationModel: load an export and call it on a record from a clinical script.
 
-    model = CardiacFoundationModel.from_pretrained("runs/cardiac_pretrain/<run>/export")
+    model = CardiacFoundationModel.from_pretrained("runs/cardiac_pretrain/<run>/export")  # or a Hub repo id
     vectors = model.embed("data/100")                                 # a WFDB record: [windows, D]
     lead_ii = model.reconstruct(x, ["II"], fs=125, names=["PLETH"])   # an array: lead II from a PPG
 
 A record is a WFDB path (or EDF file), a ``wfdb.Record``, or an array [channels, samples] with
-``fs`` and ``names``.
+``fs`` and ``names``. The model is a ``torch.nn.Module`` in eval mode: ``.to(device)`` moves it, and
+``save_pretrained(folder)`` writes the export it was loaded from.
 """
 from __future__ import annotations
 
@@ -13,27 +14,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from core.checkpoint import load_export, load_weights
-from core.errors import DataError
-from domains.cardiac.data import CardiacDataConfig, record_windows
-from domains.cardiac.io import CHANNELS, Signal, canonical_channel, from_array, read_record
-from domains.cardiac.model import EXPORT_KEYS, CardiacFineTuner, CardiacTaskConfig, mae_from_config
+from scimae.core.checkpoint import load_export, load_weights, save_export
+from scimae.core.errors import DataError
+from scimae.domains.cardiac.data import CardiacDataConfig, record_windows
+from scimae.domains.cardiac.io import CHANNELS, Signal, canonical_channel, from_array, read_record
+from scimae.domains.cardiac.model import EXPORT_KEYS, CardiacFineTuner, CardiacTaskConfig, mae_from_config
 
 
-class CardiacFoundationModel:
+class CardiacFoundationModel(nn.Module):
     """Embeddings, predictions (with a fine-tuned head) and channel synthesis on CPU or GPU."""
 
     def __init__(self, mae, config: dict, head: CardiacFineTuner | None = None, device: str | None = None):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.mae, self.config = mae.eval().to(self.device), config
-        self.head = head.eval().to(self.device) if head is not None else None
+        super().__init__()
+        self.mae, self.head, self.config = mae, head, config
         self.data_cfg = CardiacDataConfig(fs=config["fs"], window_s=config["window_s"], stride_s=config["stride_s"],
                                           patch=config["patch"], max_gap_s=config["max_gap_s"], root="")
+        self.eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None) -> "CardiacFoundationModel":
-        """An export of cardiac_pretrain (or of cardiac_finetune, which adds the head)."""
+        """An export of cardiac_pretrain (or of cardiac_finetune, which adds the head): a local folder or a
+        Hugging Face Hub repo id."""
         config, state = load_export(folder, "cardiac", EXPORT_KEYS)
         mae = mae_from_config(config)
         head = None
@@ -43,6 +50,22 @@ class CardiacFoundationModel:
         else:
             load_weights(mae, state)
         return cls(mae, config, head, device)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write this model as an export folder that ``from_pretrained`` reads back."""
+        return save_export(folder, self.head if self.head is not None else self.mae, self.config)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Windows as the data pipeline batches them -> the head's logits [B, K] (fine-tuned) or the pooled
+        embedding [B, D] (pretrained)."""
+        if self.head is not None:
+            return self.head(batch)
+        return self._pool(self.mae.encoder(batch))
+
+    @staticmethod
+    def _pool(feats: dict) -> torch.Tensor:
+        w = feats["valid"][..., None].float()  # [B, N, 1]
+        return (feats["tokens"] * w).sum(1) / w.sum(1).clamp_min(1)  # [B, D]
 
     def _signal(self, record, fs=None, names=None) -> Signal:
         if isinstance(record, (str, Path)):
@@ -61,11 +84,7 @@ class CardiacFoundationModel:
     @torch.no_grad()
     def embed(self, record, fs: float | None = None, names: list[str] | None = None) -> np.ndarray:
         """One vector per window [W, D]: the mean of the encoder's tokens over the valid channels and time."""
-        out = []
-        for batch in self._batches(self._signal(record, fs, names)):
-            f = self.mae.encoder(batch)
-            w = f["valid"][..., None].float()
-            out.append(((f["tokens"] * w).sum(1) / w.sum(1).clamp_min(1)).cpu())
+        out = [self._pool(self.mae.encoder(batch)).cpu() for batch in self._batches(self._signal(record, fs, names))]
         return torch.cat(out).numpy()
 
     @torch.no_grad()

@@ -9,19 +9,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import DataError
-from domains.cardiac import synthetic
-from domains.cardiac.io import CHANNELS, Signal, find_records, read_record
-from domains.cardiac.transforms import prepare, standardise, to_slots, windows
+from scimae.core.errors import DataError
+from scimae.domains.cardiac import synthetic
+from scimae.domains.cardiac.io import CHANNELS, Signal, find_records, read_record
+from scimae.domains.cardiac.transforms import prepare, standardise, to_slots, windows
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SyntheticConfig:
-    records: int = 96
-    seconds: float = 30.0
-    seed: int = 0
+    records: int = 96  # records to generate
+    seconds: float = 30.0  # length of each generated record
+    seed: int = 0  # generator seed (another seed, another dataset)
     folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
 
 
@@ -29,14 +29,14 @@ class SyntheticConfig:
 class CardiacDataConfig:
     root: str | None = None  # a folder of WFDB records / EDF files; None = the synthetic dataset
     fs: float = 250.0  # the model's sampling rate
-    window_s: float = 10.0
-    stride_s: float = 10.0
+    window_s: float = 10.0  # window length in seconds (one sample = one window)
+    stride_s: float = 10.0  # step between windows in seconds
     patch: int = 100  # samples per token (0.4 s at 250 Hz)
     max_gap_s: float = 0.5  # NaN gaps up to this long are interpolated, longer ones are invalid patches
     channels: list[str] = field(default_factory=lambda: list(CHANNELS))  # which to use (any subset)
     diagnoses: list[str] = field(default_factory=lambda: list(synthetic.DIAGNOSES))  # multi-label classes
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    val_fraction: float = 0.2  # share of records held out for validation (split by record)
+    split_seed: int = 0  # seed of the train/validation split
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import DataError
+from scimae.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

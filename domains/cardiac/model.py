@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.checkpoint import from_pretrained, save_export
-from core.config import from_dict
-from core.embed import GridTokenizer
-from core.heads import LinearProbe, MLPHead, Pooler
-from core.losses import PatchTarget
-from core.mae import MAEEncoder, MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
-from core.masking import MaskConfig
-from domains.cardiac.io import CHANNELS
+from scimae.core.checkpoint import Exportable, from_pretrained
+from scimae.core.config import from_dict
+from scimae.core.embed import GridTokenizer
+from scimae.core.heads import LinearProbe, MLPHead, Pooler
+from scimae.core.losses import PatchTarget
+from scimae.core.mae import MAEEncoder, MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
+from scimae.core.masking import MaskConfig
+from scimae.domains.cardiac.io import CHANNELS
 
 
 @dataclass
@@ -38,10 +38,6 @@ def export_config(model_cfg: CardiacModelConfig, data_cfg, **extra) -> dict:
             "normalization": "per window and channel: zero mean, unit variance", **extra}
 
 
-def save_cardiac_export(model: nn.Module, folder, model_cfg: CardiacModelConfig, data_cfg, **extra):
-    return save_export(folder, model, export_config(model_cfg, data_cfg, **extra))
-
-
 EXPORT_KEYS = ("model", "fs", "window_s", "stride_s", "patch", "max_gap_s")  # what a loader reads
 
 
@@ -59,8 +55,8 @@ class CardiacTaskConfig:
     kind: str = "diagnosis"  # diagnosis (multi-label) or regression
     target: str = "hr"  # regression target (a header comment key)
     head: str = "mlp"  # mlp, or linear (with freeze_encoder: a linear probe)
-    pooler: str = "mean"
-    freeze_encoder: bool = False
+    pooler: str = "mean"  # cls, mean or attention
+    freeze_encoder: bool = False  # train the head only (a probe of frozen features)
 
     def __post_init__(self):
         if self.kind not in ("diagnosis", "regression"):
@@ -69,7 +65,7 @@ class CardiacTaskConfig:
             raise ValueError(f"task.head must be mlp or linear, got {self.head!r}")
 
 
-class CardiacFineTuner(nn.Module):
+class CardiacFineTuner(Exportable, nn.Module):
     """The pretrained encoder, a pooler and a head; the same weights take any channel subset."""
 
     def __init__(self, encoder: MAEEncoder, task: CardiacTaskConfig, n_out: int):
@@ -85,7 +81,7 @@ class CardiacFineTuner(nn.Module):
 
 
 def task_step(task: CardiacTaskConfig, pos_weight: torch.Tensor | None = None, hr_scale: float = 1.0):
-    from core.heads import classification_loss, regression_loss
+    from scimae.core.heads import classification_loss, regression_loss
 
     def step(model, batch, generator):
         out = model(batch)
@@ -100,7 +96,7 @@ def task_step(task: CardiacTaskConfig, pos_weight: torch.Tensor | None = None, h
 @torch.no_grad()
 def task_evaluate(task: CardiacTaskConfig, diagnoses: list[str], hr_scale: float = 1.0):
     """Macro AUROC over the diagnoses present in both classes, or mean absolute error in the target's units."""
-    from monai.metrics import compute_roc_auc
+    from scimae.core.metrics import auroc
 
     def evaluate(model, batches) -> dict:
         outs, ys, hrs = [], [], []
@@ -114,7 +110,7 @@ def task_evaluate(task: CardiacTaskConfig, diagnoses: list[str], hr_scale: float
         both = [i for i in range(y.shape[1]) if 0 < y[:, i].sum() < len(y)]
         if not both:
             return {"macro_auroc": float("nan")}
-        scores = {f"auroc_{diagnoses[i]}": float(compute_roc_auc(out[:, i].sigmoid(), y[:, i])) for i in both}
+        scores = {f"auroc_{diagnoses[i]}": auroc(out[:, i], y[:, i]) for i in both}
         return {"macro_auroc": sum(scores.values()) / len(scores), **scores}
 
     return evaluate

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import fftconvolve
 
-from core.checkpoint import build_folder_once
-from domains.cardiac.io import LEADS
+from scimae.core.files import build_folder_once
+from scimae.core.progress import progress
+from scimae.domains.cardiac.io import LEADS
 
 VERSION = 1
 DIAGNOSES = ["AF", "brady", "tachy", "PVC"]
@@ -106,7 +107,7 @@ def _write(tmp: Path, n_records: int, seconds: float, seed: int) -> None:
 
     rng = np.random.default_rng(seed)
     rhythms = ["sinus", "AF", "brady", "tachy"]
-    for i in range(n_records):
+    for i in progress(range(n_records), "writing synthetic WFDB records"):
         rhythm = rhythms[i % 4]
         fs = 500.0 if i % 3 else 250.0
         sig, labels = make_record(rng, rhythm, pvc=bool(rng.random() < 0.3), seconds=seconds, fs=fs)

@@ -6,8 +6,8 @@ from fractions import Fraction
 import numpy as np
 from scipy import signal as sps
 
-from core.errors import DataError
-from domains.cardiac.io import CHANNELS, Signal
+from scimae.core.errors import DataError
+from scimae.domains.cardiac.io import CHANNELS, Signal
 
 BANDS = {"ECG": (0.5, 40.0), "PPG": (0.5, 8.0)}  # Hz
 

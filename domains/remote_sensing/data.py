@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import DataError
-from domains.remote_sensing import synthetic
-from domains.remote_sensing.io import Band, RasterScene, open_scene
+from scimae.core.errors import DataError
+from scimae.domains.remote_sensing import synthetic
+from scimae.domains.remote_sensing.io import Band, RasterScene, open_scene
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,8 @@ def _naip_bands() -> list[Band]:
 
 @dataclass
 class SyntheticConfig:
-    tiles: int = 60
-    seed: int = 0
+    tiles: int = 60  # tiles to generate
+    seed: int = 0  # generator seed (another seed, another dataset)
     folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
 
 
@@ -33,11 +33,11 @@ class GeoDataConfig:
     bands: list[Band] = field(default_factory=_naip_bands)  # the band table: name, kind, mean, std
     groups: dict[str, list[str]] | None = None  # spectral groups, e.g. {visible: [R, G, B], nir: [NIR]}; default: one per band
     window: int = 32  # pixels per side of a sample
-    patch: int = 8
+    patch: int = 8  # patch size in pixels (one token per patch and band group)
     windows_per_scene: int = 4  # random training windows drawn per scene and epoch
     min_valid: float = 0.5  # a patch with less valid data than this is invalid
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    val_fraction: float = 0.2  # share of scenes held out for validation
+    split_seed: int = 0  # seed of the train/validation split
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import DataError
+from scimae.core.errors import DataError, require
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ class StackScene:
         import xarray as xr
 
         path = Path(path)
+        if path.suffix == ".zarr":
+            require("reading a zarr stack", "geo", "zarr")
         try:
             ds = xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path, mask_and_scale=True)
         except (OSError, ValueError) as e:

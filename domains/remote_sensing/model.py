@@ -8,14 +8,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import from_pretrained, save_export
-from core.config import from_dict
-from core.embed import GridTokenizer
-from core.heads import confusion, confusion_scores
-from core.losses import PatchTarget
-from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
-from core.masking import MaskConfig
-from domains.remote_sensing.data import band_layout
+from scimae.core.checkpoint import Exportable, from_pretrained
+from scimae.core.config import from_dict
+from scimae.core.embed import GridTokenizer
+from scimae.core.losses import PatchTarget
+from scimae.core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, figure_panels, pyplot
+from scimae.core.masking import MaskConfig
+from scimae.core.metrics import classification_scores
+from scimae.domains.remote_sensing.data import band_layout
+
+IGNORE = 255  # the label of pixels that are not scored (outside the class range, or nodata)
 
 
 @dataclass
@@ -31,12 +33,12 @@ def build_geo_mae(cfg: GeoModelConfig, layout: dict[str, list[str]], window: int
     return build_mae(cfg, tok, groups, PatchTarget(groups, cfg.loss, cfg.norm_pix), tok.patch_values)
 
 
-def save_geo_export(model: nn.Module, folder, model_cfg: GeoModelConfig, data_cfg, **extra):
-    """Weights with the band table (names, kinds, normalisation), spectral groups, window and patch size."""
+def export_config(model_cfg: GeoModelConfig, data_cfg, **extra) -> dict:
+    """The band table (names, kinds, normalisation), spectral groups, window and patch size of a model."""
     layout = band_layout([b.name for b in data_cfg.bands], data_cfg.groups)
-    return save_export(folder, model, {"domain": "remote_sensing", "model": dataclasses.asdict(model_cfg),
-                                       "bands": [dataclasses.asdict(b) for b in data_cfg.bands], "groups": layout_record(layout),
-                                       "window": data_cfg.window, "patch": data_cfg.patch, **extra})
+    return {"domain": "remote_sensing", "model": dataclasses.asdict(model_cfg),
+            "bands": [dataclasses.asdict(b) for b in data_cfg.bands], "groups": layout_record(layout),
+            "window": data_cfg.window, "patch": data_cfg.patch, **extra}
 
 
 EXPORT_KEYS = ("model", "groups", "window", "patch")  # what a loader reads
@@ -102,21 +104,21 @@ class GeoTaskConfig:
     labels: str | None = None  # segmentation: the folder of label rasters (default: <data>/../labels)
     classes: int = 5  # segmentation: number of classes (labels >= this are ignored)
     labels_per_class: int | None = None  # classification: train on only this many tiles per class (label efficiency)
-    head: str = "mlp"
-    pooler: str = "mean"
-    freeze_encoder: bool = False
+    head: str = "mlp"  # mlp or linear
+    pooler: str = "mean"  # cls, mean or attention
+    freeze_encoder: bool = False  # train the head only (a probe of frozen features)
 
     def __post_init__(self):
         if self.kind not in ("classification", "segmentation"):
             raise ValueError(f"task.kind must be classification or segmentation, got {self.kind!r}")
 
 
-class GeoFineTuner(nn.Module):
+class GeoFineTuner(Exportable, nn.Module):
     """Encoder + pooled head (classification) or a per-patch linear decoder to pixels (segmentation);
     any band subset of the pretrained bands, by name."""
 
     def __init__(self, encoder, task: GeoTaskConfig, n_out: int):
-        from core.heads import LinearProbe, MLPHead, Pooler
+        from scimae.core.heads import LinearProbe, MLPHead, Pooler
 
         super().__init__()
         self.encoder, self.task, self.n_out = encoder, task, n_out
@@ -151,8 +153,8 @@ def task_step(task: GeoTaskConfig):
         out = model(batch)
         if task.kind == "classification":
             return {"loss": F.cross_entropy(out, batch["y"])}
-        seg = batch["seg"].masked_fill(batch["seg"] >= out.shape[1], 255)
-        return {"loss": F.cross_entropy(out, seg, ignore_index=255)}
+        seg = batch["seg"].masked_fill(batch["seg"] >= out.shape[1], IGNORE)
+        return {"loss": F.cross_entropy(out, seg, ignore_index=IGNORE)}
 
     return step
 
@@ -161,10 +163,11 @@ def task_evaluate(task: GeoTaskConfig, n_out: int):
     """Accuracy and macro-F1 (classification, per tile; segmentation, per pixel) and mIoU (segmentation)."""
 
     def evaluate(model, batches) -> dict:
-        conf = torch.zeros(n_out, n_out, dtype=torch.long)
+        preds, refs = [], []
         for batch in batches:
             ref = batch["y"] if task.kind == "classification" else batch["seg"]
-            conf += confusion(model(batch).argmax(1), ref, n_out)
-        return confusion_scores(conf, iou=task.kind == "segmentation")
+            preds.append(model(batch).argmax(1).cpu())
+            refs.append(ref.cpu().masked_fill(ref.cpu() >= n_out, IGNORE))
+        return classification_scores(torch.cat(preds), torch.cat(refs), IGNORE, iou=task.kind == "segmentation")
 
     return evaluate

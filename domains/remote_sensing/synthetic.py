@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.checkpoint import build_folder_once
+from scimae.core.files import build_folder_once
+from scimae.core.progress import progress
 
 VERSION = 1
 CLASSES = ["water", "forest", "crops", "bare_soil", "urban"]
@@ -42,7 +43,7 @@ def _write(tmp: Path, n_tiles: int, seed: int) -> None:
     from rasterio.transform import from_origin
 
     rng = np.random.default_rng(seed)
-    for i in range(n_tiles):
+    for i in progress(range(n_tiles), "writing synthetic GeoTIFF tiles"):
         dominant = i % len(CLASSES)
         cover = land_cover(rng, TILE, dominant)
         image = SIGNATURES[cover].transpose(2, 0, 1)  # [4, H, W]

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import DataError
-from domains.scene3d import synthetic
-from domains.scene3d.io import CLOUD_SUFFIXES, MESH_SUFFIXES, read_cloud, read_grid, read_h5
-from domains.scene3d.transforms import (augment, check_count, density_to_opacity, fit_grid, normalize_unit_sphere,
-                                       resample)
+from scimae.core.errors import DataError
+from scimae.domains.scene3d import synthetic
+from scimae.domains.scene3d.io import CLOUD_SUFFIXES, MESH_SUFFIXES, read_cloud, read_grid, read_h5
+from scimae.domains.scene3d.transforms import (augment, check_count, density_to_opacity, fit_grid, normalize_unit_sphere,
+                                               resample)
 
 log = logging.getLogger(__name__)
 IGNORE = 255  # voxel label for padding
@@ -21,9 +21,9 @@ IGNORE = 255  # voxel label for padding
 
 @dataclass
 class SyntheticConfig:
-    per_class: int = 30
-    rooms: int = 48
-    seed: int = 0
+    per_class: int = 30  # shapes to generate per class
+    rooms: int = 48  # NeRF room grids to generate
+    seed: int = 0  # generator seed (another seed, another dataset)
     folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
 
 
@@ -36,8 +36,8 @@ class PointDataConfig:
     min_points: int = 64  # fewer points than this is an error; fewer than n_points is resampled with a warning
     mesh_points: int = 8192  # points sampled from a mesh before resampling
     rotation: str | None = "z"  # training augmentation: z, so3 or null
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    val_fraction: float = 0.2  # share of samples held out for validation
+    split_seed: int = 0  # seed of the train/validation split
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -145,8 +145,8 @@ class NerfDataConfig:
     opacity: str = "alpha"  # density -> opacity: alpha (1 - exp(-sigma * delta)) or clip
     delta: float = 0.1  # voxel step length for the alpha rule
     min_valid: float = 0.5  # a patch with less non-padding than this is invalid
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    val_fraction: float = 0.2  # share of samples held out for validation
+    split_seed: int = 0  # seed of the train/validation split
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):

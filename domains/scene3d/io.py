@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import DataError
+from scimae.core.errors import DataError, require
 
 CLOUD_SUFFIXES = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts")
 MESH_SUFFIXES = (".off", ".obj")
@@ -130,6 +130,7 @@ def read_cloud(path: str | Path, mesh_points: int = 8192) -> Cloud:
 def read_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """An HDF5 file of many clouds (ModelNet40 / ScanObjectNN): ``data`` [S, N, 3+] and, if present,
     ``label`` [S] or [S, 1] -> (points [S, N, 3] float32, labels [S] int64 or None)."""
+    require("reading HDF5 point clouds", "3d", "h5py")
     import h5py
 
     try:

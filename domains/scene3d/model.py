@@ -8,14 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import from_pretrained
-from core.config import from_dict
-from core.embed import CoordEmbed, GridTokenizer, unpatchify
-from core.heads import PooledClassifier, Pooler
-from core.losses import chamfer_distance, grouped_losses
-from core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
-from core.masking import MaskConfig
-from core.tokens import TokenSet, gather_slots
+from scimae.core.checkpoint import from_pretrained
+from scimae.core.config import from_dict
+from scimae.core.embed import CoordEmbed, GridTokenizer, unpatchify
+from scimae.core.heads import PooledClassifier, Pooler
+from scimae.core.losses import chamfer_distance, grouped_losses
+from scimae.core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
+from scimae.core.masking import MaskConfig
+from scimae.core.tokens import TokenSet, gather_slots
 
 
 def has_pytorch3d() -> bool:
@@ -246,7 +246,7 @@ class NerfModelConfig(MAEConfig):
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
-    opacity_weight: float = 1.0
+    opacity_weight: float = 1.0  # weight of the opacity loss beside the colour loss
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="random", ratio=0.75))
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.checkpoint import build_folder_once
-from domains.scene3d.io import write_cloud
+from scimae.core.files import build_folder_once
+from scimae.core.progress import progress
+from scimae.domains.scene3d.io import write_cloud
 
 VERSION = 2
 SHAPES = ["sphere", "cube", "cylinder", "cone", "torus", "chair", "table", "octahedron"]
@@ -116,12 +117,12 @@ def write_dataset(root: str | Path | None = None, per_class: int = 30, rooms: in
 
 def _write(tmp: Path, per_class: int, rooms: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    for name in SHAPES:
+    for name in progress(SHAPES, "writing synthetic point clouds (per class)"):
         (tmp / "shapes" / name).mkdir(parents=True)
         for i in range(per_class):
             points, normals = shape_cloud(name, rng)
             suffix = ".ply" if i % 2 == 0 else ".pcd"  # both native formats, PCD binary_compressed
             write_cloud(tmp / "shapes" / name / f"{name}_{i:03d}{suffix}", points, normals)
     (tmp / "rooms").mkdir()
-    for i in range(rooms):
+    for i in progress(range(rooms), "writing synthetic NeRF grids"):
         np.savez_compressed(tmp / "rooms" / f"room_{i:03d}.npz", **room_grid(rng))

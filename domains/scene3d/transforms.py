@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from core.errors import DataError
+from scimae.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -10,18 +10,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import DataError
-from domains.skeleton import synthetic
-from domains.skeleton.io import in_split, read_arrays, read_skeleton
-from domains.skeleton.transforms import clean, random_rotation, resample_frames
+from scimae.core.errors import DataError
+from scimae.core.progress import progress
+from scimae.domains.skeleton import synthetic
+from scimae.domains.skeleton.io import in_split, read_arrays, read_skeleton
+from scimae.domains.skeleton.transforms import clean, random_rotation, resample_frames
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SyntheticConfig:
-    per_action: int = 30
-    seed: int = 0
+    per_action: int = 30  # sequences to generate per action
+    seed: int = 0  # generator seed (another seed, another dataset)
     folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
 
 
@@ -30,7 +31,7 @@ class SkeletonDataConfig:
     root: str | None = None  # a folder of .skeleton files, or a .npy / .npz array file (N, C, T, V, M)
     frames: int = 32  # every sequence is resampled to this many frames
     bodies: int = 2  # bodies kept per sequence (chosen by motion)
-    joints: int = 25
+    joints: int = 25  # joints per body (25 for Kinect v2 / NTU RGB+D)
     split: str = "xsub"  # xsub (cross-subject) or xview (cross-view); arrays without names split at random
     skip_list: str | None = None  # a text file of sample names to leave out (e.g. NTU's missing skeletons)
     rotate: float = 0.3  # training augmentation: random rotation up to this many radians about each axis
@@ -70,7 +71,7 @@ def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
     if skip:
         log.info("%d samples left out by %s", len(skip), cfg.skip_list)
     train, val = [], []
-    for f in files:
+    for f in progress(files, f"reading {root}"):
         seq = read_skeleton(f, cfg.joints)
         xyz, present = clean(seq, cfg.bodies, name=f)
         sample = {"name": f.stem, "xyz": resample_frames(xyz, cfg.frames), "present": present,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import DataError
+from scimae.core.errors import DataError
 
 N_JOINTS = 25
 BODY_FIELDS = ["clipped_edges", "hand_left_confidence", "hand_left_state", "hand_right_confidence",

@@ -8,15 +8,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import from_pretrained
-from core.config import from_dict
-from core.embed import GroupEmbed, sincos_1d
-from core.heads import PooledClassifier
-from core.losses import PatchTarget
-from core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, pyplot
-from core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
-from core.tokens import TokenSet, gather_slots
-from domains.skeleton.transforms import BONES, hop_distance, part_of_joint
+from scimae.core.checkpoint import from_pretrained
+from scimae.core.config import from_dict
+from scimae.core.embed import GroupEmbed, sincos_1d
+from scimae.core.heads import PooledClassifier
+from scimae.core.losses import PatchTarget
+from scimae.core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, pyplot
+from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
+from scimae.core.tokens import TokenSet, gather_slots
+from scimae.domains.skeleton.transforms import BONES, hop_distance, part_of_joint
 
 TARGETS = ("position", "position_motion")
 

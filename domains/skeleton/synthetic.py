@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.checkpoint import build_folder_once
-from domains.skeleton.io import Sequence, write_skeleton
-from domains.skeleton.transforms import JOINTS
+from scimae.core.files import build_folder_once
+from scimae.core.progress import progress
+from scimae.domains.skeleton.io import Sequence, write_skeleton
+from scimae.domains.skeleton.transforms import JOINTS
 
 VERSION = 2
 ACTIONS = ["wave", "walk", "jump", "sit_down", "kick", "drink", "clap", "bow"]  # A001..A008
@@ -147,7 +148,7 @@ def write_dataset(root: str | Path | None = None, per_action: int = 30, seed: in
 
 def _write(tmp: Path, per_action: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    for a in range(len(ACTIONS)):
+    for a in progress(range(len(ACTIONS)), "writing synthetic .skeleton files (per action)"):
         for i in range(per_action):
             setup, camera, performer = i // 24 + 1, i % 3 + 1, i % 8 + 1  # unique names: lcm(3, 8) = 24
             seq = make_sequence(a, rng, two_people=i % 6 == 5, empty_frames=int(rng.integers(1, 4)) if i % 5 == 4 else 0,

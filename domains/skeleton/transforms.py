@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import DataError
-from domains.skeleton.io import Sequence
+from scimae.core.errors import DataError
+from scimae.domains.skeleton.io import Sequence
 
 JOINTS = ["spine_base", "spine_mid", "neck", "head", "shoulder_l", "elbow_l", "wrist_l", "hand_l", "shoulder_r",
           "elbow_r", "wrist_r", "hand_r", "hip_l", "knee_l", "ankle_l", "foot_l", "hip_r", "knee_r", "ankle_r",

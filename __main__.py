@@ -1,0 +1,133 @@
+"""The ``scimae`` command (also ``python -m scimae``).
+
+  scimae pretrain|finetune <domain> [--data DIR] [key.sub=value ...]   runs pipelines/<domain>_<verb>.py
+  scimae predict geo [...]  /  scimae reconstruct brats [...]          the inference pipelines
+  scimae info EXPORT                                                   what an export holds
+  scimae list [RUNS]                                                   runs under RUNS (default: runs/)
+
+A pipeline run this way is the same code, with the same arguments, as ``python pipelines/<name>.py``;
+``scimae <verb> <domain> --help`` lists its config keys.
+"""
+from __future__ import annotations
+
+import pkgutil
+import sys
+
+ALIASES = {"brain_mri": "brats", "mri": "brats", "remote_sensing": "geo", "point_cloud": "pointcloud",
+           "scene3d": "pointcloud"}
+
+
+def pipelines() -> dict[str, list[str]]:
+    """verb -> the domains that have a pipeline for it, from the modules of scimae.pipelines."""
+    from scimae import pipelines as package
+
+    table: dict[str, list[str]] = {}
+    for module in pkgutil.iter_modules(package.__path__):
+        domain, _, verb = module.name.rpartition("_")
+        if domain:
+            table.setdefault(verb, []).append(domain)
+    return {verb: sorted(domains) for verb, domains in sorted(table.items())}
+
+
+def usage() -> str:
+    table = pipelines()
+    lines = [__doc__.strip(), "", "pipelines:"]
+    lines += [f"  scimae {verb} {{{','.join(domains)}}}" for verb, domains in table.items()]
+    return "\n".join(lines)
+
+
+def run_pipeline(verb: str, domain: str, args: list[str]) -> None:
+    import importlib
+
+    from scimae.core.config import run_cli
+
+    table = pipelines()
+    domain = ALIASES.get(domain, domain)
+    if domain not in table[verb]:
+        sys.exit(f"error: no {verb} pipeline for {domain!r}; one of {', '.join(table[verb])}")
+    module = importlib.import_module(f"scimae.pipelines.{domain}_{verb}")
+    sys.argv = [f"scimae {verb} {domain}", *args]  # argparse names the command in --help and errors
+    run_cli(module.main)
+
+
+def info(folder: str) -> None:
+    """Print what an export holds: domain, groups and normalisation, layout, size and provenance."""
+    from scimae.core.checkpoint import describe_export
+
+    found = describe_export(folder)
+    config = found["config"]
+    print(f"export      {folder}")
+    print(f"domain      {config.get('domain')}" + (f" ({config['kind']})" if "kind" in config else ""))
+    for key in ("modalities", "channels", "groups", "joints", "classes", "diagnoses", "actions"):
+        if key in config:
+            value = config[key]
+            names = [g["name"] + "=" + "+".join(g["bands"]) for g in value] if key == "groups" else value
+            print(f"{key:<11} {', '.join(map(str, names)) if isinstance(names, list) else names}")
+    for band in config.get("bands", []):
+        print(f"  band {band['name']}: kind {band.get('kind')}, mean {band.get('mean')}, std {band.get('std')}")
+    if "normalization" in config:
+        print(f"normalised  {config['normalization']}")
+    layout = {k: v for k, v in config.items() if k in ("roi", "spacing", "patch_size", "patch", "window", "fs", "window_s",
+                                                         "grid", "n_points", "n_groups", "group_size", "frames", "bodies")}
+    print("layout      " + ", ".join(f"{k} {v}" for k, v in layout.items()))
+    model = config.get("model", {})
+    mask = model.get("mask") or {}
+    print(f"model       encoder {model.get('dim')} x {model.get('depth')} ({model.get('heads')} heads), "
+          f"decoder {model.get('decoder_dim')} x {model.get('decoder_depth')}; "
+          f"mask {mask.get('strategy')} {mask.get('ratio')}")
+    print(f"parameters  {found['parameters']:,} in {found['tensors']} tensors")
+    trained = config.get("training")
+    if trained:
+        print(f"written by  {trained.get('pipeline')} at step {trained.get('step')} (epoch {trained.get('epoch')}), "
+              f"scimae {config.get('scimae_version')}")
+    if "task" in config:
+        print(f"task        {config['task']}")
+
+
+def list_runs(root: str) -> None:
+    """Print every run under ``root`` with its last train loss and validation scores."""
+    from scimae.core.files import list_runs as find
+
+    runs = find(root)
+    if not runs:
+        print(f"no runs under {root}")
+    for run in runs:
+        scores = []
+        for kind in ("train", "val"):
+            row = run[kind] or {}
+            scores += [f"{k}={float(v):.4g}" for k, v in row.items()
+                       if v not in ("", None) and k not in ("kind", "epoch", "lr") and "/" not in k
+                       and (k == "step" or k.startswith(("loss", "val_")) or kind == "val")]
+        print(f"{run['run']}{'  [export]' if run['export'] else ''}  " + " ".join(dict.fromkeys(scores)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from scimae import __version__
+
+        print(f"scimae {__version__}")
+        return
+    verb, rest = argv[0], argv[1:]
+    if verb == "info":
+        if len(rest) != 1:
+            sys.exit("usage: scimae info EXPORT (an export folder or a Hugging Face Hub repo id)")
+        from scimae.core.config import run_cli
+
+        sys.argv = ["scimae info", *rest]
+        run_cli(lambda: info(rest[0]))
+    elif verb == "list":
+        list_runs(rest[0] if rest else "runs")
+    elif verb in pipelines():
+        if not rest or rest[0].startswith("-"):
+            sys.exit(f"usage: scimae {verb} {{{','.join(pipelines()[verb])}}} [--help] [options]")
+        run_pipeline(verb, rest[0], rest[1:])
+    else:
+        sys.exit(f"error: unknown command {verb!r}\n\n{usage()}")
+
+
+if __name__ == "__main__":
+    main()
