@@ -17,11 +17,15 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# open3d needs libusb at import time; install it when missing (needs root or sudo).
+# open3d needs libusb at import time: installed with apt when missing (root or sudo); without apt, say so.
 sysdeps:
-	@if ! ldconfig -p | grep -q libusb-1.0.so.0; then \
+	@if ldconfig -p 2>/dev/null | grep -q libusb-1.0.so.0; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libusb-1.0-0; \
+	else \
+		echo "note: open3d (the 3d extra) needs libusb-1.0 at import time; no apt-get here, so install it with"; \
+		echo "      your package manager (brew install libusb, dnf install libusb1, ...) if it is missing"; \
 	fi
 
 demo: setup

@@ -54,7 +54,7 @@ def save_curves(rows: list[dict], path: str | Path) -> Path | None:
                if r.get("kind") == kind and r.get(key) not in (None, "") and math.isfinite(float(r[key]))]
         return list(zip(*pts)) if pts else None
 
-    groups = sorted({k[5:] for r in rows for k in r if k.startswith("loss/") and r.get(k) not in (None, "")})
+    groups = list(dict.fromkeys(k[5:] for r in rows for k in r if k.startswith("loss/") and r.get(k) not in (None, "")))
     if series("train", "loss") is None:
         return None
     fig, axes = plt.subplots(1, 2 if groups else 1, figsize=(12 if groups else 6, 4), squeeze=False)

@@ -5,9 +5,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import collate  # noqa: E402
-from scimae.core.engine import Trainer, TrainConfig  # noqa: E402
-from toy import ToyImages, toy_mae  # noqa: E402
+from conftest import collate
+from scimae.core.engine import Trainer, TrainConfig
+from toy import ToyImages, toy_mae
 
 out = Path(sys.argv[1])
 cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, warmup_epochs=0.5, log_every=1, figure_every=0)

@@ -11,9 +11,9 @@ from conftest import ROOT
 from scimae.core import DataError
 from scimae.core.engine import read_metrics
 
-from scimae.pipelines import brats_finetune  # noqa: E402
-from scimae.pipelines import brats_pretrain  # noqa: E402
-from scimae.pipelines import brats_reconstruct  # noqa: E402
+from scimae.pipelines import brats_finetune
+from scimae.pipelines import brats_pretrain
+from scimae.pipelines import brats_reconstruct
 
 TINY = ["model.dim=48", "model.depth=4", "model.heads=4", "model.decoder_dim=32", "model.decoder_depth=1",
         "model.decoder_heads=4", "train.epochs=2", "train.epoch_repeats=1", "train.batch_size=2",

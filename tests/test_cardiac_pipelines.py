@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -9,8 +8,8 @@ from scimae.core.engine import read_metrics
 from scimae.domains.cardiac.api import CardiacFoundationModel
 from scimae.domains.cardiac.io import CHANNELS, read_record
 
-from scimae.pipelines import cardiac_finetune  # noqa: E402
-from scimae.pipelines import cardiac_pretrain  # noqa: E402
+from scimae.pipelines import cardiac_finetune
+from scimae.pipelines import cardiac_pretrain
 
 TINY = ["model.dim=32", "model.depth=2", "model.heads=4", "model.decoder_dim=32", "model.decoder_depth=1",
         "model.decoder_heads=4", "train.epochs=1", "train.batch_size=8", "train.log_every=1",

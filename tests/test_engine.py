@@ -184,3 +184,25 @@ def test_amp_setting_decides_the_autocast_dtype_on_cpu(tmp_path, amp, dtype):
     assert seen == [dtype, dtype]
     assert t.scaler.is_enabled() == (amp == "fp16")
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_training_bar_shows_the_total_loss_only_and_curves_are_drawn(tmp_path, monkeypatch, capsys):
+    import scimae.core.progress as progress
+
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
+    trainer = _trainer(tmp_path, "bar")
+    trainer.fit(ToyImages(32), ToyImages(8, seed=1))
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "8/8" in bar and "step/s" in bar and "loss=" in bar and "loss/" not in bar  # steps, rate, loss
+    png = (tmp_path / "bar" / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_data_preparation_logs_each_stage_off_a_terminal(caplog):
+    import logging
+
+    from scimae.core.progress import progress
+
+    with caplog.at_level(logging.INFO, logger="scimae.core.progress"):
+        assert list(progress(range(3), "writing things")) == [0, 1, 2]
+    assert [r.getMessage() for r in caplog.records] == ["writing things: 3 items", "writing things: done (3 items)"]

@@ -14,7 +14,7 @@ from scimae.domains.remote_sensing.io import Band, open_scene
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae
 from scimae.domains.remote_sensing.synthetic import MODIS_BANDS
 
-from scimae.pipelines import geo_pretrain  # noqa: E402
+from scimae.pipelines import geo_pretrain
 
 RGBN = [Band(n) for n in ("R", "G", "B", "NIR")]
 
