@@ -215,7 +215,7 @@ def parse_cli(cls, default_config: str | Path, description: str, argv: list[str]
     ap.add_argument("--init-from", help="an export folder whose weights initialise the model")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings, e.g. train.epochs=5")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before and after the options
     overrides = list(args.overrides)
     for flag, key in ((args.data, "data.root"), (args.resume, "train.resume"), (args.init_from, "train.init_from")):
         if flag:

@@ -89,8 +89,8 @@ def logistic_predict(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     folds = min(5, int(np.bincount(np.unique(y_train, return_inverse=True)[1]).min()))
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
     if folds >= 2:
-        model = GridSearchCV(model, {"logisticregression__C": np.logspace(-3, 2, 6)}, scoring="neg_log_loss",
-                             cv=StratifiedKFold(folds, shuffle=True, random_state=0))
+        model = GridSearchCV(model, {"logisticregression__C": np.logspace(-3, 1, 5)}, scoring="neg_log_loss",
+                             cv=StratifiedKFold(folds, shuffle=True, random_state=0), n_jobs=-1)
     return model.fit(x_train, y_train).predict(x_val)
 
 

@@ -36,6 +36,7 @@ class Config:
 
 
 def main(argv=None):
+    """Fine-tune (or probe) and return the trained classifier."""
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     d = cfg.data
     train, val = load_samples(d)
@@ -64,6 +65,7 @@ def main(argv=None):
         kind = "linear probe" if cfg.task.linear_probe else "fine-tuned"
         print(f"run folder: {trainer.run_dir}\n{kind}, {d.split} test side ({len(val)} sequences): "
               + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return model
 
 
 if __name__ == "__main__":

@@ -55,3 +55,26 @@ def test_matmul_replay_runs_exactly_the_steps_matrix_products():
 def test_benchmark_imports(name):
     """Every benchmark's imports resolve against the current core and domains."""
     assert callable(_load(name).main)
+
+
+@pytest.mark.slow
+def test_skeleton_benchmark_quick_run_writes_the_evaluation(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    from scimae.core.evaluate import COLUMNS
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "skeleton.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with (tmp_path / "evaluation.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == COLUMNS
+    assert {(r["protocol"], r["arm"]) for r in rows} == {
+        (p, a) for p in ("knn", "logistic") for a in ("pretrained", "random_init", "simple")} | {
+        ("finetune", "pretrained"), ("finetune", "scratch")}
+    assert all(0 <= float(r["mean"]) <= 1 for r in rows)
+    assert [r["gap"] == "" for r in rows if r["arm"] in ("random_init", "scratch")] == [True] * 5
+    assert (tmp_path / "evaluation.png").read_bytes().startswith(b"\x89PNG")
+    assert "McNemar p =" in out.stdout

@@ -1,6 +1,13 @@
-"""Synthetic NTU RGB+D ``.skeleton`` files: 8 actions performed by a 25-joint body with varying bone
-lengths, speed, camera rotation and noise; some two-person samples, some frames with no body and some
-misdetected "bodies" (wide, static objects) for the cleaning to remove."""
+"""Synthetic NTU RGB+D ``.skeleton`` files whose actions differ in structure, not in statistics.
+
+Every performance swings both arms with the same amplitude and rate and crouches once; the 8 actions are
+the phase of the left arm relative to the right (in phase, leading by a quarter cycle, in anti-phase,
+lagging by a quarter cycle) crossed with the tempo of a squat (dropping quickly and rising slowly, or the same
+movement reversed in time: lowering slowly and springing up). Every sequence starts and ends standing, and
+each joint's distribution of positions and speeds over a sequence is the same for every action, so per-joint summary statistics cannot tell the actions apart: only how joints move
+relative to each other and in which order does. Bone lengths, rate, start phase, timing, camera rotation
+and noise vary; some samples have two people, some frames no body, some a misdetected "body" (a wide,
+static object) for the cleaning to remove."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +19,9 @@ from scimae.core.progress import progress
 from scimae.domains.skeleton.io import Sequence, write_skeleton
 from scimae.domains.skeleton.transforms import JOINTS
 
-VERSION = 2
-ACTIONS = ["wave", "walk", "jump", "sit_down", "kick", "drink", "clap", "bow"]  # A001..A008
+VERSION = 3
+PHASES = {"in_phase": 0.0, "left_leads": 0.5 * np.pi, "anti_phase": np.pi, "left_lags": 1.5 * np.pi}
+ACTIONS = [f"{squat}_{phase}" for squat in ("drop", "spring") for phase in PHASES]  # A001..A008
 J = {n: i for i, n in enumerate(JOINTS)}
 _REST = {"spine_base": (0, 0, 0), "spine_mid": (0, 0.25, 0), "spine_shoulder": (0, 0.5, 0), "neck": (0, 0.58, 0),
          "head": (0, 0.72, 0), "hip_l": (-0.09, -0.02, 0), "knee_l": (-0.1, -0.42, 0), "ankle_l": (-0.1, -0.82, 0),
@@ -51,49 +59,30 @@ def _limb(pose, side, limb, axis, upper, lower=None):
 
 def perform(action: str, T: int, rng: np.random.Generator) -> np.ndarray:
     """Joint positions [T, V, 3] of one performance, in the body's own frame."""
+    squat, _, phase = action.partition("_")
+    if squat not in ("drop", "spring") or phase not in PHASES:
+        raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
     p = np.linspace(0, 1, T)
+    start = rng.uniform(0, 2 * np.pi)
     cycles = rng.uniform(2, 3.5)
-    wave = np.sin(2 * np.pi * cycles * p)
-    bump = np.sin(np.pi * np.clip((p - 0.25) / 0.5, 0, 1))  # one movement and back
-    ramp = np.clip(p / 0.3, 0, 1)
+    right = np.sin(2 * np.pi * cycles * p + start)
+    left = np.sin(2 * np.pi * cycles * p + start + PHASES[phase])
+    onset = rng.uniform(0.05, 0.2)  # down in 0.15 of the sequence, hold 0.2, up in 0.4, standing again
+    ease = lambda u: np.clip(u, 0, 1) ** 2 * (3 - 2 * np.clip(u, 0, 1))  # noqa: E731
+    down = ease((p - onset) / 0.15) - ease((p - onset - 0.35) / 0.4)  # 0 standing, 1 squatting
+    if squat == "spring":
+        down = down[::-1]  # the same movement backwards in time: same positions, same speeds
     rest = REST * rng.uniform(0.85, 1.15)  # body size, then each limb's own length
     for side in "lr":
         for limb in ("arm", "leg"):
             root, below, _, _ = _chain(side, limb)
             rest[below] = rest[root] + (rest[below] - rest[root]) * rng.uniform(0.9, 1.1)
     pose = np.repeat(rest[None], T, axis=0)
-    upper_body = [J[n] for n in JOINTS if n not in ("spine_base", "spine_mid") and not n.startswith(("hip", "knee", "ankle", "foot"))]
-    if action == "wave":
-        _limb(pose, "r", "arm", "z", 2.4 * ramp, 0.5 * wave * ramp)
-    elif action == "walk":
-        _limb(pose, "r", "leg", "x", 0.5 * wave, 0.4 * np.maximum(wave, 0))
-        _limb(pose, "l", "leg", "x", -0.5 * wave, 0.4 * np.maximum(-wave, 0))
-        _limb(pose, "r", "arm", "x", -0.4 * wave)
-        _limb(pose, "l", "arm", "x", 0.4 * wave)
-        pose[..., 0] += 0.6 * p[:, None]
-    elif action == "jump":
-        crouch = np.sin(np.pi * np.clip((p - 0.15) / 0.2, 0, 1))
-        for side in "lr":
-            _limb(pose, side, "leg", "x", -0.6 * crouch, 1.2 * crouch)
-        pose[..., 1] += 0.35 * np.sin(np.pi * np.clip((p - 0.35) / 0.3, 0, 1))[:, None] - 0.15 * crouch[:, None]
-    elif action == "sit_down":
-        s = np.clip((p - 0.1) / 0.6, 0, 1) ** 2 * (3 - 2 * np.clip((p - 0.1) / 0.6, 0, 1))
-        for side in "lr":
-            _limb(pose, side, "leg", "x", -1.4 * s, 1.4 * s)
-        pose[..., 1] -= 0.42 * s[:, None]
-    elif action == "kick":
-        _limb(pose, "r", "leg", "x", -1.2 * bump, 0.3 * bump)
-    elif action == "drink":
-        _limb(pose, "r", "arm", "x", -0.6 * bump, -2.2 * bump)
-    elif action == "clap":
-        _limb(pose, "r", "arm", "x", -1.3 * ramp)
-        _limb(pose, "l", "arm", "x", -1.3 * ramp)
-        _rotate(pose, J["shoulder_r"], _chain("r", "arm")[1], "y", -0.5 * ramp * (1 + wave) / 2)
-        _rotate(pose, J["shoulder_l"], _chain("l", "arm")[1], "y", 0.5 * ramp * (1 + wave) / 2)
-    elif action == "bow":
-        _rotate(pose, J["spine_mid"], upper_body, "x", -0.9 * bump)
-    else:
-        raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
+    _limb(pose, "r", "arm", "x", 0.7 * right, -0.4 * (1 + right) / 2)
+    _limb(pose, "l", "arm", "x", 0.7 * left, -0.4 * (1 + left) / 2)
+    for side in "lr":
+        _limb(pose, side, "leg", "x", -1.4 * down, 1.4 * down)
+    pose[..., 1] -= 0.42 * down[:, None]
     return pose
 
 

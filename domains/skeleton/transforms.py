@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from scimae.core.errors import DataError
 from scimae.domains.skeleton.io import Sequence
@@ -92,3 +93,15 @@ def random_rotation(x: np.ndarray, rng: np.random.Generator, max_angle: float = 
 
     r = Rotation.from_euler("xyz", rng.uniform(-max_angle, max_angle, 3)).as_matrix().astype(np.float32)
     return x @ r.T
+
+
+def summary_statistics(joints: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The evaluation's ``simple`` baseline features, per sequence: for every joint and axis of the present
+    bodies, the mean, std and 10/50/90th percentiles over time, and each joint's mean and std speed.
+    joints [B, M, T, V, 3], present [B, M] -> [B, V * 17]."""
+    w = present[:, :, None, None, None].to(joints.dtype)  # [B, M, 1, 1, 1]
+    xyz = (joints * w).sum(1) / w.sum(1).clamp_min(1)  # [B, T, V, 3]: the mean of the present bodies
+    q = torch.quantile(xyz, torch.tensor([0.1, 0.5, 0.9], dtype=xyz.dtype), dim=1)  # [3, B, V, 3]
+    speed = (xyz[:, 1:] - xyz[:, :-1]).norm(dim=-1)  # [B, T - 1, V]
+    parts = [xyz.mean(1), xyz.std(1), *q, speed.mean(1)[..., None], speed.std(1)[..., None]]  # each [B, V, *]
+    return torch.cat([p.flatten(1) for p in parts], 1)  # [B, V * 17]
