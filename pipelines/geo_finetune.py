@@ -9,6 +9,7 @@ from pathlib import Path
 
 from scimae.core.config import parse_cli, run_cli, save_config
 from scimae.core.engine import TrainConfig, Trainer
+from scimae.core.errors import DataError
 from scimae.core.heads import first_per_class
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
@@ -36,6 +37,7 @@ class Config:
 
 
 def main(argv=None):
+    """Fine-tune and return the trained model."""
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     task = cfg.task
     s = cfg.data.synthetic
@@ -48,16 +50,22 @@ def main(argv=None):
         layout = band_layout([b.name for b in cfg.data.bands], cfg.data.groups)
         mae = build_geo_mae(cfg.model, layout, cfg.data.window, cfg.data.patch)
         model_cfg = dataclasses.asdict(cfg.model)
+    val_root = Path(cfg.data.val_root) if cfg.data.val_root else None
     if task.kind == "classification":
         tiles, names = labelled_tiles(root)
         classes = sorted(set(names))
-        targets = {p: classes.index(n) for p, n in zip(tiles, names)}
+        val_tiles, val_names = labelled_tiles(val_root) if val_root else ([], [])
+        unknown = sorted(set(val_names) - set(classes))
+        if unknown:
+            raise DataError(val_root, f"validation classes {unknown} with no training tiles", f"classes among {classes}")
+        targets = {p: classes.index(n) for p, n in zip(tiles + val_tiles, names + val_names)}
         n_out, labels_root = len(classes), None
     else:
-        tiles = sorted(root.rglob("*.tif"))
+        tiles, val_tiles = sorted(root.rglob("*.tif")), sorted(val_root.rglob("*.tif")) if val_root else []
         labels_root = Path(task.labels) if task.labels else root.parent / "labels"
         classes, targets, n_out = [str(i) for i in range(task.classes)], None, task.classes
-    train_paths, val_paths = split_paths(tiles, cfg.data.val_fraction, cfg.data.split_seed)
+    train_paths, val_paths = ((tiles, val_tiles) if val_root
+                              else split_paths(tiles, cfg.data.val_fraction, cfg.data.split_seed))
     if targets and task.labels_per_class:
         train_paths = first_per_class(train_paths, [targets[p] for p in train_paths], task.labels_per_class)
 
@@ -78,6 +86,7 @@ def main(argv=None):
         scores = trainer.evaluate(dataset(val_paths, False))
         print(f"run folder: {trainer.run_dir}\nvalidation ({len(val_paths)} tiles, bands {[b.name for b in cfg.data.bands]}): "
               + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return model
 
 
 if __name__ == "__main__":

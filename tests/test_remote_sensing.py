@@ -186,6 +186,27 @@ def geo_runs(tmp_path_factory):
     return tmp
 
 
+def test_finetune_validates_on_a_separate_folder_when_given(geo_runs, tmp_path, capsys):
+    import shutil
+
+    from scimae.pipelines import geo_finetune
+
+    tiles = sorted((geo_runs / "data" / "tiles").rglob("*.tif"))
+    last = {p.parent.name: p for p in tiles}  # the last tile of each class validates
+    for p in tiles:
+        name = "val" if last[p.parent.name] == p else "train"
+        (tmp_path / name / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, tmp_path / name / p.parent.name / p.name)
+    tiny = ["model.dim=32", "model.depth=1", "train.epochs=1", "train.batch_size=4", f"train.out_dir={tmp_path / 'runs'}"]
+    model = geo_finetune.main(["--data", str(tmp_path / "train"), f"data.val_root={tmp_path / 'val'}", *tiny])
+    assert "validation (4 tiles" in capsys.readouterr().out and model.export_config["task"]["kind"] == "classification"
+    (tmp_path / "val" / "lakes").mkdir()
+    shutil.copy(tiles[0], tmp_path / "val" / "lakes" / "x.tif")
+    with pytest.raises(DataError, match=r"validation classes \['lakes'\] with no training tiles"):
+        geo_finetune.main(["--data", str(tmp_path / "train"), f"data.val_root={tmp_path / 'val'}", *tiny,
+                           "train.run_name=bad"])
+
+
 def test_finetune_classification_and_rgb_segmentation_from_rgbn(geo_runs):
     import json
 

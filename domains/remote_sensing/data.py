@@ -38,6 +38,7 @@ class GeoDataConfig:
     min_valid: float = 0.5  # a patch with less valid data than this is invalid
     val_fraction: float = 0.2  # share of scenes held out for validation
     split_seed: int = 0  # seed of the train/validation split
+    val_root: str | None = None  # validation scenes in their own folder (then root is all training, no split)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
