@@ -92,13 +92,11 @@ def list_runs(root: str) -> None:
     if not runs:
         print(f"no runs under {root}")
     for run in runs:
-        scores = []
-        for kind in ("train", "val"):
-            row = run[kind] or {}
-            scores += [f"{k}={float(v):.4g}" for k, v in row.items()
-                       if v not in ("", None) and k not in ("kind", "epoch", "lr") and "/" not in k
-                       and (k == "step" or k.startswith(("loss", "val_")) or kind == "val")]
-        print(f"{run['run']}{'  [export]' if run['export'] else ''}  " + " ".join(dict.fromkeys(scores)))
+        train, val = run["train"] or {}, run["val"] or {}
+        shown = {k: train.get(k) for k in ("step", "loss")}  # and every validation score but per-group ones
+        shown |= {k: v for k, v in val.items() if k not in ("kind", "epoch", "step") and "/" not in k}
+        scores = [f"{k}={float(v):.4g}" for k, v in shown.items() if v not in ("", None)]
+        print(f"{run['run']}{'  [export]' if run['export'] else ''}  " + " ".join(scores))
 
 
 def main(argv: list[str] | None = None) -> None:

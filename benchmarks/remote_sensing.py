@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from torch.utils.data import DataLoader
 from rasterio.windows import Window
 
 from scimae.core.config import run_cli
@@ -59,10 +60,8 @@ def read_throughput(path: Path, n: int = 400, size: int = 16) -> None:
           f"-> ratio {ours / plain:.2f}")
 
 
-def batches(dataset, size: int = 64):
-    for i in range(0, len(dataset), size):
-        items = [dataset[j] for j in range(i, min(i + size, len(dataset)))]
-        yield {k: torch.stack([s[k] for s in items]) for k in items[0]}
+def batches(dataset, size: int = 64) -> DataLoader:
+    return DataLoader(dataset, batch_size=size)
 
 
 def main():

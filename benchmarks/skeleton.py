@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from scimae.core.config import run_cli
 from scimae.core.evaluate import extract_features, finetune_rows, format_table, probe_rows, write_evaluation
@@ -49,10 +50,8 @@ def read_throughput(folder: Path) -> None:
           f"cleaning + resampling {len(files) / prep:.0f} sequences/s")
 
 
-def batches(dataset: Skeletons, size: int = 64):
-    for i in range(0, len(dataset), size):
-        items = [dataset[j] for j in range(i, min(i + size, len(dataset)))]
-        yield {k: torch.stack([s[k] for s in items]) for k in items[0]}
+def batches(dataset, size: int = 64) -> DataLoader:
+    return DataLoader(dataset, batch_size=size)
 
 
 def main():
