@@ -124,6 +124,18 @@ class TubeMasking(MaskingStrategy):
         return col.expand(B, nb, T, spatial).reshape(B, -1) + tie
 
 
+class SharedMasking(MaskingStrategy):
+    """One random mask over the grid, repeated in every group (band, lead, modality): a hidden place is
+    hidden in every group at once, so its value cannot be read off another group at the same place."""
+
+    def scores(self, valid, generator, group, grid, coords=None):
+        grid = _need_grid("shared", grid)
+        B, nb, cells = _blocks(valid, grid)
+        cell = _rank(_rand((B, 1, cells), generator, valid.device))  # [B, 1, cells]
+        tie = _rand((B, nb * cells), generator, valid.device).double()
+        return cell.expand(B, nb, cells).reshape(B, -1) + tie
+
+
 class ColoredNoiseMasking(MaskingStrategy):
     """ColorMAE: white noise filtered in the Fourier domain of the token grid, then top-K.
 
@@ -238,6 +250,7 @@ STRATEGIES = {
     "random": RandomMasking,
     "block": BlockMasking,
     "tube": TubeMasking,
+    "shared": SharedMasking,
     "colored": ColoredNoiseMasking,
     "group_dirichlet": GroupDirichletMasking,
     "group_independent": GroupIndependentMasking,
@@ -262,7 +275,7 @@ def build_masking(name: str, ratio: float, **options) -> MaskingStrategy:
 
 @dataclass
 class MaskConfig:
-    strategy: str = "random"  # random, block, tube, colored, group_dirichlet, group_independent (or a domain's own)
+    strategy: str = "random"  # random, block, tube, shared, colored, group_dirichlet, group_independent (or a domain's own)
     ratio: float = 0.75  # share of each sample's valid tokens hidden from the encoder
     block: int = 2  # block: cube size in tokens
     color: str = "green"  # colored: red, blue, green, purple

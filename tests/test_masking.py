@@ -83,6 +83,20 @@ def test_tube_masks_are_constant_along_time():
         assert partial <= 1
 
 
+def test_shared_masks_hide_the_same_places_in_every_group():
+    valid = torch.ones(8, 3 * 64, dtype=torch.bool)
+    valid[0, 64:128] = False  # sample 0 misses its second group
+    group = torch.arange(3).repeat_interleave(64)[None].expand(8, -1)
+    plan = build_masking("shared", 0.75)(valid, torch.Generator().manual_seed(0), group, GRID)
+    hidden = plan.mask.reshape(8, 3, 64)
+    for b in range(8):
+        present = [g for g in range(3) if valid[b, g * 64]]
+        # all but at most one place (the one split by the visible count) is hidden in all present groups or none
+        split = (hidden[b, present].float().mean(0) % 1 != 0).sum()
+        assert split <= 1, split
+    assert torch.equal(hidden[1, 0], hidden[1, 2]) and not torch.equal(hidden[1, 0], hidden[2, 0])
+
+
 def _mean_region_size(plans, n=32):
     sizes = []
     for plan in plans:
