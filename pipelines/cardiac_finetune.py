@@ -1,5 +1,6 @@
-"""Fine-tune a cardiac encoder: multi-label diagnosis (BCE with pos_weight; macro AUROC) or regression
-(heart rate by default; mean absolute error), as a linear probe or a full fine-tune.
+"""Fine-tune a cardiac encoder: multi-label diagnosis (BCE with pos_weight; macro AUROC), classification
+(one class per record from a header comment, e.g. the synthetic conduction pattern; accuracy) or
+regression (heart rate by default; mean absolute error), as a linear probe or a full fine-tune.
 
 --init-from EXPORT starts from a cardiac_pretrain export. At the end it prints the validation score
 per channel configuration (12-lead, limb leads, lead I, lead II, PPG only, ECG + PPG), same weights.
@@ -7,11 +8,13 @@ per channel configuration (12-lead, limb leads, lead I, lead II, PPG only, ECG +
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch.utils.data import Subset
+
 from scimae.core.config import parse_cli, run_cli, save_config
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
-from scimae.core.heads import pos_weight_from_labels
-from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, find_records, resolve_root, split_records
+from scimae.core.heads import first_per_class, pos_weight_from_labels
+from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, record_classes, train_val_records
 from scimae.domains.cardiac.io import LEADS
 from scimae.domains.cardiac.model import (
     CardiacFineTuner,
@@ -38,11 +41,17 @@ class Config:
 
 
 def main(argv=None):
+    """Fine-tune and return the trained model."""
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     task = cfg.task
-    train_records, val_records = split_records(find_records(resolve_root(cfg.data)), cfg.data.val_fraction,
-                                               cfg.data.split_seed)
-    train_set, val_set = CardiacWindows(train_records, cfg.data), CardiacWindows(val_records, cfg.data)
+    train_records, val_records = train_val_records(cfg.data)
+    classes = record_classes(train_records, task.label) if task.kind == "classification" else None
+    by_class = {"label": task.label, "classes": classes} if classes else {}
+
+    def windows(records, channels=None) -> CardiacWindows:
+        return CardiacWindows(records, cfg.data, channels, **by_class)
+
+    train_set, val_set = windows(train_records), windows(val_records)
     if task.kind == "regression" and train_set.hr.isnan().any():
         raise DataError(cfg.data.root or "synthetic", "records without an 'hr' header comment", "a value per record")
     if cfg.train.init_from:
@@ -50,28 +59,32 @@ def main(argv=None):
         model_cfg = CardiacModelConfig(**{**vars(cfg.model), **{k: v for k, v in pre["model"].items() if k != "mask"}})
     else:
         mae, model_cfg = build_cardiac_mae(cfg.model, cfg.data.window_length, cfg.data.patch), cfg.model
-    n_out = len(cfg.data.diagnoses) if task.kind == "diagnosis" else 1
+    n_out = {"diagnosis": len(cfg.data.diagnoses), "classification": len(classes or [])}.get(task.kind, 1)
     hr_scale = float(train_set.hr.nanmean()) if task.kind == "regression" else 1.0
     model = CardiacFineTuner(mae.encoder, task, n_out)
     pos_weight = pos_weight_from_labels(train_set.y) if task.kind == "diagnosis" else None
-    model.export_config = export_config(model_cfg, cfg.data, task=vars(task), n_out=n_out,
+    model.export_config = export_config(model_cfg, cfg.data, task=vars(task), n_out=n_out, classes=classes,
                                         diagnoses=cfg.data.diagnoses, target_scale=hr_scale)
+    if classes and task.labels_per_class:
+        train_set = Subset(train_set, first_per_class(list(range(len(train_set))), train_set.y.tolist(),
+                                                      task.labels_per_class))
     trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=task_step(task, pos_weight, hr_scale),
                       evaluate=task_evaluate(task, cfg.data.diagnoses, hr_scale))
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)
     if not trainer.dist.main:
-        return
+        return model
     print(f"run folder: {trainer.run_dir}\nvalidation by channel configuration ({len(val_records)} records):")
     for name, channels in CONFIGURATIONS.items():
         try:
-            data = CardiacWindows(val_records, cfg.data, channels)
+            data = windows(val_records, channels)
         except DataError:
             print(f"  {name:12s} no validation record has these channels")
             continue
         scores = trainer.evaluate(data)
         print(f"  {name:12s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if not k.startswith("auroc_")))
+    return model
 
 
 if __name__ == "__main__":

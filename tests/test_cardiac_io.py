@@ -133,3 +133,37 @@ def test_mat_and_edf_records(tmp_path, monkeypatch):
     (tmp_path / "bad.edf").write_bytes(b"0       not an edf")
     with pytest.raises(DataError, match="bad.edf: found an unreadable EDF"):
         read_record(tmp_path / "bad.edf")
+
+
+def test_conduction_patterns_differ_in_structure_and_summary_statistics_stay_near_chance():
+    """The four synthetic conduction patterns: V1 first or V6 first, the limb leads unchanged; a logistic
+    regression on per-lead percentiles, slopes and heart rate stays within 10 points of chance on them."""
+    import torch
+
+    from scimae.core.evaluate import logistic_predict
+    from scimae.domains.cardiac import synthetic
+    from scimae.domains.cardiac.data import CardiacDataConfig, record_windows
+    from scimae.domains.cardiac.io import LEADS, Signal
+    from scimae.domains.cardiac.transforms import summary_statistics
+
+    def first_beat(morphology, lead):  # the time (s) of the first QRS peak's largest deflection in a lead
+        sig, _ = synthetic.make_record(np.random.default_rng(1), "sinus", False, 3.0, 500.0, morphology)
+        x = sig[:, LEADS.index(lead)]
+        return np.argmax(np.abs(x[:400] - np.median(x))) / 500.0
+
+    spread = 5 * synthetic.STEP_S  # V1 to V6
+    assert abs(first_beat("v1_first-qrs", "V6") - first_beat("v6_first-qrs", "V6") - spread) < 0.006
+    assert abs(first_beat("v6_first-qrs", "V1") - first_beat("v1_first-qrs", "V1") - spread) < 0.006
+    assert first_beat("v1_first-qrs", "II") == first_beat("v6_first-qrs", "II")
+
+    rng, cfg = np.random.default_rng(0), CardiacDataConfig(stride_s=10.0)
+    features, labels = [], []
+    for i in range(320):
+        rhythm, morphology = ["sinus", "AF", "brady", "tachy"][i % 4], synthetic.MORPHOLOGIES[(i // 4) % 4]
+        sig, lab = synthetic.make_record(rng, rhythm, bool(rng.random() < 0.3), 10.0, 250.0, morphology)
+        w = record_windows(Signal(sig.T.astype(np.float32), 250.0, LEADS + ["PPG"]), cfg)
+        features.append(summary_statistics(torch.from_numpy(w["image"]), torch.tensor([float(lab["hr"])])))
+        labels.append(synthetic.MORPHOLOGIES.index(lab["morphology"]))
+    x, y = torch.cat(features).double().numpy(), np.array(labels)
+    accuracy = (logistic_predict(x[::2], y[::2], x[1::2]) == y[1::2]).mean()
+    assert abs(accuracy - 0.25) <= 0.10, accuracy

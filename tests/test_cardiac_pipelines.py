@@ -56,6 +56,27 @@ def test_finetune_prints_the_channel_configuration_table(pretrained, kind, metri
     assert metric in out
 
 
+def test_classification_of_a_header_comment_with_its_own_validation_folder(pretrained, tmp_path, capsys):
+    """task.kind=classification learns the class named by a header comment (the synthetic conduction
+    pattern); data.val_root holds the validation records, so nothing is split off the training folder."""
+    import json
+
+    from scimae.domains.cardiac import synthetic
+
+    val = tmp_path / "val"
+    val.mkdir()
+    for f in (pretrained / "data").glob("syn000[0-3].*"):  # four 12-lead or reduced records, linked
+        (val / f.name).symlink_to(f)
+    model = cardiac_finetune.main(TINY + ["--data", str(pretrained / "data"), f"data.val_root={val}",
+                                          "task.kind=classification", "task.labels_per_class=3",
+                                          f"train.out_dir={tmp_path}", "train.run_name=cls"])
+    config = json.loads((tmp_path / "cls" / "export" / "config.json").read_text())
+    classes = sorted({read_record(p.with_suffix("")).labels["morphology"] for p in (pretrained / "data").glob("*.hea")})
+    assert config["classes"] == classes and set(classes) <= set(synthetic.MORPHOLOGIES)
+    assert config["n_out"] == len(classes) and model.head(torch.zeros(1, 32)).shape == (1, len(classes))
+    assert "accuracy" in capsys.readouterr().out
+
+
 def test_foundation_model_on_paths_records_and_arrays(pretrained):
     model = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "pre" / "export")
     path = pretrained / "data" / "syn0001"

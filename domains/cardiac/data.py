@@ -36,6 +36,7 @@ class CardiacDataConfig:
     channels: list[str] = field(default_factory=lambda: list(CHANNELS))  # which to use (any subset)
     diagnoses: list[str] = field(default_factory=lambda: list(synthetic.DIAGNOSES))  # multi-label classes
     val_fraction: float = 0.2  # share of records held out for validation (split by record)
+    val_root: str | None = None  # validation records in their own folder (then nothing is split off the root)
     split_seed: int = 0  # seed of the train/validation split
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -75,13 +76,34 @@ def labels_of(sig: Signal, diagnoses: list[str]) -> dict[str, torch.Tensor]:
     return {"y": torch.tensor([d in names for d in diagnoses], dtype=torch.float32), "hr": torch.tensor(hr)}
 
 
-class CardiacWindows(Dataset):
-    """All windows of a list of records, preprocessed once and held in memory."""
+def record_classes(records: list[Path], key: str) -> list[str]:
+    """The sorted class names found in the records' header comment ``key`` (every record must have one)."""
+    names = set()
+    for path in records:
+        sig = read_record(path)
+        if key not in sig.labels:
+            raise DataError(path, f"no header comment {key!r} (has {sorted(sig.labels)})", f"'{key}: <class>' per record")
+        names.add(sig.labels[key])
+    return sorted(names)
 
-    def __init__(self, records: list[Path], cfg: CardiacDataConfig, channels: list[str] | None = None):
-        parts, labels = [], []
+
+def class_of(sig: Signal, key: str, classes: list[str]) -> int:
+    """The index in ``classes`` of the record's header comment ``key``."""
+    value = sig.labels.get(key)
+    if value not in classes:
+        raise DataError(sig.source, f"header comment {key}: {value}", f"one of {classes}")
+    return classes.index(value)
+
+
+class CardiacWindows(Dataset):
+    """All windows of a list of records, preprocessed once and held in memory. ``y`` is the multi-hot
+    diagnoses, or with ``label`` the index in ``classes`` of that header comment (one class per record)."""
+
+    def __init__(self, records: list[Path], cfg: CardiacDataConfig, channels: list[str] | None = None,
+                 label: str | None = None, classes: list[str] | None = None):
+        parts, labels, record = [], [], []
         channels = channels or cfg.channels
-        for path in records:
+        for i, path in enumerate(records):
             sig = read_record(path)
             if not set(sig.channels) & set(channels):
                 log.info("%s has none of %s; left out", path, channels)
@@ -89,13 +111,17 @@ class CardiacWindows(Dataset):
             w = record_windows(sig, cfg, channels)
             parts.append(w)
             lab = labels_of(sig, cfg.diagnoses)
+            if label is not None:
+                lab["y"] = torch.tensor(class_of(sig, label, classes))
             labels += [lab] * len(w["image"])
+            record += [i] * len(w["image"])
         if not parts:
             raise DataError(records[0].parent if records else "records", f"no record with any of {channels}",
                             "at least one record with a chosen channel")
         self.arrays = {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
-        self.y = torch.stack([lab["y"] for lab in labels])  # [W, n_diagnoses]
+        self.y = torch.stack([lab["y"] for lab in labels])  # [W, n_diagnoses], or [W] class indices
         self.hr = torch.stack([lab["hr"] for lab in labels])  # [W]
+        self.record = torch.tensor(record)  # [W]: the index in ``records`` each window comes from
 
     def __len__(self) -> int:
         return len(self.y)
@@ -111,8 +137,16 @@ def split_records(records: list[Path], val_fraction: float, seed: int) -> tuple[
     return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
 
 
+def train_val_records(cfg: CardiacDataConfig) -> tuple[list[Path], list[Path]]:
+    """The records of both sides: ``val_root``'s as validation, or a seeded split of the root's."""
+    records = find_records(resolve_root(cfg))
+    if cfg.val_root:
+        return records, find_records(Path(cfg.val_root))
+    return split_records(records, cfg.val_fraction, cfg.split_seed)
+
+
 def load_splits(cfg: CardiacDataConfig, channels: list[str] | None = None):
     """(train windows, val windows or None) from the config."""
-    train, val = split_records(find_records(resolve_root(cfg)), cfg.val_fraction, cfg.split_seed)
+    train, val = train_val_records(cfg)
     log.info("%d train records, %d val records", len(train), len(val))
     return CardiacWindows(train, cfg, channels), (CardiacWindows(val, cfg, channels) if val else None)

@@ -52,15 +52,17 @@ def load_cardiac_mae(folder) -> tuple[MaskedAutoencoder, dict]:
 
 @dataclass
 class CardiacTaskConfig:
-    kind: str = "diagnosis"  # diagnosis (multi-label) or regression
+    kind: str = "diagnosis"  # diagnosis (multi-label), classification (one class per record) or regression
     target: str = "hr"  # regression target (a header comment key)
+    label: str = "morphology"  # classification: the header comment key that names the class
+    labels_per_class: int | None = None  # classification: train on the first this many windows of each class
     head: str = "mlp"  # mlp, or linear (with freeze_encoder: a linear probe)
     pooler: str = "mean"  # cls, mean or attention
     freeze_encoder: bool = False  # train the head only (a probe of frozen features)
 
     def __post_init__(self):
-        if self.kind not in ("diagnosis", "regression"):
-            raise ValueError(f"task.kind must be diagnosis or regression, got {self.kind!r}")
+        if self.kind not in ("diagnosis", "classification", "regression"):
+            raise ValueError(f"task.kind must be diagnosis, classification or regression, got {self.kind!r}")
         if self.head not in ("mlp", "linear"):
             raise ValueError(f"task.head must be mlp or linear, got {self.head!r}")
 
@@ -85,6 +87,8 @@ def task_step(task: CardiacTaskConfig, pos_weight: torch.Tensor | None = None, h
 
     def step(model, batch, generator):
         out = model(batch)
+        if task.kind == "classification":
+            return {"loss": classification_loss(out, batch["y"])}
         if task.kind == "diagnosis":
             pw = pos_weight.to(out.device) if pos_weight is not None else None
             return {"loss": classification_loss(out, batch["y"], multilabel=True, pos_weight=pw)}
@@ -95,8 +99,9 @@ def task_step(task: CardiacTaskConfig, pos_weight: torch.Tensor | None = None, h
 
 @torch.no_grad()
 def task_evaluate(task: CardiacTaskConfig, diagnoses: list[str], hr_scale: float = 1.0):
-    """Macro AUROC over the diagnoses present in both classes, or mean absolute error in the target's units."""
-    from scimae.core.metrics import auroc
+    """Macro AUROC over the diagnoses present in both classes, accuracy and macro-F1 of the classes, or mean
+    absolute error in the target's units."""
+    from scimae.core.metrics import auroc, classification_scores
 
     def evaluate(model, batches) -> dict:
         outs, ys, hrs = [], [], []
@@ -105,6 +110,8 @@ def task_evaluate(task: CardiacTaskConfig, diagnoses: list[str], hr_scale: float
             ys.append(batch["y"].cpu())
             hrs.append(batch["hr"].cpu())
         out, y, hr = torch.cat(outs), torch.cat(ys), torch.cat(hrs)
+        if task.kind == "classification":
+            return classification_scores(out.argmax(1), y)
         if task.kind == "regression":
             return {"mae": float((out.reshape(-1) * hr_scale - hr).abs().mean())}
         both = [i for i in range(y.shape[1]) if 0 < y[:, i].sum() < len(y)]

@@ -3,9 +3,16 @@
 Beats come from a rotating cardiac dipole projected onto each lead's axis, so the leads keep their
 physical relations (III = II - I, aVF = (II + III) / 2, ...). Rhythms: sinus, atrial fibrillation
 (irregular RR, no P waves, fibrillatory baseline), bradycardia, tachycardia, and ectopic ventricular
-beats (early, wide, inverted, a weak pulse). The PPG pulse follows each beat. The header comments
-carry the labels (``rhythm``, ``labels`` for multi-label diagnosis, ``hr``). Some records have only
-two leads or only PPG; channel names use common aliases (MLII, PLETH).
+beats (early, wide, inverted, a weak pulse). The PPG pulse follows each beat.
+
+Independently of the rhythm, each record has one of four conduction patterns (``morphology``): the
+order in which the precordial leads see each beat (V1 first ... V6 last, 16 ms apart, or the reverse;
+the limb leads see it together) crossed with the QRS mirrored in time (Q-R-S or S-R-Q). Both leave every
+lead's distribution of values unchanged, so only the waveforms' structure tells the patterns apart.
+
+The header comments carry the labels (``rhythm``, ``labels`` for multi-label diagnosis, ``hr``,
+``morphology``). Some records have only two leads or only PPG; channel names use common aliases (MLII,
+PLETH).
 """
 from __future__ import annotations
 
@@ -18,8 +25,10 @@ from scimae.core.files import build_folder_once
 from scimae.core.progress import progress
 from scimae.domains.cardiac.io import LEADS
 
-VERSION = 1
+VERSION = 2
 DIAGNOSES = ["AF", "brady", "tachy", "PVC"]
+MORPHOLOGIES = ["v1_first-qrs", "v1_first-srq", "v6_first-qrs", "v6_first-srq"]  # V1-V6 order x QRS order
+STEP_S = 0.016  # delay of a beat between neighbouring precordial leads
 # lead axes: limb leads in the frontal plane (degrees), precordial leads in the horizontal plane
 _FRONTAL = {"I": 0, "II": 60, "III": 120, "aVR": -150, "aVL": -30, "aVF": 90}
 _HORIZONTAL = {"V1": 115, "V2": 95, "V3": 75, "V4": 55, "V5": 30, "V6": 0}
@@ -56,9 +65,15 @@ def _gauss_train(t: np.ndarray, centres: np.ndarray, width: float, amp) -> np.nd
     return fftconvolve(impulses, kernel, mode="same")
 
 
-def make_record(rng: np.random.Generator, rhythm: str, pvc: bool, seconds: float, fs: float):
+def make_record(rng: np.random.Generator, rhythm: str, pvc: bool, seconds: float, fs: float,
+                morphology: str = MORPHOLOGIES[0]):
     """(signals [T, 13] in mV / NU, labels dict) for one record."""
-    t = np.arange(int(seconds * fs)) / fs
+    activation, qrs_order = morphology.split("-")
+    turn = np.zeros(len(LEADS), int)  # [12]: the limb leads see the beat together, V1..V6 in turn
+    turn[[LEADS.index(f"V{k}") for k in range(1, 7)]] = np.arange(6) if activation == "v1_first" else np.arange(5, -1, -1)
+    step = int(round(STEP_S * fs))
+    pad = step * 5
+    t = np.arange(int(seconds * fs) + pad) / fs  # the beats, then each lead sees them ``turn * step`` samples late
     hr = {"sinus": rng.uniform(60, 95), "AF": rng.uniform(80, 130), "brady": rng.uniform(40, 55),
           "tachy": rng.uniform(105, 150)}[rhythm]
     rr = np.full(int(seconds * hr / 60) + 4, 60.0 / hr)
@@ -79,8 +94,13 @@ def make_record(rng: np.random.Generator, rhythm: str, pvc: bool, seconds: float
             if not sel.any() or (name == "P" and scale < 0):
                 continue
             off = offset * (np.sqrt(rr[sel]) if name == "T" else 1.0) * (1.4 if scale < 0 else 1.0)
+            if name in "QS" and qrs_order == "srq":
+                off = -off
             shape = _gauss_train(t, beats[sel] + off, width * w_scale, np.ones(sel.sum()))
             ecg += scale * amp[:, None] * shape[None]
+    start = pad - turn * step  # [12]
+    ecg = ecg[np.arange(len(LEADS))[:, None], start[:, None] + np.arange(t.size - pad)[None]]  # [12, T]
+    t = t[: t.size - pad]
     if rhythm == "AF":
         f = sum(rng.uniform(0.02, 0.05) * np.sin(2 * np.pi * rng.uniform(4, 7) * t + rng.uniform(0, 6)) for _ in range(3))
         ecg += f[None] * axis[:, :1]
@@ -93,7 +113,7 @@ def make_record(rng: np.random.Generator, rhythm: str, pvc: bool, seconds: float
     labels = [d for d, on in (("AF", rhythm == "AF"), ("brady", rhythm == "brady"), ("tachy", rhythm == "tachy"),
                               ("PVC", pvc)) if on]
     return np.vstack([ecg, ppg[None]]).T.astype(np.float64), {"rhythm": rhythm, "labels": ",".join(labels) or "none",
-                                                              "hr": f"{hr:.1f}"}
+                                                              "hr": f"{hr:.1f}", "morphology": morphology}
 
 
 def write_dataset(root: str | Path | None = None, n_records: int = 96, seconds: float = 30.0, seed: int = 0) -> Path:
@@ -110,7 +130,8 @@ def _write(tmp: Path, n_records: int, seconds: float, seed: int) -> None:
     for i in progress(range(n_records), "writing synthetic WFDB records"):
         rhythm = rhythms[i % 4]
         fs = 500.0 if i % 3 else 250.0
-        sig, labels = make_record(rng, rhythm, pvc=bool(rng.random() < 0.3), seconds=seconds, fs=fs)
+        sig, labels = make_record(rng, rhythm, pvc=bool(rng.random() < 0.3), seconds=seconds, fs=fs,
+                                  morphology=MORPHOLOGIES[(i // 4) % 4])
         names = LEADS + ["PLETH"]
         units = ["mV"] * 12 + ["NU"]
         if i % 6 == 4:  # a two-lead Holter-style record

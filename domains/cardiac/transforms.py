@@ -4,6 +4,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
+import torch
 from scipy import signal as sps
 
 from scimae.core.errors import DataError
@@ -111,3 +112,12 @@ def to_slots(w: np.ndarray, invalid: np.ndarray, channels: list[str], patch: int
     ok[:, rows] = ~invalid
     patch_valid = ok.reshape(W, len(CHANNELS), L // patch, patch).mean(-1) >= min_valid
     return {"image": image, "present": present & patch_valid.any(-1), "patch_valid": patch_valid}
+
+
+def summary_statistics(image: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """The evaluation's ``simple`` baseline: per channel slot, the 5/25/50/75/95th percentiles and the mean
+    absolute slope of the (standardised) window, and the heart rate. image [B, 13, 1, L], hr [B] -> [B, 13 * 6 + 1]."""
+    x = image[:, :, 0]  # [B, 13, L]
+    q = torch.quantile(x, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=x.dtype), dim=-1)  # [5, B, 13]
+    slope = (x[..., 1:] - x[..., :-1]).abs().mean(-1)  # [B, 13]
+    return torch.cat([q.permute(1, 2, 0).flatten(1), slope, torch.nan_to_num(hr)[:, None].to(x.dtype)], 1)
