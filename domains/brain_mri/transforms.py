@@ -114,3 +114,12 @@ def inference_chain(spacing: Sequence[float] | None, modalities: Sequence[str] =
     steps += [CropForegroundd("image", source_key="image", select_fn=_nonzero),
               NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
     return Compose(steps)
+
+
+def summary_statistics(image: torch.Tensor) -> torch.Tensor:
+    """The evaluation's ``simple`` baseline: per modality, the 1/10/50/90/99/99.9th percentiles of the
+    brain's (non-zero) voxels, the intensities a histogram classifier sees. image [B, 4, X, Y, Z]
+    (z-scored; a missing modality is zeros) -> [B, 4 * 6]."""
+    x = image.flatten(2).masked_fill(image.flatten(2) == 0, float("nan"))  # [B, 4, X * Y * Z]
+    q = torch.nanquantile(x, torch.tensor([0.01, 0.1, 0.5, 0.9, 0.99, 0.999], dtype=x.dtype), dim=-1)  # [6, B, 4]
+    return torch.nan_to_num(q.permute(1, 2, 0)).flatten(1)  # [B, 24]
