@@ -1,6 +1,13 @@
 """Synthetic 3D datasets in native formats: shape point clouds as PLY and PCD files in class folders
 (open3d meshes sampled to points, with noise, partial views and random rotations), and rooms of a few
-objects as NeRF-style ``rgbsigma`` grids (.npz) with a padding mask and per-voxel labels."""
+objects as NeRF-style ``rgbsigma`` grids (.npz) with a padding mask and per-voxel labels.
+
+The shape classes are ``left`` and ``right``: each cloud is one of four chiral objects (a helix, a tripod
+of three unequal arms, a chair with one armrest, a propeller with pitched blades) in random proportions,
+or its mirror image. A mirror image has the same distances between all its points, so no rotation-invariant
+statistic (extents, radial or pairwise-distance histograms) tells the classes apart: only how the parts
+are arranged does.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,61 +18,81 @@ from scimae.core.files import build_folder_once
 from scimae.core.progress import progress
 from scimae.domains.scene3d.io import write_cloud
 
-VERSION = 2
-SHAPES = ["sphere", "cube", "cylinder", "cone", "torus", "chair", "table", "octahedron"]
+VERSION = 3
+FAMILIES = ["helix", "tripod", "armchair", "propeller"]
+SHAPES = ["left", "right"]  # class folders: an object as built, or its mirror image
 VOXEL_CLASSES = ["empty", "floor", "box", "ball", "pillar"]
 _COLOURS = {"floor": (0.55, 0.45, 0.35), "box": (0.8, 0.2, 0.15), "ball": (0.15, 0.3, 0.85), "pillar": (0.2, 0.7, 0.3)}
 
 
-def _box(o3d, size, at):
+def _box(o3d, size, at, rotation=None):
     m = o3d.geometry.TriangleMesh.create_box(*size)
-    return m.translate(np.asarray(at, float) - np.asarray(size, float) / 2)
+    m = m.translate(-np.asarray(size, float) / 2)
+    if rotation is not None:
+        m = m.rotate(rotation, center=(0, 0, 0))
+    return m.translate(np.asarray(at, float))
 
 
-def shape_mesh(name: str, rng: np.random.Generator):
-    """An open3d triangle mesh of class ``name`` with random proportions."""
-    import open3d as o3d
-
-    G = o3d.geometry.TriangleMesh
-    u = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
-    if name == "sphere":
-        return G.create_sphere(1.0, 30)
-    if name == "cube":
-        return _box(o3d, (u(0.8, 1.2), u(0.8, 1.2), u(0.8, 1.2)), (0, 0, 0))
-    if name == "cylinder":
-        return G.create_cylinder(u(0.3, 0.6), u(1.5, 2.5), 30)
-    if name == "cone":
-        return G.create_cone(u(0.5, 0.9), u(1.2, 2.0), 30)
-    if name == "torus":
-        return G.create_torus(1.0, u(0.2, 0.4), 30, 16)
-    if name == "octahedron":
-        return G.create_octahedron(1.0)
-    if name in ("chair", "table"):
-        w, d, h, t = u(0.8, 1.2), u(0.8, 1.2), u(0.7, 1.1), 0.08
-        leg = u(0.06, 0.12)
-        parts = [_box(o3d, (w, d, t), (0, 0, h))]  # seat or top
-        parts += [_box(o3d, (leg, leg, h), (sx * (w - leg) / 2, sy * (d - leg) / 2, h / 2))
-                  for sx in (-1, 1) for sy in (-1, 1)]
-        if name == "chair":
-            parts.append(_box(o3d, (w, t, u(0.7, 1.0)), (0, (d - t) / 2, h + 0.45)))  # the back
-        mesh = parts[0]
-        for p in parts[1:]:
-            mesh += p
-        return mesh
-    raise ValueError(f"unknown shape {name!r}; expected one of {SHAPES}")
+def _helix(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A right-handed helical tube: points on its surface and their outward normals, [n, 3] each."""
+    radius, pitch, turns, tube = rng.uniform(0.4, 0.7), rng.uniform(0.3, 0.6), rng.uniform(1.5, 3.0), rng.uniform(0.08, 0.14)
+    t = rng.uniform(0, 2 * np.pi * turns, n)
+    axis = np.stack([radius * np.cos(t), radius * np.sin(t), pitch * t / (2 * np.pi)], 1)  # the curve
+    tangent = np.stack([-radius * np.sin(t), radius * np.cos(t), np.full(n, pitch / (2 * np.pi))], 1)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    inward = np.stack([-np.cos(t), -np.sin(t), np.zeros(n)], 1)
+    binormal = np.cross(tangent, inward)
+    phi = rng.uniform(0, 2 * np.pi, n)[:, None]
+    normals = np.cos(phi) * inward + np.sin(phi) * binormal
+    return axis + tube * normals, normals
 
 
-def shape_cloud(name: str, rng: np.random.Generator, n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Points and normals of a shape: sampled from its mesh, stretched, rotated at random (any
-    orientation), noisy, and half of the time a partial view (the side away from a random viewpoint cut)."""
+def shape_mesh(family: str, rng: np.random.Generator):
+    """An open3d triangle mesh of a (right-handed) chiral object with random proportions."""
     import open3d as o3d
     from scipy.spatial.transform import Rotation
 
-    o3d.utility.random.seed(int(rng.integers(2 ** 31)))
-    mesh = shape_mesh(name, rng)
-    pc = mesh.sample_points_uniformly(n, use_triangle_normal=True)
-    points, normals = np.asarray(pc.points), np.asarray(pc.normals)
-    stretch = rng.uniform(0.75, 1.33, 3)
+    u = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
+    if family == "tripod":  # arms along x, y, z, longest to shortest
+        a, b, c, t = u(1.3, 1.6), u(0.8, 1.1), u(0.35, 0.6), u(0.1, 0.16)
+        parts = [_box(o3d, (a, t, t), (a / 2, 0, 0)), _box(o3d, (t, b, t), (0, b / 2, 0)), _box(o3d, (t, t, c), (0, 0, c / 2))]
+    elif family == "armchair":  # a seat on four legs, a back, and one armrest, on the right
+        w, d, h, t, leg = u(0.8, 1.2), u(0.8, 1.2), u(0.7, 1.1), 0.08, u(0.06, 0.12)
+        parts = [_box(o3d, (w, d, t), (0, 0, h))]
+        parts += [_box(o3d, (leg, leg, h), (sx * (w - leg) / 2, sy * (d - leg) / 2, h / 2)) for sx in (-1, 1) for sy in (-1, 1)]
+        parts.append(_box(o3d, (w, t, u(0.7, 1.0)), (0, (d - t) / 2, h + 0.45)))
+        parts.append(_box(o3d, (t, d * 0.8, t), ((w - t) / 2, 0, h + u(0.25, 0.35))))
+    elif family == "propeller":  # a hub and three blades, each turned the same way about its own axis
+        length, width, pitch = u(0.8, 1.1), u(0.25, 0.4), u(25, 40)
+        parts = [o3d.geometry.TriangleMesh.create_cylinder(0.15, 0.3, 20)]
+        for k in range(3):
+            turn = Rotation.from_euler("xz", [pitch, 120 * k], degrees=True).as_matrix()  # twist, then place
+            at = Rotation.from_euler("z", 120 * k, degrees=True).as_matrix() @ np.array([length / 2 + 0.1, 0, 0])
+            parts.append(_box(o3d, (length, width, 0.04), at, turn))
+    else:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    mesh = parts[0]
+    for p in parts[1:]:
+        mesh += p
+    return mesh
+
+
+def shape_cloud(family: str, hand: str, rng: np.random.Generator, n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Points and normals of an object (``hand`` right: as built, left: its mirror image), stretched,
+    rotated at random (any orientation), noisy, and half of the time a partial view (the side away from a
+    random viewpoint cut)."""
+    import open3d as o3d
+    from scipy.spatial.transform import Rotation
+
+    if family == "helix":
+        points, normals = _helix(rng, n)
+    else:
+        o3d.utility.random.seed(int(rng.integers(2 ** 31)))
+        pc = shape_mesh(family, rng).sample_points_uniformly(n, use_triangle_normal=True)
+        points, normals = np.asarray(pc.points), np.asarray(pc.normals)
+    if hand == "left":
+        points, normals = points * [-1, 1, 1], normals * [-1, 1, 1]
+    stretch = rng.uniform(0.85, 1.18, 3)  # positive scales keep the handedness
     points, normals = (points - points.mean(0)) * stretch, normals / stretch  # normals: inverse transpose
     normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
     rot = Rotation.random(random_state=rng).as_matrix()
@@ -117,12 +144,13 @@ def write_dataset(root: str | Path | None = None, per_class: int = 30, rooms: in
 
 def _write(tmp: Path, per_class: int, rooms: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    for name in progress(SHAPES, "writing synthetic point clouds (per class)"):
-        (tmp / "shapes" / name).mkdir(parents=True)
+    for hand in progress(SHAPES, "writing synthetic point clouds (per class)"):
+        (tmp / "shapes" / hand).mkdir(parents=True)
         for i in range(per_class):
-            points, normals = shape_cloud(name, rng)
+            family = FAMILIES[i % len(FAMILIES)]
+            points, normals = shape_cloud(family, hand, rng)
             suffix = ".ply" if i % 2 == 0 else ".pcd"  # both native formats, PCD binary_compressed
-            write_cloud(tmp / "shapes" / name / f"{name}_{i:03d}{suffix}", points, normals)
+            write_cloud(tmp / "shapes" / hand / f"{family}_{i:03d}{suffix}", points, normals)
     (tmp / "rooms").mkdir()
     for i in progress(range(rooms), "writing synthetic NeRF grids"):
         np.savez_compressed(tmp / "rooms" / f"room_{i:03d}.npz", **room_grid(rng))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 
 from scimae.core.errors import DataError
 
@@ -66,3 +67,24 @@ def fit_grid(a: np.ndarray, size: tuple[int, int, int], fill=0) -> np.ndarray:
     w, l, h = (min(s, t) for s, t in zip(a.shape[:3], size))
     out[:w, :l, :h] = a[:w, :l, :h]
     return out
+
+
+def summary_statistics(points: torch.Tensor, pairs: int = 512) -> torch.Tensor:
+    """The evaluation's ``simple`` baseline, unchanged by rotations and reflections: the covariance's
+    eigenvalues, the extents along its axes (5-95th percentile), the 10/25/50/75/90th percentiles, mean
+    and std of the distances to the centroid and between points (the D2 shape distribution, over the
+    first ``pairs`` points), and the mean distance to the nearest neighbour. points [B, N, 3] -> [B, 23]."""
+    x = points - points.mean(1, keepdim=True)  # [B, N, 3]
+    eigval, eigvec = torch.linalg.eigh(x.transpose(1, 2) @ x / x.shape[1])  # [B, 3], [B, 3, 3]
+    along = x @ eigvec  # [B, N, 3]
+    levels = torch.tensor([0.05, 0.95], dtype=x.dtype)
+    extent = torch.quantile(along, levels, dim=1).diff(dim=0)[0]  # [B, 3]
+    q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=x.dtype)
+    radial = x.norm(dim=-1)  # [B, N]
+    d = torch.cdist(x[:, :pairs], x[:, :pairs])  # [B, P, P]
+    i, j = torch.triu_indices(d.shape[1], d.shape[1], 1)
+    upper = d[:, i, j]  # [B, P (P - 1) / 2]
+    nearest = (d + torch.eye(d.shape[1]) * 1e9).min(-1).values.mean(-1)  # [B]
+    parts = [eigval, extent, torch.quantile(radial, q, dim=1).T, radial.mean(1, keepdim=True), radial.std(1, keepdim=True),
+             torch.quantile(upper, q, dim=1).T, upper.mean(1, keepdim=True), upper.std(1, keepdim=True), nearest[:, None]]
+    return torch.cat(parts, 1)  # [B, 23]
