@@ -5,8 +5,8 @@ follows the contrasts as in glioma MRI: high-grade cases (HGG) have contrast-enh
 T1ce, low-grade ones (LGG) a non-enhancing solid part; every tumour has necrosis and oedema bright on
 T2 and FLAIR. Independently of the grade, the tumour's ``pattern`` is ``ring`` (necrosis inside a shell
 of solid tissue) or ``split`` (the same volumes of necrosis and solid tissue side by side), inside a
-lesion of the same size: the voxel intensities are the same, only the arrangement tells them apart. Tumour size
-and position vary; a segmentation (BraTS labels 1 necrosis/core, 2 oedema, 4 enhancing) and
+lesion of the same size: the voxel intensities are the same, only the arrangement tells them apart.
+Tumour size and position vary; a segmentation (BraTS labels 1 necrosis/core, 2 oedema, 4 enhancing) and
 ``labels.csv`` (grade, pattern, survival_days, event) come with it; some cases lack a modality.
 """
 from __future__ import annotations
