@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
-from scimae.core.evaluate import extract_features, format_table, logistic_predict, probe_rows, write_evaluation
-from scimae.core.heads import Pooler
+from scimae.core.evaluate import (encoder_features, extract_features, format_table, logistic_predict, probe_rows,
+                                  write_evaluation)
 from scimae.domains.brain_mri import synthetic
 from scimae.domains.brain_mri.data import BrainDataConfig, class_targets, collate, make_dataset, restrict, split_cases
 from scimae.domains.brain_mri.io import discover_cases
@@ -104,10 +104,7 @@ def main():
     loader_vs_step(full[0], mae)
 
     def features(encoder, sets=full) -> tuple:
-        encoder.eval()
-        pool = Pooler(encoder.dim, "mean")
-        (x_tr, y_tr), (x_va, y_va) = (extract_features(lambda b: pool(encoder(b)), batches(d)) for d in sets)
-        return x_tr, x_va, y_tr, y_va
+        return encoder_features(encoder, *(batches(d) for d in sets))
 
     def random_encoder(seed: int):
         torch.manual_seed(seed)

@@ -31,9 +31,8 @@ from torch.utils.data import DataLoader
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
-from scimae.core.evaluate import (extract_features, finetune_rows, format_table, logistic_predict, probe_rows,
-                                  write_evaluation)
-from scimae.core.heads import Pooler
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, logistic_predict,
+                                  probe_rows, write_evaluation)
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.api import CardiacFoundationModel
 from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, split_records
@@ -118,10 +117,7 @@ def main():
     throughput(val_records, export, full[0], 32)
 
     def features(encoder, sets=full) -> tuple:
-        encoder.eval()
-        pool = Pooler(encoder.dim, "mean")
-        (x_tr, y_tr), (x_va, y_va) = (extract_features(lambda b: pool(encoder(b)), batches(d)) for d in sets)
-        return x_tr, x_va, y_tr, y_va
+        return encoder_features(encoder, *(batches(d) for d in sets))
 
     def random_encoder(seed: int):
         torch.manual_seed(seed)

@@ -28,9 +28,8 @@ from torch.utils.data import DataLoader
 from rasterio.windows import Window
 
 from scimae.core.config import run_cli
-from scimae.core.evaluate import (extract_features, finetune_rows, format_table, logistic_predict, probe_rows,
-                                  write_evaluation)
-from scimae.core.heads import Pooler
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, logistic_predict,
+                                  probe_rows, write_evaluation)
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
 from scimae.domains.remote_sensing.io import Band, open_scene
@@ -106,10 +105,7 @@ def main():
     full, rgb = datasets(cfg.bands), datasets(cfg.bands[:3])
 
     def features(encoder, sets=full) -> tuple:
-        encoder.eval()
-        pool = Pooler(encoder.dim, "mean")
-        (x_tr, y_tr), (x_va, y_va) = (extract_features(lambda b: pool(encoder(b)), batches(d)) for d in sets)
-        return x_tr, x_va, y_tr, y_va
+        return encoder_features(encoder, *(batches(d) for d in sets))
 
     def random_encoder(seed: int):
         torch.manual_seed(seed)

@@ -24,8 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from scimae.core.config import run_cli
-from scimae.core.evaluate import extract_features, format_table, probe_rows, write_evaluation
-from scimae.core.heads import Pooler
+from scimae.core.evaluate import encoder_features, extract_features, format_table, probe_rows, write_evaluation
 from scimae.core.losses import chamfer_torch
 from scimae.domains.scene3d import synthetic
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, find_clouds, split_entries
@@ -103,11 +102,7 @@ def main():
     sets = [PointClouds(side, cfg, train=False) for side in (train, val)]
 
     def features(encoder) -> tuple:
-        encoder.eval()
-        pool = Pooler(encoder.dim, "max_mean")
-        (x_tr, y_tr), (x_va, y_va) = (extract_features(lambda b: pool(encoder(b)), DataLoader(d, batch_size=64))
-                                      for d in sets)
-        return x_tr, x_va, y_tr, y_va
+        return encoder_features(encoder, *(DataLoader(d, batch_size=64) for d in sets), "max_mean")
 
     def random_encoder(seed: int):
         torch.manual_seed(seed)

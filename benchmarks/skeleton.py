@@ -24,8 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from scimae.core.config import run_cli
-from scimae.core.evaluate import extract_features, finetune_rows, format_table, probe_rows, write_evaluation
-from scimae.core.heads import Pooler
+from scimae.core.evaluate import encoder_features, extract_features, finetune_rows, format_table, probe_rows, write_evaluation
 from scimae.domains.skeleton import synthetic
 from scimae.domains.skeleton.data import SkeletonDataConfig, SyntheticConfig, Skeletons, load_samples
 from scimae.domains.skeleton.io import read_skeleton
@@ -88,11 +87,7 @@ def main():
     train_set, val_set = Skeletons(train, data_cfg, False, actions), Skeletons(val, data_cfg, False, actions)
 
     def features(encoder) -> tuple:
-        encoder.eval()
-        pool = Pooler(encoder.dim, "mean")
-        x_tr, y_tr = extract_features(lambda b: pool(encoder(b)), batches(train_set))
-        x_va, y_va = extract_features(lambda b: pool(encoder(b)), batches(val_set))
-        return x_tr, x_va, y_tr, y_va
+        return encoder_features(encoder, batches(train_set), batches(val_set))
 
     def random_encoder(seed: int):
         torch.manual_seed(seed)

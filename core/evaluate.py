@@ -50,6 +50,17 @@ def extract_features(embed: Callable, batches: Iterable, label_key: str = "y") -
     return torch.cat(feats).double().numpy(), torch.cat(labels).numpy()
 
 
+def encoder_features(encoder, train: Iterable, val: Iterable, pooling: str = "mean") -> tuple:
+    """Frozen, pooled features of an encoder (``Pooler`` mode ``pooling``, the domain's) over train and
+    validation batches -> (x_train, x_val, y_train, y_val)."""
+    from scimae.core.heads import Pooler
+
+    encoder.eval()
+    pool = Pooler(encoder.dim, pooling)
+    (x_tr, y_tr), (x_va, y_va) = (extract_features(lambda b: pool(encoder(b)), batches) for batches in (train, val))
+    return x_tr, x_va, y_tr, y_va
+
+
 def label_draws(labels: np.ndarray, per_class: int | None, n_draws: int, seed: int = 0) -> list[np.ndarray]:
     """``n_draws`` index sets holding ``per_class`` items of every class (every item when None), one
     generator per draw so the same (seed, draw) gives the same set for every arm."""

@@ -78,3 +78,22 @@ def test_extraction_finetune_rows_and_the_written_files(tmp_path):
         read = list(csv.DictReader(f))
     assert list(read[0]) == COLUMNS and read[1]["gap"] == "" and read[0]["protocol"] == "finetune"
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_encoder_features_pool_each_side_once_in_eval_mode():
+    from scimae.core.evaluate import encoder_features
+
+    class Tokens(torch.nn.Module):
+        dim = 3
+
+        def forward(self, batch):
+            assert not self.training  # features are extracted in eval mode
+            return {"tokens": batch["x"], "valid": torch.ones(batch["x"].shape[:2], dtype=torch.bool)}  # [B, N, D]
+
+    x = torch.arange(24.0).reshape(4, 2, 3)
+    train = [{"x": x[:2], "y": torch.tensor([0, 1])}, {"x": x[2:], "y": torch.tensor([1, 0])}]
+    val = [{"x": x[:1], "y": torch.tensor([1])}]
+    x_tr, x_va, y_tr, y_va = encoder_features(Tokens(), train, val, "mean")
+    np.testing.assert_allclose(x_tr, x.mean(1).numpy())
+    np.testing.assert_allclose(x_va, x[:1].mean(1).numpy())
+    assert y_tr.tolist() == [0, 1, 1, 0] and y_va.tolist() == [1]
