@@ -36,20 +36,24 @@ class SkeletonTokenizer(nn.Module):
     it must predict), and one over the visible tokens alone would see a broken graph. It keeps the standard
     attention blocks and lets each head learn how local to the body graph it should be.
 
+    Positions are divided by ``unit`` (metres) first, so that a token's values are about unit-sized like
+    the slot embeddings they are added to; in metres a body's coordinates spread only ~0.3 and the
+    positional and body embeddings drown them.
+
     Input: ``joints`` [B, M, T, V, 3], ``present`` [B, M]. Target: each token's positions [s * 3] and,
     for ``position_motion``, its frame-to-frame motion too [2 * s * 3]. Extras for masking: ``part``
     (body part x body, per slot) and ``motion`` (mean speed per slot).
     """
 
     def __init__(self, frames: int, segment: int, dim: int, heads: int, bodies: int = 2, joints: int = 25,
-                 target: str = "position", max_hop: int = 6):
+                 target: str = "position", max_hop: int = 6, unit: float = 1.0):
         super().__init__()
         if frames % segment:
             raise ValueError(f"segment {segment} must divide frames {frames}")
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.frames, self.segment, self.dim, self.bodies, self.joints = frames, segment, dim, bodies, joints
-        self.target_kind, self.max_hop = target, max_hop
+        self.target_kind, self.max_hop, self.unit = target, max_hop, unit
         self.n_seg = frames // segment
         self.proj = nn.Linear(segment * 3, dim)
         self.joint_embed = nn.Parameter(torch.randn(joints, dim) * 0.02)
@@ -82,7 +86,7 @@ class SkeletonTokenizer(nn.Module):
         return x.permute(0, 1, 2, 4, 3, 5).reshape(B, self.bodies, self.frames, self.joints, 3)
 
     def forward(self, batch: dict) -> TokenSet:
-        x, present = batch["joints"], batch["present"]  # [B, M, T, V, 3], [B, M]
+        x, present = batch["joints"] / self.unit, batch["present"]  # [B, M, T, V, 3], [B, M]
         B, M, T, V, _ = x.shape
         if (M, T, V) != (self.bodies, self.frames, self.joints):
             raise ValueError(f"SkeletonTokenizer expected joints [B, {self.bodies}, {self.frames}, {self.joints}, 3], "
@@ -159,16 +163,18 @@ register_masking("motion", MotionAwareMasking)
 class SkeletonModelConfig(SmallMAEConfig):
     segment: int = 4  # frames per token
     target: str = "position"  # position or position_motion (MAMP's motion as well)
+    unit: float = 0.25  # metres per input unit: positions are divided by it before tokenizing
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="motion", ratio=0.75))
 
 
 def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, joints: int = 25) -> MaskedAutoencoder:
-    tok = SkeletonTokenizer(frames, cfg.segment, cfg.dim, cfg.heads, bodies, joints, cfg.target)
+    tok = SkeletonTokenizer(frames, cfg.segment, cfg.dim, cfg.heads, bodies, joints, cfg.target, unit=cfg.unit)
     return build_mae(cfg, tok, tok.group_names, PatchTarget(tok.group_names, cfg.loss, norm_pix=False), tok.pred_dim)
 
 
 def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    return from_pretrained(folder, lambda c: build_skeleton_mae(from_dict(SkeletonModelConfig, c["model"]), c["frames"],
+    """An export's model; exports that predate ``unit`` took positions in metres (unit 1)."""
+    return from_pretrained(folder, lambda c: build_skeleton_mae(from_dict(SkeletonModelConfig, {"unit": 1.0, **c["model"]}), c["frames"],
                                                                 c["bodies"], c["joints"]),
                            "skeleton", ("model", "frames", "bodies", "joints"))
 
