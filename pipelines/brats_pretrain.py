@@ -25,9 +25,9 @@ class Config:
 def main(argv=None):
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     roi, spacing = cfg.data.grid()
-    train_set, val_set, _, _ = load_splits(cfg.data, cfg.train.seed)
+    train_set, val_set, _, val_cases = load_splits(cfg.data, cfg.train.seed)
     mae = load_brain_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_brain_mae(cfg.model, roi)
-    mae.export_config = export_config(cfg.model, roi, spacing)
+    mae.export_config = export_config(cfg.model, roi, spacing, held_out=[c.case_id for c in val_cases])
     trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, collate=collate, evaluate=mae_validation,
                       figure=save_figure)
     if trainer.dist.main:

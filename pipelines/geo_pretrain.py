@@ -28,7 +28,7 @@ def main(argv=None):
     layout = train_set.layout  # spectral group -> bands
     mae = (load_geo_mae(cfg.train.init_from)[0] if cfg.train.init_from
            else build_geo_mae(cfg.model, layout, cfg.data.window, cfg.data.patch))
-    mae.export_config = export_config(cfg.model, cfg.data)
+    mae.export_config = export_config(cfg.model, cfg.data, held_out=[str(p) for p in val_set.paths] if val_set else [])
     trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation,
                       figure=lambda m, b, p: save_figure(m, b, p, layout))
     if trainer.dist.main:

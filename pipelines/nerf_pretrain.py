@@ -30,7 +30,8 @@ def main(argv=None):
     train, val = split_entries(grid_paths(d), d.val_fraction, d.split_seed)
     mae = load_nerf_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_nerf_mae(cfg.model, tuple(d.grid), d.patch)
     mae.export_config = {"domain": "scene3d", "kind": "nerf_grid", "model": dataclasses.asdict(cfg.model),
-                         "grid": list(d.grid), "patch": d.patch, "opacity": d.opacity, "delta": d.delta}
+                         "grid": list(d.grid), "patch": d.patch, "opacity": d.opacity, "delta": d.delta,
+                         "held_out": [str(p) for p in val]}
     trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_grid_figure)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")

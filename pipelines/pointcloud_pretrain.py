@@ -29,7 +29,8 @@ def main(argv=None):
     train, val = split_entries(find_clouds(cloud_root(d))[0], d.val_fraction, d.split_seed)
     mae = load_point_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_point_mae(cfg.model, d.n_groups, d.group_size)
     mae.export_config = {"domain": "scene3d", "kind": "point_cloud", "model": dataclasses.asdict(cfg.model),
-                         "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size}
+                         "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size,
+                         "held_out": [str(e.path) if e.index is None else f"{e.path}[{e.index}]" for e in val]}
     trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_point_figure)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")

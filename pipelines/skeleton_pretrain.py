@@ -32,7 +32,7 @@ def main(argv=None):
     mae = (load_skeleton_mae(cfg.train.init_from)[0] if cfg.train.init_from
            else build_skeleton_mae(cfg.model, d.frames, d.bodies, d.joints))
     mae.export_config = {"domain": "skeleton", "model": dataclasses.asdict(cfg.model), "frames": d.frames,
-                         "bodies": d.bodies, "joints": d.joints}
+                         "bodies": d.bodies, "joints": d.joints, "held_out": [s["name"] for s in val]}
     trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_figure)
     if trainer.dist.main:
         save_config(cfg, trainer.run_dir / "config.yaml")

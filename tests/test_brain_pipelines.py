@@ -40,6 +40,8 @@ def test_pretrain_leaves_export_metrics_and_figures(pretrained):
     assert any(r["kind"] == "val" for r in rows)
     cases = sorted((pretrained / "data").glob("SynBraTS_*"))
     assert len(cases) == 8 and (pretrained / "data" / "labels.csv").is_file()
+    held_out = json.loads((run / "export" / "config.json").read_text())["held_out"]
+    assert 0 < len(held_out) < 8 and set(held_out) <= {c.name for c in cases}
     img = nib.load(str(cases[0] / f"{cases[0].name}_t1.nii.gz"))
     assert img.affine[0, 0] < 0 and img.shape == (72, 88, 72)  # BraTS-like LPS voxel axes
     assert len(list(cases[1].glob("*.nii.gz"))) == 4  # case 1 lacks t1ce: 3 images + seg

@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 import torch
@@ -29,6 +30,9 @@ def test_synthetic_records_and_pretraining_outputs(pretrained):
     assert (run / "export" / "model.safetensors").is_file() and (run / "recon_epoch001.png").is_file()
     rows = read_metrics(run)
     assert {"loss/II", "loss/PPG", "loss/V6"} <= set(rows[0])
+    held_out = json.loads((run / "export" / "config.json").read_text())["held_out"]
+    records = {str(p.with_suffix("")) for p in (pretrained / "data").glob("*.hea")}
+    assert 0 < len(held_out) < len(records) and set(held_out) <= records
     twelve = read_record(pretrained / "data" / "syn0001")
     assert twelve.channels == CHANNELS and twelve.labels["rhythm"] == "AF" and "AF" in twelve.labels["labels"]
     # limb leads keep their physical relations: III = II - I

@@ -1,3 +1,4 @@
+import json
 import logging
 
 import numpy as np
@@ -142,6 +143,8 @@ def test_pretrain_pipeline_writes_export_metrics_and_figures(tmp_path):
     assert {"loss/R", "loss/NIR"} <= set(read_metrics(run)[0])
     tiles = sorted((tmp_path / "data" / "tiles").rglob("*.tif"))
     assert len(tiles) == 10 and {p.parent.name for p in tiles} == {"stripes", "grid", "rings", "blobs"}
+    held_out = json.loads((run / "export" / "config.json").read_text())["held_out"]
+    assert 0 < len(held_out) < 10 and set(held_out) <= {str(p) for p in tiles}
     with rasterio.open(tiles[0]) as src:
         assert src.crs.to_epsg() == 32614 and src.count == 4 and src.nodata == 0
     assert (tmp_path / "data" / "modis.nc").is_file() and len(list((tmp_path / "data" / "labels").glob("*.tif"))) == 10

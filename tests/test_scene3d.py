@@ -261,7 +261,9 @@ def test_point_pipelines_write_native_data_exports_and_figures(runs):
     assert b"binary_compressed" in next(p for p in files if p.suffix == ".pcd").read_bytes()[:400]
     pre = runs / "runs" / "pre"
     assert (pre / "export" / "model.safetensors").is_file() and (pre / "recon_epoch001.png").is_file()
-    assert json.loads((pre / "export" / "config.json").read_text())["n_groups"] == 16
+    config = json.loads((pre / "export" / "config.json").read_text())
+    assert config["n_groups"] == 16 and 0 < len(config["held_out"]) < len(files)
+    assert set(config["held_out"]) <= {str(p) for p in files}
     ft = runs / "runs" / "ft"
     assert 0 <= json.loads((ft / "svm_probe.json").read_text())["accuracy"] <= 1
     config = json.loads((ft / "export" / "config.json").read_text())

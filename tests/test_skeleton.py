@@ -119,7 +119,8 @@ def test_masking_strategies_and_targets():
     ts = motion.encoder.tokenizer(batch)
     assert ts.target.shape == (2, 100, 24)
     x = batch["joints"][0, 0, 1:4, 0] - batch["joints"][0, 0, 0:3, 0]  # joint 0, frames 1-3 minus 0-2
-    torch.testing.assert_close(ts.target[0, 0, 12:].reshape(4, 3)[1:], x)
+    torch.testing.assert_close(ts.target[0, 0, 12:].reshape(4, 3)[1:], x / 0.25)  # in units of 0.25 m
+    torch.testing.assert_close(ts.target[0, 0, :3], batch["joints"][0, 0, 0, 0] / 0.25)
 
 
 def test_attention_bias_follows_the_body_graph():
@@ -154,10 +155,28 @@ def test_pipelines_write_native_files_exports_metrics_and_figures(runs):
     pre = runs / "runs" / "pre"
     assert (pre / "export" / "model.safetensors").is_file() and (pre / "recon_epoch001.png").is_file()
     assert "loss/body1" in read_metrics(pre)[0]
+    held_out = json.loads((pre / "export" / "config.json").read_text())["held_out"]  # the split's test side
+    cfg = SkeletonDataConfig(synthetic=SyntheticConfig(per_action=4, folder=str(runs / "data")), frames=16)
+    assert held_out and held_out == [s["name"] for s in load_samples(cfg)[1]]
     probe = json.loads((runs / "runs" / "probe" / "export" / "config.json").read_text())
     assert probe["task"]["linear_probe"] and probe["actions"] == list(range(1, 9))
     rows = read_metrics(runs / "runs" / "scratch", "val")
     assert 0 <= float(rows[-1]["accuracy"]) <= 1
+
+
+def test_exports_from_before_the_unit_option_keep_taking_metres(runs, tmp_path):
+    import shutil
+
+    from scimae.domains.skeleton.model import load_skeleton_mae
+
+    export = runs / "runs" / "pre" / "export"
+    assert load_skeleton_mae(export)[0].encoder.tokenizer.unit == 0.25
+    old = tmp_path / "old"
+    shutil.copytree(export, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["model"]["unit"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert load_skeleton_mae(old)[0].encoder.tokenizer.unit == 1.0
 
 
 def test_skip_list_and_missing_folder(runs, tmp_path):
