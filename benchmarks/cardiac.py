@@ -11,7 +11,8 @@ distributions):
    (3 seeds) and the `simple` per-lead percentiles, slopes and heart rate, probed by k-NN and logistic
    regression at 2/5/10/all labels per class over 20 label draws, on the 12-lead records' 10-s windows;
 4. fine-tuning with 5 labelled windows per class from the export and from scratch, 3 seeds each, same
-   labels, steps, head and schedule (layer-wise lr decay for the pretrained arm only), with McNemar's test;
+   labels, steps, head and schedule (layer-wise lr decay for the pretrained arm only; each arm's learning rate
+   chosen from --lrs by fine-tuning on 4 labels and scoring on the 5th), with McNemar's test;
 5. the pretrained encoder with leads missing (precordial leads only; limb leads only, which lose the V1-V6
    order; lead I only): its probe score against the full input.
 
@@ -26,13 +27,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
-from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, logistic_predict,
-                                  probe_rows, write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
+                                  logistic_predict, probe_rows, write_evaluation)
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.api import CardiacFoundationModel
 from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, split_records
@@ -71,15 +72,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/benchmark_cardiac")
     ap.add_argument("--records", type=int, default=720, help="synthetic 30-s records (a quarter are validation)")
-    ap.add_argument("--pretrain-epochs", type=int, default=7)
-    ap.add_argument("--finetune-epochs", type=int, default=8)
+    ap.add_argument("--pretrain-epochs", type=int, default=6)
+    ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--mask", default="random", help="pretraining mask strategy (shared: the same places in every lead)")
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
+                    help="fine-tuning learning rates, one chosen per arm on held-back training labels")
     ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
     args = ap.parse_args()
     if args.quick:
         args.records, args.pretrain_epochs, args.finetune_epochs, args.draws, args.seeds = 64, 1, 1, 2, 2
+        args.lrs = args.lrs[:2]
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     out = Path(args.out)
     records = find_records(synthetic.write_dataset(None, args.records, 30.0))
@@ -131,25 +135,34 @@ def main():
     rows = probe_rows("cardiac", arms, y_tr, y_va, budgets, args.draws)
     labels = 2 if args.quick else 5
     tune_dirs = [folder(f"{side}_12lead-{stamp}", paths) for side, paths in zip(("train", "val"), sides)]
+    hold = max(1, labels // 3)  # labels per class held back to score the learning rates
+    held = held_back(full[0].y.tolist(), labels, hold)  # the order cardiac_finetune counts labels in
+    check_set = Subset(full[0], held)
 
-    def finetune(arm: str, seed: int):
+    def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=full[1]):
         extra = [f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained" else ["train.layer_decay=1.0"]
         model = cardiac_finetune.main(["--data", str(tune_dirs[0]), f"data.val_root={tune_dirs[1]}", "data.stride_s=10",
                                        *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("dim", "depth", "heads")],
-                                       *extra, "task.kind=classification", f"task.labels_per_class={labels}",
-                                       f"train.out_dir={out}", f"train.run_name=finetune-{arm}-{seed}-{stamp}",
-                                       f"train.seed={seed}", f"train.epochs={args.finetune_epochs}", "train.epoch_repeats=8"])
+                                       *extra, "task.kind=classification", f"task.labels_per_class={per_class}",
+                                       f"train.out_dir={out}", f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}",
+                                       f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
+                                       "train.epoch_repeats=16", "train.warmup_epochs=0.5"])
         model.eval()
         with torch.no_grad():
-            return torch.cat([model(b).argmax(1) for b in batches(full[1])]).numpy()
+            return torch.cat([model(b).argmax(1) for b in batches(predict)]).numpy()
 
-    tuned, p_value = finetune_rows("cardiac", finetune, y_va, labels, args.seeds)
+    def select(arm: str, lr: float) -> float:
+        """Accuracy on the held-back labelled windows after fine-tuning on the rest of the budget."""
+        return float((finetune(arm, 0, lr, labels - hold, check_set) == y_tr[held]).mean())
+
+    tuned, p_value, chosen = finetune_rows("cardiac", finetune, y_va, labels, args.seeds, args.lrs, select)
     rows += tuned
     csv_path, png = write_evaluation(rows, out)
     print(f"\nconduction pattern, {len(y_va)} validation windows of {len(sides[1])} 12-lead records, {len(classes)} "
           f"classes (chance {1 / len(classes):.3f}); pretraining saw {len(train_records)} unlabelled training records")
     print(format_table(rows))
-    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {args.seeds} seeds)")
+    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {args.seeds} seeds); "
+          f"learning rates chosen on held-back training labels: {chosen}")
     with_all = (logistic_predict(x_tr, y_tr, x_va) == y_va).mean()
     print(f"pretrained encoder, logistic probe with all labels: 12 leads {with_all:.3f}")
     for name, channels in (("precordial leads only", LEADS[6:]), ("limb leads only", LEADS[:6]), ("lead I only", ["I"])):

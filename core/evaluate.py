@@ -156,12 +156,34 @@ def probe_rows(domain: str, arms: dict[str, list[tuple[np.ndarray, np.ndarray]]]
     return rows
 
 
-def finetune_rows(domain: str, run: Callable[[str, int], np.ndarray], y_val: np.ndarray, labels_per_class: int | None,
-                  seeds: int = 3) -> tuple[list[Row], float]:
-    """Fine-tune from ``pretrained`` and from ``scratch`` with ``seeds`` seeds each: ``run(arm, seed)`` trains
-    with the same labels, steps, head and schedule and returns its validation predictions [M]. Returns the
-    rows (the gap paired by seed) and McNemar's p-value on the pooled paired predictions."""
-    preds = {arm: [np.asarray(run(arm, s)) for s in range(seeds)] for arm in ("pretrained", "scratch")}
+def held_back(labels: Sequence[int], per_class: int, held: int) -> list[int]:
+    """Indices of the last ``held`` of the first ``per_class`` items of each class, in order. With a budget of
+    ``per_class`` labels (the first of each class, as ``core.heads.first_per_class`` keeps them), a learning
+    rate is chosen by training on the first ``per_class - held`` and scoring on these."""
+    if not 0 < held < per_class:
+        raise ValueError(f"held must be in 1..{per_class - 1} for {per_class} labels per class, got {held}")
+    count: dict[int, int] = {}
+    kept = []
+    for i, label in enumerate(labels):
+        count[label] = count.get(label, 0) + 1
+        if per_class - held < count[label] <= per_class:
+            kept.append(i)
+    return kept
+
+
+def finetune_rows(domain: str, run: Callable[[str, int, float], np.ndarray], y_val: np.ndarray,
+                  labels_per_class: int | None, seeds: int = 3, lrs: Sequence[float] = (),
+                  select: Callable[[str, float], float] | None = None) -> tuple[list[Row], float, dict[str, float]]:
+    """Fine-tune from ``pretrained`` and from ``scratch`` with ``seeds`` seeds each: ``run(arm, seed, lr)`` trains
+    with the same labels, steps, head and schedule and returns its validation predictions [M]. Each arm gets
+    the learning rate of ``lrs`` that scores best by ``select(arm, lr)`` (accuracy on held-back training labels,
+    never on validation; the first of ``lrs`` on ties, and alone when there is no ``select``). Returns the rows
+    (the gap paired by seed), McNemar's p-value on the pooled paired predictions and the chosen rates."""
+    arms = ("pretrained", "scratch")
+    if not lrs:
+        raise ValueError("finetune_rows needs at least one learning rate")
+    chosen = {arm: max(lrs, key=lambda lr: select(arm, lr)) if select and len(lrs) > 1 else lrs[0] for arm in arms}
+    preds = {arm: [np.asarray(run(arm, s, chosen[arm])) for s in range(seeds)] for arm in arms}
     acc = {arm: np.array([(p == y_val).mean() for p in ps]) for arm, ps in preds.items()}
     budget = "all" if labels_per_class is None else str(labels_per_class)
     rows = [Row(domain, "finetune", budget, "scratch", "accuracy", float(acc["scratch"].mean()),
@@ -170,7 +192,7 @@ def finetune_rows(domain: str, run: Callable[[str, int], np.ndarray], y_val: np.
     rows.insert(0, Row(domain, "finetune", budget, "pretrained", "accuracy", float(acc["pretrained"].mean()),
                        float(acc["pretrained"].std()), seeds, *gap))
     correct = {arm: np.concatenate([p == y_val for p in ps]) for arm, ps in preds.items()}
-    return rows, mcnemar(correct["pretrained"], correct["scratch"])
+    return rows, mcnemar(correct["pretrained"], correct["scratch"]), chosen
 
 
 def write_evaluation(rows: list[Row], out: str | Path) -> tuple[Path, Path]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from scimae.core.evaluate import (COLUMNS, extract_features, finetune_rows, label_draws, logistic_predict, mcnemar,
+from scimae.core.evaluate import (COLUMNS, extract_features, finetune_rows, held_back, label_draws, logistic_predict, mcnemar,
                                   paired_gap, probe_rows, write_evaluation)
 
 
@@ -70,9 +70,20 @@ def test_extraction_finetune_rows_and_the_written_files(tmp_path):
     feats, labels = extract_features(lambda b: b["x"] * 2, batches)
     assert feats.shape == (12, 3) and labels.tolist() == [0, 1, 0, 1] * 3
     y_val = np.arange(50) % 2
-    rows, p = finetune_rows("toy", lambda arm, seed: y_val if arm == "pretrained" else np.zeros(50, int), y_val, 5)
+    tried = []
+
+    def select(arm, lr):  # scratch does best at 1e-3, pretrained at 1e-4
+        tried.append((arm, lr))
+        return -abs(np.log10(lr) - (-4 if arm == "pretrained" else -3))
+
+    def run(arm, seed, lr):
+        assert lr == (1e-4 if arm == "pretrained" else 1e-3)  # each arm fine-tuned at its own choice
+        return y_val if arm == "pretrained" else np.zeros(50, int)
+
+    rows, p, chosen = finetune_rows("toy", run, y_val, 5, lrs=(1e-3, 1e-4), select=select)
     assert [r.arm for r in rows] == ["pretrained", "scratch"] and rows[0].gap == pytest.approx(0.5)
-    assert p < 1e-6
+    assert p < 1e-6 and chosen == {"pretrained": 1e-4, "scratch": 1e-3} and len(tried) == 4
+    assert held_back([0, 1, 0, 0, 1, 0, 1, 1], 3, 1) == [3, 6] and held_back([0, 0, 0], 3, 2) == [1, 2]
     csv_path, png = write_evaluation(rows, tmp_path)
     with csv_path.open() as f:
         read = list(csv.DictReader(f))
