@@ -35,6 +35,7 @@ class Config:
 
 
 def main(argv=None):
+    """Probe and fine-tune; return the fine-tuned classifier."""
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     d = cfg.data
     root = cloud_root(d)
@@ -42,7 +43,12 @@ def main(argv=None):
     if any(e.label < 0 for e in entries):
         raise DataError(root, "clouds without a class", "class subfolders, or HDF5 files with a 'label' dataset")
     n_classes = len(classes) or max(e.label for e in entries) + 1
-    train, val = split_entries(entries, d.val_fraction, d.split_seed)
+    if d.val_root:
+        train, (val, val_classes) = entries, find_clouds(Path(d.val_root))
+        if val_classes != classes:
+            raise DataError(d.val_root, f"classes {val_classes}", f"the training classes {classes}")
+    else:
+        train, val = split_entries(entries, d.val_fraction, d.split_seed)
     if cfg.task.labels_per_class:
         train = first_per_class(train, [e.label for e in train], cfg.task.labels_per_class)
     if cfg.train.init_from:
@@ -68,6 +74,7 @@ def main(argv=None):
         scores = trainer.evaluate(val_set)
         print(f"run folder: {trainer.run_dir}\nfine-tuned ({len(val)} validation clouds): "
               + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return model
 
 
 if __name__ == "__main__":

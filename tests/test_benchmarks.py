@@ -77,4 +77,4 @@ def test_skeleton_benchmark_quick_run_writes_the_evaluation(tmp_path):
     assert all(0 <= float(r["mean"]) <= 1 for r in rows)
     assert [r["gap"] == "" for r in rows if r["arm"] in ("random_init", "scratch")] == [True] * 5
     assert (tmp_path / "evaluation.png").read_bytes().startswith(b"\x89PNG")
-    assert "McNemar p =" in out.stdout
+    assert "McNemar p =" in out.stdout and "learning rates chosen on held-back training labels" in out.stdout

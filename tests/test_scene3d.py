@@ -324,3 +324,24 @@ def test_mirror_images_share_every_summary_statistic_and_a_probe_on_them_stays_n
     x, y = torch.cat(features).double().numpy(), np.array(labels)
     accuracy = (logistic_predict(x[:120], y[:120], x[120:]) == y[120:]).mean()
     assert abs(accuracy - 0.5) <= 0.10, accuracy
+
+
+def test_point_finetune_validates_on_a_separate_folder_when_given(runs, tmp_path, capsys):
+    import shutil
+
+    from scimae.pipelines import pointcloud_finetune
+
+    shapes = runs / "data" / "shapes"
+    args = ["--data", str(shapes), "model.dim=32", "model.depth=1", "train.epochs=1", "train.epoch_repeats=1",
+            "train.batch_size=4", "task.labels_per_class=2", "data.n_points=256", "data.n_groups=16",
+            "data.group_size=16", f"train.out_dir={tmp_path}"]
+    model = pointcloud_finetune.main(args + [f"data.val_root={shapes}", "train.run_name=sep"])
+    n_clouds = len(list(shapes.rglob("*.p*")))
+    assert f"fine-tuned ({n_clouds} validation clouds)" in capsys.readouterr().out
+    assert model(next(iter(torch.utils.data.DataLoader(
+        PointClouds(find_clouds(shapes)[0][:2], PointDataConfig(n_points=256, n_groups=16, group_size=16), False),
+        batch_size=2)))).shape == (2, 2)
+    other = tmp_path / "other"
+    shutil.copytree(shapes / "left", other / "left")
+    with pytest.raises(DataError, match=r"other: found classes \['left'\]"):
+        pointcloud_finetune.main(args + [f"data.val_root={other}", "train.run_name=bad"])

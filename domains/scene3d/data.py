@@ -38,6 +38,7 @@ class PointDataConfig:
     rotation: str | None = "z"  # training augmentation: z, so3 or null
     val_fraction: float = 0.2  # share of samples held out for validation
     split_seed: int = 0  # seed of the train/validation split
+    val_root: str | None = None  # validation clouds in their own folder (then nothing is split off the root)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
