@@ -174,9 +174,12 @@ def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, j
 
 def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """An export's model; exports that predate ``unit`` took positions in metres (unit 1)."""
-    return from_pretrained(folder, lambda c: build_skeleton_mae(from_dict(SkeletonModelConfig, {"unit": 1.0, **c["model"]}), c["frames"],
-                                                                c["bodies"], c["joints"]),
-                           "skeleton", ("model", "frames", "bodies", "joints"))
+
+    def build(c: dict) -> MaskedAutoencoder:
+        cfg = from_dict(SkeletonModelConfig, {"unit": 1.0, **c["model"]})
+        return build_skeleton_mae(cfg, c["frames"], c["bodies"], c["joints"])
+
+    return from_pretrained(folder, build, "skeleton", ("model", "frames", "bodies", "joints"))
 
 
 def skeleton_classifier(encoder: nn.Module, n_classes: int, linear_probe: bool = False) -> PooledClassifier:
