@@ -135,9 +135,8 @@ def main():
     rows = probe_rows("cardiac", arms, y_tr, y_va, budgets, args.draws)
     labels = 2 if args.quick else 5
     tune_dirs = [folder(f"{side}_12lead-{stamp}", paths) for side, paths in zip(("train", "val"), sides)]
-    hold = max(1, labels // 3)  # labels per class held back to score the learning rates
-    held = held_back(full[0].y.tolist(), labels, hold)  # the order cardiac_finetune counts labels in
-    check_set = Subset(full[0], held)
+    held = held_back(full[0].y.tolist(), labels)  # the order cardiac_finetune counts labels in
+    check = Subset(full[0], held), y_tr[held]  # scores the learning rates
 
     def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=full[1]):
         extra = [f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained" else ["train.layer_decay=1.0"]
@@ -151,11 +150,7 @@ def main():
         with torch.no_grad():
             return torch.cat([model(b).argmax(1) for b in batches(predict)]).numpy()
 
-    def select(arm: str, lr: float) -> float:
-        """Accuracy on the held-back labelled windows after fine-tuning on the rest of the budget."""
-        return float((finetune(arm, 0, lr, labels - hold, check_set) == y_tr[held]).mean())
-
-    tuned, p_value, chosen = finetune_rows("cardiac", finetune, y_va, labels, args.seeds, args.lrs, select)
+    tuned, p_value, chosen = finetune_rows("cardiac", finetune, y_va, labels, args.seeds, args.lrs, check)
     rows += tuned
     csv_path, png = write_evaluation(rows, out)
     print(f"\nconduction pattern, {len(y_va)} validation windows of {len(sides[1])} 12-lead records, {len(classes)} "

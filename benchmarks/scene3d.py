@@ -124,9 +124,8 @@ def main():
     budgets = [2, 5] if args.quick else [2, 5, 10, None]
     rows = probe_rows("scene3d", arms, y_tr, y_va, budgets, args.draws)
     labels = 2 if args.quick else 5
-    hold = max(1, labels // 3)  # labels per class held back to score the learning rates
-    held = held_back([e.label for e in train], labels, hold)  # the order pointcloud_finetune counts labels in
-    check_set = Subset(sets[0], held)
+    held = held_back([e.label for e in train], labels)  # the order pointcloud_finetune counts labels in
+    check = Subset(sets[0], held), y_tr[held]  # scores the learning rates
 
     def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=sets[1]):
         extra = ([f"--init-from={out / f'pretrain-{stamp}' / 'export'}", "train.layer_decay=0.75"] if arm == "pretrained"
@@ -141,11 +140,7 @@ def main():
         with torch.no_grad():
             return torch.cat([model(b).argmax(1) for b in DataLoader(predict, batch_size=64)]).numpy()
 
-    def select(arm: str, lr: float) -> float:
-        """Accuracy on the held-back labelled clouds after fine-tuning on the rest of the budget."""
-        return float((finetune(arm, 0, lr, labels - hold, check_set) == y_tr[held]).mean())
-
-    tuned, p_value, chosen = finetune_rows("scene3d", finetune, y_va, labels, args.seeds, args.lrs, select)
+    tuned, p_value, chosen = finetune_rows("scene3d", finetune, y_va, labels, args.seeds, args.lrs, check)
     rows += tuned
     csv_path, png = write_evaluation(rows, out)
     print(f"\nhandedness ({' vs '.join(classes)}) of {len(synthetic.FAMILIES)} chiral objects, {len(val)} validation "

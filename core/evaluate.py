@@ -156,12 +156,18 @@ def probe_rows(domain: str, arms: dict[str, list[tuple[np.ndarray, np.ndarray]]]
     return rows
 
 
-def held_back(labels: Sequence[int], per_class: int, held: int) -> list[int]:
-    """Indices of the last ``held`` of the first ``per_class`` items of each class, in order. With a budget of
-    ``per_class`` labels (the first of each class, as ``core.heads.first_per_class`` keeps them), a learning
-    rate is chosen by training on the first ``per_class - held`` and scoring on these."""
-    if not 0 < held < per_class:
-        raise ValueError(f"held must be in 1..{per_class - 1} for {per_class} labels per class, got {held}")
+def _held(per_class: int) -> int:
+    """Labels per class held back from a budget of ``per_class`` to score learning rates on."""
+    if per_class < 2:
+        raise ValueError(f"choosing a learning rate needs >= 2 labels per class, got {per_class}")
+    return max(1, per_class // 3)
+
+
+def held_back(labels: Sequence[int], per_class: int) -> list[int]:
+    """Indices of the last ``max(1, per_class // 3)`` of the first ``per_class`` items of each class, in order.
+    With a budget of ``per_class`` labels (the first of each class, as ``core.heads.first_per_class`` keeps them),
+    ``finetune_rows`` chooses a learning rate by training on the first ones and scoring on these."""
+    held = _held(per_class)
     count: dict[int, int] = {}
     kept = []
     for i, label in enumerate(labels):
@@ -171,18 +177,25 @@ def held_back(labels: Sequence[int], per_class: int, held: int) -> list[int]:
     return kept
 
 
-def finetune_rows(domain: str, run: Callable[[str, int, float], np.ndarray], y_val: np.ndarray,
-                  labels_per_class: int | None, seeds: int = 3, lrs: Sequence[float] = (),
-                  select: Callable[[str, float], float] | None = None) -> tuple[list[Row], float, dict[str, float]]:
+def finetune_rows(domain: str, run: Callable[..., np.ndarray], y_val: np.ndarray, labels_per_class: int | None,
+                  seeds: int = 3, lrs: Sequence[float] = (), check: tuple | None = None
+                  ) -> tuple[list[Row], float, dict[str, float]]:
     """Fine-tune from ``pretrained`` and from ``scratch`` with ``seeds`` seeds each: ``run(arm, seed, lr)`` trains
-    with the same labels, steps, head and schedule and returns its validation predictions [M]. Each arm gets
-    the learning rate of ``lrs`` that scores best by ``select(arm, lr)`` (accuracy on held-back training labels,
-    never on validation; the first of ``lrs`` on ties, and alone when there is no ``select``). Returns the rows
-    (the gap paired by seed), McNemar's p-value on the pooled paired predictions and the chosen rates."""
+    on ``labels_per_class`` labels with the same labels, steps, head and schedule and returns its validation
+    predictions [M]. With several ``lrs`` each arm gets the one that scores best on ``check`` = (items, labels),
+    the ``held_back`` training labels: ``run(arm, 0, lr, per_class, items)`` trains on the rest of the budget
+    and predicts ``items`` (never validation; the first of ``lrs`` on ties). Returns the rows (the gap paired by
+    seed), McNemar's p-value on the pooled paired predictions and the chosen rates."""
     arms = ("pretrained", "scratch")
     if not lrs:
         raise ValueError("finetune_rows needs at least one learning rate")
-    chosen = {arm: max(lrs, key=lambda lr: select(arm, lr)) if select and len(lrs) > 1 else lrs[0] for arm in arms}
+
+    def score(arm: str, lr: float) -> float:
+        items, labels = check
+        return float((np.asarray(run(arm, 0, lr, labels_per_class - _held(labels_per_class), items)) == labels).mean())
+
+    chosen = {arm: max(lrs, key=lambda lr: score(arm, lr)) if check is not None and len(lrs) > 1 else lrs[0]
+              for arm in arms}
     preds = {arm: [np.asarray(run(arm, s, chosen[arm])) for s in range(seeds)] for arm in arms}
     acc = {arm: np.array([(p == y_val).mean() for p in ps]) for arm, ps in preds.items()}
     budget = "all" if labels_per_class is None else str(labels_per_class)

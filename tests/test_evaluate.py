@@ -70,20 +70,22 @@ def test_extraction_finetune_rows_and_the_written_files(tmp_path):
     feats, labels = extract_features(lambda b: b["x"] * 2, batches)
     assert feats.shape == (12, 3) and labels.tolist() == [0, 1, 0, 1] * 3
     y_val = np.arange(50) % 2
+    check = ("held-back items", np.array([0, 1]))
     tried = []
 
-    def select(arm, lr):  # scratch does best at 1e-3, pretrained at 1e-4
-        tried.append((arm, lr))
-        return -abs(np.log10(lr) - (-4 if arm == "pretrained" else -3))
-
-    def run(arm, seed, lr):
+    def run(arm, seed, lr, per_class=5, predict=None):
+        if predict is not None:  # choosing the rate: 4 of the 5 labels, scored on the held-back ones
+            assert (seed, per_class, predict) == (0, 4, check[0])
+            tried.append((arm, lr))
+            best = 1e-4 if arm == "pretrained" else 1e-3  # scratch does best at 1e-3, pretrained at 1e-4
+            return check[1] if lr == best else 1 - check[1]
         assert lr == (1e-4 if arm == "pretrained" else 1e-3)  # each arm fine-tuned at its own choice
         return y_val if arm == "pretrained" else np.zeros(50, int)
 
-    rows, p, chosen = finetune_rows("toy", run, y_val, 5, lrs=(1e-3, 1e-4), select=select)
+    rows, p, chosen = finetune_rows("toy", run, y_val, 5, lrs=(1e-3, 1e-4), check=check)
     assert [r.arm for r in rows] == ["pretrained", "scratch"] and rows[0].gap == pytest.approx(0.5)
     assert p < 1e-6 and chosen == {"pretrained": 1e-4, "scratch": 1e-3} and len(tried) == 4
-    assert held_back([0, 1, 0, 0, 1, 0, 1, 1], 3, 1) == [3, 6] and held_back([0, 0, 0], 3, 2) == [1, 2]
+    assert held_back([0, 1, 0, 0, 1, 0, 1, 1], 3) == [3, 6] and held_back([0, 0, 0, 0, 0, 0, 0], 6) == [4, 5]
     csv_path, png = write_evaluation(rows, tmp_path)
     with csv_path.open() as f:
         read = list(csv.DictReader(f))
