@@ -2,24 +2,26 @@
 Dice for whole tumour, tumour core, enhancing tumour) or survival (logistic hazard; C-index).
 
 --init-from EXPORT starts from a brats_pretrain export; without it the encoder starts from scratch.
-At the end it prints the validation score with every modality and with each one left out.
+At the end it prints the validation score with every modality and with each one left out
+(task.leave_one_out), and returns the fine-tuned model.
 """
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from torch.utils.data import Subset
 
 from scimae.core.config import parse_cli, run_cli, save_config
 from scimae.core.engine import TrainConfig, Trainer
+from scimae.core.heads import first_per_class
 from scimae.domains.brain_mri.data import (
     BrainDataConfig,
+    WithoutModalities,
     class_targets,
     collate,
     make_dataset,
-    resolve_root,
-    restrict,
-    split_cases,
     survival_targets,
+    train_val_cases,
 )
-from scimae.domains.brain_mri.io import discover_cases
 from scimae.domains.brain_mri.model import (
     BrainFineTuner,
     BrainModelConfig,
@@ -57,10 +59,11 @@ def targets(task: TaskConfig, train_cases, val_cases):
 def main(argv=None):
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     task, roi = cfg.task, cfg.data.grid()[0]
-    all_cases = discover_cases(resolve_root(cfg.data))
-    train_cases, val_cases = split_cases(restrict(all_cases, cfg.data.modalities), cfg.data.val_fraction,
-                                         cfg.data.split_seed)
+    train_cases, val_cases = train_val_cases(cfg.data)
     train_t, val_t, facts = targets(task, train_cases, val_cases)
+    if task.kind == "classification" and task.labels_per_class:
+        kept = first_per_class(list(range(len(train_cases))), [int(t["y"]) for t in train_t], task.labels_per_class)
+        train_cases, train_t = [train_cases[i] for i in kept], [train_t[i] for i in kept]
     seg = task.kind == "segmentation"
     train_set = make_dataset(train_cases, cfg.data, True, cfg.train.seed, seg, train_t)
     val_set = make_dataset(val_cases, cfg.data, False, cfg.train.seed, seg, val_t)
@@ -81,16 +84,16 @@ def main(argv=None):
         save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)
     if not trainer.dist.main:
-        return
+        return model
     print(f"run folder: {trainer.run_dir}\nvalidation by modality set ({len(val_cases)} cases):")
     subsets = [cfg.data.modalities] + [[m for m in cfg.data.modalities if m != x] for x in cfg.data.modalities]
-    for subset in subsets if len(cfg.data.modalities) > 1 else subsets[:1]:
-        kept = restrict(val_cases, subset)
-        ids = {c.case_id for c in kept}
-        kept_t = [t for c, t in zip(val_cases, val_t) if c.case_id in ids] if val_t else None
-        data = make_dataset(kept, replace(cfg.data, modalities=subset), False, cfg.train.seed, seg, kept_t)
-        scores = trainer.evaluate(data)
+    for subset in subsets if len(cfg.data.modalities) > 1 and task.leave_one_out else subsets[:1]:
+        kept = [i for i, c in enumerate(val_cases) if set(c.paths) & set(subset)]  # cases left with a modality
+        drop = [m for m in cfg.data.modalities if m not in subset]
+        scores = trainer.evaluate(Subset(WithoutModalities(val_set, drop), kept))
         print(f"  {'+'.join(subset):24s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return model
+
 
 if __name__ == "__main__":
     run_cli(main)

@@ -137,6 +137,24 @@ def test_preprocess_orients_normalises_and_crops(tmp_path):
     assert torch.equal(regions[0] | regions[2], regions[0])  # ET inside TC
 
 
+def test_training_flips_only_along_the_configured_axes(tmp_path):
+    v = _vol()
+    v[3, 4, 2] = 5000.0  # a marker near one corner
+    case = {"case_id": "c", "paths": {"t1": str(_write(tmp_path / "c_t1.nii.gz", v))}, "seg": None}
+
+    def corners(flips) -> set:
+        peaks = set()
+        for seed in range(12):
+            img = preprocess((16, 16, 16), None, train=True, seed=seed, flips=flips)(dict(case))["image"][0]
+            peak = (img == img.max()).nonzero()[0]
+            peaks.add(tuple((peak >= 8).tolist()))
+        return peaks
+
+    assert {c[0] for c in corners((1, 2))} == {True}  # never flipped left-right: the side is kept
+    assert len({c[1:] for c in corners((1, 2))}) > 1
+    assert {c[0] for c in corners((0, 1, 2))} == {False, True}
+
+
 def test_write_volume_never_overwrites_silently(tmp_path):
     p = write_volume(tmp_path / "o.nii.gz", np.ones((4, 4, 4)), AFFINE)
     assert np.allclose(nib.load(str(p)).affine, AFFINE)
@@ -147,7 +165,7 @@ def test_write_volume_never_overwrites_silently(tmp_path):
 
 
 def test_memory_and_disk_caches_give_the_same_volumes(tmp_path):
-    from scimae.domains.brain_mri.data import BrainDataConfig, make_dataset
+    from scimae.domains.brain_mri.data import BrainDataConfig, collate, make_dataset
     from scimae.domains.brain_mri.io import Case
 
     t1 = _write(tmp_path / "c_t1.nii.gz")
@@ -158,5 +176,9 @@ def test_memory_and_disk_caches_give_the_same_volumes(tmp_path):
         cfg = BrainDataConfig(**base, cache=cache, cache_dir=str(tmp_path / "cache"))
         assert torch.equal(make_dataset(cases, cfg, train=False)[0]["image"], plain)
     assert any((tmp_path / "cache").iterdir())
+    cases.append(Case("d", {"t1": str(_write(tmp_path / "d_t1.nii.gz"))}))
+    warm = make_dataset(cases, cfg, train=False)  # "c" read from the disk cache, "d" computed
+    batch = collate([warm[0], warm[1]])
+    assert batch["image"].shape == (2, 4, 16, 16, 16) and all(isinstance(v, (torch.Tensor, list)) for v in batch.values())
     with pytest.raises(ValueError, match="data.cache must be"):
         BrainDataConfig(cache="disk")

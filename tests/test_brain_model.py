@@ -75,7 +75,8 @@ def test_synthesise_covers_a_whole_volume_and_stays_in_the_foreground():
 
 def test_tumour_patterns_share_their_volumes_and_summary_statistics_stay_near_chance():
     """Ring and split tumours hold the same volumes of necrosis and solid tissue on average, arranged
-    differently; a logistic regression on per-modality intensity percentiles stays within 10 points of chance."""
+    differently; a logistic regression on per-modality intensity percentiles stays within 10 points of chance
+    on the pattern and on the lesion's side, and the side is the hemisphere the segmentation lies in."""
     import numpy as np
 
     from scimae.core.evaluate import logistic_predict
@@ -91,15 +92,21 @@ def test_tumour_patterns_share_their_volumes_and_summary_statistics_stay_near_ch
     assert (np.abs(ring - split) < 0.1 * ring).all(), volumes
 
     rng = np.random.default_rng(0)
-    features, labels = [], []
+    features, patterns, sides = [], [], []
     for i in range(160):
-        vols, _, _ = synthetic.make_case(rng, bool(rng.random() < 0.5), synthetic.PATTERNS[i % 2])
+        vols, seg, facts = synthetic.make_case(rng, bool(rng.random() < 0.5), synthetic.PATTERNS[i % 2])
+        lps_x = (synthetic.affine() @ np.r_[np.argwhere(seg > 0).mean(0), 1])[0]  # LPS: +x points to the left
+        assert (lps_x > 0) == (facts["side"] == "left"), (facts, lps_x)
         x = torch.from_numpy(np.stack([vols[m] for m in MODALITIES]).astype(np.float32))  # [4, X, Y, Z]
         brain = x != 0
         mean = (x * brain).sum((1, 2, 3), keepdim=True) / brain.sum((1, 2, 3), keepdim=True)
         std = (((x - mean) * brain) ** 2).sum((1, 2, 3), keepdim=True).div(brain.sum((1, 2, 3), keepdim=True)).sqrt()
         features.append(summary_statistics(torch.where(brain, (x - mean) / std, 0.0)[None]))
-        labels.append(i % 2)
-    x, y = torch.cat(features).double().numpy(), np.array(labels)
-    accuracy = (logistic_predict(x[:80], y[:80], x[80:]) == y[80:]).mean()
-    assert abs(accuracy - 0.5) <= 0.10, accuracy
+        patterns.append(i % 2)
+        sides.append(synthetic.SIDES.index(facts["side"]))
+    x = torch.cat(features).double().numpy()
+    assert 60 <= sum(sides) <= 100, sides
+    for labels in (patterns, sides):
+        y = np.array(labels)
+        accuracy = (logistic_predict(x[:80], y[:80], x[80:]) == y[80:]).mean()
+        assert abs(accuracy - 0.5) <= 0.10, accuracy

@@ -6,10 +6,13 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT
 from scimae.core import DataError
 from scimae.core.engine import read_metrics
+from scimae.domains.brain_mri.data import BrainDataConfig, collate, make_dataset
+from scimae.domains.brain_mri.io import discover_cases
 
 from scimae.pipelines import brats_finetune
 from scimae.pipelines import brats_pretrain
@@ -58,6 +61,20 @@ def test_finetune_each_task_from_the_export(pretrained, kind, metric, capsys):
     assert "t1+t1ce+t2+flair" in out and "t1+t2+flair" in out and metric in out
     rows = read_metrics(pretrained / "runs" / f"ft_{kind}", "val")
     assert 0.0 <= float(rows[-1][metric]) <= 1.0
+
+
+def test_finetune_on_few_labels_validates_on_val_root_and_returns_the_model(pretrained, capsys):
+    data = pretrained / "data"
+    args = TINY + [f"data.synthetic.folder={data}", f"train.out_dir={pretrained / 'runs'}", "train.run_name=ft_few",
+                   f"data.val_root={data}", "task.labels_per_class=1", "train.epochs=1", "task.leave_one_out=false"]
+    model = brats_finetune.main(args)
+    out = capsys.readouterr().out
+    assert "validation by modality set (8 cases)" in out and "t1+t2+flair" not in out  # all of val_root, nothing split off
+    assert int(read_metrics(pretrained / "runs" / "ft_few", "val")[-1]["step"]) == 1  # 2 cases (1 per side), batch 2
+    batch = next(iter(torch.utils.data.DataLoader(
+        make_dataset(discover_cases(data)[:2], BrainDataConfig(str(data), roi=[32, 32, 32], spacing=[4, 4, 4]), False),
+        batch_size=2, collate_fn=collate)))
+    assert model(batch).shape == (2, 2)
 
 
 def test_finetune_on_a_modality_subset(pretrained, capsys):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import monai.data
+import numpy as np
 import torch
 
 from scimae.core.errors import DataError
@@ -36,7 +37,9 @@ class BrainDataConfig:
     spacing: list[float] | None = field(default_factory=lambda: [1.0, 1.0, 1.0])  # resample to this voxel size in mm (None = keep each case's)
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # which to use (any subset)
     val_fraction: float = 0.2  # share of cases held out for validation
+    val_root: str | None = None  # validation cases in their own folder (then nothing is split off the root)
     split_seed: int = 0  # seed of the train/validation split
+    flips: list[int] = field(default_factory=lambda: [0, 1, 2])  # axes of random training flips (0 = left-right)
     cache: str = "none"  # keep preprocessed volumes: none, memory, or disk (in cache_dir)
     cache_dir: str | None = None  # folder for data.cache=disk
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -45,6 +48,8 @@ class BrainDataConfig:
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown or not self.modalities:
             raise ValueError(f"data.modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}")
+        if not set(self.flips) <= {0, 1, 2}:
+            raise ValueError(f"data.flips must list axes among 0, 1, 2, got {self.flips}")
         if len(self.roi) != 3 or min(self.roi) < 1:
             raise ValueError(f"data.roi must be three positive sizes, got {self.roi}")
         if self.cache not in ("none", "memory", "disk") or (self.cache == "disk" and not self.cache_dir):
@@ -65,6 +70,15 @@ def resolve_root(cfg: BrainDataConfig) -> Path:
         return Path(cfg.root)
     s = cfg.synthetic
     return synthetic.write_dataset(s.folder, s.cases, s.seed)
+
+
+def train_val_cases(cfg: BrainDataConfig) -> tuple[list[Case], list[Case]]:
+    """The cases of both sides, on the configured modalities: ``val_root``'s as validation, or a seeded split
+    of the root's."""
+    cases = restrict(discover_cases(resolve_root(cfg)), cfg.modalities)
+    if cfg.val_root:
+        return cases, restrict(discover_cases(Path(cfg.val_root)), cfg.modalities)
+    return split_cases(cases, cfg.val_fraction, cfg.split_seed)
 
 
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -113,7 +127,7 @@ def make_dataset(cases: list[Case], cfg: BrainDataConfig, train: bool, seed: int
                  seg_regions: bool = False, targets: list[dict] | None = None) -> monai.data.Dataset:
     """A dataset of ``cases``; ``targets`` (one dict of tensors per case) ride along with each sample."""
     roi, spacing = cfg.grid()
-    transform = preprocess(roi, spacing, train, seed, seg_regions=seg_regions)
+    transform = preprocess(roi, spacing, train, seed, seg_regions=seg_regions, flips=cfg.flips)
     data = [{**c.as_dict(), **(t or {})} for c, t in zip(cases, targets or [None] * len(cases))]
     if cfg.cache == "disk":
         return DiskCachedBrainDataset(data, transform, cache_dir=cfg.cache_dir)
@@ -124,20 +138,38 @@ def make_dataset(cases: list[Case], cfg: BrainDataConfig, train: bool, seed: int
     return BrainDataset(data, transform)
 
 
+class WithoutModalities(torch.utils.data.Dataset):
+    """``dataset`` with the ``drop`` modalities taken out of every sample (zeros, marked absent): its cases as
+    if scanned without them, on the grid they were preprocessed to, with nothing read again."""
+
+    def __init__(self, dataset, drop: list[str]):
+        self.dataset, self.rows = dataset, [MODALITIES.index(m) for m in drop]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.dataset[i]
+        image, present = sample["image"].clone(), sample["present"].clone()  # [4, X, Y, Z], [4]
+        image[self.rows], present[self.rows] = 0.0, False
+        return {**sample, "image": image, "present": present}
+
+
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors; keep case ids and label dicts as lists."""
+    """Stack tensors and arrays (a disk-cache hit gives arrays where a miss gives tensors); keep case ids and
+    label dicts as lists."""
     out = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
-        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        arrays = all(isinstance(v, (torch.Tensor, np.ndarray)) for v in values)
+        out[key] = torch.stack([torch.as_tensor(v) for v in values]) if arrays else values
     return out
 
 
 def load_splits(cfg: BrainDataConfig, seed: int = 0, seg_regions: bool = False):
     """(train dataset, val dataset or None, train cases, val cases) from the config."""
-    cases = restrict(discover_cases(resolve_root(cfg)), cfg.modalities)
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.split_seed)
-    log.info("%d cases: %d train, %d val", len(cases), len(train_cases), len(val_cases))
+    train_cases, val_cases = train_val_cases(cfg)
+    log.info("%d train cases, %d val cases", len(train_cases), len(val_cases))
     train = make_dataset(train_cases, cfg, True, seed, seg_regions)
     val = make_dataset(val_cases, cfg, False, seed, seg_regions) if val_cases else None
     return train, val, train_cases, val_cases

@@ -99,6 +99,7 @@ class UNETRHead(nn.Module):
 class TaskConfig:
     kind: str = "classification"  # classification, segmentation or survival
     label: str = "grade"  # label column (classification)
+    labels_per_class: int | None = None  # classification: train on the first this many cases of each class
     time: str = "survival_days"  # survival columns
     event: str = "event"  # event column (1 = observed, 0 = censored)
     bins: int = 4  # survival intervals (quantiles of the training times)
@@ -106,6 +107,7 @@ class TaskConfig:
     pooler: str = "mean"  # cls, mean or attention
     freeze_encoder: bool = False  # train the head only (a probe of frozen features)
     feature_size: int = 16  # segmentation decoder width
+    leave_one_out: bool = True  # at the end, also score the validation set with each modality left out
 
     def __post_init__(self):
         if self.kind not in ("classification", "segmentation", "survival"):

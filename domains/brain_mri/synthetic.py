@@ -6,8 +6,10 @@ T1ce, low-grade ones (LGG) a non-enhancing solid part; every tumour has necrosis
 T2 and FLAIR. Independently of the grade, the tumour's ``pattern`` is ``ring`` (necrosis inside a shell
 of solid tissue) or ``split`` (the same volumes of necrosis and solid tissue side by side), inside a
 lesion of the same size: the voxel intensities are the same, only the arrangement tells them apart.
+The lesion lies in the left or right hemisphere (``side``) of a head that is symmetric on average, so
+the side too leaves every intensity statistic unchanged and only the layout tells it.
 Tumour size and position vary; a segmentation (BraTS labels 1 necrosis/core, 2 oedema, 4 enhancing) and
-``labels.csv`` (grade, pattern, survival_days, event) come with it; some cases lack a modality.
+``labels.csv`` (grade, pattern, side, survival_days, event) come with it; some cases lack a modality.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from scimae.domains.brain_mri.io import MODALITIES, write_volume
 
 SHAPE = (72, 88, 72)
 SPACING = 2.0
-VERSION = 2
+VERSION = 3
 PATTERNS = ["ring", "split"]
+SIDES = ["left", "right"]  # the lesion's hemisphere
 NECROSIS = 0.6  # necrosis radius / tumour radius
 #                 t1    t1ce  t2    flair
 TISSUE = {
@@ -48,7 +51,7 @@ def _smooth_noise(rng, shape, scale=8) -> np.ndarray:
 
 
 def make_case(rng: np.random.Generator, hgg: bool, pattern: str = "ring") -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
-    """One case: {modality: volume}, segmentation, facts (tumour radius in voxels)."""
+    """One case: {modality: volume}, segmentation, facts (tumour radius in voxels, the lesion's side)."""
     z = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) - s / 2 for s in SHAPE], indexing="ij"))  # [3, X, Y, Z]
     axes = np.array([28.0, 34.0, 28.0]) * rng.uniform(0.9, 1.05, 3)
     wobble = 0.04 * _smooth_noise(rng, SHAPE)
@@ -68,6 +71,7 @@ def make_case(rng: np.random.Generator, hgg: bool, pattern: str = "ring") -> tup
     # (split); both patterns fit well inside the same lesion, so they replace the same tissue
     radius = rng.uniform(4.0, 5.5)
     centre = np.array([rng.choice([-1, 1]) * rng.uniform(9, 11), rng.uniform(-8, 8), rng.uniform(-4, 4)])
+    side = "right" if centre[0] > 0 else "left"  # voxel x grows towards the patient's right (:func:`affine`)
     bumps = 1.0 * _smooth_noise(rng, SHAPE, 6)
 
     def dist(c):
@@ -100,7 +104,7 @@ def make_case(rng: np.random.Generator, hgg: bool, pattern: str = "ring") -> tup
         img = lut[tissue, m]
         img = img * bias + 0.03 * rng.standard_normal(SHAPE) * (img > 0)
         volumes[mod] = np.clip(img * 1000 * rng.uniform(0.8, 1.2), 0, None).astype(np.int16)
-    return volumes, label, {"radius": radius}
+    return volumes, label, {"radius": radius, "side": side}
 
 
 def affine() -> np.ndarray:
@@ -131,8 +135,8 @@ def _write(tmp: Path, n_cases: int, seed: int) -> None:
                 write_volume(folder / f"{case}_{mod}.nii.gz", vol, affine())
         write_volume(folder / f"{case}_seg.nii.gz", label, affine())
         days = (420 if hgg else 1500) * np.exp(-0.08 * (facts["radius"] - 6) + 0.25 * rng.standard_normal())
-        rows.append({"case_id": case, "grade": "HGG" if hgg else "LGG", "pattern": pattern, "survival_days": int(days),
-                     "event": int(rng.random() < 0.8)})
+        rows.append({"case_id": case, "grade": "HGG" if hgg else "LGG", "pattern": pattern, "side": facts["side"],
+                     "survival_days": int(days), "event": int(rng.random() < 0.8)})
     with (tmp / "labels.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

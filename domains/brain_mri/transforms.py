@@ -77,10 +77,11 @@ class LoadCase(Transform):
 
 
 def preprocess(roi: Sequence[int], spacing: Sequence[float] | None, train: bool, seed: int = 0,
-               modalities: Sequence[str] = MODALITIES, seg_regions: bool = False) -> Compose:
+               modalities: Sequence[str] = MODALITIES, seg_regions: bool = False,
+               flips: Sequence[int] = (0, 1, 2)) -> Compose:
     """The MONAI chain: LoadCase -> RAS -> spacing -> foreground crop -> z-score over non-zero voxels
-    per modality -> pad/crop to ``roi`` (random crop, flips and intensity jitter when ``train``).
-    ``seg_regions`` turns the label into the BraTS regions [TC, WT, ET]."""
+    per modality -> pad/crop to ``roi`` (random crop, flips along the ``flips`` axes and intensity jitter
+    when ``train``). ``seg_regions`` turns the label into the BraTS regions [TC, WT, ET]."""
     keys = ["image", "seg"]
     steps = [LoadCase(modalities), Orientationd(keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=True)]
     if spacing is not None:
@@ -90,9 +91,7 @@ def preprocess(roi: Sequence[int], spacing: Sequence[float] | None, train: bool,
               SpatialPadd(keys, roi, allow_missing_keys=True)]
     if train:
         steps += [RandSpatialCropd(keys, roi, random_size=False, allow_missing_keys=True),
-                  RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True),
-                  RandFlipd(keys, prob=0.5, spatial_axis=1, allow_missing_keys=True),
-                  RandFlipd(keys, prob=0.5, spatial_axis=2, allow_missing_keys=True),
+                  *[RandFlipd(keys, prob=0.5, spatial_axis=axis, allow_missing_keys=True) for axis in flips],
                   RandScaleIntensityd("image", factors=0.1, prob=1.0, channel_wise=True),
                   RandShiftIntensityd("image", offsets=0.1, prob=1.0, channel_wise=True)]
     else:
