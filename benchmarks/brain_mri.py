@@ -1,21 +1,26 @@
-"""Brain MRI benchmark: does masked pretraining pay on tumours that only their arrangement tells apart?
+"""Brain MRI benchmark: does masked pretraining pay on tumours that only their layout tells apart?
 
-From one run on the synthetic BraTS-format cases (two patterns, necrosis inside a shell of solid tumour
-or beside it, with the same volumes and intensities):
+From one run on the synthetic BraTS-format cases, on one of two labels with the same volumes and
+intensities in both classes: ``side`` (the lesion in the left or right hemisphere, the default) or
+``pattern`` (necrosis inside a shell of solid tumour or beside it):
 
 1. loader throughput against what the pretraining step consumes, and peak memory;
 2. one split of the cases, then pretraining on the training cases only (validation cases are never seen);
 3. frozen features (mean-pooled) of the pretrained encoder, of the same encoder at random initialisation
    (3 seeds) and the `simple` per-modality intensity percentiles, probed by k-NN and logistic regression
    at 2/5/10/all labels per class over 20 label draws;
-4. the pretrained encoder with T1ce missing: its probe score against the full input.
+4. fine-tuning with 5 labelled cases per class from the export and from scratch, 3 seeds each, same
+   labels, steps, head and schedule (layer-wise lr decay for the pretrained arm only; each arm's learning rate
+   chosen from --lrs by fine-tuning on 4 labels and scoring on the 5th; no left-right flips), with McNemar's test;
+5. the pretrained encoder with T1ce missing: its probe score against the full input.
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
-  python benchmarks/brain_mri.py [--out DIR] [--cases 560] [--pretrain-epochs 6] [--quick]
+  python benchmarks/brain_mri.py [--out DIR] [--label side|pattern] [--cases 560] [--pretrain-epochs 4] [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import resource
 import time
@@ -27,14 +32,14 @@ from torch.utils.data import DataLoader
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
-from scimae.core.evaluate import (encoder_features, extract_features, format_table, logistic_predict, probe_rows,
-                                  write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
+                                  logistic_predict, probe_rows, write_evaluation)
 from scimae.domains.brain_mri import synthetic
 from scimae.domains.brain_mri.data import BrainDataConfig, class_targets, collate, make_dataset, restrict, split_cases
 from scimae.domains.brain_mri.io import discover_cases
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, load_brain_mae
 from scimae.domains.brain_mri.transforms import summary_statistics
-from scimae.pipelines import brats_pretrain
+from scimae.pipelines import brats_finetune, brats_pretrain
 
 MODEL = {"patch": 16, "dim": 128, "depth": 4, "heads": 4, "decoder_dim": 96, "decoder_depth": 1, "decoder_heads": 4}
 GRID = {"roi": [64, 64, 64], "spacing": [2.0, 2.0, 2.0]}
@@ -60,13 +65,18 @@ def main():
     ap.add_argument("--out", default="runs/benchmark_brain_mri")
     ap.add_argument("--cases", type=int, default=560, help="synthetic cases")
     ap.add_argument("--val-fraction", type=float, default=0.375, help="share of the cases held out for validation")
-    ap.add_argument("--pretrain-epochs", type=int, default=6)
+    ap.add_argument("--label", default="side", choices=["side", "pattern"], help="the label column probed")
+    ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--finetune-repeats", type=int, default=24, help="passes over the labelled cases (one epoch)")
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
+                    help="fine-tuning learning rates, one chosen per arm on held-back training labels")
     ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
     args = ap.parse_args()
     if args.quick:
-        args.cases, args.pretrain_epochs, args.draws, args.seeds = 24, 1, 2, 2
+        args.cases, args.pretrain_epochs, args.finetune_repeats, args.draws, args.seeds = 24, 1, 2, 2, 2
+        args.lrs = args.lrs[:2]
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     out = Path(args.out)
     t = time.perf_counter()
@@ -75,12 +85,22 @@ def main():
     print(f"{len(cases)} synthetic cases ready in {time.perf_counter() - t:.0f} s")
     train_cases, val_cases = split_cases(cases, args.val_fraction, 0)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    train_dir = out / f"train_cases-{stamp}"  # the split, made once
-    train_dir.mkdir(parents=True)
-    for case in train_cases:
-        (train_dir / case.case_id).mkdir()
-        for f in (root / case.case_id).iterdir():
-            (train_dir / case.case_id / f.name).symlink_to(f.resolve())
+
+    def folder(name: str, cases: list) -> Path:  # the split, made once, as folders of links and their labels
+        for case in cases:
+            (out / name / case.case_id).mkdir(parents=True)
+            for f in (root / case.case_id).iterdir():
+                (out / name / case.case_id / f.name).symlink_to(f.resolve())
+        ids = {case.case_id for case in cases}
+        with (root / "labels.csv").open(newline="") as f:
+            table = list(csv.DictReader(f))
+        with (out / name / "labels.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(row for row in table if row["case_id"] in ids)
+        return out / name
+
+    train_dir, val_dir = folder(f"train_cases-{stamp}", train_cases), folder(f"val_cases-{stamp}", val_cases)
     t = time.perf_counter()
     brats_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1",
                          *[f"data.{k}={v}" for k, v in GRID.items()], *[f"model.{k}={v}" for k, v in MODEL.items()],
@@ -88,11 +108,13 @@ def main():
                          "train.batch_size=8", "train.num_workers=0", "train.figure_every=0"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"pretraining: {time.perf_counter() - t:.0f} s, peak resident memory {peak / 2 ** 20:.2f} GiB")
-    mae, _ = load_brain_mae(out / f"pretrain-{stamp}" / "export")
+    export = out / f"pretrain-{stamp}" / "export"
+    mae, _ = load_brain_mae(export)
 
     cfg = BrainDataConfig(root=str(root), cache="memory", **GRID)
-    _, y_train = class_targets(train_cases, "pattern", synthetic.PATTERNS)
-    _, y_val = class_targets(val_cases, "pattern", synthetic.PATTERNS)
+    classes = {"side": synthetic.SIDES, "pattern": synthetic.PATTERNS}[args.label]
+    _, y_train = class_targets(train_cases, args.label, classes)
+    _, y_val = class_targets(val_cases, args.label, classes)
 
     def datasets(modalities: list[str] | None = None) -> list:
         return [make_dataset(restrict(c, modalities) if modalities else c, cfg, False, targets=y)
@@ -115,10 +137,36 @@ def main():
             "simple": [tuple(extract_features(lambda b: summary_statistics(b["image"]), batches(d))[0] for d in full)]}
     budgets = [2, 5] if args.quick else [2, 5, 10, None]
     rows = probe_rows("brain_mri", arms, y_tr, y_va, budgets, args.draws)
+    labels = 2 if args.quick else 5
+    held = held_back(y_tr.tolist(), labels)  # the order brats_finetune counts labels in
+    check = make_dataset([train_cases[i] for i in held], cfg, False, targets=[y_train[i] for i in held]), y_tr[held]
+    held_dir = folder(f"held_back-{stamp}", [train_cases[i] for i in held])
+
+    def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=full[1]):
+        extra = [f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained" else ["train.layer_decay=1.0"]
+        watch = val_dir if predict is full[1] else held_dir  # choosing a learning rate never looks at validation
+        model = brats_finetune.main(["--data", str(train_dir), f"data.val_root={watch}", "data.flips=[1,2]",
+                                     "data.cache=disk", f"data.cache_dir={out / f'cache-{stamp}'}",
+                                     *[f"data.{k}={v}" for k, v in GRID.items()],
+                                     *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("patch", "dim", "depth", "heads")],
+                                     *extra, f"task.label={args.label}", f"task.labels_per_class={per_class}",
+                                     "task.leave_one_out=false",
+                                     f"train.out_dir={out}", f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}",
+                                     f"train.seed={seed}", f"train.lr={lr}", "train.epochs=1",
+                                     f"train.epoch_repeats={args.finetune_repeats}", "train.warmup_epochs=0.1",
+                                     f"train.batch_size={min(8, len(classes) * per_class)}", "train.num_workers=0"])
+        model.eval()
+        with torch.no_grad():
+            return torch.cat([model(b).argmax(1) for b in batches(predict)]).numpy()
+
+    tuned, p_value, chosen = finetune_rows("brain_mri", finetune, y_va, labels, args.seeds, args.lrs, check)
+    rows += tuned
     csv_path, png = write_evaluation(rows, out)
-    print(f"\ntumour pattern (ring vs split), {len(val_cases)} validation cases (chance 0.500); pretraining saw "
-          f"{len(train_cases)} unlabelled training cases")
+    print(f"\ntumour {args.label} ({' vs '.join(classes)}), {len(val_cases)} validation cases (chance 0.500); "
+          f"pretraining saw {len(train_cases)} unlabelled training cases")
     print(format_table(rows))
+    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {args.seeds} seeds); "
+          f"learning rates chosen on held-back training labels: {chosen}")
     with_all = (logistic_predict(x_tr, y_tr, x_va) == y_va).mean()
     s_tr, s_va, _, _ = features(mae.encoder, datasets(["t1", "t2", "flair"]))
     without = (logistic_predict(s_tr, y_tr, s_va) == y_va).mean()
