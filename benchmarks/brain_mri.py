@@ -15,7 +15,8 @@ intensities in both classes: ``side`` (the lesion in the left or right hemispher
 5. the pretrained encoder with T1ce missing: its probe score against the full input.
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
-  python benchmarks/brain_mri.py [--out DIR] [--label side|pattern] [--cases 560] [--pretrain-epochs 4] [--quick]
+  python benchmarks/brain_mri.py [--out DIR] [--label side|pattern] [--cases 560] [--pretrain-epochs 4] [--norm-pix]
+                                 [--quick]
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def main():
     ap.add_argument("--val-fraction", type=float, default=0.375, help="share of the cases held out for validation")
     ap.add_argument("--label", default="side", choices=["side", "pattern"], help="the label column probed")
     ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--norm-pix", action="store_true", help="pretrain on MAE's per-patch normalised target")
     ap.add_argument("--finetune-repeats", type=int, default=24, help="passes over the labelled cases (one epoch)")
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
@@ -105,7 +107,8 @@ def main():
     brats_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1",
                          *[f"data.{k}={v}" for k, v in GRID.items()], *[f"model.{k}={v}" for k, v in MODEL.items()],
                          f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}", f"train.epochs={args.pretrain_epochs}",
-                         "train.batch_size=8", "train.num_workers=0", "train.figure_every=0"])
+                         f"model.norm_pix={args.norm_pix}", "train.batch_size=8", "train.num_workers=0",
+                         "train.figure_every=0"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"pretraining: {time.perf_counter() - t:.0f} s, peak resident memory {peak / 2 ** 20:.2f} GiB")
     export = out / f"pretrain-{stamp}" / "export"
