@@ -34,7 +34,7 @@ from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
-                                  logistic_predict, probe_rows, write_evaluation)
+                                  logistic_predict, predict_classes, probe_rows, write_evaluation)
 from scimae.domains.brain_mri import synthetic
 from scimae.domains.brain_mri.data import BrainDataConfig, class_targets, collate, make_dataset, restrict, split_cases
 from scimae.domains.brain_mri.io import discover_cases
@@ -158,9 +158,7 @@ def main():
                                      f"train.seed={seed}", f"train.lr={lr}", "train.epochs=1",
                                      f"train.epoch_repeats={args.finetune_repeats}", "train.warmup_epochs=0.1",
                                      f"train.batch_size={min(8, len(classes) * per_class)}", "train.num_workers=0"])
-        model.eval()
-        with torch.no_grad():
-            return torch.cat([model(b).argmax(1) for b in batches(predict)]).numpy()
+        return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("brain_mri", finetune, y_va, labels, args.seeds, args.lrs, check)
     rows += tuned

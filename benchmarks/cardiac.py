@@ -33,7 +33,7 @@ from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
-                                  logistic_predict, probe_rows, write_evaluation)
+                                  logistic_predict, predict_classes, probe_rows, write_evaluation)
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.api import CardiacFoundationModel
 from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, split_records
@@ -146,9 +146,7 @@ def main():
                                        f"train.out_dir={out}", f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}",
                                        f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
                                        "train.epoch_repeats=16", "train.warmup_epochs=0.5"])
-        model.eval()
-        with torch.no_grad():
-            return torch.cat([model(b).argmax(1) for b in batches(predict)]).numpy()
+        return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("cardiac", finetune, y_va, labels, args.seeds, args.lrs, check)
     rows += tuned

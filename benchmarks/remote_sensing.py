@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from scimae.core.config import run_cli
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
-                                  logistic_predict, probe_rows, write_evaluation)
+                                  logistic_predict, predict_classes, probe_rows, write_evaluation)
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
 from scimae.domains.remote_sensing.io import Band, open_scene
@@ -133,9 +133,7 @@ def main():
                                    f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}", f"train.seed={seed}",
                                    f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
                                    f"task.labels_per_class={per_class}", "train.epoch_repeats=5"])
-        model.eval()
-        with torch.no_grad():
-            return torch.cat([model(b).argmax(1) for b in batches(predict)]).numpy()
+        return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("remote_sensing", finetune, y_va, labels, args.seeds, args.lrs, check)
     rows += tuned

@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from scimae.core.config import run_cli
-from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back, probe_rows,
-                                   write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
+                                   predict_classes, probe_rows, write_evaluation)
 from scimae.core.losses import chamfer_torch
 from scimae.domains.scene3d import synthetic
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, find_clouds, split_entries
@@ -136,9 +136,7 @@ def main():
                                           f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
                                           f"task.labels_per_class={per_class}", "train.epoch_repeats=32",
                                           "train.warmup_epochs=0.5", "train.batch_size=10"])
-        model.eval()
-        with torch.no_grad():
-            return torch.cat([model(b).argmax(1) for b in DataLoader(predict, batch_size=64)]).numpy()
+        return predict_classes(model, DataLoader(predict, batch_size=64))
 
     tuned, p_value, chosen = finetune_rows("scene3d", finetune, y_va, labels, args.seeds, args.lrs, check)
     rows += tuned

@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from scimae.core.config import run_cli
-from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back, probe_rows,
-                                   write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
+                                   predict_classes, probe_rows, write_evaluation)
 from scimae.domains.skeleton import synthetic
 from scimae.domains.skeleton.data import SkeletonDataConfig, SyntheticConfig, Skeletons, load_samples
 from scimae.domains.skeleton.io import read_skeleton
@@ -119,9 +119,7 @@ def main():
                                         f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
                                         f"task.labels_per_class={per_class}", "train.epoch_repeats=16",
                                         "train.warmup_epochs=0.5", "train.batch_size=16"])
-        model.eval()
-        with torch.no_grad():
-            return torch.cat([model(b).argmax(1) for b in batches(predict)]).numpy()
+        return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("skeleton", finetune, y_va, labels, args.seeds, args.lrs, check)
     rows += tuned

@@ -50,6 +50,13 @@ def extract_features(embed: Callable, batches: Iterable, label_key: str = "y") -
     return torch.cat(feats).double().numpy(), torch.cat(labels).numpy()
 
 
+@torch.no_grad()
+def predict_classes(model: torch.nn.Module, batches: Iterable) -> np.ndarray:
+    """The class a fine-tuned classifier gives each sample of ``batches`` (in evaluation mode) -> [N]."""
+    model.eval()
+    return torch.cat([model(b).argmax(1).cpu() for b in batches]).numpy()
+
+
 def encoder_features(encoder, train: Iterable, val: Iterable, pooling: str = "mean") -> tuple:
     """Frozen, pooled features of an encoder (``Pooler`` mode ``pooling``, the domain's) over train and
     validation batches -> (x_train, x_val, y_train, y_val)."""

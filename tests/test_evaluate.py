@@ -110,3 +110,16 @@ def test_encoder_features_pool_each_side_once_in_eval_mode():
     np.testing.assert_allclose(x_tr, x.mean(1).numpy())
     np.testing.assert_allclose(x_va, x[:1].mean(1).numpy())
     assert y_tr.tolist() == [0, 1, 1, 0] and y_va.tolist() == [1]
+
+
+def test_predict_classes_takes_each_batch_s_argmax_in_evaluation_mode():
+    from scimae.core.evaluate import predict_classes
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.9))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.zero_()
+    model.train()
+    batches = [torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[3.0, -1.0]])]
+    assert predict_classes(model, batches).tolist() == [0, 1, 0]  # dropout off: the same answer every time
+    assert not model.training
