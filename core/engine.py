@@ -11,7 +11,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,22 @@ def cosine_schedule(step: int, total: int, warmup: int, min_ratio: float) -> flo
         return (step + 1) / warmup
     t = (step - warmup) / max(total - warmup, 1)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+class _NoStopIteration(Dataset):
+    """``dataset`` whose StopIteration is an error: a DataLoader would take it for the end of the epoch."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except StopIteration as e:
+            raise RuntimeError(f"item {i} of the {type(self.dataset).__name__} raised StopIteration") from e
 
 
 class _ListSampler(Sampler):
@@ -271,8 +287,9 @@ class Trainer:
     # -- loop --------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, indices: list[int], seed: int, train: bool = False) -> DataLoader:
         """A loader over ``indices``; the training loader keeps its workers and gets new indices each epoch."""
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=_ListSampler(indices), drop_last=train,
-                          num_workers=self.cfg.num_workers, collate_fn=self.collate, worker_init_fn=_seed_worker,
+        return DataLoader(_NoStopIteration(dataset), batch_size=self.cfg.batch_size, sampler=_ListSampler(indices),
+                          drop_last=train, num_workers=self.cfg.num_workers, collate_fn=self.collate,
+                          worker_init_fn=_seed_worker,
                           generator=torch.Generator().manual_seed(seed), pin_memory=self.device.type == "cuda",
                           persistent_workers=train and self.cfg.num_workers > 0)
 
@@ -289,11 +306,17 @@ class Trainer:
         cfg = self.cfg
         sampler = DistributedSampler(train_set, num_replicas=self.dist.world, rank=self.dist.rank,
                                      shuffle=True, seed=cfg.seed, drop_last=True)
+        if len(sampler) == 0:
+            raise ValueError(f"the training set has {len(train_set)} samples: none for each of {self.dist.world} processes")
+        if len(sampler) * cfg.epoch_repeats < cfg.batch_size * cfg.accum_steps:
+            log.warning("the training set has %d samples per process, fewer than a batch of %d: batches of %d",
+                        len(sampler), cfg.batch_size, len(sampler))
+            cfg = self.cfg = replace(cfg, batch_size=len(sampler))
         batches = len(sampler) * cfg.epoch_repeats // cfg.batch_size
         if batches < cfg.accum_steps:
             raise ValueError(f"the training set has {len(train_set)} samples: {batches} batches of {cfg.batch_size} "
                              f"per process; need at least accum_steps={cfg.accum_steps} (add data or lower "
-                             f"train.batch_size)")
+                             f"train.accum_steps)")
         per_epoch = batches // cfg.accum_steps
         total = cfg.epochs * per_epoch
         warmup = min(int(cfg.warmup_epochs * per_epoch), total - 1)
@@ -340,6 +363,9 @@ class Trainer:
                     break
             if self.batch_in_epoch >= per_epoch * cfg.accum_steps:
                 self._end_epoch(metrics, writer, val_set, train_set)
+            elif self.step < stop:  # the loader ran dry: repeating the epoch would never end
+                raise RuntimeError(f"the training loader gave {self.batch_in_epoch} of the {per_epoch * cfg.accum_steps} "
+                                   f"batches of epoch {self.epoch}")
             self.save()
         bar.close()
         if writer:

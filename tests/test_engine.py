@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT, collate
+from scimae.core import engine
 from scimae.core.engine import Means, MetricsLog, TrainConfig, Trainer, cosine_schedule, read_metrics
 from toy import ToyImages, toy_mae
 
@@ -65,10 +66,31 @@ def test_resuming_into_another_model_or_optimizer_set_up_is_a_data_error(tmp_pat
         _trainer(tmp_path, "c", resume=str(tmp_path / "a"), layer_decay=0.7).fit(ToyImages(16))
 
 
-def test_too_small_a_training_set_says_so(tmp_path):
-    with pytest.raises(ValueError, match=r"the training set has 6 samples: 0 batches of 8 per process; need at "
-                                         r"least accum_steps=1 \(add data or lower train.batch_size\)"):
-        _trainer(tmp_path, "small").fit(ToyImages(6))
+def test_a_training_set_smaller_than_a_batch_trains_on_batches_of_the_set(tmp_path, caplog):
+    t = _trainer(tmp_path, "small")
+    t.fit(ToyImages(6))
+    assert t.cfg.batch_size == 6 and t.step == 2  # one batch per epoch, two epochs
+    assert "fewer than a batch of 8: batches of 6" in caplog.text
+    with pytest.raises(ValueError, match="the training set has 0 samples"):
+        _trainer(tmp_path, "empty").fit(ToyImages(0))
+
+
+class _Raises(ToyImages):
+    """A dataset whose item 3 raises StopIteration, as a reader calling next() on nothing does."""
+
+    def __getitem__(self, i):
+        if i == 3:
+            next(iter([]))
+        return super().__getitem__(i)
+
+
+def test_a_dataset_raising_stop_iteration_is_an_error_not_the_end_of_an_epoch(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match="item 3 of the _Raises raised StopIteration"):
+        _trainer(tmp_path, "stop").fit(_Raises(16))
+    assert not (tmp_path / "stop" / "last.pt").exists()
+    monkeypatch.setattr(engine, "_NoStopIteration", lambda dataset: dataset)  # a loader that runs dry anyway
+    with pytest.raises(RuntimeError, match=r"the training loader gave [01] of the 2 batches of epoch 0"):
+        _trainer(tmp_path, "dry").fit(_Raises(16))
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):

@@ -11,7 +11,7 @@ from conftest import ROOT, shared_data
 from scimae.core import DataError
 from scimae.core.engine import read_metrics
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows, band_layout, to_sample
-from scimae.domains.remote_sensing.io import Band, open_scene
+from scimae.domains.remote_sensing.io import Band, StackScene, open_scene
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae
 from scimae.domains.remote_sensing.synthetic import MODIS_BANDS
 
@@ -99,6 +99,20 @@ def test_modis_stack_via_xarray_with_fill_and_scale(tmp_path):
     assert 0 < x[0, 8, 8] < 1 and 270 < x[10, 8, 8] < 320  # reflectance and brightness temperature, decoded
     with pytest.raises(DataError, match="missing \\['b15'\\]"):
         open_scene(tmp_path / "m.nc", [Band("b15")])
+
+
+def test_a_stack_without_an_image_variable_is_a_data_error_naming_it(tmp_path):
+    import xarray as xr
+
+    xr.Dataset().to_netcdf(tmp_path / "empty.nc")
+    with pytest.raises(DataError, match=r"empty.nc: found data variables \[\]; expected a data variable"):
+        open_scene(tmp_path / "empty.nc", [Band("b1")])
+    xr.Dataset({"ndvi": ("time", np.zeros(5, np.float32))}).to_netcdf(tmp_path / "series.nc")
+    with pytest.raises(DataError, match=r"series.nc: found variable 'ndvi' with dimensions \('band', 'time'\); "
+                                        r"expected \(band, y, x\) or \(y, x\)"):
+        open_scene(tmp_path / "series.nc", [Band("b1")])
+    with pytest.raises(DataError, match=r"found data variables \['ndvi'\]; expected a data variable named 'rho'"):
+        StackScene(tmp_path / "series.nc", [Band("b1")], variable="rho")
 
 
 def test_any_band_subset_by_name_and_both_modes():

@@ -117,10 +117,16 @@ class StackScene:
             ds = xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path, mask_and_scale=True)
         except (OSError, ValueError) as e:
             raise DataError(path, f"a file xarray cannot open ({e})", "a NetCDF or zarr stack") from None
-        name = variable or next(iter(ds.data_vars))
-        da = ds[name]
+        names = [str(v) for v in ds.data_vars]
+        if not names or (variable is not None and variable not in names):
+            wanted = f"a data variable named {variable!r}" if variable else "a data variable"
+            raise DataError(path, f"data variables {names}", wanted)
+        da = ds[variable or names[0]]
         if band_dim not in da.dims:
             da = da.expand_dims(band_dim)
+        if da.ndim != 3:
+            raise DataError(path, f"variable {da.name!r} with dimensions {tuple(map(str, da.dims))}",
+                            f"({band_dim}, y, x) or (y, x)")
         names = [str(b) for b in da[band_dim].values] if band_dim in da.coords else None
         if names:
             missing = [b.name for b in bands if b.name not in names]
