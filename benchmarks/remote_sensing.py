@@ -13,7 +13,7 @@ From one run on the synthetic tiles (4 layouts of the same land covers in the sa
 5. the pretrained RGBN encoder with the NIR band missing (RGB only): its probe score against the full input.
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
-  python benchmarks/remote_sensing.py [--out DIR] [--tiles 1000] [--pretrain-epochs 8] [--quick]
+  python benchmarks/remote_sensing.py [--out DIR] [--tiles 1000] [--pretrain-epochs 8] [--norm-pix] [--quick]
 """
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--tiles", type=int, default=1000, help="synthetic tiles (a quarter are validation)")
     ap.add_argument("--pretrain-epochs", type=int, default=8)
     ap.add_argument("--finetune-epochs", type=int, default=8)
+    ap.add_argument("--norm-pix", action="store_true", help="pretrain on MAE's per-patch normalised target")
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
@@ -96,6 +97,7 @@ def main():
     t = time.perf_counter()
     geo_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1", *[f"model.{k}={v}" for k, v in MODEL.items()],
                        f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}", f"train.epochs={args.pretrain_epochs}",
+                       f"model.norm_pix={args.norm_pix}", "data.windows_per_scene=8", "train.epoch_repeats=2",
                        "train.figure_every=0"])
     print(f"pretraining: {time.perf_counter() - t:.0f} s")
     mae, config = load_geo_mae(out / f"pretrain-{stamp}" / "export")
@@ -132,7 +134,7 @@ def main():
         model = geo_finetune.main(["--data", str(train_dir), f"data.val_root={val_dir}", *extra, f"train.out_dir={out}",
                                    f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}", f"train.seed={seed}",
                                    f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
-                                   f"task.labels_per_class={per_class}", "train.epoch_repeats=5"])
+                                   f"task.labels_per_class={per_class}", "data.windows_per_scene=4", "train.epoch_repeats=5"])
         return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("remote_sensing", finetune, y_va, labels, args.seeds, args.lrs, check)

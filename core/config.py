@@ -103,27 +103,33 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return cls(**{k: _check_value(hints[k], v, prefix + k) for k, v in data.items()})
 
 
+def set_key(data: dict, key: str, value) -> None:
+    """Set dotted ``key`` (``a.b``) of a nested dict to ``value``, in place."""
+    node = data
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"config key {key!r}: {p!r} is not a section")
+    node[leaf] = value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` strings (values parsed as YAML by ``parse_yaml``) to a nested dict, in place."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override must look like key.sub=value, got {item!r}")
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
         try:
-            node[leaf] = parse_yaml(raw)
+            set_key(data, key, parse_yaml(raw))
         except ValueError as e:
             raise ValueError(f"override {item!r}: {e}") from None
     return data
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
-    """YAML file (optional) + overrides -> validated dataclass ``cls``; unset keys take their defaults."""
+def load_config(cls, path: str | Path | None = None, overrides: list[str] = (), values: dict | None = None):
+    """YAML file (optional) + overrides + ``values`` (dotted key -> value, set as given, never parsed: paths)
+    -> validated dataclass ``cls``; unset keys take their defaults."""
     data = {}
     if path is not None:
         if not Path(path).is_file():
@@ -134,7 +140,10 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
             raise DataError(path, f"an unreadable config ({e})", "a YAML mapping") from None
         if not isinstance(data, dict):
             raise DataError(path, f"a {type(data).__name__}", "a YAML mapping")
-    return from_dict(cls, apply_overrides(data, list(overrides)))
+    apply_overrides(data, list(overrides))
+    for key, value in (values or {}).items():
+        set_key(data, key, value)
+    return from_dict(cls, data)
 
 
 def save_config(cfg, path: str | Path) -> None:
@@ -196,13 +205,50 @@ def config_help(cls, defaults) -> str:
     return "\n".join(lines)
 
 
+# what a resumed run may set differently from the run's own config.yaml: how long it goes on and how it reports
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.resume", "train.log_every", "train.figure_every",
+                     "train.num_workers", "train.tensorboard")
+
+
+def run_folder(resume: str | Path) -> Path:
+    """The run folder ``--resume`` names (the folder, or its last.pt); a DataError unless it holds a run."""
+    path = Path(resume)
+    folder = path.parent if path.is_file() else path
+    if not (folder / "last.pt").is_file():
+        raise DataError(path, "no last.pt" if folder.is_dir() else "no such file or folder",
+                        "a run folder (or its last.pt) written by a pipeline")
+    return folder
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def resumed_config(cls, resume: str | Path, overrides: list[str] = (), values: dict | None = None):
+    """The config of a resumed run: its own config.yaml with the overrides, which may change only
+    ``RESUMABLE_CHANGES``."""
+    stored = run_folder(resume) / "config.yaml"
+    before = load_config(cls, stored)
+    cfg = load_config(cls, stored, overrides, values)
+    a, b = _flat(dataclasses.asdict(before)), _flat(dataclasses.asdict(cfg))
+    changed = [k for k in b if a.get(k) != b[k] and k not in RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(f"--resume {resume}: {', '.join(f'{k} is {a.get(k)!r} in {stored}, not {b[k]!r}' for k in changed)}; "
+                         f"a resumed run may change only {', '.join(RESUMABLE_CHANGES)}")
+    return cfg
+
+
 def parse_cli(cls, default_config: str | Path, description: str, argv: list[str] | None = None):
     """The command line every pipeline shares.
 
     ``--config`` (default: the pipeline's YAML), ``--data DIR`` (= data.root=DIR), ``--resume RUN``
     (= train.resume=RUN), ``--init-from EXPORT`` (= train.init_from=EXPORT), ``key.sub=value``, and
-    ``--print-config`` (print the resolved YAML and exit). ``--help`` lists every config key. The config's
-    ``train.seed``, when it has one, seeds every generator before anything is built or split.
+    ``--print-config`` (print the resolved YAML and exit). ``--help`` lists every config key. The paths are
+    taken as typed, never parsed as YAML. A resumed run starts from its own config.yaml (``resumed_config``).
+    The config's ``train.seed``, when it has one, seeds every generator before anything is built or split.
     """
     class Formatter(argparse.RawDescriptionHelpFormatter):
         def format_help(self):  # the key table is built only when --help asks for it
@@ -216,11 +262,14 @@ def parse_cli(cls, default_config: str | Path, description: str, argv: list[str]
     ap.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings, e.g. train.epochs=5")
     args = ap.parse_intermixed_args(argv)  # overrides may come before and after the options
-    overrides = list(args.overrides)
-    for flag, key in ((args.data, "data.root"), (args.resume, "train.resume"), (args.init_from, "train.init_from")):
-        if flag:
-            overrides.append(f"{key}={flag}")
-    cfg = load_config(cls, args.config, overrides)
+    paths = {key: flag for flag, key in ((args.data, "data.root"), (args.resume, "train.resume"),
+                                         (args.init_from, "train.init_from")) if flag}  # as typed, not YAML
+    if args.resume:
+        if args.config != str(default_config):
+            raise ValueError(f"--config {args.config} with --resume: a resumed run reads its own config.yaml")
+        cfg = resumed_config(cls, args.resume, args.overrides, paths)
+    else:
+        cfg = load_config(cls, args.config, args.overrides, paths)
     if args.print_config:
         print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
         sys.exit(0)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from scimae.core.checkpoint import (atomic_write, load_training_state, match_weights, rng_state, save_export,
                                     save_training_state, set_rng_state)
+from scimae.core.config import run_folder, save_config
 from scimae.core.errors import DataError
 from scimae.core.heads import layer_decay_groups
 from scimae.core.progress import save_curves, training_bar
@@ -135,6 +136,14 @@ class _NoStopIteration(Dataset):
             raise RuntimeError(f"item {i} of the {type(self.dataset).__name__} raised StopIteration") from e
 
 
+def _sources(dataset: Dataset, items: list[int]) -> str:
+    """What ``items`` of ``dataset`` are: its ``source(i)`` (a file) for each when it has one, else indices."""
+    source = getattr(dataset, "source", None)
+    if source is None:
+        return f"items {items}"
+    return ", ".join(dict.fromkeys(source(i) for i in items))
+
+
 class _ListSampler(Sampler):
     def __init__(self, indices: list[int]):
         self.indices = indices
@@ -220,13 +229,15 @@ class Trainer:
 
     Optional hooks: ``evaluate(model, loader) -> {name: float}`` after each epoch and ``figure(model, batch,
     path)`` for a reconstruction figure. A model with an ``export_config`` (see ``checkpoint.Exportable``) is
-    exported beside ``last.pt``, with ``pipeline`` and the step that wrote it.
+    exported beside ``last.pt``, with ``pipeline`` and the step that wrote it. ``config``, the pipeline's whole
+    config, is written to the new run folder's config.yaml (a resumed run keeps its own).
     With ``cfg.layer_decay`` < 1 the encoder's blocks get layer-wise decayed learning rates.
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: str | Path | None = None,
                  step_fn: Callable = default_step, evaluate: Callable | None = None,
-                 figure: Callable | None = None, collate: Callable | None = None, pipeline: str | None = None):
+                 figure: Callable | None = None, collate: Callable | None = None, pipeline: str | None = None,
+                 config=None):
         self.cfg, self.step_fn, self.evaluate_fn, self.pipeline = cfg, step_fn, evaluate, pipeline
         self.figure_fn, self.collate = figure, collate
         self.dist = Distributed()
@@ -234,6 +245,8 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank)
         self.model = model.to(self.device)
         self.run_dir = self._run_dir(run_dir)
+        if config is not None and self.dist.main and not cfg.resume:
+            save_config(config, self.run_dir / "config.yaml")
         self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * cfg.batch_size * cfg.accum_steps * self.dist.world / 256
         groups = (layer_decay_groups(self.model, self.lr, cfg.weight_decay, cfg.layer_decay) if cfg.layer_decay < 1
                   else _default_groups(self.model, cfg.weight_decay, self.lr))
@@ -248,8 +261,7 @@ class Trainer:
     def _run_dir(self, run_dir) -> Path:
         cfg = self.cfg
         if cfg.resume:
-            path = Path(cfg.resume)
-            return path.parent if path.is_file() else path
+            return run_folder(cfg.resume)
         if run_dir is None:
             run_dir = Path(cfg.out_dir) / (cfg.run_name or time.strftime("%Y%m%d-%H%M%S"))
         run_dir = Path(run_dir)
@@ -324,8 +336,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_schedule(s, total, warmup, min_ratio))
         if cfg.resume:
-            path = Path(cfg.resume)
-            path = path if path.is_file() else path / "last.pt"
+            path = self.run_dir / "last.pt" if Path(cfg.resume).is_dir() else Path(cfg.resume)
             state = load_training_state(path)
             _check_resumable(path, state, self.model, self.optimizer)
             self.load_state_dict(state)
@@ -348,7 +359,12 @@ class Trainer:
                 if i >= per_epoch * cfg.accum_steps:
                     break
                 sync = (i + 1) % cfg.accum_steps == 0
-                means.add(self._forward_backward(batch, sync))
+                try:
+                    means.add(self._forward_backward(batch, sync))
+                except FloatingPointError as e:  # nothing is saved over the last good checkpoint
+                    items = indices[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                    raise ValueError(f"{e} on a batch of {_sources(train_set, items)}; lower the lr or check "
+                                     f"those files") from None
                 self.batch_in_epoch = i + 1
                 if not sync:
                     continue
@@ -382,7 +398,7 @@ class Trainer:
             out = self.step_fn(self.ddp, batch, self.mask_gen)
             loss = out["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss)} at step {self.step}; lower the lr or check the data")
+                raise FloatingPointError(f"loss is {float(loss)} at step {self.step}")
             self.scaler.scale(loss / self.cfg.accum_steps).backward()
         return out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.heads import first_per_class
 from scimae.domains.brain_mri.data import (
@@ -78,10 +78,8 @@ def main(argv=None):
     model = BrainFineTuner(mae.encoder, task, n_out)
     evaluate = task_evaluate(task)
     model.export_config = export_config(model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts)
-    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=task_step(task), evaluate=evaluate,
+    trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task), evaluate=evaluate,
                       collate=collate)
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)
     if not trainer.dist.main:
         return model

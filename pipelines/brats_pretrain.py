@@ -7,7 +7,7 @@ The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and ex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.brain_mri.data import BrainDataConfig, collate, load_splits
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae, save_figure
@@ -28,10 +28,8 @@ def main(argv=None):
     train_set, val_set, _, val_cases = load_splits(cfg.data, cfg.train.seed)
     mae = load_brain_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_brain_mae(cfg.model, roi)
     mae.export_config = export_config(cfg.model, roi, spacing, held_out=[c.case_id for c in val_cases])
-    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, collate=collate, evaluate=mae_validation,
+    trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, collate=collate, evaluate=mae_validation,
                       figure=save_figure)
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)
     if trainer.dist.main:
         print(f"run folder: {trainer.run_dir}")

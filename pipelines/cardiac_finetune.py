@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.heads import first_per_class, pos_weight_from_labels
@@ -68,10 +68,8 @@ def main(argv=None):
     if classes and task.labels_per_class:
         train_set = Subset(train_set, first_per_class(list(range(len(train_set))), train_set.y.tolist(),
                                                       task.labels_per_class))
-    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=task_step(task, pos_weight, hr_scale),
+    trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task, pos_weight, hr_scale),
                       evaluate=task_evaluate(task, cfg.data.diagnoses, hr_scale))
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)
     if not trainer.dist.main:
         return model

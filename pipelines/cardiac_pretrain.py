@@ -7,7 +7,7 @@ metrics.csv, recon_epochNNN.png (signal | masked input | reconstruction per chan
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.cardiac.data import CardiacDataConfig, load_splits, train_val_records
 from scimae.domains.cardiac.model import (
@@ -34,9 +34,7 @@ def main(argv=None):
     mae = (load_cardiac_mae(cfg.train.init_from)[0] if cfg.train.init_from
            else build_cardiac_mae(cfg.model, cfg.data.window_length, cfg.data.patch))
     mae.export_config = export_config(cfg.model, cfg.data, held_out=[str(p) for p in train_val_records(cfg.data)[1]])
-    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_figure)
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
+    trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_figure)
     trainer.fit(train_set, val_set)
     if trainer.dist.main:
         print(f"run folder: {trainer.run_dir}")

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.heads import first_per_class
@@ -77,10 +77,8 @@ def main(argv=None):
     model.export_config = {"domain": "remote_sensing", "model": model_cfg, "window": cfg.data.window,
                            "patch": cfg.data.patch, "groups": layout_record(layout),
                            "data_bands": [vars(b) for b in cfg.data.bands], "task": vars(task), "classes": classes}
-    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=task_step(task),
+    trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task),
                       evaluate=task_evaluate(task, n_out))
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(dataset(train_paths, True), dataset(val_paths, False))
     if trainer.dist.main:
         scores = trainer.evaluate(dataset(val_paths, False))

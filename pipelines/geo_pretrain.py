@@ -7,7 +7,7 @@ band table in the config. The run folder gets config.yaml, metrics.csv, recon_ep
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.remote_sensing.data import GeoDataConfig, load_splits
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_config, load_geo_mae, save_figure
@@ -29,10 +29,8 @@ def main(argv=None):
     mae = (load_geo_mae(cfg.train.init_from)[0] if cfg.train.init_from
            else build_geo_mae(cfg.model, layout, cfg.data.window, cfg.data.patch))
     mae.export_config = export_config(cfg.model, cfg.data, held_out=[str(p) for p in val_set.paths] if val_set else [])
-    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation,
+    trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation,
                       figure=lambda m, b, p: save_figure(m, b, p, layout))
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
     trainer.fit(train_set, val_set)
     if trainer.dist.main:
         print(f"run folder: {trainer.run_dir}; windows skipped as all nodata: {train_set.skipped}")

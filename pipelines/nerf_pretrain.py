@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, grid_paths, split_entries
 from scimae.domains.scene3d.model import NerfModelConfig, build_nerf_mae, load_nerf_mae, save_grid_figure
@@ -32,9 +32,7 @@ def main(argv=None):
     mae.export_config = {"domain": "scene3d", "kind": "nerf_grid", "model": dataclasses.asdict(cfg.model),
                          "grid": list(d.grid), "patch": d.patch, "opacity": d.opacity, "delta": d.delta,
                          "held_out": [str(p) for p in val]}
-    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_grid_figure)
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
+    trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_grid_figure)
     trainer.fit(NerfGrids(train, d), NerfGrids(val, d) if val else None)
     if trainer.dist.main:
         print(f"run folder: {trainer.run_dir}")

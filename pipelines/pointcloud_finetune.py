@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.heads import classification_evaluate, classification_step, first_per_class
@@ -60,10 +60,8 @@ def main(argv=None):
     model.export_config = {"domain": "scene3d", "kind": "point_cloud_classifier", "model": model_cfg,
                            "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size,
                            "classes": classes or [str(i) for i in range(n_classes)]}
-    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=classification_step,
+    trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=classification_step,
                       evaluate=classification_evaluate(n_classes))
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
     train_fixed, val_set = PointClouds(train, d, False), PointClouds(val, d, False)  # no augmentation
     if trainer.dist.main:
         svm = svm_probe(model.encoder.to(trainer.device), train_fixed, val_set, cfg.task.svm_c)

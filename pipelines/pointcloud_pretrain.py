@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
 from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, save_point_figure
@@ -31,9 +31,7 @@ def main(argv=None):
     mae.export_config = {"domain": "scene3d", "kind": "point_cloud", "model": dataclasses.asdict(cfg.model),
                          "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size,
                          "held_out": [str(e.path) if e.index is None else f"{e.path}[{e.index}]" for e in val]}
-    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_point_figure)
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
+    trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_point_figure)
     train_set = PointClouds(train, d, True, cfg.train.seed)
     trainer.fit(train_set, PointClouds(val, d, False) if val else None)
     if trainer.dist.main:

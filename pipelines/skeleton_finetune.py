@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.heads import classification_evaluate, classification_step, first_per_class
@@ -54,10 +54,8 @@ def main(argv=None):
     model = skeleton_classifier(mae.encoder, len(actions), cfg.task.linear_probe)
     model.export_config = {"domain": "skeleton", "model": model_cfg, "frames": d.frames, "bodies": d.bodies,
                            "joints": d.joints, "actions": actions, "task": dataclasses.asdict(cfg.task)}
-    trainer = Trainer(model, cfg.train, pipeline=Path(__file__).stem, step_fn=classification_step,
+    trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=classification_step,
                       evaluate=classification_evaluate(len(actions)))
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
     val_set = Skeletons(val, d, False, actions)
     trainer.fit(Skeletons(train, d, True, actions, cfg.train.seed), val_set)
     if trainer.dist.main:

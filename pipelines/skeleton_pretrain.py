@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli, save_config
+from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples
 from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae, save_figure
@@ -33,9 +33,7 @@ def main(argv=None):
            else build_skeleton_mae(cfg.model, d.frames, d.bodies, d.joints))
     mae.export_config = {"domain": "skeleton", "model": dataclasses.asdict(cfg.model), "frames": d.frames,
                          "bodies": d.bodies, "joints": d.joints, "held_out": [s["name"] for s in val]}
-    trainer = Trainer(mae, cfg.train, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_figure)
-    if trainer.dist.main:
-        save_config(cfg, trainer.run_dir / "config.yaml")
+    trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_figure)
     trainer.fit(Skeletons(train, d, True, actions, cfg.train.seed), Skeletons(val, d, False, actions) if val else None)
     if trainer.dist.main:
         print(f"run folder: {trainer.run_dir} ({len(train)} training, {len(val)} validation sequences)")

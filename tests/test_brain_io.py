@@ -86,13 +86,13 @@ def test_zero_and_nan_volumes(tmp_path, caplog):
     with pytest.raises(DataError, match="all-zero volume"):
         read_volume(_write(tmp_path / "z_t1.nii.gz", np.zeros((8, 8, 8), np.float32)))
     assert read_volume(_write(tmp_path / "z_seg.nii.gz", np.zeros((8, 8, 8), np.float32)), label=True)[0].sum() == 0
-    with pytest.raises(DataError, match="only NaN voxels"):
+    with pytest.raises(DataError, match=r"only non-finite voxels \(NaN or inf\)"):
         read_volume(_write(tmp_path / "n_t1.nii.gz", np.full((8, 8, 8), np.nan, np.float32)))
     v = _vol()
     v[5, 5, 5:8] = np.nan
     with caplog.at_level(logging.WARNING):
         data, _, _ = read_volume(_write(tmp_path / "p_t1.nii.gz", v))
-    assert "3 NaN voxels set to 0" in caplog.text and not np.isnan(data).any() and data[5, 5, 5] == 0
+    assert "3 non-finite voxels (NaN or inf) set to 0" in caplog.text and not np.isnan(data).any() and data[5, 5, 5] == 0
 
 
 def test_case_with_no_readable_modality_and_mismatched_label(tmp_path):

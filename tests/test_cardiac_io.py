@@ -49,7 +49,7 @@ def test_multi_segment_records_read_with_gaps_as_nan(tmp_path):
 
 
 def test_arrays_need_rate_and_names():
-    sig = from_array(np.zeros((2, 100)) + 1, 100, ["lead i", "Pleth"])
+    sig = from_array(np.random.default_rng(0).normal(size=(2, 100)), 100, ["lead i", "Pleth"])
     assert sig.channels == ["I", "PPG"]
     with pytest.raises(DataError, match="one name per channel"):
         from_array(np.zeros((2, 100)), 100, ["I"])

@@ -12,7 +12,7 @@ from scimae.core.engine import Means, MetricsLog, TrainConfig, Trainer, cosine_s
 from toy import ToyImages, toy_mae
 
 
-def _trainer(tmp_path, name, **kw):
+def _trainer(tmp_path, name, config=None, **kw):
     torch.manual_seed(0)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "base_lr": 0.05, "warmup_epochs": 0.5, "log_every": 1,
                          "out_dir": str(tmp_path), "run_name": name, **kw})
@@ -21,7 +21,7 @@ def _trainer(tmp_path, name, **kw):
     return Trainer(model, cfg, collate=collate, pipeline="toy_pretrain",
                    evaluate=lambda m, loader: {"val_loss": sum(m(b, torch.Generator().manual_seed(0))["loss"].item()
                                                                 for b in loader)},
-                   figure=lambda m, b, p: p.write_bytes(b"png"))
+                   figure=lambda m, b, p: p.write_bytes(b"png"), config=config)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -31,8 +31,10 @@ def test_resume_continues_exactly(tmp_path):
     part = _trainer(tmp_path, "part", max_steps=3)  # stops inside the first epoch
     part.fit(data, val)
     assert part.step == 3
-    resumed = _trainer(tmp_path, "ignored", resume=str(tmp_path / "part"))
+    (tmp_path / "part" / "config.yaml").write_text("the run's own")
+    resumed = _trainer(tmp_path, "ignored", resume=str(tmp_path / "part"), config=TrainConfig())
     resumed.fit(data, val)
+    assert (tmp_path / "part" / "config.yaml").read_text() == "the run's own"  # a resumed run keeps its config
     assert resumed.step == full.step == 8
     for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), k
@@ -91,6 +93,25 @@ def test_a_dataset_raising_stop_iteration_is_an_error_not_the_end_of_an_epoch(tm
     monkeypatch.setattr(engine, "_NoStopIteration", lambda dataset: dataset)  # a loader that runs dry anyway
     with pytest.raises(RuntimeError, match=r"the training loader gave [01] of the 2 batches of epoch 0"):
         _trainer(tmp_path, "dry").fit(_Raises(16))
+
+
+class _Poisoned(ToyImages):
+    """Item 5 holds NaN; each item comes from its own file."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return {**item, "image": item["image"] * float("nan")} if i == 5 else item
+
+    def source(self, i):
+        return f"img{i}.nii"
+
+
+def test_a_non_finite_loss_names_the_batch_files_and_step_and_keeps_the_last_checkpoint(tmp_path):
+    _trainer(tmp_path, "run", epochs=1).fit(ToyImages(16))
+    good = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"loss is nan at step [23] on a batch of (img\d+.nii, )*img5.nii"):
+        _trainer(tmp_path, "run", epochs=2, resume=str(tmp_path / "run")).fit(_Poisoned(16))
+    assert (tmp_path / "run" / "last.pt").read_bytes() == good
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):

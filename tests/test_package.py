@@ -101,6 +101,41 @@ def test_help_lists_every_config_key_with_type_default_and_description(capsys):
     assert re.search(r"\n  train\.seed +int = 0\n +seeds model initialisation", shown)
 
 
+@pytest.mark.parametrize("path", ["tiles #2", "null", "[a, b]", "on", "1e3", "x: y"])
+def test_path_flags_are_taken_as_typed_never_as_yaml(path):
+    from scimae.pipelines import cardiac_pretrain
+
+    cfg = parse_cli(cardiac_pretrain.Config, cardiac_pretrain.DEFAULT, "",
+                    ["--data", f"/d/{path}", "--init-from", path, "train.epochs=3"])
+    assert (cfg.data.root, cfg.train.init_from, cfg.train.epochs) == (f"/d/{path}", path, 3)
+
+
+def test_resume_starts_from_the_runs_own_config_and_refuses_other_settings(tmp_path):
+    from scimae.core import DataError
+    from scimae.core.config import save_config
+    from scimae.pipelines import cardiac_pretrain
+
+    def cli(*args):
+        return parse_cli(cardiac_pretrain.Config, cardiac_pretrain.DEFAULT, "", list(args))
+
+    run = tmp_path / "run #2"  # a path, not YAML
+    run.mkdir()
+    save_config(cli("train.batch_size=3", "model.dim=64"), run / "config.yaml")
+    with pytest.raises(DataError, match=r"run #2: found no last.pt; expected a run folder"):
+        cli("--resume", str(run))
+    with pytest.raises(DataError, match=r"gone: found no such file or folder"):
+        cli("--resume", str(tmp_path / "gone"))
+    assert not (tmp_path / "gone").exists()
+    (run / "last.pt").write_bytes(b"")
+    cfg = cli("--resume", str(run / "last.pt"), "train.epochs=30")
+    assert (cfg.train.batch_size, cfg.model.dim, cfg.train.epochs, cfg.train.resume) == (3, 64, 30, str(run / "last.pt"))
+    with pytest.raises(ValueError, match=r"model.dim is 64 in .*config.yaml, not 128; a resumed run may change only "
+                                         r"train.epochs, train.max_steps"):
+        cli("--resume", str(run), "model.dim=128")
+    with pytest.raises(ValueError, match="with --resume: a resumed run reads its own config.yaml"):
+        cli("--resume", str(run), "--config", str(run / "config.yaml"))
+
+
 def test_print_config_and_duplicate_keys(tmp_path, capsys):
     from scimae.pipelines import cardiac_pretrain
 

@@ -71,6 +71,18 @@ def test_not_a_raster_and_no_crs(tmp_path, caplog):
     assert "has no CRS; treated as pixel space" in caplog.text
 
 
+def test_training_windows_per_scene_follow_its_area_by_default(tmp_path):
+    big = _tif(tmp_path / "big.tif", np.full((4, 100, 70), 1, np.uint8))  # 27 windows of 16 x 16
+    small = _tif(tmp_path / "small.tif", np.full((4, 10, 10), 2, np.uint8))  # less than one: still 1
+    ds = GeoWindows([big, small], GeoDataConfig(window=16, patch=8, bands=[Band(b, mean=0) for b in "RGBN"]), train=True)
+    assert len(ds) == 28 and [ds.scene_index(i) for i in (0, 26, 27)] == [0, 0, 1]
+    assert ds[27]["image"].max() == 2 and ds[26]["image"].max() == 1
+    fixed = GeoWindows([big, small], GeoDataConfig(window=16, patch=8, windows_per_scene=3), train=True)
+    assert len(fixed) == 6 and len(GeoWindows([big, small], fixed.cfg, train=False)) == 2
+    with pytest.raises(ValueError, match="data.windows_per_scene must be >= 1 or null"):
+        GeoDataConfig(windows_per_scene=0)
+
+
 def test_training_windows_skip_all_nodata_and_patches_follow_validity(tmp_path):
     data = np.zeros((4, 64, 64), np.uint8)
     data[:, :16, :16] = 80  # only one corner has data

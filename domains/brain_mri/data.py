@@ -110,6 +110,10 @@ class _Reseed:
         """Give this copy (e.g. a DataLoader worker's) its own augmentation stream."""
         self.transform.set_random_state(seed % 2 ** 32)
 
+    def source(self, i: int) -> str:
+        """The files of case ``i`` (named in errors)."""
+        return " + ".join(map(str, self.data[i]["paths"].values()))
+
 
 class BrainDataset(_Reseed, monai.data.Dataset):
     """Preprocessed cases as dicts: image [4, *roi], present [4], seg [1, *roi] (if any), case_id, labels."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 import zlib
@@ -98,59 +99,84 @@ def _case_column(header: list[str], path: Path) -> str:
     raise DataError(path, f"columns {header}", f"a case-id column named one of {list(CASE_COLUMNS)}")
 
 
+def _csv(path: Path) -> csv.DictReader:
+    """The rows of a UTF-8 CSV file (a byte-order mark allowed); an unreadable one is a DataError."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"an unreadable CSV file ({e})", "a UTF-8 CSV file") from None
+    return csv.DictReader(io.StringIO(text, newline=""))
+
+
 def read_labels(path: str | Path) -> dict[str, dict[str, str]]:
     """labels.csv -> {case_id: {column: value}} (empty values left out)."""
     path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        key = _case_column(reader.fieldnames or [], path)
-        return {row[key]: {k: v for k, v in row.items() if k != key and v not in ("", None)} for row in reader}
+    reader = _csv(path)
+    key = _case_column(reader.fieldnames or [], path)
+    return {row[key]: {k: v for k, v in row.items() if k != key and v not in ("", None)} for row in reader}
 
 
 def read_manifest(path: str | Path) -> list[Case]:
     """A CSV with a case-id column, one column per modality (any alias; paths relative to the CSV),
     an optional ``seg`` column, and label columns."""
     path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        key = _case_column(header, path)
-        cases = []
-        for line, row in enumerate(reader, start=2):
-            paths, seg, labels = {}, None, {}
-            for col, value in row.items():
-                if col == key or value in ("", None):
-                    continue
-                mod = canonical_modality(col)
-                if mod is None:
-                    labels[col] = value
-                    continue
-                file = (path.parent / value).resolve()
-                if not file.is_file():
-                    raise DataError(path, f"line {line} names {mod} file {value}, which does not exist",
-                                    "paths to existing NIfTI files (relative to the manifest)")
-                if mod == "seg":
-                    seg = str(file)
-                else:
-                    paths[mod] = str(file)
-            if not paths:
-                raise DataError(path, f"line {line} (case {row[key]}) with no image path", f"at least one of {MODALITIES}")
-            cases.append(Case(row[key], paths, seg, labels))
+    reader = _csv(path)
+    header = reader.fieldnames or []
+    key = _case_column(header, path)
+    cases = []
+    for line, row in enumerate(reader, start=2):
+        paths, seg, labels = {}, None, {}
+        for col, value in row.items():
+            if col == key or value in ("", None):
+                continue
+            mod = canonical_modality(col)
+            if mod is None:
+                labels[col] = value
+                continue
+            file = (path.parent / value).resolve()
+            if not file.is_file():
+                raise DataError(path, f"line {line} names {mod} file {value}, which does not exist",
+                                "paths to existing NIfTI files (relative to the manifest)")
+            if mod == "seg":
+                seg = str(file)
+            else:
+                paths[mod] = str(file)
+        if not paths:
+            raise DataError(path, f"line {line} (case {row[key]}) with no image path", f"at least one of {MODALITIES}")
+        cases.append(Case(row[key], paths, seg, labels))
     if not cases:
         raise DataError(path, "no rows", "one row per case")
     return cases
 
 
+MAX_VOXELS = 2 ** 30  # a 1024^3 volume: far beyond any MRI, so a larger header is corrupt
+
+
+def check_declared_size(path: Path, img) -> None:
+    """A DataError, before anything is allocated, when a NIfTI header declares an absurd size or (uncompressed)
+    more data than the file holds."""
+    voxels = int(np.prod(img.shape, dtype=np.float64))
+    if voxels > MAX_VOXELS:
+        raise DataError(path, f"a header declaring {' x '.join(map(str, img.shape))} = {voxels:,} voxels",
+                        f"at most {MAX_VOXELS:,} voxels (a corrupt header?)")
+    if not path.name.endswith(".gz"):
+        needed = int(getattr(img.dataobj, "offset", 0)) + voxels * img.get_data_dtype().itemsize
+        if path.stat().st_size < needed:
+            raise DataError(path, f"{path.stat().st_size:,} bytes where the header's {img.shape} "
+                                  f"{img.get_data_dtype()} volume needs {needed:,}", "a complete .nii file")
+
+
 def read_volume(path: str | Path, label: bool = False) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """A 3D NIfTI as (float32 array, 4x4 affine, header), checked.
 
-    NaN voxels are zeroed (so they are excluded from the non-zero statistics) with a warning saying how
-    many; a 4D image with one volume is squeezed; anything else that is not a usable 3D volume raises
+    Non-finite voxels (NaN, inf) are zeroed (so they are excluded from the non-zero statistics) with a
+    warning saying how many; a 4D image with one volume is squeezed; anything else that is not a usable 3D volume raises
     a DataError. A ``label`` volume may be all zero (no lesion).
     """
     path = Path(path)
     try:
         img = nib.load(str(path))
+        check_declared_size(path, img)
         data = np.asarray(img.dataobj, dtype=np.float32)
     except FileNotFoundError:
         raise DataError(path, "no such file", "a NIfTI file") from None
@@ -161,14 +187,16 @@ def read_volume(path: str | Path, label: bool = False) -> tuple[np.ndarray, np.n
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(path, f"a {data.ndim}D image of shape {list(data.shape)}", "a 3D volume")
-    nan = np.isnan(data)
-    if nan.all():
-        raise DataError(path, "only NaN voxels", "a volume with finite intensities")
-    if nan.any():
-        log.warning("%s: %d NaN voxels set to 0 and excluded from normalisation", path, int(nan.sum()))
-        data = np.where(nan, 0.0, data).astype(np.float32)
+    bad = ~np.isfinite(data)  # NaN, inf, or beyond float32
+    if bad.all():
+        raise DataError(path, "only non-finite voxels (NaN or inf)", "a volume with finite intensities")
+    if bad.any():
+        log.warning("%s: %d non-finite voxels (NaN or inf) set to 0 and excluded from normalisation", path, int(bad.sum()))
+        data = np.where(bad, 0.0, data).astype(np.float32)
     if not label and not data.any():
         raise DataError(path, "an all-zero volume", "a volume with signal")
+    if not label and data.min() == data.max():
+        raise DataError(path, f"a constant volume (every voxel {data.flat[0]:g})", "a volume with signal")
     return data, img.affine, img.header
 
 

@@ -122,6 +122,11 @@ class CardiacWindows(Dataset):
         self.y = torch.stack([lab["y"] for lab in labels])  # [W, n_diagnoses], or [W] class indices
         self.hr = torch.stack([lab["hr"] for lab in labels])  # [W]
         self.record = torch.tensor(record)  # [W]: the index in ``records`` each window comes from
+        self.records = records
+
+    def source(self, i: int) -> str:
+        """The record window ``i`` comes from (named in errors)."""
+        return str(self.records[int(self.record[i])])
 
     def __len__(self) -> int:
         return len(self.y)

@@ -43,14 +43,18 @@ class Signal:
 
 
 def from_array(data, fs: float, channel_names, source: str = "array", extra: tuple[str, ...] = ()) -> Signal:
-    """Canonicalise an array [C, T] with its channel names; unknown channels are dropped (and logged),
-    all-NaN channels are dropped (and logged); nothing left is a DataError."""
+    """Canonicalise an array [C, T] with its channel names; unknown, all-NaN and flat-line channels are dropped
+    (and logged), infinite samples are gaps (NaN); nothing left is a DataError."""
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 2 or data.shape[0] != len(channel_names):
         raise DataError(source, f"signal of shape {list(data.shape)} with {len(channel_names)} channel names",
                         "an array [channels, samples] with one name per channel")
-    if fs is None or fs <= 0:
+    if fs is None or not np.isfinite(fs) or fs <= 0:
         raise DataError(source, f"sampling rate {fs}", "a positive sampling rate in Hz")
+    inf = np.isinf(data)
+    if inf.any():
+        log.warning("%s: %d infinite samples treated as gaps (NaN)", source, int(inf.sum()))
+        data = np.where(inf, np.nan, data)
     rows, names, ignored = [], [], []
     for i, raw in enumerate(channel_names):
         name = canonical_channel(str(raw)) or (str(raw) if str(raw) in extra else None)
@@ -60,6 +64,8 @@ def from_array(data, fs: float, channel_names, source: str = "array", extra: tup
             log.info("%s: channel %s repeats %s; keeping the first", source, raw, name)
         elif np.isnan(data[i]).all():
             log.warning("%s: channel %s is all NaN; dropped", source, raw)
+        elif np.nanmin(data[i]) == np.nanmax(data[i]):
+            log.warning("%s: channel %s is a flat line (every sample %g); dropped", source, raw, np.nanmin(data[i]))
         else:
             rows.append(i)
             names.append(name)
@@ -67,7 +73,7 @@ def from_array(data, fs: float, channel_names, source: str = "array", extra: tup
         log.info("%s: ignored channels %s (not ECG leads or PPG)", source, ignored)
     if not names:
         raise DataError(source, f"no usable channel among {list(map(str, channel_names))}",
-                        f"at least one of {CHANNELS} (aliases such as MLII and PLETH count) with some finite samples")
+                        f"at least one of {CHANNELS} (aliases such as MLII and PLETH count) with a varying finite signal")
     return Signal(data[rows], float(fs), names, source)
 
 
@@ -97,6 +103,9 @@ def read_record(path: str | Path, extra: tuple[str, ...] = ()) -> Signal:
         except Exception as e:  # header/data mismatches surface as ValueError, IndexError, ...
             raise DataError(base.with_suffix(".hea"), f"a record wfdb cannot read ({type(e).__name__}: {e})",
                             "a header whose signal files match its length and format") from None
+        declared = _declared_fs(base.with_suffix(".hea"))
+        if declared is not None and declared <= 0:
+            raise DataError(base.with_suffix(".hea"), f"a sampling frequency of {declared:g}", "a positive sampling frequency")
         path = base
     signal = rec.p_signal
     if signal is None or signal.shape[0] == 0:
@@ -107,6 +116,18 @@ def read_record(path: str | Path, extra: tuple[str, ...] = ()) -> Signal:
     out = from_array(signal.T, rec.fs, rec.sig_name, str(path), extra)
     out.labels = _header_labels(rec.comments or [])
     return out
+
+
+def _declared_fs(header: Path) -> float | None:
+    """The sampling frequency on a WFDB header's record line, as written (wfdb's reader drops a minus sign)."""
+    for line in header.read_text(errors="replace").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            fields = line.split()
+            try:
+                return float(re.split(r"[/(]", fields[2])[0]) if len(fields) > 2 else None
+            except ValueError:
+                return None
+    return None
 
 
 def _header_labels(comments: list[str]) -> dict:

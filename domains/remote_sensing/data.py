@@ -34,7 +34,7 @@ class GeoDataConfig:
     groups: dict[str, list[str]] | None = None  # spectral groups, e.g. {visible: [R, G, B], nir: [NIR]}; default: one per band
     window: int = 32  # pixels per side of a sample
     patch: int = 8  # patch size in pixels (one token per patch and band group)
-    windows_per_scene: int = 4  # random training windows drawn per scene and epoch
+    windows_per_scene: int | None = None  # random training windows per scene and epoch; None: the scene's area in windows
     min_valid: float = 0.5  # a patch with less valid data than this is invalid
     val_fraction: float = 0.2  # share of scenes held out for validation
     split_seed: int = 0  # seed of the train/validation split
@@ -48,6 +48,8 @@ class GeoDataConfig:
             raise ValueError("data.bands must name at least one band")
         if self.groups is not None:
             band_layout([b.name for b in self.bands], self.groups)
+        if self.windows_per_scene is not None and self.windows_per_scene < 1:
+            raise ValueError(f"data.windows_per_scene must be >= 1 or null (the scene's area), got {self.windows_per_scene}")
 
 
 def band_layout(bands: list[str], groups: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
@@ -108,6 +110,9 @@ class GeoWindows(Dataset):
         self.rng = np.random.default_rng(seed)
         self.skipped = 0
         self._scenes: dict[int, object] = {}
+        counts = [self._windows(k) for k in range(len(paths))] if train else [1] * len(paths)
+        self._scenes = {}  # opened again lazily in each DataLoader worker
+        self.starts = np.cumsum([0] + counts)  # [S + 1]: the first sample index of each scene, then the total
 
     @property
     def crs(self):
@@ -137,8 +142,23 @@ class GeoWindows(Dataset):
         self.rng = np.random.default_rng(seed)
         self._scenes = {}
 
+    def _windows(self, k: int) -> int:
+        """Training windows of scene ``k`` per epoch: the configured number, or as many as fit in its area."""
+        if self.cfg.windows_per_scene is not None:
+            return self.cfg.windows_per_scene
+        scene = self.scene(k)
+        return max(1, scene.height * scene.width // self.cfg.window ** 2)
+
+    def scene_index(self, i: int) -> int:
+        """The scene sample ``i`` is drawn from."""
+        return int(np.searchsorted(self.starts, i, side="right")) - 1
+
     def __len__(self) -> int:
-        return len(self.paths) * (self.cfg.windows_per_scene if self.train else 1)
+        return int(self.starts[-1])
+
+    def source(self, i: int) -> str:
+        """The scene sample ``i`` is drawn from (named in errors)."""
+        return str(self.paths[self.scene_index(i)])
 
     def _origin(self, scene) -> tuple[int, int]:
         w = self.cfg.window
@@ -148,7 +168,7 @@ class GeoWindows(Dataset):
                 int(self.rng.integers(-w // 4, max(scene.width - 3 * w // 4, -w // 4 + 1))))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        scene = self.scene(i // (self.cfg.windows_per_scene if self.train else 1))
+        scene = self.scene(self.scene_index(i))
         for _ in range(100):
             row, col = self._origin(scene)
             sample, _ = self.read_sample(scene, row, col)
@@ -221,7 +241,7 @@ class GeoTasks(GeoWindows):
                 check_label_grid(p, label_path(p, labels_root))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        k = i // (self.cfg.windows_per_scene if self.train else 1)
+        k = self.scene_index(i)
         scene = self.scene(k)
         row, col = self._origin(scene)
         sample, valid = self.read_sample(scene, row, col)

@@ -82,8 +82,8 @@ class RasterScene:
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Window at (row, col) of size x size -> (values [C, size, size] float32, valid [C, size, size]).
 
-        Only the part inside the scene is read; the rest is padding, invalid."""
-        from rasterio.errors import NodataShadowWarning
+        Only the part inside the scene is read; the rest is padding, invalid, as are nodata and non-finite pixels."""
+        from rasterio.errors import NodataShadowWarning, RasterioError
         from rasterio.windows import Window
 
         out = np.zeros((len(self.bands), size, size), np.float32)
@@ -97,9 +97,15 @@ class RasterScene:
         with warnings.catch_warnings():  # nodata, not an alpha band, decides validity: as intended
             warnings.simplefilter("ignore", NodataShadowWarning)
             for path, (slots, indexes) in self._by_file.items():  # one read per file, all its bands at once
-                data = self._open[path].read(indexes, window=inside, masked=True)
-                out[slots, rows, cols] = np.ma.filled(data.astype(np.float32), 0.0)
-                valid[slots, rows, cols] = ~np.ma.getmaskarray(data)
+                try:
+                    data = self._open[path].read(indexes, window=inside, masked=True)
+                except RasterioError as e:
+                    raise DataError(path, f"a window rasterio cannot read ({e})", "a complete GeoTIFF") from None
+                with np.errstate(over="ignore", invalid="ignore"):
+                    values = np.ma.filled(data.astype(np.float32), 0.0)
+                ok = ~np.ma.getmaskarray(data) & np.isfinite(values)  # nodata, NaN and inf are invalid
+                out[slots, rows, cols] = np.where(ok, values, 0.0)
+                valid[slots, rows, cols] = ok
         return out, valid
 
 

@@ -109,6 +109,11 @@ class PointClouds(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def source(self, i: int) -> str:
+        """The file (and row) of cloud ``i`` (named in errors)."""
+        e = self.entries[i]
+        return str(e.path) if e.index is None else f"{e.path}[{e.index}]"
+
     def cloud(self, i: int) -> np.ndarray:
         """The i-th cloud, normalised: [N, 3] (read once, then kept)."""
         if i not in self._cache:
@@ -176,6 +181,10 @@ class NerfGrids(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def source(self, i: int) -> str:
+        """The grid file of sample ``i`` (named in errors)."""
+        return str(self.paths[i])
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         cfg, size = self.cfg, tuple(self.cfg.grid)
         g = read_grid(self.paths[i])
@@ -187,6 +196,9 @@ class NerfGrids(Dataset):
         p = cfg.patch
         coarse = [s // p for s in size]
         valid = mask.reshape(coarse[0], p, coarse[1], p, coarse[2], p).mean((1, 3, 5)) >= cfg.min_valid
+        if not valid.any():
+            raise DataError(self.paths[i], f"no patch of {p}^3 voxels with a share of at least {cfg.min_valid} inside "
+                                           f"the scene's mask", "a grid whose mask covers some patches")
         return {"image": torch.from_numpy(np.ascontiguousarray(rgba.transpose(3, 0, 1, 2)))[None],
                 "present": torch.ones(1, dtype=torch.bool), "patch_valid": torch.from_numpy(valid)[None],
                 "labels": torch.from_numpy(labels.astype(np.int64))}

@@ -85,8 +85,43 @@ def _finite(path, points: np.ndarray, *extra: np.ndarray | None) -> Cloud:
     ok = np.isfinite(points).all(1)
     if not ok.any():
         raise DataError(path, f"{len(points)} points, none of them finite", "finite x, y, z coordinates")
+    kept = points[ok]
+    if np.ptp(kept, 0).max() <= 1e-6 * max(1.0, np.abs(kept).max()):
+        raise DataError(path, f"{len(kept)} points all at one place ({', '.join(f'{v:g}' for v in kept[0])})",
+                        "a cloud with an extent")
     pick = (lambda a: None if a is None or len(a) != len(points) else a[ok].astype(np.float32))
     return Cloud(points[ok].astype(np.float32), *map(pick, extra), dropped=int((~ok).sum()))
+
+
+def check_pcd_length(path: Path) -> None:
+    """A DataError when a PCD file holds fewer points than its header declares (open3d would fill the rest
+    with zeros). Checked for ascii and binary data; binary_compressed data carries its own sizes."""
+    with open(path, "rb") as f:
+        header = {}
+        while True:
+            line = f.readline()
+            if not line:
+                return  # no DATA line: open3d reports the file as malformed
+            key, _, value = line.decode("ascii", "replace").strip().partition(" ")
+            header[key.upper()] = value.split()
+            if key.upper() == "DATA":
+                break
+        body = f.read()
+    try:
+        declared = int(header["POINTS"][0]) if "POINTS" in header else int(header["WIDTH"][0]) * int(header["HEIGHT"][0])
+        kind = header["DATA"][0].lower()
+        if kind == "ascii":
+            found = sum(1 for ln in body.splitlines() if ln.strip())
+        elif kind == "binary":
+            counts = header.get("COUNT", ["1"] * len(header["SIZE"]))
+            point_bytes = sum(int(size) * int(count) for size, count in zip(header["SIZE"], counts))
+            found = len(body) // point_bytes
+        else:
+            return
+    except (KeyError, ValueError, IndexError, ZeroDivisionError):
+        return  # a header open3d cannot parse either: it reports it
+    if found < declared:
+        raise DataError(path, f"{found} points where the header declares {declared}", "as many points as the header says")
 
 
 def read_mesh_points(path: str | Path, n_points: int) -> Cloud:
@@ -109,7 +144,12 @@ def read_cloud(path: str | Path, mesh_points: int = 8192) -> Cloud:
     if not path.is_file():
         raise DataError(path, "no such file", "a point cloud or mesh file")
     if suffix == ".npy":
-        a = np.load(path, allow_pickle=False)
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(path, f"a file NumPy cannot read ({type(e).__name__}: {e})", "a .npy array") from None
+        if not np.issubdtype(a.dtype, np.number):
+            raise DataError(path, f"an array of {a.dtype}", "numeric coordinates")
         if a.ndim != 2 or a.shape[1] not in (3, 6):
             raise DataError(path, f"an array of shape {a.shape}", "[N, 3] (xyz) or [N, 6] (xyz + normals)")
         return _finite(path, a[:, :3], None, a[:, 3:6] if a.shape[1] == 6 else None)
@@ -118,6 +158,8 @@ def read_cloud(path: str | Path, mesh_points: int = 8192) -> Cloud:
     o3d = _open3d()
     if suffix in MESH_SUFFIXES or (suffix == ".ply" and len(_o3d_read(path, o3d.io.read_triangle_mesh).triangles)):
         return read_mesh_points(path, mesh_points)
+    if suffix == ".pcd":
+        check_pcd_length(path)
     pc = _o3d_read(path, lambda p: o3d.io.read_point_cloud(p, remove_nan_points=False, remove_infinite_points=False))
     if len(pc.points) == 0:
         size = path.stat().st_size
@@ -142,8 +184,8 @@ def read_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise DataError(path, f"datasets {sorted(f.keys())}", "a 'data' dataset [S, N, 3] (and 'label' [S])")
         data = np.asarray(f["data"])
         labels = np.asarray(f["label"]).reshape(-1).astype(np.int64) if "label" in f else None
-    if data.ndim != 3 or data.shape[2] < 3:
-        raise DataError(path, f"'data' of shape {data.shape}", "[S, N, 3 or more]")
+    if data.ndim != 3 or data.shape[2] < 3 or data.shape[0] == 0:
+        raise DataError(path, f"'data' of shape {data.shape}", "[S >= 1, N, 3 or more]")
     if labels is not None and len(labels) != len(data):
         raise DataError(path, f"{len(labels)} labels for {len(data)} clouds", "one label per cloud")
     return data[..., :3].astype(np.float32), labels

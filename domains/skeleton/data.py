@@ -53,6 +53,8 @@ def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
     root = skeleton_root(cfg)
     skip = set()
     if cfg.skip_list:
+        if not Path(cfg.skip_list).is_file():
+            raise DataError(cfg.skip_list, "no such file", "a text file of sample names to leave out, one per line")
         skip = {ln.strip() for ln in Path(cfg.skip_list).read_text().splitlines() if ln.strip()}
     if root.is_file():
         x, y = read_arrays(root)  # [N, C, T, V, M]
@@ -60,6 +62,10 @@ def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
         samples = [{"name": f"{root.name}[{i}]", "xyz": resample_frames(s[:3].transpose(3, 1, 2, 0), cfg.frames),
                     "present": np.abs(s[:3]).sum((0, 1, 2)) > 0, "action": int(y[i]) + 1 if y is not None else -1}
                    for i, s in enumerate(x)]
+        empty = [s["name"] for s in samples if not s["present"].any()]
+        if empty:
+            raise DataError(root, f"{len(empty)} sequences with no body in any frame ({', '.join(empty[:3])}"
+                                  f"{', ...' if len(empty) > 3 else ''})", "at least one body with non-zero joints")
         order = np.random.default_rng(0).permutation(len(samples))
         n_val = int(len(samples) * cfg.val_fraction)
         return [samples[i] for i in sorted(order[n_val:])], [samples[i] for i in sorted(order[:n_val])]
@@ -93,6 +99,10 @@ class Skeletons(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def source(self, i: int) -> str:
+        """The name of sample ``i`` (its file's stem, or array[row]; named in errors)."""
+        return self.samples[i]["name"]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = self.samples[i]

@@ -2,13 +2,17 @@
 skeleton arrays (N, C, T, V, M) from .npy / .npz."""
 from __future__ import annotations
 
+import logging
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from scimae.core.errors import DataError
+
+log = logging.getLogger(__name__)
 
 N_JOINTS = 25
 BODY_FIELDS = ["clipped_edges", "hand_left_confidence", "hand_left_state", "hand_right_confidence",
@@ -89,6 +93,8 @@ def read_skeleton(path: str | Path, n_joints: int = N_JOINTS) -> Sequence:
             raise DataError(path, f"{text!r} on line {line}", "a number") from None
 
     n_frames = number(take(1, "the frame count")[0], 1, int)
+    if n_frames < 0:
+        raise DataError(path, f"a frame count of {n_frames} on line 1", "a frame count >= 0")
     ids: list[str] = []
     frames: list[list[tuple[str, list[str], np.ndarray]]] = []
     for t in range(n_frames):
@@ -130,6 +136,13 @@ def read_skeleton(path: str | Path, n_joints: int = N_JOINTS) -> Sequence:
         for bid, info, j in bodies:
             m = ids.index(bid)
             joints[m, t], body[m, t] = j, np.array(info, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        usable = np.isfinite(joints[..., :3].astype(np.float32)).all((2, 3))  # [M, T]: x, y, z finite in float32
+    bad = ~np.isnan(joints[..., 0, 0]) & ~usable
+    if bad.any():
+        log.warning("%s: %d bodies in frames with non-finite or out-of-range joints (NaN, inf, beyond float32); "
+                    "left out of those frames", path, int(bad.sum()))
+        joints[bad], body[bad] = np.nan, np.nan
     return Sequence(ids, joints, body, parse_name(path))
 
 
@@ -163,18 +176,31 @@ def write_skeleton(path: str | Path, seq: Sequence) -> None:
 def read_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Skeleton arrays (N, C, T, V, M) from .npy, or .npz with 'x' or 'data' (and 'y' or 'label')."""
     path = Path(path)
-    if path.suffix == ".npy":
-        x, y = np.load(path, allow_pickle=False), None
-    else:
-        with np.load(path, allow_pickle=False) as npz:
-            key = next((k for k in ("x", "data") if k in npz.files), None)
-            if key is None:
-                raise DataError(path, f"arrays {npz.files}", "an 'x' or 'data' array (N, C, T, V, M)")
-            x = npz[key]
-            lab = next((k for k in ("y", "label") if k in npz.files), None)
-            y = np.asarray(npz[lab]).reshape(-1).astype(np.int64) if lab else None
+    try:
+        if path.suffix == ".npy":
+            x, y = np.load(path, allow_pickle=False), None
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                key = next((k for k in ("x", "data") if k in npz.files), None)
+                if key is None:
+                    raise DataError(path, f"arrays {npz.files}", "an 'x' or 'data' array (N, C, T, V, M)")
+                x = npz[key]
+                lab = next((k for k in ("y", "label") if k in npz.files), None)
+                y = np.asarray(npz[lab]).reshape(-1) if lab else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(path, f"a file NumPy cannot read ({type(e).__name__}: {e})", "a .npy or .npz array file") from None
+    if not np.issubdtype(x.dtype, np.number) or (y is not None and not np.issubdtype(y.dtype, np.integer)):
+        raise DataError(path, f"arrays of {x.dtype}" + (f" and labels of {y.dtype}" if y is not None else ""),
+                        "numeric joint coordinates and integer labels")
     if x.ndim != 5 or x.shape[1] < 3:
         raise DataError(path, f"an array of shape {x.shape}", "(N, C >= 3, T, V, M)")
     if y is not None and len(y) != len(x):
         raise DataError(path, f"{len(y)} labels for {len(x)} sequences", "one label per sequence")
-    return x.astype(np.float32), y
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        log.warning("%s: %d non-finite or out-of-range values (NaN, inf, beyond float32) set to 0 (absent)",
+                    path, int(bad.sum()))
+        x[bad] = 0.0
+    return x, (y.astype(np.int64) if y is not None else None)
