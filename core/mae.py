@@ -35,6 +35,7 @@ class MAEConfig:
     checkpointing: bool = False  # activation checkpointing in the encoder
     loss: str = "mse"  # mse or l1
     norm_pix: bool = False  # normalise each target patch to zero mean and unit variance (MAE's norm-pix loss)
+    group_heads: bool = False  # one prediction head per group (modality, lead, band) instead of one shared
     mask: MaskConfig = field(default_factory=MaskConfig)
 
 
@@ -55,7 +56,7 @@ def build_mae(cfg: MAEConfig, tokenizer: nn.Module, group_names: Sequence[str], 
     encoder = MAEEncoder(tokenizer, group_names, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,
                          cfg.checkpointing, mask_token=cfg.mode == "mask_token")
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
-                             cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio)
+                             cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -140,17 +141,36 @@ class MAEEncoder(nn.Module):
                 "layers": [scatter(t) for t in layers], "tokenset": ts}
 
 
+class GroupHeads(nn.Module):
+    """One linear map per group: slot features [B, M, D] of groups [B, M] -> predictions [B, M, P]. A group may
+    need the opposite sign or another contrast of what its neighbours show (ECG lead aVR, T1 against T2)."""
+
+    def __init__(self, groups: int, dim: int, out: int):
+        super().__init__()
+        bound = (6 / (dim + out)) ** 0.5  # xavier-uniform, as the shared head
+        self.weight = nn.Parameter(torch.empty(groups, dim, out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(groups, out))
+
+    def forward(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty((*x.shape[:-1], self.weight.shape[-1]))
+        for g in range(len(self.weight)):  # a loop over groups (a handful), never over samples
+            sel = group == g
+            out[sel] = x[sel] @ self.weight[g] + self.bias[g]
+        return out
+
+
 class MaskedAutoencoder(Exportable, nn.Module):
     """MAE / SimMIM with a light transformer decoder.
 
     mode ``drop``: the encoder sees only kept slots (MAE). mode ``mask_token``: it sees every valid slot
     with a learned mask token in hidden ones (SimMIM). ``decoder_mask_ratio`` > 0 decodes only a random
-    fraction (1 - ratio) of the hidden slots while training (VideoMAE V2).
+    fraction (1 - ratio) of the hidden slots while training (VideoMAE V2). ``group_heads`` gives each group
+    its own prediction head.
     """
 
     def __init__(self, encoder: MAEEncoder, masking: MaskingStrategy, target, pred_dim: int,
                  decoder_dim: int = 256, decoder_depth: int = 2, decoder_heads: int = 8, mlp_ratio: float = 4.0,
-                 mode: str = "drop", decoder_mask_ratio: float = 0.0):
+                 mode: str = "drop", decoder_mask_ratio: float = 0.0, group_heads: bool = False):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
@@ -165,7 +185,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
         self.decoder_pos = nn.Linear(D, decoder_dim)
         self.decoder_mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio)
-        self.decoder_pred = nn.Linear(decoder_dim, pred_dim)
+        self.decoder_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
+                             else nn.Linear(decoder_dim, pred_dim))
         for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred):
             m.apply(_init_weights)
         nn.init.normal_(self.decoder_mask_token, std=0.02)
@@ -207,13 +228,14 @@ class MaskedAutoencoder(Exportable, nn.Module):
             query = self.decoder_mask_token + gather_slots(pos, idx)  # [B, M, Dd]
             seq = torch.cat([y[:, :1], vis, query], dim=1)
             seq_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), vis_pad, pad], dim=1)
-            pred = self.decoder_pred(self.decoder(seq, seq_pad, n_out=idx.shape[1]))  # [B, M, P]
+            out = self.decoder(seq, seq_pad, n_out=idx.shape[1])  # [B, M, Dd]
         else:
             seq = y.clone()
             seq[:, 1:] = seq[:, 1:] + pos
             seq_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), ~ts.valid], dim=1)
-            out = self.decoder(seq, seq_pad)[:, 1:]  # [B, N, Dd]
-            pred = self.decoder_pred(gather_slots(out, idx))
+            out = gather_slots(self.decoder(seq, seq_pad)[:, 1:], idx)  # [B, M, Dd]
+        group = ts.group.gather(1, idx)  # [B, M]
+        pred = self.decoder_pred(out, group) if isinstance(self.decoder_pred, GroupHeads) else self.decoder_pred(out)
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
         if ts.target is not None:
             result.update(self.target(pred, ts, idx, (~pad).float()))

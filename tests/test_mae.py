@@ -44,6 +44,22 @@ def test_hidden_values_never_reach_the_prediction(mode):
     torch.testing.assert_close(out2["pred"], out["pred"])
 
 
+@pytest.mark.parametrize("mode", ["drop", "mask_token"])
+def test_group_heads_predict_each_group_with_its_own_map(mode):
+    torch.manual_seed(0)
+    model = toy_mae(mode, group_heads=True).eval()
+    batch = _batch()
+    out = model(batch, torch.Generator().manual_seed(0))
+    group = out["tokenset"].group.gather(1, out["pred_idx"])  # [B, M]
+    assert (group == 0).any() and (group == 1).any()
+    with torch.no_grad():
+        model.decoder_pred.weight[1].zero_()
+        model.decoder_pred.bias[1].fill_(5.0)
+    again = model(batch, torch.Generator().manual_seed(0))
+    assert (again["pred"][group == 1] == 5).all()
+    torch.testing.assert_close(again["pred"][group == 0], out["pred"][group == 0])
+
+
 def test_losses_cover_hidden_valid_slots_only_and_per_group():
     model = toy_mae()
     out = model(_batch(missing_every=2), torch.Generator().manual_seed(0))
