@@ -17,7 +17,7 @@ distributions):
    order; lead I only): its probe score against the full input.
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
-  python benchmarks/cardiac.py [--out DIR] [--records 720] [--pretrain-epochs 7] [--quick]
+  python benchmarks/cardiac.py [--out DIR] [--records 720] [--pretrain-epochs 4] [--finetune-epochs 3] [--group-heads] [--quick]
 """
 from __future__ import annotations
 
@@ -72,9 +72,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/benchmark_cardiac")
     ap.add_argument("--records", type=int, default=720, help="synthetic 30-s records (a quarter are validation)")
-    ap.add_argument("--pretrain-epochs", type=int, default=6)
-    ap.add_argument("--finetune-epochs", type=int, default=4)
+    ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--mask", default="random", help="pretraining mask strategy (shared: the same places in every lead)")
+    ap.add_argument("--group-heads", action="store_true", help="pretrain with one prediction head per lead")
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
@@ -101,7 +102,8 @@ def main():
     t = time.perf_counter()
     cardiac_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1", *[f"model.{k}={v}" for k, v in MODEL.items()],
                            f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}", f"train.epochs={args.pretrain_epochs}",
-                           f"model.mask.strategy={args.mask}", "train.batch_size=32", "train.figure_every=0"])
+                           f"model.mask.strategy={args.mask}", f"model.group_heads={args.group_heads}",
+                           "train.batch_size=32", "train.figure_every=0"])
     print(f"pretraining: {time.perf_counter() - t:.0f} s")
     export = out / f"pretrain-{stamp}" / "export"
     mae, _ = load_cardiac_mae(export)
@@ -143,6 +145,7 @@ def main():
         model = cardiac_finetune.main(["--data", str(tune_dirs[0]), f"data.val_root={tune_dirs[1]}", "data.stride_s=10",
                                        *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("dim", "depth", "heads")],
                                        *extra, "task.kind=classification", f"task.labels_per_class={per_class}",
+                                       "task.by_channels=false",
                                        f"train.out_dir={out}", f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}",
                                        f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
                                        "train.epoch_repeats=16", "train.warmup_epochs=0.5"])

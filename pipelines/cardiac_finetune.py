@@ -71,7 +71,7 @@ def main(argv=None):
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task, pos_weight, hr_scale),
                       evaluate=task_evaluate(task, cfg.data.diagnoses, hr_scale))
     trainer.fit(train_set, val_set)
-    if not trainer.dist.main:
+    if not trainer.dist.main or not task.by_channels:
         return model
     print(f"run folder: {trainer.run_dir}\nvalidation by channel configuration ({len(val_records)} records):")
     for name, channels in CONFIGURATIONS.items():

@@ -59,6 +59,7 @@ class CardiacTaskConfig:
     head: str = "mlp"  # mlp, or linear (with freeze_encoder: a linear probe)
     pooler: str = "mean"  # cls, mean or attention
     freeze_encoder: bool = False  # train the head only (a probe of frozen features)
+    by_channels: bool = True  # after training, also score each channel configuration (12-lead, lead I, ...)
 
     def __post_init__(self):
         if self.kind not in ("diagnosis", "classification", "regression"):
