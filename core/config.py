@@ -103,6 +103,21 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return cls(**{k: _check_value(hints[k], v, prefix + k) for k, v in data.items()})
 
 
+def check_ranges(section: str, cfg, rules: dict) -> None:
+    """A ValueError naming ``section.key``, the value and the allowed range for the first of ``rules``
+    (key -> (allowed, test)) that ``cfg``'s value fails."""
+    for key, (allowed, ok) in rules.items():
+        value = getattr(cfg, key)
+        if not ok(value):
+            raise ValueError(f"{section}.{key} must be {allowed}, got {value!r}")
+
+
+POSITIVE = ("> 0", lambda v: v > 0)
+AT_LEAST_1 = (">= 1", lambda v: v >= 1)
+NON_NEGATIVE = (">= 0", lambda v: v >= 0)
+UNIT_INTERVAL = ("in [0, 1)", lambda v: 0 <= v < 1)
+
+
 def set_key(data: dict, key: str, value) -> None:
     """Set dotted ``key`` (``a.b``) of a nested dict to ``value``, in place."""
     node = data

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from scimae.core.checkpoint import (atomic_write, load_training_state, match_weights, rng_state, save_export,
                                     save_training_state, set_rng_state)
-from scimae.core.config import run_folder, save_config
+from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, run_folder, save_config
 from scimae.core.errors import DataError
 from scimae.core.heads import layer_decay_groups
 from scimae.core.progress import save_curves, training_bar
@@ -57,11 +57,16 @@ class TrainConfig:
     init_from: str | None = None  # an export whose weights initialise the model (--init-from)
 
     def __post_init__(self):
-        for name in ("epochs", "epoch_repeats", "batch_size", "accum_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
-            raise ValueError(f"train.amp must be one of auto, off, bf16, fp16; got {self.amp!r}")
+        check_ranges("train", self, {
+            **dict.fromkeys(("epochs", "epoch_repeats", "batch_size", "accum_steps", "log_every"), AT_LEAST_1),
+            **dict.fromkeys(("min_lr", "weight_decay", "warmup_epochs", "num_workers", "figure_every"), NON_NEGATIVE),
+            "base_lr": POSITIVE, "lr": ("> 0 or null", lambda v: v is None or v > 0),
+            "layer_decay": ("in (0, 1]", lambda v: 0 < v <= 1),
+            "betas": ("two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
+            "grad_clip": ("> 0 or null (no clipping)", lambda v: v is None or v > 0),
+            "max_steps": (">= 1 or null", lambda v: v is None or v >= 1),
+            "amp": ("one of auto, off, bf16, fp16", lambda v: v in ("auto", "off", "bf16", "fp16")),
+        })
 
 
 def seed_everything(seed: int) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from scimae.core.checkpoint import Exportable
+from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges
 from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.tokens import MaskPlan, TokenSet, gather_slots
 from scimae.core.transformer import Transformer
@@ -37,6 +38,18 @@ class MAEConfig:
     norm_pix: bool = False  # normalise each target patch to zero mean and unit variance (MAE's norm-pix loss)
     group_heads: bool = False  # one prediction head per group (modality, lead, band) instead of one shared
     mask: MaskConfig = field(default_factory=MaskConfig)
+
+    def __post_init__(self):
+        check_ranges("model", self, {
+            **dict.fromkeys(("dim", "depth", "heads", "decoder_dim", "decoder_depth", "decoder_heads"), AT_LEAST_1),
+            "mlp_ratio": POSITIVE, "drop_path": UNIT_INTERVAL, "decoder_mask_ratio": UNIT_INTERVAL,
+            "mode": ("drop or mask_token", lambda v: v in ("drop", "mask_token")),
+            "loss": ("mse or l1", lambda v: v in ("mse", "l1")),
+        })
+        for width, heads in (("dim", "heads"), ("decoder_dim", "decoder_heads")):
+            if getattr(self, width) % getattr(self, heads):
+                raise ValueError(f"model.{width} {getattr(self, width)} must be a multiple of model.{heads} "
+                                 f"{getattr(self, heads)}")
 
 
 @dataclass

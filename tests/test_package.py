@@ -136,6 +136,24 @@ def test_resume_starts_from_the_runs_own_config_and_refuses_other_settings(tmp_p
         cli("--resume", str(run), "--config", str(run / "config.yaml"))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.depth=0", "model.depth must be >= 1, got 0"),
+    ("model.dim=30", "model.dim 30 must be a multiple of model.heads 4"),
+    ("model.drop_path=1.0", r"model.drop_path must be in \[0, 1\), got 1.0"),
+    ("model.mode=simmim", "model.mode must be drop or mask_token, got 'simmim'"),
+    ("train.grad_clip=0", r"train.grad_clip must be > 0 or null \(no clipping\), got 0"),
+    ("train.layer_decay=1.5", r"train.layer_decay must be in \(0, 1\], got 1.5"),
+    ("train.lr=-1e-3", "train.lr must be > 0 or null, got -0.001"),
+    ("train.betas=[0.9, 1.0]", r"train.betas must be two numbers in \[0, 1\)"),
+    ("train.num_workers=-1", "train.num_workers must be >= 0, got -1"),
+])
+def test_config_values_are_checked_against_their_ranges(override, message):
+    from scimae.pipelines import cardiac_pretrain
+
+    with pytest.raises(ValueError, match=message):
+        load_config(cardiac_pretrain.Config, cardiac_pretrain.DEFAULT, [override])
+
+
 def test_print_config_and_duplicate_keys(tmp_path, capsys):
     from scimae.pipelines import cardiac_pretrain
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.io import CHANNELS, Signal, find_records, read_record
@@ -41,6 +42,8 @@ class CardiacDataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
+        check_ranges("data", self, {**dict.fromkeys(("fs", "window_s", "stride_s"), POSITIVE), "patch": AT_LEAST_1,
+                                    "max_gap_s": NON_NEGATIVE, "val_fraction": UNIT_INTERVAL})
         unknown = [c for c in self.channels if c not in CHANNELS]
         if unknown or not self.channels:
             raise ValueError(f"data.channels must be a non-empty subset of {CHANNELS}, got {self.channels}")

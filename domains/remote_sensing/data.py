@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.io import Band, RasterScene, open_scene
@@ -42,6 +43,8 @@ class GeoDataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
+        check_ranges("data", self, {"window": AT_LEAST_1, "patch": AT_LEAST_1, "val_fraction": UNIT_INTERVAL,
+                                    "min_valid": ("in [0, 1]", lambda v: 0 <= v <= 1)})
         if self.window % self.patch:
             raise ValueError(f"data.patch {self.patch} must divide data.window {self.window}")
         if not self.bands:

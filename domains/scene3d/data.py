@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
 from scimae.domains.scene3d import synthetic
 from scimae.domains.scene3d.io import CLOUD_SUFFIXES, MESH_SUFFIXES, read_cloud, read_grid, read_h5
@@ -42,6 +43,8 @@ class PointDataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
+        check_ranges("data", self, {**dict.fromkeys(("n_points", "n_groups", "group_size"), AT_LEAST_1),
+                                    "val_fraction": UNIT_INTERVAL})
         if not self.group_size <= self.n_points or not self.n_groups <= self.n_points:
             raise ValueError(f"data.n_points {self.n_points} must be >= group_size {self.group_size} and "
                              f">= n_groups {self.n_groups}")
@@ -156,6 +159,8 @@ class NerfDataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
+        check_ranges("data", self, {"patch": AT_LEAST_1, "grid": ("three sizes >= 1", lambda v: len(v) == 3 and min(v) >= 1),
+                                    "delta": POSITIVE, "val_fraction": UNIT_INTERVAL})
         if any(g % self.patch for g in self.grid):
             raise ValueError(f"data.patch {self.patch} must divide data.grid {tuple(self.grid)}")
 
