@@ -39,12 +39,12 @@ def main(argv=None):
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     d = cfg.data
     root = cloud_root(d)
-    entries, classes = find_clouds(root)
+    entries, classes = find_clouds(root, d.on_error)
     if any(e.label < 0 for e in entries):
         raise DataError(root, "clouds without a class", "class subfolders, or HDF5 files with a 'label' dataset")
     n_classes = len(classes) or max(e.label for e in entries) + 1
     if d.val_root:
-        train, (val, val_classes) = entries, find_clouds(Path(d.val_root))
+        train, (val, val_classes) = entries, find_clouds(Path(d.val_root), d.on_error)
         if val_classes != classes:
             raise DataError(d.val_root, f"classes {val_classes}", f"the training classes {classes}")
     else:

@@ -26,7 +26,7 @@ class Config:
 def main(argv=None):
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     d = cfg.data
-    train, val = split_entries(find_clouds(cloud_root(d))[0], d.val_fraction, d.split_seed)
+    train, val = split_entries(find_clouds(cloud_root(d), d.on_error)[0], d.val_fraction, d.split_seed)
     mae = load_point_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_point_mae(cfg.model, d.n_groups, d.group_size)
     mae.export_config = {"domain": "scene3d", "kind": "point_cloud", "model": dataclasses.asdict(cfg.model),
                          "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size,

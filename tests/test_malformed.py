@@ -263,3 +263,37 @@ def test_pipelines_refuse_bad_files_with_status_2_naming_them(tmp_path, capsys):
     np.save(tmp_path / "joints.npy", np.array([["x"] * 3]))
     assert "joints.npy: found arrays of <U1" in _cli(skeleton_pretrain.main, ["--data", str(tmp_path / "joints.npy"),
                                                                               *tiny], capsys)
+
+
+# -- the dataset preflight in the domains: every bad file named at once, or left out --------------------------
+def test_cardiac_and_geo_datasets_name_every_bad_file_before_training(tmp_path, caplog):
+    import wfdb
+
+    from scimae.domains.cardiac.data import CardiacDataConfig, train_val_records
+    from scimae.domains.remote_sensing.data import GeoDataConfig, load_splits
+
+    ecg = tmp_path / "ecg"
+    ecg.mkdir()
+    rng = np.random.default_rng(0)
+    for name, signal in (("a", rng.normal(size=(3000, 1))), ("b", rng.normal(size=(3000, 1))),
+                         ("flat1", np.zeros((3000, 1))), ("flat2", np.ones((3000, 1)))):
+        wfdb.wrsamp(name, fs=250, units=["mV"], sig_name=["I"], p_signal=signal, fmt=["16"], write_dir=str(ecg))
+    with pytest.raises(DataError, match=r"(?s)2 of the 4 records cannot be used.*flat1: found no usable.*flat2: found"):
+        train_val_records(CardiacDataConfig(root=str(ecg)))
+    with caplog.at_level(logging.WARNING):
+        train, val = train_val_records(CardiacDataConfig(root=str(ecg), on_error="skip", val_fraction=0.5))
+    assert sorted(p.name for p in train + val) == ["a", "b"] and "2 of the 4 records left out" in caplog.text
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for i in range(3):
+        with rasterio.open(tiles / f"t{i}.tif", "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8",
+                           crs="EPSG:32614", transform=from_origin(500000, 4500000, 1, 1)) as dst:
+            dst.write(np.full((1, 64, 64), 9, np.uint8))
+    (tiles / "t1.tif").write_bytes((tiles / "t0.tif").read_bytes()[:2000])
+    (tiles / "t3.tif").write_text("not a raster")
+    cfg = dict(root=str(tiles), bands=[Band("B1")], val_fraction=0.0)
+    with pytest.raises(DataError, match=r"(?s)2 of the 4 scenes cannot be used.*t1.tif: found a window.*t3.tif: found"):
+        load_splits(GeoDataConfig(**cfg))
+    train, _ = load_splits(GeoDataConfig(**cfg, on_error="skip"))
+    assert [p.name for p in train.paths] == ["t0.tif", "t2.tif"]

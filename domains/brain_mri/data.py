@@ -4,16 +4,19 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import monai.data
 import numpy as np
 import torch
 
+from scimae.core.config import check_ranges
 from scimae.core.errors import DataError
+from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.core.progress import on_terminal
 from scimae.domains.brain_mri import synthetic
-from scimae.domains.brain_mri.io import MODALITIES, Case, discover_cases
+from scimae.domains.brain_mri.io import MODALITIES, Case, discover_cases, read_volume
 from scimae.domains.brain_mri.transforms import preprocess
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ class BrainDataConfig:
     flips: list[int] = field(default_factory=lambda: [0, 1, 2])  # axes of random training flips (0 = left-right)
     cache: str = "none"  # keep preprocessed volumes: none, memory, or disk (in cache_dir)
     cache_dir: str | None = None  # folder for data.cache=disk
+    on_error: str = "stop"  # a bad file stops the run (every one named at once), or skip: train on the rest
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -56,6 +60,7 @@ class BrainDataConfig:
             raise ValueError(f"data.cache must be none, memory or disk (with data.cache_dir); got {self.cache!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_ranges("data", self, {"on_error": ON_ERROR_RULE})
 
     def grid(self) -> tuple[list[int], list[float] | None]:
         """(roi, spacing) in force: the synthetic ones when no root is given."""
@@ -75,10 +80,20 @@ def resolve_root(cfg: BrainDataConfig) -> Path:
 def train_val_cases(cfg: BrainDataConfig) -> tuple[list[Case], list[Case]]:
     """The cases of both sides, on the configured modalities: ``val_root``'s as validation, or a seeded split
     of the root's."""
-    cases = restrict(discover_cases(resolve_root(cfg)), cfg.modalities)
+    cases = checked(restrict(discover_cases(resolve_root(cfg)), cfg.modalities), cfg.on_error)
     if cfg.val_root:
-        return cases, restrict(discover_cases(Path(cfg.val_root)), cfg.modalities)
+        return cases, checked(restrict(discover_cases(Path(cfg.val_root)), cfg.modalities), cfg.on_error)
     return split_cases(cases, cfg.val_fraction, cfg.split_seed)
+
+
+def checked(cases: list[Case], on_error: str) -> list[Case]:
+    """The cases whose every volume reads (the dataset preflight, :func:`preflight`)."""
+    images = [Path(p) for c in cases for p in c.paths.values()]
+    segs = [Path(c.seg) for c in cases if c.seg]
+    good = set(preflight(images, read_volume, "images", on_error))
+    if segs:
+        good |= set(preflight(segs, partial(read_volume, label=True), "segmentations", on_error))
+    return [c for c in cases if all(Path(p) in good for p in [*c.paths.values(), *([c.seg] if c.seg else [])])]
 
 
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
+from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.io import CHANNELS, Signal, find_records, read_record
 from scimae.domains.cardiac.transforms import prepare, standardise, to_slots, windows
@@ -39,11 +40,13 @@ class CardiacDataConfig:
     val_fraction: float = 0.2  # share of records held out for validation (split by record)
     val_root: str | None = None  # validation records in their own folder (then nothing is split off the root)
     split_seed: int = 0  # seed of the train/validation split
+    on_error: str = "stop"  # a bad record stops the run (every one named at once), or skip: train on the rest
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
         check_ranges("data", self, {**dict.fromkeys(("fs", "window_s", "stride_s"), POSITIVE), "patch": AT_LEAST_1,
-                                    "max_gap_s": NON_NEGATIVE, "val_fraction": UNIT_INTERVAL})
+                                    "max_gap_s": NON_NEGATIVE, "val_fraction": UNIT_INTERVAL,
+                                    "on_error": ON_ERROR_RULE})
         unknown = [c for c in self.channels if c not in CHANNELS]
         if unknown or not self.channels:
             raise ValueError(f"data.channels must be a non-empty subset of {CHANNELS}, got {self.channels}")
@@ -146,10 +149,11 @@ def split_records(records: list[Path], val_fraction: float, seed: int) -> tuple[
 
 
 def train_val_records(cfg: CardiacDataConfig) -> tuple[list[Path], list[Path]]:
-    """The records of both sides: ``val_root``'s as validation, or a seeded split of the root's."""
-    records = find_records(resolve_root(cfg))
+    """The records of both sides (each read once before, see :func:`preflight`): ``val_root``'s as validation,
+    or a seeded split of the root's."""
+    records = preflight(find_records(resolve_root(cfg)), read_record, "records", cfg.on_error)
     if cfg.val_root:
-        return records, find_records(Path(cfg.val_root))
+        return records, preflight(find_records(Path(cfg.val_root)), read_record, "validation records", cfg.on_error)
     return split_records(records, cfg.val_fraction, cfg.split_seed)
 
 

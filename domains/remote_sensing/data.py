@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
+from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.remote_sensing import synthetic
-from scimae.domains.remote_sensing.io import Band, RasterScene, open_scene
+from scimae.domains.remote_sensing.io import Band, RasterScene, check_scene, open_scene
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,14 @@ class GeoDataConfig:
     min_valid: float = 0.5  # a patch with less valid data than this is invalid
     val_fraction: float = 0.2  # share of scenes held out for validation
     split_seed: int = 0  # seed of the train/validation split
+    on_error: str = "stop"  # a bad scene stops the run (every one named at once), or skip: train on the rest
     val_root: str | None = None  # validation scenes in their own folder (then root is all training, no split)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
         check_ranges("data", self, {"window": AT_LEAST_1, "patch": AT_LEAST_1, "val_fraction": UNIT_INTERVAL,
-                                    "min_valid": ("in [0, 1]", lambda v: 0 <= v <= 1)})
+                                    "min_valid": ("in [0, 1]", lambda v: 0 <= v <= 1),
+                                    "on_error": ON_ERROR_RULE})
         if self.window % self.patch:
             raise ValueError(f"data.patch {self.patch} must divide data.window {self.window}")
         if not self.bands:
@@ -209,7 +213,8 @@ def split_paths(paths: list[Path], val_fraction: float, seed: int) -> tuple[list
 
 
 def load_splits(cfg: GeoDataConfig, seed: int = 0):
-    train, val = split_paths(scene_paths(cfg), cfg.val_fraction, cfg.split_seed)
+    paths = preflight(scene_paths(cfg), partial(check_scene, bands=cfg.bands), "scenes", cfg.on_error)
+    train, val = split_paths(paths, cfg.val_fraction, cfg.split_seed)
     log.info("%d training scenes, %d validation scenes", len(train), len(val))
     return GeoWindows(train, cfg, True, seed), (GeoWindows(val, cfg, False, seed) if val else None)
 

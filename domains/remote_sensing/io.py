@@ -166,6 +166,12 @@ def _match_band_file(folder: Path, band: str) -> Path | None:
     return None
 
 
+def check_scene(path: Path, bands: list[Band]) -> None:
+    """Open a scene and read a window at its centre (the dataset preflight): a DataError if either fails."""
+    scene = open_scene(path, bands)
+    scene.read(max(0, scene.height // 2 - 16), max(0, scene.width // 2 - 16), 32)
+
+
 def open_scene(path: str | Path, bands: list[Band], crs=None):
     """A multi-band GeoTIFF (bands by description if it has them, else by position), a folder with one
     GeoTIFF per band (matched by name), or a NetCDF/zarr stack. GeoTIFFs in another CRS than ``crs``

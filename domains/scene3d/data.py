@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
+from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.scene3d import synthetic
 from scimae.domains.scene3d.io import CLOUD_SUFFIXES, MESH_SUFFIXES, read_cloud, read_grid, read_h5
 from scimae.domains.scene3d.transforms import (augment, check_count, density_to_opacity, fit_grid, normalize_unit_sphere,
@@ -40,11 +41,12 @@ class PointDataConfig:
     val_fraction: float = 0.2  # share of samples held out for validation
     split_seed: int = 0  # seed of the train/validation split
     val_root: str | None = None  # validation clouds in their own folder (then nothing is split off the root)
+    on_error: str = "stop"  # a bad file stops the run (every one named at once), or skip: train on the rest
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
         check_ranges("data", self, {**dict.fromkeys(("n_points", "n_groups", "group_size"), AT_LEAST_1),
-                                    "val_fraction": UNIT_INTERVAL})
+                                    "val_fraction": UNIT_INTERVAL, "on_error": ON_ERROR_RULE})
         if not self.group_size <= self.n_points or not self.n_groups <= self.n_points:
             raise ValueError(f"data.n_points {self.n_points} must be >= group_size {self.group_size} and "
                              f">= n_groups {self.n_groups}")
@@ -58,9 +60,10 @@ class Entry:
     label: int = -1  # -1 = unlabelled
 
 
-def find_clouds(root: Path) -> tuple[list[Entry], list[str]]:
+def find_clouds(root: Path, on_error: str = "stop") -> tuple[list[Entry], list[str]]:
     """Clouds under ``root`` -> (entries, class names). Class subfolders label their files (ModelNet
-    layout); HDF5 files carry their own ``label``; files directly under ``root`` are unlabelled."""
+    layout); HDF5 files carry their own ``label``; files directly under ``root`` are unlabelled. Every
+    cloud file is read once first (:func:`preflight`, with ``on_error``)."""
     root = Path(root)
     suffixes = CLOUD_SUFFIXES + MESH_SUFFIXES + (".npy",)
     if root.is_file():
@@ -70,6 +73,10 @@ def find_clouds(root: Path) -> tuple[list[Entry], list[str]]:
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes + (".h5", ".hdf5"))
     else:
         raise DataError(root, "no such file or folder", "point-cloud files, class folders of them, or an HDF5 file")
+    h5 = [f for f in files if f.suffix.lower() in (".h5", ".hdf5")]  # read whole below
+    clouds = [f for f in files if f not in h5]
+    good = set(preflight(clouds, read_cloud, "point-cloud files", on_error)) if clouds else set()
+    files = [f for f in files if f in good or f in h5]
     entries = []
     for f in files:
         if f.suffix.lower() in (".h5", ".hdf5"):
@@ -156,24 +163,27 @@ class NerfDataConfig:
     min_valid: float = 0.5  # a patch with less non-padding than this is invalid
     val_fraction: float = 0.2  # share of samples held out for validation
     split_seed: int = 0  # seed of the train/validation split
+    on_error: str = "stop"  # a bad grid stops the run (every one named at once), or skip: train on the rest
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
-        check_ranges("data", self, {"patch": AT_LEAST_1, "grid": ("three sizes >= 1", lambda v: len(v) == 3 and min(v) >= 1),
+        check_ranges("data", self, {"patch": AT_LEAST_1, "on_error": ON_ERROR_RULE, "grid": ("three sizes >= 1", lambda v: len(v) == 3 and min(v) >= 1),
                                     "delta": POSITIVE, "val_fraction": UNIT_INTERVAL})
         if any(g % self.patch for g in self.grid):
             raise ValueError(f"data.patch {self.patch} must divide data.grid {tuple(self.grid)}")
 
 
 def grid_paths(cfg: NerfDataConfig) -> list[Path]:
+    """The grids (each read once first: :func:`preflight`)."""
     if cfg.root is None:
         s = cfg.synthetic
-        return sorted((synthetic.write_dataset(s.folder, s.per_class, s.rooms, s.seed) / "rooms").glob("*.npz"))
-    root = Path(cfg.root)
-    paths = [root] if root.is_file() else sorted(root.rglob("*.npz")) if root.is_dir() else []
-    if not paths:
-        raise DataError(root, "no .npz grids", "a folder of .npz files with 'rgbsigma' arrays")
-    return paths
+        paths = sorted((synthetic.write_dataset(s.folder, s.per_class, s.rooms, s.seed) / "rooms").glob("*.npz"))
+    else:
+        root = Path(cfg.root)
+        paths = [root] if root.is_file() else sorted(root.rglob("*.npz")) if root.is_dir() else []
+        if not paths:
+            raise DataError(root, "no .npz grids", "a folder of .npz files with 'rgbsigma' arrays")
+    return preflight(paths, read_grid, "grids", cfg.on_error)
 
 
 class NerfGrids(Dataset):

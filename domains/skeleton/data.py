@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
+from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.core.progress import progress
 from scimae.domains.skeleton import synthetic
 from scimae.domains.skeleton.io import in_split, read_arrays, read_skeleton
@@ -36,11 +39,19 @@ class SkeletonDataConfig:
     skip_list: str | None = None  # a text file of sample names to leave out (e.g. NTU's missing skeletons)
     rotate: float = 0.3  # training augmentation: random rotation up to this many radians about each axis
     val_fraction: float = 0.25  # for arrays, which carry no performer or camera
+    on_error: str = "stop"  # a bad file stops the run (every one named at once), or skip: train on the rest
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
         if self.split not in ("xsub", "xview"):
             raise ValueError(f"data.split must be 'xsub' or 'xview', got {self.split!r}")
+        check_ranges("data", self, {**dict.fromkeys(("frames", "bodies", "joints"), AT_LEAST_1),
+                                    "val_fraction": UNIT_INTERVAL, "on_error": ON_ERROR_RULE})
+
+
+def check_sequence(path: Path, joints: int = 25) -> None:
+    """Read a .skeleton file and find a body in it (the dataset preflight): a DataError otherwise."""
+    clean(read_skeleton(path, joints), name=path)
 
 
 def skeleton_root(cfg: SkeletonDataConfig) -> Path:
@@ -76,6 +87,7 @@ def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
         raise DataError(root, "no .skeleton files", "NTU RGB+D files such as S001C002P003R002A013.skeleton")
     if skip:
         log.info("%d samples left out by %s", len(skip), cfg.skip_list)
+    files = preflight(files, partial(check_sequence, joints=cfg.joints), ".skeleton files", cfg.on_error)
     train, val = [], []
     for f in progress(files, f"reading {root}"):
         seq = read_skeleton(f, cfg.joints)
