@@ -106,6 +106,8 @@ def load_export(folder: str | os.PathLike, domain: str | None = None,
         config = json.loads((folder / CONFIG_NAME).read_text())
     except json.JSONDecodeError as e:
         raise DataError(folder / CONFIG_NAME, f"invalid JSON ({e})", "the JSON written by save_export") from None
+    if not isinstance(config, dict):
+        raise DataError(folder / CONFIG_NAME, f"a JSON {type(config).__name__}", "a JSON object")
     try:
         state = load_file(folder / WEIGHTS_NAME)
     except SafetensorError as e:
@@ -144,15 +146,45 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
     return missing, unexpected
 
 
+MAX_PARAMS = 10 ** 9  # the largest model an export may describe unless SCIMAE_MAX_PARAMS says more
+
+
+def check_model_size(config: dict, path: Path) -> None:
+    """A DataError, before anything is built, when the ``model`` section of an export's config is not a
+    mapping of numbers or describes more transformer parameters than ``SCIMAE_MAX_PARAMS`` (default 10^9)."""
+    model = config.get("model", {})
+    if not isinstance(model, dict):
+        raise DataError(path, f"'model' of type {type(model).__name__}", "a mapping of the model's settings")
+    sizes = {}
+    for key in ("dim", "depth", "decoder_dim", "decoder_depth", "mlp_ratio"):
+        value = model.get(key, 4.0 if key == "mlp_ratio" else 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise DataError(path, f"model.{key} = {value!r}", "a non-negative number")
+        sizes[key] = float(value)
+    width = 4 + 2 * sizes["mlp_ratio"]  # attention (4 d^2) and MLP (2 r d^2) weights per block
+    params = width * (sizes["dim"] ** 2 * sizes["depth"] + sizes["decoder_dim"] ** 2 * sizes["decoder_depth"])
+    limit = int(os.environ.get("SCIMAE_MAX_PARAMS", MAX_PARAMS))
+    if params > limit:
+        raise DataError(path, f"a model of about {params:,.0f} transformer parameters", f"at most {limit:,} "
+                        "(set SCIMAE_MAX_PARAMS to load a larger one)")
+
+
 def from_pretrained(folder: str | os.PathLike, build, domain: str | None = None,
                     keys: tuple[str, ...] = ()) -> tuple[nn.Module, dict]:
     """An export folder -> (model, its config): ``build(config)`` makes the architecture the config describes
     and the export's weights fill it, part by part (a part is a top-level module or parameter). Parts the
     export lacks keep their initialisation and parts only the export has are left out, both logged: so a
     fine-tuned export (encoder + head) fills a masked autoencoder's encoder and leaves its decoder fresh.
-    Every part both have must match key for key and shape for shape."""
+    Every part both have must match key for key and shape for shape. The config is checked before anything is
+    built (:func:`check_model_size`, then the domain's config classes): a bad field is a DataError naming it."""
     config, state = load_export(folder, domain, keys)
-    model = build(config)
+    path = Path(folder) / CONFIG_NAME
+    check_model_size(config, path)
+    try:
+        model = build(config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise DataError(path, f"a config the model cannot be built from ({type(e).__name__}: {e})",
+                        "the config.json written with the export") from None
     part = lambda key: key.split(".", 1)[0]  # noqa: E731
     own, given = {part(k) for k in model.state_dict()}, {part(k) for k in state}
     shared = own & given

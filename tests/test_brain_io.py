@@ -65,6 +65,12 @@ def test_manifest_with_relative_paths_and_labels(tmp_path):
     (tmp_path / "bad.csv").write_text("case_id,t2\ns1,img/nope.nii.gz\n")
     with pytest.raises(DataError, match=r"bad.csv: found line 2 names t2 file img/nope.nii.gz, which does not exist"):
         discover_cases(tmp_path / "bad.csv")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up.csv").write_text("case_id,t1\ns1,../img/x1.nii.gz\n")
+    with pytest.raises(DataError, match=r"up.csv: found line 2 names t1 file ../img/x1.nii.gz, outside the manifest's "
+                                        r"folder; expected paths inside it \(data.manifest_outside=true allows others\)"):
+        discover_cases(tmp_path / "sub" / "up.csv")
+    assert discover_cases(tmp_path / "sub" / "up.csv", outside=True)[0].paths["t1"] == str(tmp_path / "img" / "x1.nii.gz")
 
 
 def test_truncated_nifti(tmp_path):

@@ -297,3 +297,41 @@ def test_cardiac_and_geo_datasets_name_every_bad_file_before_training(tmp_path, 
         load_splits(GeoDataConfig(**cfg))
     train, _ = load_splits(GeoDataConfig(**cfg, on_error="skip"))
     assert [p.name for p in train.paths] == ["t0.tif", "t2.tif"]
+
+
+# -- exports -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, found", [
+    ({"dim": "big"}, r"found model.dim = 'big'; expected a non-negative number"),
+    ({"dim": 65536, "depth": 64}, r"found a model of about [\d,]+ transformer parameters; expected at most "
+                                  r"1,000,000,000 \(set SCIMAE_MAX_PARAMS"),
+    ({"depth": 0}, r"found a config the model cannot be built from \(ValueError: model.depth must be >= 1, got 0\)"),
+    ({"mode": "other"}, r"found a config the model cannot be built from \(ValueError: model.mode must be drop or "
+                        r"mask_token, got 'other'\)"),
+    ({"unknown_key": 1}, r"found a config the model cannot be built from \(ValueError: unknown config key "
+                         r"'model.unknown_key'"),
+])
+def test_exports_with_bad_config_fields_are_refused_before_anything_is_built(tmp_path, change, found):
+    import json
+
+    from scimae.core.checkpoint import save_export
+    from scimae.domains.cardiac.data import CardiacDataConfig
+    from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, export_config, load_cardiac_mae
+
+    cfg = CardiacModelConfig(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    data = CardiacDataConfig()
+    save_export(tmp_path, build_cardiac_mae(cfg, data.window_length, data.patch), export_config(cfg, data))
+    load_cardiac_mae(tmp_path)  # as written, it loads
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"].update(change)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match="config.json: " + found):
+        load_cardiac_mae(tmp_path)
+
+
+def test_an_export_config_that_is_not_an_object_is_a_data_error(tmp_path):
+    from scimae.core.checkpoint import load_export
+
+    (tmp_path / "config.json").write_text("[1, 2]")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DataError, match=r"config.json: found a JSON list; expected a JSON object"):
+        load_export(tmp_path)

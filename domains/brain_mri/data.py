@@ -46,6 +46,7 @@ class BrainDataConfig:
     cache: str = "none"  # keep preprocessed volumes: none, memory, or disk (in cache_dir)
     cache_dir: str | None = None  # folder for data.cache=disk
     on_error: str = "stop"  # a bad file stops the run (every one named at once), or skip: train on the rest
+    manifest_outside: bool = False  # a CSV manifest may name files outside its own folder
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -80,9 +81,12 @@ def resolve_root(cfg: BrainDataConfig) -> Path:
 def train_val_cases(cfg: BrainDataConfig) -> tuple[list[Case], list[Case]]:
     """The cases of both sides, on the configured modalities: ``val_root``'s as validation, or a seeded split
     of the root's."""
-    cases = checked(restrict(discover_cases(resolve_root(cfg)), cfg.modalities), cfg.on_error)
+    def read(root) -> list[Case]:
+        return checked(restrict(discover_cases(root, cfg.manifest_outside), cfg.modalities), cfg.on_error)
+
+    cases = read(resolve_root(cfg))
     if cfg.val_root:
-        return cases, checked(restrict(discover_cases(Path(cfg.val_root)), cfg.modalities), cfg.on_error)
+        return cases, read(Path(cfg.val_root))
     return split_cases(cases, cfg.val_fraction, cfg.split_seed)
 
 

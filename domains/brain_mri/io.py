@@ -57,15 +57,15 @@ def _parse_name(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def discover_cases(root: str | Path) -> list[Case]:
+def discover_cases(root: str | Path, outside: bool = False) -> list[Case]:
     """Cases under a BraTS-style folder (2020/2021 ``_t1ce``, 2023 ``-t1c``, aliases), sorted by id.
 
     A ``labels.csv`` in ``root`` (a case-id column and label columns) adds labels; a ``*.csv`` given
-    as ``root`` is read as a manifest instead.
+    as ``root`` is read as a manifest instead (``outside``: see :func:`read_manifest`).
     """
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
-        return read_manifest(root)
+        return read_manifest(root, outside)
     if not root.is_dir():
         raise DataError(root, "a file that is not a .csv" if root.exists() else "no such folder",
                         "a folder of NIfTI cases or a CSV manifest")
@@ -116,9 +116,10 @@ def read_labels(path: str | Path) -> dict[str, dict[str, str]]:
     return {row[key]: {k: v for k, v in row.items() if k != key and v not in ("", None)} for row in reader}
 
 
-def read_manifest(path: str | Path) -> list[Case]:
+def read_manifest(path: str | Path, outside: bool = False) -> list[Case]:
     """A CSV with a case-id column, one column per modality (any alias; paths relative to the CSV),
-    an optional ``seg`` column, and label columns."""
+    an optional ``seg`` column, and label columns. Paths must lie in the CSV's folder (or below it) unless
+    ``outside``."""
     path = Path(path)
     reader = _csv(path)
     header = reader.fieldnames or []
@@ -134,6 +135,9 @@ def read_manifest(path: str | Path) -> list[Case]:
                 labels[col] = value
                 continue
             file = (path.parent / value).resolve()
+            if not outside and not file.is_relative_to(path.parent.resolve()):
+                raise DataError(path, f"line {line} names {mod} file {value}, outside the manifest's folder",
+                                "paths inside it (data.manifest_outside=true allows others)")
             if not file.is_file():
                 raise DataError(path, f"line {line} names {mod} file {value}, which does not exist",
                                 "paths to existing NIfTI files (relative to the manifest)")

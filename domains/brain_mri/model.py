@@ -52,7 +52,7 @@ def export_config(model_cfg: BrainModelConfig, roi, spacing, **extra) -> dict:
 
 def load_brain_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """``(mae, config)`` from an export of brats_pretrain (ready to continue pretraining or reconstruct)."""
-    return from_pretrained(folder, lambda c: build_brain_mae(from_dict(BrainModelConfig, c["model"]), c["roi"]),
+    return from_pretrained(folder, lambda c: build_brain_mae(from_dict(BrainModelConfig, c["model"], "model."), c["roi"]),
                            "brain_mri", ("model", "roi"))
 
 

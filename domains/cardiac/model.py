@@ -42,7 +42,7 @@ EXPORT_KEYS = ("model", "fs", "window_s", "stride_s", "patch", "max_gap_s")  # w
 
 
 def mae_from_config(config: dict) -> MaskedAutoencoder:
-    cfg = from_dict(CardiacModelConfig, config["model"])
+    cfg = from_dict(CardiacModelConfig, config["model"], "model.")
     return build_cardiac_mae(cfg, int(round(config["window_s"] * config["fs"])), config["patch"])
 
 

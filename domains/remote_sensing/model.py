@@ -45,7 +45,7 @@ EXPORT_KEYS = ("model", "groups", "window", "patch")  # what a loader reads
 
 
 def mae_from_config(config: dict) -> MaskedAutoencoder:
-    return build_geo_mae(from_dict(GeoModelConfig, config["model"]), export_layout(config), config["window"],
+    return build_geo_mae(from_dict(GeoModelConfig, config["model"], "model."), export_layout(config), config["window"],
                          config["patch"])
 
 

@@ -154,7 +154,7 @@ def build_point_mae(cfg: PointModelConfig, n_groups: int, group_size: int) -> Ma
 
 def load_point_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """A pointcloud_pretrain export: the MAE and its config (points, groups, group size)."""
-    return from_pretrained(folder, lambda c: build_point_mae(from_dict(PointModelConfig, c["model"]), c["n_groups"],
+    return from_pretrained(folder, lambda c: build_point_mae(from_dict(PointModelConfig, c["model"], "model."), c["n_groups"],
                                                              c["group_size"]),
                            "scene3d", ("model", "n_groups", "group_size"))
 
@@ -258,7 +258,7 @@ def build_nerf_mae(cfg: NerfModelConfig, grid: tuple[int, int, int], patch: int)
 
 def load_nerf_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """A nerf_pretrain export: the MAE and its config (grid, patch, opacity rule)."""
-    return from_pretrained(folder, lambda c: build_nerf_mae(from_dict(NerfModelConfig, c["model"]), tuple(c["grid"]),
+    return from_pretrained(folder, lambda c: build_nerf_mae(from_dict(NerfModelConfig, c["model"], "model."), tuple(c["grid"]),
                                                             c["patch"]),
                            "scene3d", ("model", "grid", "patch"))
 

@@ -176,7 +176,7 @@ def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     """An export's model; exports that predate ``unit`` took positions in metres (unit 1)."""
 
     def build(c: dict) -> MaskedAutoencoder:
-        cfg = from_dict(SkeletonModelConfig, {"unit": 1.0, **c["model"]})
+        cfg = from_dict(SkeletonModelConfig, {"unit": 1.0, **c["model"]}, "model.")
         return build_skeleton_mae(cfg, c["frames"], c["bodies"], c["joints"])
 
     return from_pretrained(folder, build, "skeleton", ("model", "frames", "bodies", "joints"))
