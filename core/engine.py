@@ -82,6 +82,8 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     dataset = torch.utils.data.get_worker_info().dataset
+    while not hasattr(dataset, "reseed") and hasattr(dataset, "dataset"):  # the loader's wrapper, a Subset
+        dataset = dataset.dataset
     if hasattr(dataset, "reseed"):
         dataset.reseed(seed)
 
@@ -356,6 +358,8 @@ class Trainer:
         loader = self._loader(train_set, [], cfg.seed, train=True)
         while self.epoch < cfg.epochs and self.step < stop:
             indices = self._epoch_indices(sampler, batches * cfg.batch_size)
+            if cfg.num_workers == 0 and hasattr(train_set, "reseed"):  # the epoch's augmentation, also after a resume
+                train_set.reseed(cfg.seed * 1_000_003 + self.epoch)
             start = self.batch_in_epoch
             loader.sampler.indices = indices[start * cfg.batch_size:]
             self.model.train()

@@ -84,6 +84,26 @@ def test_from_pretrained_builds_from_the_config_and_fills_the_parts_the_export_h
         from_pretrained(tmp_path / "tuned", lambda c: torch.nn.Linear(2, 2))
 
 
+def test_atomic_writes_follow_the_umask_and_clear_what_a_crashed_writer_left(tmp_path):
+    import os
+    import subprocess
+
+    from scimae.core.checkpoint import atomic_write
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".last.pt.{dead.pid}.abc.tmp").write_bytes(b"half")  # a writer killed mid-write
+    (tmp_path / f".last.pt.{os.getpid()}.live.tmp").write_bytes(b"busy")  # a live writer's (here: this process)
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "last.pt", lambda p: open(p, "wb").write(b"state"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.pt").read_bytes() == b"state"
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".last.pt.{os.getpid()}.live.tmp", "last.pt"]
+
+
 def test_training_state_loads_with_weights_only_and_rejects_pickled_code(tmp_path):
     state = {"model": toy_mae().state_dict(), "step": 3}
     save_training_state(tmp_path / "last.pt", state)

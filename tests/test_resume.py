@@ -1,0 +1,51 @@
+"""Exact resume: a pretraining run killed with kill -9 and resumed writes the export of an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+
+TINY = ["model.dim=32", "model.depth=1", "model.heads=4", "model.decoder_dim=32", "model.decoder_depth=1",
+        "model.decoder_heads=4", "train.epochs=8", "train.figure_every=0"]
+PIPELINES = {
+    "skeleton_pretrain": ["data.synthetic.per_action=4", "data.frames=16", "train.batch_size=8"],
+    "cardiac_pretrain": ["data.synthetic.records=12", "data.synthetic.seconds=20", "train.batch_size=8",
+                         "train.epoch_repeats=1"],
+}
+
+
+def _command(pipeline, tmp_path, *args):
+    return [sys.executable, str(ROOT / "pipelines" / f"{pipeline}.py"), *TINY, *PIPELINES[pipeline],
+            f"data.synthetic.folder={tmp_path / 'data'}", f"train.out_dir={tmp_path / 'runs'}", *args]
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_a_run_killed_mid_way_and_resumed_writes_the_export_of_an_uninterrupted_one(tmp_path, pipeline):
+    env = {**os.environ, "SCIMAE_CACHE": str(tmp_path / "cache")}
+    run = lambda *args: subprocess.run(_command(pipeline, tmp_path, *args), env=env, check=True,  # noqa: E731
+                                       capture_output=True)
+    run("train.run_name=whole")
+    cut = subprocess.Popen(_command(pipeline, tmp_path, "train.run_name=cut"), env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    first = tmp_path / "runs" / "cut" / "export" / "config.json"
+    deadline = time.time() + 300
+    while not first.is_file() and cut.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    cut.send_signal(signal.SIGKILL)  # right after its first checkpoint
+    cut.wait()
+    steps = lambda name: json.loads((tmp_path / "runs" / name / "export" / "config.json").read_text())[  # noqa: E731
+        "training"]["step"]
+    assert 0 < steps("cut") < steps("whole"), "the run was not interrupted"
+    run("--resume", str(tmp_path / "runs" / "cut"))
+    assert steps("cut") == steps("whole")
+    whole = load_file(tmp_path / "runs" / "whole" / "export" / "model.safetensors")
+    resumed = load_file(tmp_path / "runs" / "cut" / "export" / "model.safetensors")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not list((tmp_path / "runs" / "cut").rglob(".*.tmp"))  # nothing a killed writer left behind
