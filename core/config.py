@@ -249,10 +249,11 @@ def resumed_config(cls, resume: str | Path, overrides: list[str] = (), values: d
     before = load_config(cls, stored)
     cfg = load_config(cls, stored, overrides, values)
     a, b = _flat(dataclasses.asdict(before)), _flat(dataclasses.asdict(cfg))
-    changed = [k for k in b if a.get(k) != b[k] and k not in RESUMABLE_CHANGES]
+    changed = [f"{k} is {a.get(k)!r} in {stored}, not {b[k]!r}" for k in b
+               if a.get(k) != b[k] and k not in RESUMABLE_CHANGES]
     if changed:
-        raise ValueError(f"--resume {resume}: {', '.join(f'{k} is {a.get(k)!r} in {stored}, not {b[k]!r}' for k in changed)}; "
-                         f"a resumed run may change only {', '.join(RESUMABLE_CHANGES)}")
+        raise ValueError(f"--resume {resume}: {', '.join(changed)}; a resumed run may change only "
+                         f"{', '.join(RESUMABLE_CHANGES)}")
     return cfg
 
 

@@ -41,10 +41,10 @@ def preflight(files: Sequence[Path], check: Callable[[Path], None], what: str, o
     """The files that pass ``check`` (a module-level function raising DataError), in order.
 
     Files that passed before (same path, size and modification time) are not checked again (the record is
-    ``cache``, by default one file per dataset folder in the user cache, holding this dataset's files only). ``workers`` > 1 checks in that many processes (default: the CPU
-    count when 64 or more files are to be checked). With ``on_error``
-    'stop' any bad file stops the run with one DataError listing every bad file; with 'skip' they are left
-    out, each named in the log. A dataset of bad files only is refused either way.
+    ``cache``, by default one file per dataset folder in the user cache, holding this dataset's files only).
+    ``workers`` > 1 checks in that many processes (default: the CPU count when 64 or more files are to be
+    checked). With ``on_error`` 'stop' any bad file stops the run with one DataError listing every bad file;
+    with 'skip' they are left out, each named in the log. A dataset of bad files only is refused either way.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"data.on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")

@@ -167,7 +167,8 @@ class NerfDataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
-        check_ranges("data", self, {"patch": AT_LEAST_1, "on_error": ON_ERROR_RULE, "grid": ("three sizes >= 1", lambda v: len(v) == 3 and min(v) >= 1),
+        check_ranges("data", self, {"patch": AT_LEAST_1, "on_error": ON_ERROR_RULE,
+                                    "grid": ("three sizes >= 1", lambda v: len(v) == 3 and min(v) >= 1),
                                     "delta": POSITIVE, "val_fraction": UNIT_INTERVAL})
         if any(g % self.patch for g in self.grid):
             raise ValueError(f"data.patch {self.patch} must divide data.grid {tuple(self.grid)}")
