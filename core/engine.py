@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from scimae.core.checkpoint import (atomic_write, load_training_state, match_weights, rng_state, save_export,
                                     save_training_state, set_rng_state)
 from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, run_folder, save_config
+from scimae.core import preflight
 from scimae.core.errors import DataError
 from scimae.core.heads import layer_decay_groups
 from scimae.core.progress import save_curves, training_bar
@@ -254,6 +255,9 @@ class Trainer:
         self.run_dir = self._run_dir(run_dir)
         if config is not None and self.dist.main and not cfg.resume:
             save_config(config, self.run_dir / "config.yaml")
+        if preflight.SKIPPED and self.dist.main:  # what the dataset preflight left out, one line per file
+            text = "\n".join(preflight.SKIPPED) + "\n"
+            atomic_write(self.run_dir / "skipped_files.txt", lambda p: Path(p).write_text(text))
         self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * cfg.batch_size * cfg.accum_steps * self.dist.world / 256
         groups = (layer_decay_groups(self.model, self.lr, cfg.weight_decay, cfg.layer_decay) if cfg.layer_decay < 1
                   else _default_groups(self.model, cfg.weight_decay, self.lr))

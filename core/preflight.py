@@ -18,6 +18,7 @@ from scimae.core.progress import progress
 log = logging.getLogger(__name__)
 ON_ERROR = ("stop", "skip")
 ON_ERROR_RULE = ("stop or skip", lambda v: v in ON_ERROR)  # for check_ranges
+SKIPPED: list[str] = []  # this process's files left out (data.on_error=skip): the Trainer lists them in the run folder
 
 
 def _stamp(path: Path) -> str:
@@ -82,4 +83,5 @@ def preflight(files: Sequence[Path], check: Callable[[Path], None], what: str, o
         raise DataError(f"{len(bad)} of the {len(files)} {what} cannot be used (data.on_error=skip trains on the "
                         f"rest):\n{lines}")
     log.warning("%d of the %d %s left out (data.on_error=skip):\n%s", len(bad), len(files), what, lines)
+    SKIPPED.extend(bad.values())
     return [f for f in files if f not in bad]

@@ -39,6 +39,18 @@ def test_every_bad_file_is_named_at_once_or_left_out(tmp_path, caplog):
         preflight(files, _check, "records", "ignore", cache=cache)
 
 
+def test_the_run_folder_lists_the_files_left_out(tmp_path, monkeypatch):
+    from scimae.core import preflight as module
+    from scimae.core.engine import TrainConfig, Trainer
+    from toy import toy_mae
+
+    monkeypatch.setattr(module, "SKIPPED", [])
+    files = _files(tmp_path, "ok", "bad")
+    preflight(files, _check, "records", "skip", cache=tmp_path / "cache.json")
+    trainer = Trainer(toy_mae(), TrainConfig(out_dir=str(tmp_path), run_name="run"))
+    assert (trainer.run_dir / "skipped_files.txt").read_text() == f"{files[1]}: found the word bad; expected good files\n"
+
+
 def test_files_that_passed_are_not_checked_again_until_they_change(tmp_path, monkeypatch):
     monkeypatch.setenv("SCIMAE_CACHE", str(tmp_path / "cache"))
     files = _files(tmp_path, "ok", "ok", "bad")
