@@ -188,8 +188,8 @@ def check_model_size(config: dict, path: Path) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise DataError(path, f"model.{key} = {value!r}", "a non-negative number")
         sizes[key] = float(value)
-    width = 4 + 2 * sizes["mlp_ratio"]  # attention (4 d^2) and MLP (2 r d^2) weights per block
-    params = width * (sizes["dim"] ** 2 * sizes["depth"] + sizes["decoder_dim"] ** 2 * sizes["decoder_depth"])
+    per_block = 4 + 2 * sizes["mlp_ratio"]  # attention (4 d^2) and MLP (2 r d^2) weights, in units of d^2
+    params = per_block * (sizes["dim"] ** 2 * sizes["depth"] + sizes["decoder_dim"] ** 2 * sizes["decoder_depth"])
     limit = int(os.environ.get("SCIMAE_MAX_PARAMS", MAX_PARAMS))
     if params > limit:
         raise DataError(path, f"a model of about {params:,.0f} transformer parameters", f"at most {limit:,} "

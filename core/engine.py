@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from scimae.core.checkpoint import (atomic_write, load_training_state, match_weights, rng_state, save_export,
                                     save_training_state, set_rng_state)
-from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, run_folder, save_config
 from scimae.core import preflight
+from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, run_folder, save_config
 from scimae.core.errors import DataError
 from scimae.core.heads import layer_decay_groups
 from scimae.core.progress import save_curves, training_bar

@@ -25,7 +25,8 @@ def _stamp(path: Path) -> str:
     """What identifies a file's content for the cache: path, size and modification time (of each of its
     files for a record named without suffix, such as WFDB's header + signal files)."""
     parts = [path] if path.exists() else sorted(path.parent.glob(glob.escape(path.name) + ".*"))
-    return "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts) or f"{path}:missing"
+    stats = [(p.resolve(), p.stat()) for p in parts]
+    return "|".join(f"{p}:{st.st_size}:{st.st_mtime_ns}" for p, st in stats) or f"{path}:missing"
 
 
 def _run(check: Callable[[Path], None], path: Path) -> str | None:
@@ -68,20 +69,28 @@ def preflight(files: Sequence[Path], check: Callable[[Path], None], what: str, o
     else:
         found = [_run(check, f) for f in progress(todo, f"checking {what}")]
     problems = dict(zip(todo, found))
-    passed = {s for f, s in zip(files, stamps) if problems.get(f) is None}  # this dataset's files only
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(sorted(passed)))
-    tmp.replace(cache)
+    now = {s for f, s in zip(files, stamps) if problems.get(f) is None}  # this dataset's files only
+    if now != passed:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(sorted(now)))
+        tmp.replace(cache)
     bad = {f: m for f, m in problems.items() if m is not None}
-    if not bad:
-        return files
-    lines = "\n".join(f"  {m}" for m in bad.values())
-    if len(bad) == len(files):
-        raise DataError(f"none of the {len(files)} {what} can be used:\n{lines}")
-    if on_error == "stop":
-        raise DataError(f"{len(bad)} of the {len(files)} {what} cannot be used (data.on_error=skip trains on the "
-                        f"rest):\n{lines}")
-    log.warning("%d of the %d %s left out (data.on_error=skip):\n%s", len(bad), len(files), what, lines)
-    SKIPPED.extend(bad.values())
+    settle(bad, len(files), what, on_error)
     return [f for f in files if f not in bad]
+
+
+def settle(bad: dict, total: int, what: str, on_error: str) -> None:
+    """Act on the ``bad`` items (item -> the DataError's message) found among ``total``: nothing when there are
+    none; else one DataError naming them all (every item bad, or ``on_error`` 'stop'), or a warning that
+    names them and their record in ``SKIPPED`` ('skip'). For loaders that read every file anyway."""
+    if not bad:
+        return
+    lines = "\n".join(f"  {m}" for m in bad.values())
+    if len(bad) == total:
+        raise DataError(f"none of the {total} {what} can be used:\n{lines}")
+    if on_error == "stop":
+        raise DataError(f"{len(bad)} of the {total} {what} cannot be used (data.on_error=skip trains on the "
+                        f"rest):\n{lines}")
+    log.warning("%d of the %d %s left out (data.on_error=skip):\n%s", len(bad), total, what, lines)
+    SKIPPED.extend(bad.values())

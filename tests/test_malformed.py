@@ -335,3 +335,15 @@ def test_an_export_config_that_is_not_an_object_is_a_data_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(DataError, match=r"config.json: found a JSON list; expected a JSON object"):
         load_export(tmp_path)
+
+
+def test_a_skeleton_folder_names_every_bad_file_in_its_one_pass(tmp_path):
+    for name in ("S001C001P001R001A001", "S001C001P002R001A001"):
+        _skeleton(tmp_path / f"{name}.skeleton", [[JOINT] * 25] * 6)
+    (tmp_path / "S001C001P003R001A001.skeleton").write_text("-3\n")
+    (tmp_path / "S001C001P004R001A001.skeleton").write_text("two\n")
+    with pytest.raises(DataError, match=r"(?s)2 of the 4 .skeleton files cannot be used.*P003R001A001.skeleton: found "
+                                        r"a frame count of -3.*P004R001A001.skeleton: found 'two'"):
+        load_samples(SkeletonDataConfig(root=str(tmp_path), frames=8))
+    train, val = load_samples(SkeletonDataConfig(root=str(tmp_path), frames=8, on_error="skip"))
+    assert sorted(s["name"] for s in train + val) == ["S001C001P001R001A001", "S001C001P002R001A001"]

@@ -48,15 +48,14 @@ class GeoDataConfig:
     def __post_init__(self):
         check_ranges("data", self, {"window": AT_LEAST_1, "patch": AT_LEAST_1, "val_fraction": UNIT_INTERVAL,
                                     "min_valid": ("in [0, 1]", lambda v: 0 <= v <= 1),
-                                    "on_error": ON_ERROR_RULE})
+                                    "on_error": ON_ERROR_RULE,
+                                    "windows_per_scene": (">= 1 or null (the scene's area)", lambda v: v is None or v >= 1)})
         if self.window % self.patch:
             raise ValueError(f"data.patch {self.patch} must divide data.window {self.window}")
         if not self.bands:
             raise ValueError("data.bands must name at least one band")
         if self.groups is not None:
             band_layout([b.name for b in self.bands], self.groups)
-        if self.windows_per_scene is not None and self.windows_per_scene < 1:
-            raise ValueError(f"data.windows_per_scene must be >= 1 or null (the scene's area), got {self.windows_per_scene}")
 
 
 def band_layout(bands: list[str], groups: dict[str, list[str]] | None = None) -> dict[str, list[str]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
-from scimae.core.preflight import ON_ERROR_RULE, preflight
+from scimae.core.preflight import ON_ERROR_RULE, settle
 from scimae.core.progress import progress
 from scimae.domains.skeleton import synthetic
 from scimae.domains.skeleton.io import in_split, read_arrays, read_skeleton
@@ -49,11 +48,6 @@ class SkeletonDataConfig:
                                     "val_fraction": UNIT_INTERVAL, "on_error": ON_ERROR_RULE})
 
 
-def check_sequence(path: Path, joints: int = 25) -> None:
-    """Read a .skeleton file and find a body in it (the dataset preflight): a DataError otherwise."""
-    clean(read_skeleton(path, joints), name=path)
-
-
 def skeleton_root(cfg: SkeletonDataConfig) -> Path:
     s = cfg.synthetic
     return Path(cfg.root) if cfg.root else synthetic.write_dataset(s.folder, s.per_action, s.seed)
@@ -87,14 +81,18 @@ def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
         raise DataError(root, "no .skeleton files", "NTU RGB+D files such as S001C002P003R002A013.skeleton")
     if skip:
         log.info("%d samples left out by %s", len(skip), cfg.skip_list)
-    files = preflight(files, partial(check_sequence, joints=cfg.joints), ".skeleton files", cfg.on_error)
-    train, val = [], []
-    for f in progress(files, f"reading {root}"):
-        seq = read_skeleton(f, cfg.joints)
-        xyz, present = clean(seq, cfg.bodies, name=f)
+    train, val, bad = [], [], {}
+    for f in progress(files, f"reading {root}"):  # every file is read here: bad ones are named together below
+        try:
+            seq = read_skeleton(f, cfg.joints)
+            xyz, present = clean(seq, cfg.bodies, name=f)
+        except DataError as e:
+            bad[f] = str(e)
+            continue
         sample = {"name": f.stem, "xyz": resample_frames(xyz, cfg.frames), "present": present,
                   "action": seq.meta.get("action", -1)}
         (train if not seq.meta or in_split(seq.meta, cfg.split, True) else val).append(sample)
+    settle(bad, len(files), ".skeleton files", cfg.on_error)
     return train, val
 
 
