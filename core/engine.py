@@ -309,12 +309,12 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, indices: list[int], seed: int, train: bool = False) -> DataLoader:
-        """A loader over ``indices``; the training loader keeps its workers and gets new indices each epoch."""
+        """A loader over ``indices``; the training loader gets new indices and a new seed each epoch, and its
+        workers start afresh each epoch from that seed, so an epoch draws the same after a resume."""
         return DataLoader(_NoStopIteration(dataset), batch_size=self.cfg.batch_size, sampler=_ListSampler(indices),
                           drop_last=train, num_workers=self.cfg.num_workers, collate_fn=self.collate,
                           worker_init_fn=_seed_worker,
-                          generator=torch.Generator().manual_seed(seed), pin_memory=self.device.type == "cuda",
-                          persistent_workers=train and self.cfg.num_workers > 0)
+                          generator=torch.Generator().manual_seed(seed), pin_memory=self.device.type == "cuda")
 
     def _epoch_indices(self, sampler: DistributedSampler, n: int) -> list[int]:
         """This process's sample order for the current epoch: ``epoch_repeats`` shuffles, ``n`` samples."""
@@ -362,8 +362,10 @@ class Trainer:
         loader = self._loader(train_set, [], cfg.seed, train=True)
         while self.epoch < cfg.epochs and self.step < stop:
             indices = self._epoch_indices(sampler, batches * cfg.batch_size)
-            if cfg.num_workers == 0 and hasattr(train_set, "reseed"):  # the epoch's augmentation, also after a resume
-                train_set.reseed(cfg.seed * 1_000_003 + self.epoch)
+            epoch_seed = int(np.random.SeedSequence([cfg.seed, self.epoch, self.dist.rank]).generate_state(1)[0])
+            loader.generator.manual_seed(epoch_seed)  # the workers' seeds: the epoch's augmentation, also after a resume
+            if cfg.num_workers == 0 and hasattr(train_set, "reseed"):
+                train_set.reseed(epoch_seed)
             start = self.batch_in_epoch
             loader.sampler.indices = indices[start * cfg.batch_size:]
             self.model.train()
