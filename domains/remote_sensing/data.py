@@ -100,8 +100,8 @@ class GeoWindows(Dataset):
     valid pixel are redrawn and counted in ``skipped``."""
 
     def __init__(self, paths: list[Path], cfg: GeoDataConfig, train: bool, seed: int = 0,
-                 layout: dict[str, list[str]] | None = None):
-        self.paths, self.cfg, self.train = paths, cfg, train
+                 layout: dict[str, list[str]] | None = None, crs=None):
+        self.paths, self.cfg, self.train, self.ref_crs = paths, cfg, train, crs
         names = [b.name for b in cfg.bands]
         self.layout = layout or band_layout(names, cfg.groups)
         slot = {b: (g, c) for g, members in enumerate(self.layout.values()) for c, b in enumerate(members)}
@@ -116,19 +116,22 @@ class GeoWindows(Dataset):
         self.rng = np.random.default_rng(seed)
         self.skipped = 0
         self._scenes: dict[int, object] = {}
+        if not train:
+            for k in range(len(paths)):  # each scene's grid and CRS checked before the first step
+                self.scene(k)
         counts = [self._windows(k) for k in range(len(paths))] if train else [1] * len(paths)
         self._scenes = {}  # opened again lazily in each DataLoader worker
         self.starts = np.cumsum([0] + counts)  # [S + 1]: the first sample index of each scene, then the total
 
     @property
     def crs(self):
-        """The dataset's CRS (its first scene's); every other scene is reprojected onto it."""
-        return self.scene(0).crs if self.paths else None
+        """The dataset's CRS (the one it was given, else its first scene's); GeoTIFFs in another are reprojected."""
+        return self.ref_crs or (self.scene(0).crs if self.paths else None)
 
     def scene(self, i: int):
         if i not in self._scenes:  # opened lazily, so each DataLoader worker has its own handles
-            first = self.scene(0) if i else None
-            crs = first.crs if isinstance(first, RasterScene) else None  # stacks keep their own grid
+            first = self.scene(0) if i and self.ref_crs is None else None
+            crs = self.ref_crs or (first.crs if isinstance(first, RasterScene) else None)  # stacks keep their own grid
             self._scenes[i] = open_scene(self.paths[i], self.cfg.bands, crs)
         return self._scenes[i]
 
@@ -215,7 +218,9 @@ def load_splits(cfg: GeoDataConfig, seed: int = 0):
     paths = preflight(scene_paths(cfg), partial(check_scene, bands=cfg.bands), "scenes", cfg.on_error)
     train, val = split_paths(paths, cfg.val_fraction, cfg.split_seed)
     log.info("%d training scenes, %d validation scenes", len(train), len(val))
-    return GeoWindows(train, cfg, True, seed), (GeoWindows(val, cfg, False, seed) if val else None)
+    first = open_scene(paths[0], cfg.bands)
+    crs = first.crs if isinstance(first, RasterScene) else None  # both splits on the first scene's CRS
+    return GeoWindows(train, cfg, True, seed, crs=crs), (GeoWindows(val, cfg, False, seed, crs=crs) if val else None)
 
 
 def labelled_tiles(root: Path) -> tuple[list[Path], list[str]]:

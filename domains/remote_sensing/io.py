@@ -6,6 +6,7 @@ mask, reading only that window; a window past the scene's edge comes back padded
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,6 @@ class RasterScene:
 
     def __init__(self, sources: dict[str, tuple[str, int]], bands: list[Band], crs=None):
         import rasterio
-        from rasterio.vrt import WarpedVRT
 
         self.bands, self.name = bands, str(next(iter(sources.values()))[0])
         self._open: dict[str, object] = {}
@@ -58,12 +58,12 @@ class RasterScene:
                 if src.crs is None:
                     log.warning("%s has no CRS; treated as pixel space", path)
                 elif crs is not None and src.crs != crs:
-                    log.warning("%s is in %s, not the dataset's %s; reprojected", path, src.crs, crs)
-                    src = WarpedVRT(src, crs=crs)
+                    own, src = src.crs, _warped(src, path, crs=crs)
+                    log.warning("%s is in %s, not the dataset's %s; reprojected", path, crs_name(own), crs_name(crs))
                 ref = src
             elif (src.crs, src.transform, src.shape) != (ref.crs, ref.transform, ref.shape):
                 log.warning("%s is on another grid (%s) than %s (%s); warped onto it", path, src.crs, ref.name, ref.crs)
-                src = WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height)
+                src = _warped(src, path, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height)
             self._open[path] = src
         self.sources = sources
         self._by_file: dict[str, tuple[list[int], list[int]]] = {}
@@ -164,6 +164,32 @@ def _match_band_file(folder: Path, band: str) -> Path | None:
         if stem.lower() == band.lower() or stem.lower().endswith(f"_{band.lower()}"):
             return path
     return None
+
+
+def crs_name(crs) -> str:
+    """``EPSG:32614``, or the name a WKT definition gives (``LOCAL_CS["Site grid", ...`` -> ``Site grid``)."""
+    epsg = crs.to_epsg()
+    if epsg:
+        return f"EPSG:{epsg}"
+    named = re.match(r'\s*\w+\["([^"]*)"', crs.to_wkt())
+    return named.group(1) if named else crs.to_string()
+
+
+def _warped(src, path: str, **grid):
+    """``src`` seen through a WarpedVRT on another grid (``crs``, optionally ``transform``, ``width``,
+    ``height``); a DataError naming the file where PROJ knows no way from its CRS to that one (e.g. a local
+    engineering CRS)."""
+    import rasterio
+    from rasterio._err import CPLE_BaseError  # GDAL's errors, which rasterio raises as they are
+    from rasterio.errors import RasterioError
+    from rasterio.vrt import WarpedVRT
+
+    try:
+        with rasterio.Env():  # GDAL's messages go to logging, not straight to stderr
+            return WarpedVRT(src, **grid)
+    except (CPLE_BaseError, RasterioError):
+        raise DataError(path, f"a scene in {crs_name(src.crs)}, which PROJ cannot transform to {crs_name(grid['crs'])}",
+                        "scenes in one CRS, or in CRSs with a known transformation between them") from None
 
 
 def check_scene(path: Path, bands: list[Band]) -> None:
