@@ -14,6 +14,19 @@ def cache_root(name: str) -> Path:
     return Path(os.environ.get("SCIMAE_CACHE", Path.home() / ".cache" / "scimae")) / name
 
 
+def find_files(root: str | os.PathLike, keep) -> list[Path]:
+    """The files under ``root`` for which ``keep(path)`` holds, sorted (links to folders are not followed).
+    A folder that cannot be read is a DataError naming it, never silently left out."""
+    def refuse(e: OSError):
+        raise DataError(e.filename, f"a folder that cannot be read ({e.strerror})", "read access to every folder "
+                        "of the dataset")
+
+    found = []
+    for folder, _, names in os.walk(root, onerror=refuse):
+        found += [p for p in (Path(folder) / n for n in names) if keep(p)]
+    return sorted(found)
+
+
 def build_folder_once(root: str | os.PathLike | None, key: str, fill, name: str = "dataset") -> Path:
     """Make ``root`` complete or not at all: ``fill(tmp)`` writes into a temporary sibling folder that then
     replaces ``root`` with a COMPLETE marker holding ``key`` (what was built, e.g. "60 tiles, seed 0").

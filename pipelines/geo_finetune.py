@@ -10,6 +10,7 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
+from scimae.core.files import find_files
 from scimae.core.heads import first_per_class
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
@@ -61,7 +62,8 @@ def main(argv=None):
         targets = {p: classes.index(n) for p, n in zip(tiles + val_tiles, names + val_names)}
         n_out, labels_root = len(classes), None
     else:
-        tiles, val_tiles = sorted(root.rglob("*.tif")), sorted(val_root.rglob("*.tif")) if val_root else []
+        tif = lambda p: p.suffix == ".tif"  # noqa: E731
+        tiles, val_tiles = find_files(root, tif), find_files(val_root, tif) if val_root else []
         labels_root = Path(task.labels) if task.labels else root.parent / "labels"
         classes, targets, n_out = [str(i) for i in range(task.classes)], None, task.classes
     train_paths, val_paths = ((tiles, val_tiles) if val_root

@@ -347,3 +347,30 @@ def test_a_skeleton_folder_names_every_bad_file_in_its_one_pass(tmp_path):
         load_samples(SkeletonDataConfig(root=str(tmp_path), frames=8))
     train, val = load_samples(SkeletonDataConfig(root=str(tmp_path), frames=8, on_error="skip"))
     assert sorted(s["name"] for s in train + val) == ["S001C001P001R001A001", "S001C001P002R001A001"]
+
+
+@pytest.mark.parametrize("finder", ["brain", "cardiac", "geo", "points", "nerf", "skeleton"])
+def test_an_unreadable_subfolder_is_a_data_error_naming_it(tmp_path, monkeypatch, finder):
+    """chmod 000 does not stop root, so the refusal is made where os.walk lists a folder."""
+    import os
+
+    from scimae.domains.brain_mri.io import discover_cases
+    from scimae.domains.cardiac.io import find_records
+    from scimae.domains.remote_sensing.data import GeoDataConfig, scene_paths
+    from scimae.domains.scene3d.data import NerfDataConfig, find_clouds, grid_paths
+
+    find = {"brain": discover_cases, "cardiac": find_records, "geo": lambda root: scene_paths(GeoDataConfig(root=str(root))),
+            "points": find_clouds, "nerf": lambda root: grid_paths(NerfDataConfig(root=str(root))),
+            "skeleton": lambda root: load_samples(SkeletonDataConfig(root=str(root)))}[finder]
+    (tmp_path / "open").mkdir()
+    (tmp_path / "locked").mkdir()
+    scandir = os.scandir
+
+    def refuse_locked(path):
+        if os.path.basename(path) == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    with pytest.raises(DataError, match=r"locked: found a folder that cannot be read \(Permission denied\)"):
+        find(tmp_path)

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from scimae.core.errors import DataError
+from scimae.core.files import find_files
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def discover_cases(root: str | Path, outside: bool = False) -> list[Case]:
         raise DataError(root, "a file that is not a .csv" if root.exists() else "no such folder",
                         "a folder of NIfTI cases or a CSV manifest")
     found: dict[str, dict[str, str]] = {}
-    for path in sorted(p for p in root.rglob("*") if NIFTI.search(p.name)):
+    for path in find_files(root, lambda p: NIFTI.search(p.name)):
         parsed = _parse_name(path)
         if parsed is None:
             log.debug("skipping %s: no modality in its name", path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from scimae.core.errors import DataError
+from scimae.core.files import find_files
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,15 @@ def find_records(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "no such folder", "a folder of WFDB records or EDF files")
-    headers = sorted(root.rglob("*.hea"))
+    files = find_files(root, lambda p: p.suffix.lower() in (".hea", ".edf"))
+    headers = [f for f in files if f.suffix.lower() == ".hea"]
     segments = set()
     for h in headers:
         lines = [ln for ln in h.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("#")]
         if lines and "/" in lines[0].split()[0]:  # a multi-segment header: 'name/nseg nsig fs len'
             segments |= {h.parent / f"{ln.split()[0]}.hea" for ln in lines[1:]}
     records = [h.with_suffix("") for h in headers if h not in segments and not h.stem.endswith("_layout")]
-    records += sorted(root.rglob("*.edf"))
+    records += [f for f in files if f.suffix.lower() == ".edf"]
     if not records:
         raise DataError(root, "no .hea or .edf files", "WFDB records or EDF files")
     return records

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
+from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.io import Band, RasterScene, check_scene, open_scene
@@ -86,7 +87,7 @@ def scene_paths(cfg: GeoDataConfig) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise DataError(root, "no such file or folder", "GeoTIFFs, a per-band folder, or a NetCDF/zarr stack")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".tif", ".tiff", ".nc"))
+    files = find_files(root, lambda p: p.suffix.lower() in (".tif", ".tiff", ".nc"))
     if not files:
         raise DataError(root, "no .tif, .tiff or .nc files", "rasters to train on")
     return files

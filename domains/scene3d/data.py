@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
+from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.scene3d import synthetic
 from scimae.domains.scene3d.io import CLOUD_SUFFIXES, MESH_SUFFIXES, read_cloud, read_grid, read_h5
@@ -70,7 +71,7 @@ def find_clouds(root: Path, on_error: str = "stop") -> tuple[list[Entry], list[s
         files, classes = [root], []
     elif root.is_dir():
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes + (".h5", ".hdf5"))
+        files = find_files(root, lambda p: p.suffix.lower() in suffixes + (".h5", ".hdf5"))
     else:
         raise DataError(root, "no such file or folder", "point-cloud files, class folders of them, or an HDF5 file")
     h5 = [f for f in files if f.suffix.lower() in (".h5", ".hdf5")]  # read whole below
@@ -181,7 +182,7 @@ def grid_paths(cfg: NerfDataConfig) -> list[Path]:
         paths = sorted((synthetic.write_dataset(s.folder, s.per_class, s.rooms, s.seed) / "rooms").glob("*.npz"))
     else:
         root = Path(cfg.root)
-        paths = [root] if root.is_file() else sorted(root.rglob("*.npz")) if root.is_dir() else []
+        paths = [root] if root.is_file() else find_files(root, lambda p: p.suffix == ".npz") if root.is_dir() else []
         if not paths:
             raise DataError(root, "no .npz grids", "a folder of .npz files with 'rgbsigma' arrays")
     return preflight(paths, read_grid, "grids", cfg.on_error)

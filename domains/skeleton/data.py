@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
 from scimae.core.errors import DataError
+from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, settle
 from scimae.core.progress import progress
 from scimae.domains.skeleton import synthetic
@@ -76,7 +77,7 @@ def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
         return [samples[i] for i in sorted(order[n_val:])], [samples[i] for i in sorted(order[:n_val])]
     if not root.is_dir():
         raise DataError(root, "no such file or folder", "a folder of .skeleton files or a .npy/.npz array file")
-    files = sorted(p for p in root.rglob("*.skeleton") if p.stem not in skip)
+    files = find_files(root, lambda p: p.suffix == ".skeleton" and p.stem not in skip)
     if not files:
         raise DataError(root, "no .skeleton files", "NTU RGB+D files such as S001C002P003R002A013.skeleton")
     if skip:
