@@ -135,19 +135,20 @@ def load_export(folder: str | os.PathLike, domain: str | None = None,
         raise DataError(folder / CONFIG_NAME, f"invalid JSON ({e})", "the JSON written by save_export") from None
     if not isinstance(config, dict):
         raise DataError(folder / CONFIG_NAME, f"a JSON {type(config).__name__}", "a JSON object")
-    try:
-        state = load_file(folder / WEIGHTS_NAME)
-    except SafetensorError as e:
-        raise DataError(folder / WEIGHTS_NAME, f"an unreadable file ({e})", "a safetensors file") from None
-    if config.get("export_version", 0) > EXPORT_VERSION:
-        raise DataError(folder / CONFIG_NAME, f"export_version {config['export_version']}",
-                        f"<= {EXPORT_VERSION}; update scimae")
+    version = config.get("export_version", 0)
+    if type(version) is not int or version > EXPORT_VERSION:
+        raise DataError(folder / CONFIG_NAME, f"export_version {version!r}", f"an integer <= {EXPORT_VERSION}; "
+                        "a newer one needs a newer scimae")
     if domain is not None and config.get("domain") != domain:
         raise DataError(folder / CONFIG_NAME, f"an export of domain {config.get('domain')!r}", f"a {domain} export")
     missing = [k for k in keys if k not in config]
     if missing:
         raise DataError(folder / CONFIG_NAME, f"no {', '.join(missing)} (another pipeline's or an older export)",
                         f"an export with {', '.join(keys)}")
+    try:
+        state = load_file(folder / WEIGHTS_NAME)
+    except SafetensorError as e:
+        raise DataError(folder / WEIGHTS_NAME, f"an unreadable file ({e})", "a safetensors file") from None
     return config, state
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scimae.core.config import AT_LEAST_1, POSITIVE, check_ranges
 from scimae.core.tokens import MaskPlan
 
 
@@ -284,7 +285,9 @@ class MaskConfig:
     tau: float = 0.75  # saliency-guided strategies (e.g. motion-aware): temperature
 
     def __post_init__(self):
-        self.build()  # validates
+        check_ranges("model.mask", self, {"ratio": ("in (0, 1)", lambda v: 0 < v < 1), "block": AT_LEAST_1,
+                                          "sigma": POSITIVE, "alpha": POSITIVE, "tau": POSITIVE})
+        self.build()  # validates the strategy
 
     def build(self) -> MaskingStrategy:
         return build_masking(self.strategy, self.ratio, block=self.block, color=self.color, sigma=self.sigma,

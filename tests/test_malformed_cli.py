@@ -315,3 +315,56 @@ def test_a_malformed_dataset_ends_with_status_2_naming_the_file(tmp_path, capsys
     message = [line for line in err.splitlines() if line.startswith("error: ")]
     assert message and bad in "\n".join(err.splitlines()[err.splitlines().index(message[0]):]), err
     assert not list(tmp_path.rglob("last.pt")), "it trained"
+
+
+CARDIAC = '{"domain": "cardiac", "model": %s, "fs": 250, "window_s": 10, "stride_s": 5, "patch": 100, "max_gap_s": 0.5}'
+
+
+def _export(d, config):
+    from safetensors.torch import save_file
+
+    d.mkdir()
+    (d / "config.json").write_text(config)
+    save_file({}, d / "model.safetensors")
+    return d
+
+
+SETTINGS = {  # id -> (make(tmp) -> extra command-line words, what the message must name)
+    "config-mask-ratio": (lambda t: ["model.mask.ratio=1.0"], "model.mask.ratio"),
+    "config-batch-size": (lambda t: ["train.batch_size=0"], "train.batch_size"),
+    "config-patch": (lambda t: ["data.patch=0"], "data.patch"),
+    "config-unknown-key": (lambda t: ["model.widht=64"], "model.widht"),
+    "config-wrong-type": (lambda t: ["train.epochs=many"], "train.epochs"),
+    "config-yaml-tab": (lambda t: ["--config", str(write(t / "tab.yaml", "train:\n\tepochs: 2\n"))], "tab.yaml"),
+    "config-yaml-duplicate": (lambda t: ["--config", str(write(t / "dup.yaml", "train:\n  epochs: 2\n  epochs: 3\n"))],
+                              "dup.yaml"),
+    "config-missing-file": (lambda t: ["--config", str(t / "nowhere.yaml")], "nowhere.yaml"),
+    "resume-not-a-run": (lambda t: ["--resume", str((t / "empty_run").mkdir() or t / "empty_run")], "empty_run"),
+    "export-not-an-object": (lambda t: ["--init-from", str(_export(t / "exp", "[1, 2]"))], "config.json"),
+    "export-not-json": (lambda t: ["--init-from", str(_export(t / "exp", "{model: "))], "config.json"),
+    "export-missing": (lambda t: ["--init-from", str(t / "no_export")], "no_export"),
+    "export-bad-dim": (lambda t: ["--init-from", str(_export(t / "exp", CARDIAC % '{"dim": "big"}'))], "config.json"),
+    "export-version-text": (lambda t: ["--init-from", str(_export(t / "exp", '{"domain": "cardiac", "export_version": '
+                                                              '"2"}'))], "config.json"),
+    "export-weights-unreadable": (lambda t: ["--init-from", str(write(_export(t / "exp", CARDIAC % "{}") / "model.safetensors",
+                                                                      "junk").parent)], "model.safetensors"),
+    "export-other-domain": (lambda t: ["--init-from", str(_export(t / "exp", '{"domain": "skeleton", "model": {}}'))],
+                            "config.json"),
+}
+
+
+@pytest.mark.parametrize("case", SETTINGS)
+def test_malformed_settings_and_exports_end_with_status_2_naming_them(tmp_path, capsys, case):
+    from scimae.pipelines import cardiac_pretrain
+
+    records = tmp_path / "records"
+    records.mkdir()
+    for i in range(2):
+        wfdb_record(records, f"r{i}", RNG.normal(size=(5000, 1)))
+    make, named = SETTINGS[case]
+    argv = ["--data", str(records), *TINY, f"train.out_dir={tmp_path / 'runs'}", *make(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: cardiac_pretrain.main(argv))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err and named in err, err
+    assert not list(tmp_path.rglob("last.pt")), "it trained"
