@@ -22,17 +22,8 @@ from scimae.domains.brain_mri.data import (
     survival_targets,
     train_val_cases,
 )
-from scimae.domains.brain_mri.model import (
-    BrainFineTuner,
-    BrainModelConfig,
-    TaskConfig,
-    build_brain_mae,
-    export_config,
-    load_brain_mae,
-    task_evaluate,
-    task_outputs,
-    task_step,
-)
+from scimae.domains.brain_mri.finetune import BrainFineTuner, TaskConfig, task_evaluate, task_outputs, task_step
+from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "brats_finetune.yaml"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.brain_mri.data import BrainDataConfig, collate, load_splits
-from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae, save_figure
+from scimae.domains.brain_mri.figures import save_figure
+from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "brats_pretrain.yaml"
 

@@ -8,24 +8,24 @@ intensities are z-scores (the model's units). With no arguments it uses the newe
 """
 import argparse
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from scimae.core.config import run_cli
 from scimae.core.errors import DataError
 from scimae.core.files import newest_export
 from scimae.domains.brain_mri.data import BrainDataConfig, resolve_root
-from scimae.domains.brain_mri.io import MODALITIES, canonical_modality, discover_cases, read_volume, write_volume
-from scimae.domains.brain_mri.model import load_brain_mae, synthesise
-from scimae.domains.brain_mri.transforms import inference_chain
+from scimae.domains.brain_mri.inference import reconstruct_case
+from scimae.domains.brain_mri.io import MODALITIES, canonical_modality, discover_cases, write_volume
+from scimae.domains.brain_mri.model import load_brain_mae
 
 log = logging.getLogger("brats_reconstruct")
 
 
 def pretrain() -> None:
     log.info("no brats_pretrain export under runs/; pretraining one with the default config")
-    from scimae.pipelines import brats_pretrain
-
-    brats_pretrain.main([])
+    subprocess.run([sys.executable, "-m", "scimae.pipelines.brats_pretrain"], check=True)
 
 
 def main(argv=None):
@@ -60,16 +60,7 @@ def main(argv=None):
                         "a brats_pretrain export")
     model.eval()
 
-    chain = inference_chain(config["spacing"])
-    data = chain(case.as_dict())
-    pred = synthesise(model, data["image"].as_tensor(), data["present"], modality, config["roi"])
-    meta_pred = data["image"][:1].clone()  # a MetaTensor carrying the applied transforms
-    meta_pred[0] = pred
-    restored = chain.inverse({"image": meta_pred})["image"][0].numpy()  # on the case's input grid
-
-    ref_path = next(case.paths[m] for m in MODALITIES if m in case.paths and m != modality)
-    ref, affine, header = read_volume(ref_path)
-    restored = restored * (ref != 0)  # resampling back may blur past the head: keep the input's foreground
+    restored, affine, header = reconstruct_case(model, config, case, modality)
     out = Path(args.out or Path("runs") / "brats_reconstruct" / f"{case.case_id}_{modality}.nii.gz")
     write_volume(out, restored, affine, header, overwrite=args.overwrite)
     note = "" if modality in missing else " (the case has this contrast: compare them)"

@@ -16,16 +16,8 @@ from scimae.core.errors import DataError
 from scimae.core.heads import first_per_class, pos_weight_from_labels
 from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, record_classes, train_val_records
 from scimae.domains.cardiac.io import LEADS
-from scimae.domains.cardiac.model import (
-    CardiacFineTuner,
-    CardiacModelConfig,
-    CardiacTaskConfig,
-    build_cardiac_mae,
-    export_config,
-    load_cardiac_mae,
-    task_evaluate,
-    task_step,
-)
+from scimae.domains.cardiac.finetune import CardiacFineTuner, CardiacTaskConfig, task_evaluate, task_step
+from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, export_config, load_cardiac_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cardiac_finetune.yaml"
 CONFIGURATIONS = {"12-lead": LEADS, "limb leads": ["I", "II", "III", "aVR", "aVL", "aVF"], "lead I": ["I"],

@@ -10,13 +10,8 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.cardiac.data import CardiacDataConfig, load_splits, train_val_records
-from scimae.domains.cardiac.model import (
-    CardiacModelConfig,
-    build_cardiac_mae,
-    export_config,
-    load_cardiac_mae,
-    save_figure,
-)
+from scimae.domains.cardiac.figures import save_figure
+from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, export_config, load_cardiac_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cardiac_pretrain.yaml"
 

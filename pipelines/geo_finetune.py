@@ -14,17 +14,9 @@ from scimae.core.files import find_files
 from scimae.core.heads import first_per_class
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
-from scimae.domains.remote_sensing.model import (
-    GeoFineTuner,
-    GeoModelConfig,
-    GeoTaskConfig,
-    build_geo_mae,
-    export_layout,
-    layout_record,
-    load_geo_mae,
-    task_evaluate,
-    task_step,
-)
+from scimae.domains.remote_sensing.finetune import GeoFineTuner, GeoTaskConfig, task_evaluate, task_step
+from scimae.domains.remote_sensing.model import (GeoModelConfig, build_geo_mae, export_layout, layout_record,
+                                                 load_geo_mae)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "geo_finetune.yaml"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.remote_sensing.data import GeoDataConfig, load_splits
-from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_config, load_geo_mae, save_figure
+from scimae.domains.remote_sensing.figures import save_figure
+from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_config, load_geo_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "geo_pretrain.yaml"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, grid_paths, split_entries
-from scimae.domains.scene3d.model import NerfModelConfig, build_nerf_mae, load_nerf_mae, save_grid_figure
+from scimae.domains.scene3d.figures import save_grid_figure
+from scimae.domains.scene3d.model import NerfModelConfig, build_nerf_mae, load_nerf_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "nerf_pretrain.yaml"
 

@@ -14,7 +14,8 @@ from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.heads import classification_evaluate, classification_step, first_per_class
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
-from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, point_classifier, svm_probe
+from scimae.domains.scene3d.finetune import point_classifier, svm_probe
+from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_finetune.yaml"
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
-from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae, save_point_figure
+from scimae.domains.scene3d.figures import save_point_figure
+from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_pretrain.yaml"
 

@@ -11,12 +11,8 @@ from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.heads import classification_evaluate, classification_step, first_per_class
 from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root
-from scimae.domains.skeleton.model import (
-    SkeletonModelConfig,
-    build_skeleton_mae,
-    load_skeleton_mae,
-    skeleton_classifier,
-)
+from scimae.domains.skeleton.finetune import skeleton_classifier
+from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_finetune.yaml"
 

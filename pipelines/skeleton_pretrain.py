@@ -12,7 +12,8 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples
-from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae, save_figure
+from scimae.domains.skeleton.figures import save_figure
+from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_pretrain.yaml"
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from scimae.core.checkpoint import load_export
-from scimae.domains.brain_mri.model import (BrainFineTuner, BrainModelConfig, TaskConfig, build_brain_mae, load_brain_mae,
-                                            export_config, synthesise)
+from scimae.domains.brain_mri.finetune import BrainFineTuner, TaskConfig
+from scimae.domains.brain_mri.inference import synthesise
+from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, load_brain_mae, export_config
 
 ROI = (32, 32, 32)
 

@@ -66,3 +66,21 @@ def test_every_pipeline_config_reloads_from_its_saved_copy(tmp_path):
         cfg = load_config(module.Config, module.DEFAULT)
         save_config(cfg, tmp_path / f"{path.stem}.yaml")
         assert load_config(module.Config, tmp_path / f"{path.stem}.yaml") == cfg, path.stem
+
+
+def test_every_domain_uses_the_common_file_names_and_stays_small():
+    """io, transforms, data, model, finetune, figures and synthetic in each domain (inference.py and api.py
+    where the domain has them), none much over 250 lines."""
+    common = {"__init__", "io", "transforms", "data", "model", "finetune", "figures", "synthetic"}
+    for domain in (ROOT / "domains").iterdir():
+        if not domain.is_dir() or domain.name.startswith("_"):
+            continue
+        names = {p.stem for p in domain.glob("*.py")}
+        assert common <= names and names - common <= {"inference", "api"}, (domain.name, sorted(names ^ common))
+        for path in domain.glob("*.py"):
+            assert len(path.read_text().splitlines()) <= 280, path
+
+
+def test_pipelines_import_no_pipeline():
+    for path in (ROOT / "pipelines").glob("*.py"):
+        assert not [m for m in _imports(path) if m.startswith("scimae.pipelines")], path

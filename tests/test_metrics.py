@@ -38,7 +38,7 @@ def test_classification_hook_matches_scikit_learn_over_batches():
 
 
 def test_segmentation_hook_ignores_unlabelled_pixels_and_matches_scikit_learn():
-    from scimae.domains.remote_sensing.model import IGNORE, GeoTaskConfig, task_evaluate
+    from scimae.domains.remote_sensing.finetune import IGNORE, GeoTaskConfig, task_evaluate
 
     rng = np.random.default_rng(2)
     logits, seg = rng.standard_normal((3, 4, 8, 8)).astype(np.float32), rng.integers(0, 4, (3, 8, 8))
@@ -88,7 +88,7 @@ def test_brain_hooks_match_scikit_survival_and_monai():
     from monai.metrics import compute_dice
 
     from scimae.core.heads import survival_risk
-    from scimae.domains.brain_mri.model import TaskConfig, task_evaluate
+    from scimae.domains.brain_mri.finetune import TaskConfig, task_evaluate
 
     sksurv = pytest.importorskip("sksurv.metrics")
     rng = np.random.default_rng(5)

@@ -10,9 +10,10 @@ from scimae.core import DataError
 from scimae.core.masking import MaskConfig
 from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, PointDataConfig, find_clouds
 from scimae.domains.scene3d.io import read_cloud, read_grid, read_h5, write_cloud
-from scimae.domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig, PointNetEmbed,
-                                          VoxelHead, build_nerf_mae, build_point_mae, farthest_point_sample, group_points,
-                                          has_pytorch3d, knn)
+from scimae.domains.scene3d.finetune import VoxelHead
+from scimae.domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig,
+                                          PointNetEmbed, build_nerf_mae, build_point_mae, farthest_point_sample,
+                                          group_points, has_pytorch3d, knn)
 from scimae.domains.scene3d.transforms import density_to_opacity, normalize_unit_sphere, resample
 
 

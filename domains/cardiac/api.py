@@ -20,7 +20,8 @@ from scimae.core.checkpoint import load_export, load_weights, save_export
 from scimae.core.errors import DataError
 from scimae.domains.cardiac.data import CardiacDataConfig, record_windows
 from scimae.domains.cardiac.io import CHANNELS, Signal, canonical_channel, from_array, read_record
-from scimae.domains.cardiac.model import EXPORT_KEYS, CardiacFineTuner, CardiacTaskConfig, mae_from_config
+from scimae.domains.cardiac.finetune import CardiacFineTuner, CardiacTaskConfig
+from scimae.domains.cardiac.model import EXPORT_KEYS, mae_from_config
 
 
 class CardiacFoundationModel(nn.Module):

@@ -1,19 +1,17 @@
 """3D models: Point-MAE (FPS centres, kNN groups, a PointNet per group, Chamfer loss) and NeRF-MAE
-(3D patches of RGB + opacity grids, opacity-weighted loss), their heads, exports and figures."""
+(3D patches of RGB + opacity grids, opacity-weighted loss), their exports and loading."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from scimae.core.checkpoint import from_pretrained
 from scimae.core.config import from_dict
-from scimae.core.embed import CoordEmbed, GridTokenizer, unpatchify
-from scimae.core.heads import PooledClassifier, Pooler
+from scimae.core.embed import CoordEmbed, GridTokenizer
 from scimae.core.losses import chamfer_distance, grouped_losses
-from scimae.core.mae import MAEConfig, MaskedAutoencoder, build_mae, figure_panels, pyplot
+from scimae.core.mae import MAEConfig, MaskedAutoencoder, build_mae
 from scimae.core.masking import MaskConfig
 from scimae.core.tokens import TokenSet, gather_slots
 
@@ -159,61 +157,6 @@ def load_point_mae(folder) -> tuple[MaskedAutoencoder, dict]:
                            "scene3d", ("model", "n_groups", "group_size"))
 
 
-def point_classifier(encoder: nn.Module, n_classes: int, freeze_encoder: bool = False) -> PooledClassifier:
-    """Encoder + max-and-mean pooling (Point-MAE) + MLP head for shape classification."""
-    return PooledClassifier(encoder, n_classes, "max_mean", "mlp", freeze_encoder)
-
-
-@torch.no_grad()
-def pooled_features(encoder: nn.Module, dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Max-and-mean pooled encoder features [S, 2D] and labels [S] of a dataset, on the encoder's device."""
-    from torch.utils.data import DataLoader
-
-    pool = Pooler(encoder.dim, "max_mean")
-    device = next(encoder.parameters()).device
-    encoder.eval()
-    feats, labels = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        feats.append(pool(encoder({k: v.to(device) for k, v in batch.items()})).cpu())
-        labels.append(batch["y"])
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
-
-
-def svm_probe(encoder: nn.Module, train_set, val_set, c: float = 0.01) -> float:
-    """Validation accuracy of a linear SVM (scikit-learn) fitted on standardised pooled features."""
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
-    svm = make_pipeline(StandardScaler(), LinearSVC(C=c, max_iter=5000))
-    svm.fit(*pooled_features(encoder, train_set))
-    x, y = pooled_features(encoder, val_set)
-    return float((svm.predict(x) == y).mean())
-
-
-@torch.no_grad()
-def save_point_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
-    """PNG of the first cloud: input (visible grey, hidden red) | reconstruction (visible grey, predicted blue)."""
-    plt = pyplot()
-    out = model(batch, torch.Generator().manual_seed(0))
-    ts, idx, pad = out["tokenset"], out["pred_idx"][0], out["pred_pad"][0]
-    centres, mask = ts.extras["coords"][0].cpu(), out["plan"].mask[0].cpu()
-    groups = (ts.target[0].reshape(len(centres), -1, 3).cpu() + centres[:, None])  # [G, k, 3]
-    pred = out["pred"][0][~pad].reshape(-1, ts.target.shape[-1] // 3, 3).cpu() + centres[idx[~pad].cpu()][:, None]
-    fig = plt.figure(figsize=(8, 4))
-    for i, (title, hidden, colour) in enumerate((("input: visible | hidden", groups[mask], "tab:red"),
-                                                 ("reconstruction: visible | predicted", pred, "tab:blue"))):
-        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
-        for pts, c in ((groups[~mask], "0.6"), (hidden, colour)):
-            pts = pts.reshape(-1, 3).numpy()
-            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=1, c=c)
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle(f"Chamfer loss {float(out['loss']):.4f}", fontsize=8)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 class OpacityWeightedTarget:
     """NeRF-MAE's objective on RGB + opacity patches (values (p..., c), c = R, G, B, opacity): RGB error
     weighted by the true opacity, plus the opacity error, per hidden patch."""
@@ -261,45 +204,3 @@ def load_nerf_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     return from_pretrained(folder, lambda c: build_nerf_mae(from_dict(NerfModelConfig, c["model"], "model."), tuple(c["grid"]),
                                                             c["patch"]),
                            "scene3d", ("model", "grid", "patch"))
-
-
-class VoxelHead(nn.Module):
-    """Per-voxel classes from the encoder: each patch token -> logits for its p^3 voxels: [B, K, W, L, H]."""
-
-    def __init__(self, encoder: nn.Module, n_classes: int):
-        super().__init__()
-        self.encoder, self.n_classes = encoder, n_classes
-        tok = encoder.tokenizer
-        n = 1
-        for p in tok.patch:
-            n *= p
-        self.head = nn.Sequential(nn.LayerNorm(encoder.dim), nn.Linear(encoder.dim, n * n_classes))
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        tok = self.encoder.tokenizer
-        logits = self.head(self.encoder(batch)["tokens"])  # [B, n, p^3 * K]
-        return unpatchify(logits, tok.patch, tok.grid, self.n_classes)  # [B, K, W, L, H]
-
-
-def render(grid: torch.Tensor) -> np.ndarray:
-    """Alpha compositing of an RGB + opacity grid [4, W, L, H] seen from above (top H first): an image [W, L, 3]."""
-    g = torch.nan_to_num(grid, nan=0.0).clamp(0, 1).flip(-1)
-    alpha = g[3]  # [W, L, H]
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1]], -1), -1)
-    return (trans * alpha * g[:3]).sum(-1).permute(1, 2, 0).clamp(0, 1).numpy()  # [W, L, 3]
-
-
-@torch.no_grad()
-def save_grid_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
-    """PNG of the first grid rendered from above: original | masked input | reconstruction."""
-    plt = pyplot()
-    loss, *panels = figure_panels(model, batch)  # [4, W, L, H] each
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-    for ax, title, grid in zip(axes, ("original", "masked", "reconstruction"), panels):
-        ax.imshow(render(grid), origin="lower")
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle(f"loss {loss:.4f} (opacity-composited top view)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -1,22 +1,20 @@
 """Skeleton models: joint-segment tokens on the body graph, graph-biased attention, body-part and
-motion-aware masking, position (and motion) targets, the action classifier, exports and the figure."""
+motion-aware masking, position (and motion) targets, exports and loading."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from scimae.core.checkpoint import from_pretrained
 from scimae.core.config import from_dict
 from scimae.core.embed import GroupEmbed, sincos_1d
-from scimae.core.heads import PooledClassifier
 from scimae.core.losses import PatchTarget
-from scimae.core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae, pyplot
+from scimae.core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae
 from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
 from scimae.core.tokens import TokenSet, gather_slots
-from scimae.domains.skeleton.transforms import BONES, hop_distance, part_of_joint
+from scimae.domains.skeleton.transforms import hop_distance, part_of_joint
 
 TARGETS = ("position", "position_motion")
 
@@ -180,34 +178,3 @@ def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
         return build_skeleton_mae(cfg, c["frames"], c["bodies"], c["joints"])
 
     return from_pretrained(folder, build, "skeleton", ("model", "frames", "bodies", "joints"))
-
-
-def skeleton_classifier(encoder: nn.Module, n_classes: int, linear_probe: bool = False) -> PooledClassifier:
-    """Encoder + mean pooling over the present bodies' tokens + a linear probe (frozen encoder) or an MLP."""
-    return PooledClassifier(encoder, n_classes, "mean", "linear" if linear_probe else "mlp", linear_probe)
-
-
-@torch.no_grad()
-def save_figure(model: MaskedAutoencoder, batch: dict, path, n_frames: int = 4) -> None:
-    """PNG of the first sequence's first body at a few frames (x-y view): original | masked | reconstruction."""
-    plt = pyplot()
-    out = model(batch, torch.Generator().manual_seed(0))
-    tok = model.encoder.tokenizer
-    panels = [tok.unpatch(v[:1])[0, 0].cpu().numpy() for v in model.reconstruction(out)]  # [T, V, 3] each
-    frames = np.linspace(0, tok.frames - 1, n_frames).astype(int)
-    fig, axes = plt.subplots(3, n_frames, figsize=(2.2 * n_frames, 6.6))
-    for row, (title, xyz) in enumerate(zip(("original", "masked", "reconstruction"), panels)):
-        for col, t in enumerate(frames):
-            ax = axes[row, col]
-            for a, b in BONES:
-                if np.isfinite(xyz[t, [a, b]]).all():
-                    ax.plot(xyz[t, [a, b], 0], xyz[t, [a, b], 1], "-", color="tab:blue", lw=1.5)
-            ok = np.isfinite(xyz[t, :, 0])
-            ax.plot(xyz[t, ok, 0], xyz[t, ok, 1], "o", color="tab:red" if row == 2 else "k", ms=2)
-            ax.set_aspect("equal")
-            ax.set_axis_off()
-            ax.set_title(f"{title}, frame {t}", fontsize=7)
-    fig.suptitle(f"loss {float(out['loss']):.4f}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -1,0 +1,53 @@
+"""Brain MRI inference: a missing modality synthesised from the present ones, on the model's grid or on a
+case's own."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scimae.core.mae import MaskedAutoencoder
+from scimae.domains.brain_mri.io import MODALITIES, Case, read_volume
+from scimae.domains.brain_mri.transforms import inference_chain
+
+
+@torch.no_grad()
+def synthesise(model: MaskedAutoencoder, image: torch.Tensor, present: torch.Tensor, modality: str,
+               roi, overlap: float = 0.25) -> torch.Tensor:
+    """Predict ``modality`` from the other present ones over a whole volume with sliding windows.
+
+    image [4, X, Y, Z] (z-scored, any size), present [4] -> [X, Y, Z] in z-score units (0 outside the
+    foreground of the inputs).
+    """
+    from monai.inferers import sliding_window_inference
+
+    idx = MODALITIES.index(modality)
+    shown = present.clone()
+    shown[idx] = False
+    if not shown.any():
+        raise ValueError(f"cannot synthesise {modality}: the case has no other modality")
+    tok = model.encoder.tokenizer
+
+    def predict(window):  # [b, 4, *roi] -> [b, 1, *roi]
+        batch = {"image": window, "present": shown[None].expand(window.shape[0], -1).to(window.device)}
+        recon = model.reconstruction(model.fill(batch, [modality]))[2]
+        return tok.unpatchify(torch.nan_to_num(recon))[:, idx]
+
+    x = torch.where(shown[:, None, None, None], image, torch.zeros_like(image))
+    out = sliding_window_inference(x[None], roi, 2, predict, overlap=overlap, mode="gaussian", padding_mode="constant")
+    foreground = (x[shown] != 0).any(0)
+    return out[0, 0] * foreground
+
+
+def reconstruct_case(model: MaskedAutoencoder, config: dict, case: Case,
+                     modality: str) -> tuple[np.ndarray, np.ndarray, object]:
+    """``modality`` of ``case`` synthesised and resampled back onto the case's input grid: (volume [X, Y, Z],
+    affine, NIfTI header) of the case's first other modality, inside that modality's foreground."""
+    chain = inference_chain(config["spacing"])
+    data = chain(case.as_dict())
+    pred = synthesise(model, data["image"].as_tensor(), data["present"], modality, config["roi"])
+    meta_pred = data["image"][:1].clone()  # a MetaTensor carrying the applied transforms
+    meta_pred[0] = pred
+    restored = chain.inverse({"image": meta_pred})["image"][0].numpy()  # on the case's input grid
+    ref_path = next(case.paths[m] for m in MODALITIES if m in case.paths and m != modality)
+    ref, affine, header = read_volume(ref_path)
+    return restored * (ref != 0), affine, header  # resampling back may blur past the head: the input's foreground

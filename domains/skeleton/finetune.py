@@ -1,0 +1,11 @@
+"""Skeleton fine-tuning: the action classifier (a linear probe or a full fine-tune)."""
+from __future__ import annotations
+
+from torch import nn
+
+from scimae.core.heads import PooledClassifier
+
+
+def skeleton_classifier(encoder: nn.Module, n_classes: int, linear_probe: bool = False) -> PooledClassifier:
+    """Encoder + mean pooling over the present bodies' tokens + a linear probe (frozen encoder) or an MLP."""
+    return PooledClassifier(encoder, n_classes, "mean", "linear" if linear_probe else "mlp", linear_probe)
