@@ -15,7 +15,7 @@ from scimae.core.heads import first_per_class
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
 from scimae.domains.remote_sensing.finetune import GeoFineTuner, GeoTaskConfig, task_evaluate, task_step
-from scimae.domains.remote_sensing.model import (GeoModelConfig, build_geo_mae, export_layout, layout_record,
+from scimae.domains.remote_sensing.model import (GeoModelConfig, build_geo_mae, export_config, export_layout,
                                                  load_geo_mae)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "geo_finetune.yaml"
@@ -68,9 +68,8 @@ def main(argv=None):
         return GeoTasks(paths, cfg.data, train, cfg.train.seed, layout, y, labels_root)
 
     model = GeoFineTuner(mae.encoder, task, n_out)
-    model.export_config = {"domain": "remote_sensing", "model": model_cfg, "window": cfg.data.window,
-                           "patch": cfg.data.patch, "groups": layout_record(layout),
-                           "data_bands": [vars(b) for b in cfg.data.bands], "task": vars(task), "classes": classes}
+    model.export_config = export_config(model_cfg, cfg.data, layout, data_bands=[vars(b) for b in cfg.data.bands],
+                                        task=vars(task), classes=classes)
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task),
                       evaluate=task_evaluate(task, n_out))
     trainer.fit(dataset(train_paths, True), dataset(val_paths, False))

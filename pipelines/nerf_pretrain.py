@@ -5,7 +5,6 @@ With no arguments it writes synthetic rooms (rgbsigma .npz grids with per-voxel 
 pretrains on them; --data takes a folder of .npz grids in the NeRF-RPN / NeRF-MAE layout. The run folder
 gets config.yaml, metrics.csv, recon_epochNNN.png (a top view rendered by alpha compositing), last.pt, export/.
 """
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, grid_paths, split_entries
 from scimae.domains.scene3d.figures import save_grid_figure
-from scimae.domains.scene3d.model import NerfModelConfig, build_nerf_mae, load_nerf_mae
+from scimae.domains.scene3d.model import NerfModelConfig, build_nerf_mae, export_config, load_nerf_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "nerf_pretrain.yaml"
 
@@ -30,9 +29,7 @@ def main(argv=None):
     d = cfg.data
     train, val = split_entries(grid_paths(d), d.val_fraction, d.split_seed)
     mae = load_nerf_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_nerf_mae(cfg.model, tuple(d.grid), d.patch)
-    mae.export_config = {"domain": "scene3d", "kind": "nerf_grid", "model": dataclasses.asdict(cfg.model),
-                         "grid": list(d.grid), "patch": d.patch, "opacity": d.opacity, "delta": d.delta,
-                         "held_out": [str(p) for p in val]}
+    mae.export_config = export_config("nerf_grid", cfg.model, d, held_out=[str(p) for p in val])
     trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_grid_figure)
     trainer.fit(NerfGrids(train, d), NerfGrids(val, d) if val else None)
     if trainer.dist.main:

@@ -15,7 +15,7 @@ from scimae.core.errors import DataError
 from scimae.core.heads import classification_evaluate, classification_step, first_per_class
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
 from scimae.domains.scene3d.finetune import point_classifier, svm_probe
-from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae
+from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, export_config, load_point_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_finetune.yaml"
 
@@ -58,9 +58,8 @@ def main(argv=None):
     else:
         mae, model_cfg = build_point_mae(cfg.model, d.n_groups, d.group_size), dataclasses.asdict(cfg.model)
     model = point_classifier(mae.encoder, n_classes, cfg.task.freeze_encoder)
-    model.export_config = {"domain": "scene3d", "kind": "point_cloud_classifier", "model": model_cfg,
-                           "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size,
-                           "classes": classes or [str(i) for i in range(n_classes)]}
+    model.export_config = export_config("point_cloud_classifier", model_cfg, d,
+                                        classes=classes or [str(i) for i in range(n_classes)])
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=classification_step,
                       evaluate=classification_evaluate(n_classes))
     train_fixed, val_set = PointClouds(train, d, False), PointClouds(val, d, False)  # no augmentation

@@ -4,7 +4,6 @@ With no arguments it writes synthetic shape clouds (PLY and PCD, once) and pretr
 a folder of clouds or meshes (PLY, PCD, XYZ, PTS, OFF, OBJ, .npy; class subfolders or not) or HDF5 files.
 The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and export/.
 """
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
 from scimae.domains.scene3d.figures import save_point_figure
-from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae
+from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, export_config, load_point_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_pretrain.yaml"
 
@@ -29,9 +28,8 @@ def main(argv=None):
     d = cfg.data
     train, val = split_entries(find_clouds(cloud_root(d), d.on_error)[0], d.val_fraction, d.split_seed)
     mae = load_point_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_point_mae(cfg.model, d.n_groups, d.group_size)
-    mae.export_config = {"domain": "scene3d", "kind": "point_cloud", "model": dataclasses.asdict(cfg.model),
-                         "n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size,
-                         "held_out": [str(e.path) if e.index is None else f"{e.path}[{e.index}]" for e in val]}
+    held_out = [str(e.path) if e.index is None else f"{e.path}[{e.index}]" for e in val]
+    mae.export_config = export_config("point_cloud", cfg.model, d, held_out=held_out)
     trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_point_figure)
     train_set = PointClouds(train, d, True, cfg.train.seed)
     trainer.fit(train_set, PointClouds(val, d, False) if val else None)

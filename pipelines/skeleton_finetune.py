@@ -12,7 +12,7 @@ from scimae.core.errors import DataError
 from scimae.core.heads import classification_evaluate, classification_step, first_per_class
 from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root
 from scimae.domains.skeleton.finetune import skeleton_classifier
-from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae
+from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, export_config, load_skeleton_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_finetune.yaml"
 
@@ -48,8 +48,7 @@ def main(argv=None):
     else:
         mae, model_cfg = build_skeleton_mae(cfg.model, d.frames, d.bodies, d.joints), dataclasses.asdict(cfg.model)
     model = skeleton_classifier(mae.encoder, len(actions), cfg.task.linear_probe)
-    model.export_config = {"domain": "skeleton", "model": model_cfg, "frames": d.frames, "bodies": d.bodies,
-                           "joints": d.joints, "actions": actions, "task": dataclasses.asdict(cfg.task)}
+    model.export_config = export_config(model_cfg, d, actions=actions, task=dataclasses.asdict(cfg.task))
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=classification_step,
                       evaluate=classification_evaluate(len(actions)))
     val_set = Skeletons(val, d, False, actions)

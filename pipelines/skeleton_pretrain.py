@@ -5,7 +5,6 @@ With no arguments it writes synthetic NTU RGB+D .skeleton files (once) and pretr
 folder of .skeleton files (data.skip_list names samples to leave out) or a .npy/.npz array (N, C, T, V, M).
 The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and export/.
 """
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples
 from scimae.domains.skeleton.figures import save_figure
-from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae
+from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, export_config, load_skeleton_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_pretrain.yaml"
 
@@ -32,8 +31,7 @@ def main(argv=None):
     actions = sorted({s["action"] for s in train + val})
     mae = (load_skeleton_mae(cfg.train.init_from)[0] if cfg.train.init_from
            else build_skeleton_mae(cfg.model, d.frames, d.bodies, d.joints))
-    mae.export_config = {"domain": "skeleton", "model": dataclasses.asdict(cfg.model), "frames": d.frames,
-                         "bodies": d.bodies, "joints": d.joints, "held_out": [s["name"] for s in val]}
+    mae.export_config = export_config(cfg.model, d, held_out=[s["name"] for s in val])
     trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_figure)
     trainer.fit(Skeletons(train, d, True, actions, cfg.train.seed), Skeletons(val, d, False, actions) if val else None)
     if trainer.dist.main:

@@ -84,3 +84,8 @@ def test_every_domain_uses_the_common_file_names_and_stays_small():
 def test_pipelines_import_no_pipeline():
     for path in (ROOT / "pipelines").glob("*.py"):
         assert not [m for m in _imports(path) if m.startswith("scimae.pipelines")], path
+
+
+def test_pipelines_take_their_export_config_from_the_domain():
+    for path in (ROOT / "pipelines").glob("*.py"):
+        assert not re.search(r"export_config = \{", path.read_text()), path

@@ -28,10 +28,12 @@ def build_geo_mae(cfg: GeoModelConfig, layout: dict[str, list[str]], window: int
     return build_mae(cfg, tok, groups, PatchTarget(groups, cfg.loss, cfg.norm_pix), tok.patch_values)
 
 
-def export_config(model_cfg: GeoModelConfig, data_cfg, **extra) -> dict:
-    """The band table (names, kinds, normalisation), spectral groups, window and patch size of a model."""
-    layout = band_layout([b.name for b in data_cfg.bands], data_cfg.groups)
-    return {"domain": "remote_sensing", "model": dataclasses.asdict(model_cfg),
+def export_config(model_cfg, data_cfg, layout: dict[str, list[str]] | None = None, **extra) -> dict:
+    """The band table (names, kinds, normalisation), spectral groups (``layout``, default: the data's),
+    window and patch size of a model; ``model_cfg``: a config or its dict."""
+    layout = layout or band_layout([b.name for b in data_cfg.bands], data_cfg.groups)
+    model = model_cfg if isinstance(model_cfg, dict) else dataclasses.asdict(model_cfg)
+    return {"domain": "remote_sensing", "model": model,
             "bands": [dataclasses.asdict(b) for b in data_cfg.bands], "groups": layout_record(layout),
             "window": data_cfg.window, "patch": data_cfg.patch, **extra}
 

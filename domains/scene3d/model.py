@@ -2,6 +2,7 @@
 (3D patches of RGB + opacity grids, opacity-weighted loss), their exports and loading."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -148,6 +149,16 @@ class PointModelConfig(MAEConfig):
 def build_point_mae(cfg: PointModelConfig, n_groups: int, group_size: int) -> MaskedAutoencoder:
     tok = PointTokenizer(n_groups, group_size, cfg.dim)
     return build_mae(cfg, tok, ChamferTarget.names, ChamferTarget(), group_size * 3)
+
+
+def export_config(kind: str, model_cfg, data_cfg, **extra) -> dict:
+    """What rebuilds a model and feeds it. ``kind`` point_cloud or point_cloud_classifier: points, groups and
+    group size; nerf_grid: grid, patch and the opacity rule. ``model_cfg``: a config or its dict."""
+    model = model_cfg if isinstance(model_cfg, dict) else dataclasses.asdict(model_cfg)
+    d = data_cfg
+    facts = ({"grid": list(d.grid), "patch": d.patch, "opacity": d.opacity, "delta": d.delta} if kind == "nerf_grid"
+             else {"n_points": d.n_points, "n_groups": d.n_groups, "group_size": d.group_size})
+    return {"domain": "scene3d", "kind": kind, "model": model, **facts, **extra}
 
 
 def load_point_mae(folder) -> tuple[MaskedAutoencoder, dict]:

@@ -2,6 +2,7 @@
 motion-aware masking, position (and motion) targets, exports and loading."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -168,6 +169,13 @@ class SkeletonModelConfig(SmallMAEConfig):
 def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, joints: int = 25) -> MaskedAutoencoder:
     tok = SkeletonTokenizer(frames, cfg.segment, cfg.dim, cfg.heads, bodies, joints, cfg.target, unit=cfg.unit)
     return build_mae(cfg, tok, tok.group_names, PatchTarget(tok.group_names, cfg.loss, norm_pix=False), tok.pred_dim)
+
+
+def export_config(model_cfg, data_cfg, **extra) -> dict:
+    """What rebuilds the model and feeds it: the model section (a config or its dict), frames, bodies, joints."""
+    model = model_cfg if isinstance(model_cfg, dict) else dataclasses.asdict(model_cfg)
+    return {"domain": "skeleton", "model": model, "frames": data_cfg.frames, "bodies": data_cfg.bodies,
+            "joints": data_cfg.joints, **extra}
 
 
 def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
