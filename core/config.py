@@ -94,9 +94,11 @@ def _check_value(tp, value, key: str):
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types (keys the class
+    lists in ``RETIRED_KEYS``, which earlier versions wrote, are ignored)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    data = {k: v for k, v in data.items() if k in names or k not in getattr(cls, "RETIRED_KEYS", ())}
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ValueError(f"unknown config key {prefix + unknown[0]!r}; expected one of {[prefix + n for n in names]}")

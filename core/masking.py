@@ -10,7 +10,8 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 
@@ -258,37 +259,37 @@ STRATEGIES = {
 }
 
 
-def register_masking(name: str, cls: type[MaskingStrategy]) -> None:
-    """Make a domain's strategy buildable by name (from ``MaskConfig.strategy``)."""
-    if STRATEGIES.get(name, cls) is not cls:
-        raise ValueError(f"masking strategy {name!r} is already registered as {STRATEGIES[name].__name__}")
-    STRATEGIES[name] = cls
-
-
-def build_masking(name: str, ratio: float, **options) -> MaskingStrategy:
-    """Build a strategy by name; of ``options`` (block, color, sigma, alpha, tau) it takes those it has."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown masking strategy {name!r}; expected one of {sorted(STRATEGIES)}")
-    cls = STRATEGIES[name]
+def build_masking(name: str, ratio: float, strategies: dict[str, type[MaskingStrategy]] | None = None,
+                  **options) -> MaskingStrategy:
+    """Build a strategy by name, from the core's or a domain's own ``strategies``; of ``options`` (block,
+    color, sigma, alpha, a domain's own) it takes those it has."""
+    table = {**STRATEGIES, **(strategies or {})}
+    if name not in table:
+        raise ValueError(f"unknown masking strategy {name!r}; expected one of {sorted(table)}")
+    cls = table[name]
     own = inspect.signature(cls.__init__).parameters
     return cls(ratio, **{k: v for k, v in options.items() if k in own})
 
 
 @dataclass
 class MaskConfig:
-    strategy: str = "random"  # random, block, tube, shared, colored, group_dirichlet, group_independent (or a domain's own)
+    """The core strategies and their options. A domain with strategies of its own subclasses it: their
+    classes in ``STRATEGIES`` and their options as fields, so its config parses whatever was imported."""
+
+    STRATEGIES: ClassVar[dict[str, type[MaskingStrategy]]] = {}  # a domain's own strategies, by name
+    RETIRED_KEYS: ClassVar[tuple[str, ...]] = ("tau",)  # written by earlier exports; read and ignored
+    strategy: str = "random"  # random, block, tube, shared, colored, group_dirichlet, group_independent
     ratio: float = 0.75  # share of each sample's valid tokens hidden from the encoder
     block: int = 2  # block: cube size in tokens
     color: str = "green"  # colored: red, blue, green, purple
     sigma: float = 1.0  # colored: filter width in tokens
     alpha: float = 1.0  # group_dirichlet: concentration
-    tau: float = 0.75  # saliency-guided strategies (e.g. motion-aware): temperature
 
     def __post_init__(self):
         check_ranges("model.mask", self, {"ratio": ("in (0, 1)", lambda v: 0 < v < 1), "block": AT_LEAST_1,
-                                          "sigma": POSITIVE, "alpha": POSITIVE, "tau": POSITIVE})
+                                          "sigma": POSITIVE, "alpha": POSITIVE})
         self.build()  # validates the strategy
 
     def build(self) -> MaskingStrategy:
-        return build_masking(self.strategy, self.ratio, block=self.block, color=self.color, sigma=self.sigma,
-                             alpha=self.alpha, tau=self.tau)
+        options = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("strategy", "ratio")}
+        return build_masking(self.strategy, self.ratio, self.STRATEGIES, **options)

@@ -6,11 +6,10 @@ import torch
 
 from scimae.core import DataError
 from scimae.core.engine import read_metrics
-from scimae.core.masking import MaskConfig
 from scimae.domains.skeleton import synthetic
 from scimae.domains.skeleton.data import SkeletonDataConfig, SyntheticConfig, load_samples
 from scimae.domains.skeleton.io import in_split, parse_name, read_arrays, read_skeleton, write_skeleton
-from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae
+from scimae.domains.skeleton.model import MotionAwareMasking, SkeletonMaskConfig, SkeletonModelConfig, build_skeleton_mae
 from scimae.domains.skeleton.transforms import BONES, JOINTS, PARTS, adjacency, clean, hop_distance, resample_frames
 
 
@@ -103,7 +102,7 @@ def test_masking_strategies_and_targets():
     batch = {"joints": torch.randn(2, 2, 8, 25, 3), "present": torch.tensor([[True, False], [True, True]])}
     batch["joints"][:, :, :, JOINTS.index("hand_r")] *= 10  # the right hand moves most
     for strategy in ("random", "body_part", "motion"):
-        mae = build_skeleton_mae(SkeletonModelConfig(**TINY, segment=4, mask=MaskConfig(strategy, 0.5)), 8)
+        mae = build_skeleton_mae(SkeletonModelConfig(**TINY, segment=4, mask=SkeletonMaskConfig(strategy, 0.5)), 8)
         out = mae(batch, torch.Generator().manual_seed(0))
         out["loss"].backward()
         plan = out["plan"]
@@ -217,3 +216,19 @@ def test_actions_differ_in_structure_and_summary_statistics_stay_near_chance(tmp
     (x_tr, y_tr), (x_va, y_va) = stats(train), stats(val)
     accuracy = (logistic_predict(x_tr, y_tr, x_va) == y_va).mean()
     assert abs(accuracy - 1 / len(actions)) <= 0.10, accuracy
+
+
+def test_the_skeleton_strategies_belong_to_its_mask_config_and_earlier_exports_still_load():
+    """body_part and motion (with tau) parse in the skeleton's config only, whatever was imported first; core
+    configs list the strategies they know, and read the tau that earlier exports wrote."""
+    from scimae.core.config import from_dict
+    from scimae.core.masking import MaskConfig
+    from scimae.domains.cardiac.model import CardiacModelConfig
+
+    assert isinstance(from_dict(SkeletonMaskConfig, {"strategy": "motion", "tau": 0.5}).build(), MotionAwareMasking)
+    with pytest.raises(ValueError, match=r"unknown masking strategy 'motion'; expected one of \['block', 'colored'"):
+        MaskConfig(strategy="motion")
+    with pytest.raises(ValueError, match=r"model.mask.tau must be > 0, got 0"):
+        SkeletonMaskConfig(tau=0)
+    old = from_dict(CardiacModelConfig, {"mask": {"strategy": "random", "ratio": 0.6, "tau": 0.75}}, "model.")
+    assert old.mask == MaskConfig(strategy="random", ratio=0.6)

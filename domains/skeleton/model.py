@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -13,7 +14,8 @@ from scimae.core.config import from_dict
 from scimae.core.embed import GroupEmbed, sincos_1d
 from scimae.core.losses import PatchTarget
 from scimae.core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae
-from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores, register_masking
+from scimae.core.config import POSITIVE, check_ranges
+from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.tokens import TokenSet, gather_slots
 from scimae.domains.skeleton.transforms import hop_distance, part_of_joint
 
@@ -154,8 +156,18 @@ class MotionAwareMasking(MaskingStrategy):
         return plan_from_scores(torch.log(motion + 1e-6) / self.tau + gumbel, ts.valid, self.ratio)  # high: hidden
 
 
-register_masking("body_part", BodyPartMasking)
-register_masking("motion", MotionAwareMasking)
+@dataclass
+class SkeletonMaskConfig(MaskConfig):
+    """The core strategies plus body_part and motion (MAMP), with motion's temperature."""
+
+    STRATEGIES: ClassVar[dict[str, type[MaskingStrategy]]] = {"body_part": BodyPartMasking,
+                                                              "motion": MotionAwareMasking}
+    RETIRED_KEYS: ClassVar[tuple[str, ...]] = ()
+    tau: float = 0.75  # motion: temperature of the motion scores
+
+    def __post_init__(self):
+        check_ranges("model.mask", self, {"tau": POSITIVE})
+        super().__post_init__()
 
 
 @dataclass
@@ -163,7 +175,7 @@ class SkeletonModelConfig(SmallMAEConfig):
     segment: int = 4  # frames per token
     target: str = "position"  # position or position_motion (MAMP's motion as well)
     unit: float = 0.25  # metres per input unit: positions are divided by it before tokenizing
-    mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="motion", ratio=0.75))
+    mask: SkeletonMaskConfig = field(default_factory=lambda: SkeletonMaskConfig(strategy="motion", ratio=0.75))
 
 
 def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, joints: int = 25) -> MaskedAutoencoder:
