@@ -36,7 +36,8 @@ from scimae.core.engine import make_optimizer
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
                                   logistic_predict, predict_classes, probe_rows, write_evaluation)
 from scimae.domains.brain_mri import synthetic
-from scimae.domains.brain_mri.data import BrainDataConfig, class_targets, collate, make_dataset, restrict, split_cases
+from scimae.core.data import seeded_split
+from scimae.domains.brain_mri.data import BrainDataConfig, class_targets, collate, make_dataset, restrict
 from scimae.domains.brain_mri.io import discover_cases
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, load_brain_mae
 from scimae.domains.brain_mri.transforms import summary_statistics
@@ -85,7 +86,7 @@ def main():
     root = synthetic.write_dataset(None, args.cases)
     cases = discover_cases(root)
     print(f"{len(cases)} synthetic cases ready in {time.perf_counter() - t:.0f} s")
-    train_cases, val_cases = split_cases(cases, args.val_fraction, 0)
+    train_cases, val_cases = seeded_split(cases, args.val_fraction, 0)
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def folder(name: str, cases: list) -> Path:  # the split, made once, as folders of links and their labels

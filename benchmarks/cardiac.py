@@ -36,7 +36,8 @@ from scimae.core.evaluate import (encoder_features, extract_features, finetune_r
                                   logistic_predict, predict_classes, probe_rows, write_evaluation)
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.api import CardiacFoundationModel
-from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, split_records
+from scimae.core.data import seeded_split
+from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows
 from scimae.domains.cardiac.io import LEADS, find_records, read_record
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, load_cardiac_mae
 from scimae.domains.cardiac.transforms import summary_statistics
@@ -88,7 +89,7 @@ def main():
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     out = Path(args.out)
     records = find_records(synthetic.write_dataset(None, args.records, 30.0))
-    train_records, val_records = split_records(records, 0.25, 0)
+    train_records, val_records = seeded_split(records, 0.25, 0)
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def folder(name: str, paths: list[Path]) -> Path:  # the split, made once, as folders of links

@@ -32,7 +32,8 @@ from scimae.core.config import run_cli
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
                                   logistic_predict, predict_classes, probe_rows, write_evaluation)
 from scimae.domains.remote_sensing import synthetic
-from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
+from scimae.core.data import seeded_split
+from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
 from scimae.domains.remote_sensing.io import Band, open_scene
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_layout, load_geo_mae
 from scimae.domains.remote_sensing.transforms import summary_statistics
@@ -87,7 +88,7 @@ def main():
     read_throughput(tiles[0])
     classes = sorted(set(names))
     label = {p: classes.index(n) for p, n in zip(tiles, names)}
-    train_paths, val_paths = split_paths(tiles, 0.25, 0)
+    train_paths, val_paths = seeded_split(tiles, 0.25, 0)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     train_dir, val_dir = out / f"train_tiles-{stamp}", out / f"val_tiles-{stamp}"  # the split, made once
     for folder, paths in ((train_dir, train_paths), (val_dir, val_paths)):

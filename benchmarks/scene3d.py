@@ -31,7 +31,8 @@ from scimae.core.evaluate import (encoder_features, extract_features, finetune_r
                                    predict_classes, probe_rows, write_evaluation)
 from scimae.core.losses import chamfer_torch
 from scimae.domains.scene3d import synthetic
-from scimae.domains.scene3d.data import PointClouds, PointDataConfig, find_clouds, split_entries
+from scimae.core.data import seeded_split
+from scimae.domains.scene3d.data import PointClouds, PointDataConfig, find_clouds
 from scimae.domains.scene3d.model import (PointModelConfig, build_point_mae, farthest_point_sample, has_pytorch3d, knn,
                                           load_point_mae)
 from scimae.domains.scene3d.transforms import summary_statistics
@@ -93,7 +94,7 @@ def main():
     out = Path(args.out)
     root = synthetic.write_dataset(None, args.per_class) / "shapes"
     entries, classes = find_clouds(root)
-    train, val = split_entries(entries, 0.25, 0)
+    train, val = seeded_split(entries, 0.25, 0)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     train_dir, val_dir = out / f"train_clouds-{stamp}", out / f"val_clouds-{stamp}"  # the split, made once
     for folder, side in ((train_dir, train), (val_dir, val)):

@@ -25,7 +25,7 @@ from scimae.core.checkpoint import (atomic_write, load_training_state, match_wei
 from scimae.core import preflight
 from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, run_folder, save_config
 from scimae.core.errors import DataError
-from scimae.core.heads import layer_decay_groups
+from scimae.core.optim import layer_decay_groups
 from scimae.core.progress import save_curves, training_bar
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from torch.utils.data import Subset
 
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
-from scimae.core.heads import first_per_class
+from scimae.core.data import first_per_class
 from scimae.domains.brain_mri.data import (
     BrainDataConfig,
     WithoutModalities,

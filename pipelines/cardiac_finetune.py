@@ -13,7 +13,8 @@ from torch.utils.data import Subset
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
-from scimae.core.heads import first_per_class, pos_weight_from_labels
+from scimae.core.data import first_per_class
+from scimae.core.tasks import pos_weight_from_labels
 from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, record_classes, train_val_records
 from scimae.domains.cardiac.io import LEADS
 from scimae.domains.cardiac.finetune import CardiacFineTuner, CardiacTaskConfig, task_evaluate, task_step

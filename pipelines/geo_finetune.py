@@ -11,9 +11,10 @@ from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.files import find_files
-from scimae.core.heads import first_per_class
+from scimae.core.data import first_per_class
 from scimae.domains.remote_sensing import synthetic
-from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles, split_paths
+from scimae.core.data import seeded_split
+from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
 from scimae.domains.remote_sensing.finetune import GeoFineTuner, GeoTaskConfig, task_evaluate, task_step
 from scimae.domains.remote_sensing.model import (GeoModelConfig, build_geo_mae, export_config, export_layout,
                                                  load_geo_mae)
@@ -59,7 +60,7 @@ def main(argv=None):
         labels_root = Path(task.labels) if task.labels else root.parent / "labels"
         classes, targets, n_out = [str(i) for i in range(task.classes)], None, task.classes
     train_paths, val_paths = ((tiles, val_tiles) if val_root
-                              else split_paths(tiles, cfg.data.val_fraction, cfg.data.split_seed))
+                              else seeded_split(tiles, cfg.data.val_fraction, cfg.data.split_seed))
     if targets and task.labels_per_class:
         train_paths = first_per_class(train_paths, [targets[p] for p in train_paths], task.labels_per_class)
 

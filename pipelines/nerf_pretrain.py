@@ -10,7 +10,8 @@ from pathlib import Path
 
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
-from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, grid_paths, split_entries
+from scimae.core.data import seeded_split
+from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, grid_paths
 from scimae.domains.scene3d.figures import save_grid_figure
 from scimae.domains.scene3d.model import NerfModelConfig, build_nerf_mae, export_config, load_nerf_mae
 
@@ -27,7 +28,7 @@ class Config:
 def main(argv=None):
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     d = cfg.data
-    train, val = split_entries(grid_paths(d), d.val_fraction, d.split_seed)
+    train, val = seeded_split(grid_paths(d), d.val_fraction, d.split_seed)
     mae = load_nerf_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_nerf_mae(cfg.model, tuple(d.grid), d.patch)
     mae.export_config = export_config("nerf_grid", cfg.model, d, held_out=[str(p) for p in val])
     trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, evaluate=mae_validation, figure=save_grid_figure)

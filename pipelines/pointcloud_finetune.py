@@ -12,8 +12,10 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
-from scimae.core.heads import classification_evaluate, classification_step, first_per_class
-from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
+from scimae.core.data import first_per_class
+from scimae.core.tasks import classification_evaluate, classification_step
+from scimae.core.data import seeded_split
+from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds
 from scimae.domains.scene3d.finetune import point_classifier, svm_probe
 from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, export_config, load_point_mae
 
@@ -49,7 +51,7 @@ def main(argv=None):
         if val_classes != classes:
             raise DataError(d.val_root, f"classes {val_classes}", f"the training classes {classes}")
     else:
-        train, val = split_entries(entries, d.val_fraction, d.split_seed)
+        train, val = seeded_split(entries, d.val_fraction, d.split_seed)
     if cfg.task.labels_per_class:
         train = first_per_class(train, [e.label for e in train], cfg.task.labels_per_class)
     if cfg.train.init_from:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
-from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds, split_entries
+from scimae.core.data import seeded_split
+from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds
 from scimae.domains.scene3d.figures import save_point_figure
 from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, export_config, load_point_mae
 
@@ -26,7 +27,7 @@ class Config:
 def main(argv=None):
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     d = cfg.data
-    train, val = split_entries(find_clouds(cloud_root(d), d.on_error)[0], d.val_fraction, d.split_seed)
+    train, val = seeded_split(find_clouds(cloud_root(d), d.on_error)[0], d.val_fraction, d.split_seed)
     mae = load_point_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_point_mae(cfg.model, d.n_groups, d.group_size)
     held_out = [str(e.path) if e.index is None else f"{e.path}[{e.index}]" for e in val]
     mae.export_config = export_config("point_cloud", cfg.model, d, held_out=held_out)

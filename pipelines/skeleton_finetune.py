@@ -9,7 +9,8 @@ from pathlib import Path
 from scimae.core.config import parse_cli, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
-from scimae.core.heads import classification_evaluate, classification_step, first_per_class
+from scimae.core.data import first_per_class
+from scimae.core.tasks import classification_evaluate, classification_step
 from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root
 from scimae.domains.skeleton.finetune import skeleton_classifier
 from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, export_config, load_skeleton_mae

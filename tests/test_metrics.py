@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, roc_auc_score
 
-from scimae.core.heads import classification_evaluate
+from scimae.core.tasks import classification_evaluate
 from scimae.core.metrics import auroc, classification_scores, concordance_index
 
 
@@ -87,7 +87,7 @@ def test_concordance_index_follows_scikit_survival():
 def test_brain_hooks_match_scikit_survival_and_monai():
     from monai.metrics import compute_dice
 
-    from scimae.core.heads import survival_risk
+    from scimae.core.tasks import survival_risk
     from scimae.domains.brain_mri.finetune import TaskConfig, task_evaluate
 
     sksurv = pytest.importorskip("sksurv.metrics")

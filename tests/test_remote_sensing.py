@@ -324,7 +324,8 @@ def test_scene_layouts_share_their_spectra_so_band_statistics_stay_near_chance(t
     statistics of the windows the model reads stays within 10 points of chance."""
     from scimae.core.evaluate import logistic_predict
     from scimae.domains.remote_sensing import synthetic
-    from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, labelled_tiles, split_paths
+    from scimae.core.data import seeded_split
+    from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, labelled_tiles
     from scimae.domains.remote_sensing.synthetic import CLASSES, SHARES, land_cover
     from scimae.domains.remote_sensing.transforms import summary_statistics
 
@@ -344,6 +345,6 @@ def test_scene_layouts_share_their_spectra_so_band_statistics_stay_near_chance(t
         x = summary_statistics(torch.stack([s["image"] for s in items]), torch.stack([s["patch_valid"] for s in items]))
         return x.double().numpy(), np.array([int(s["y"]) for s in items])
 
-    train, val = split_paths(tiles, 0.25, 0)
+    train, val = seeded_split(tiles, 0.25, 0)
     (x_tr, y_tr), (x_va, y_va) = stats(train), stats(val)
     assert abs((logistic_predict(x_tr, y_tr, x_va) == y_va).mean() - 1 / len(CLASSES)) <= 0.10

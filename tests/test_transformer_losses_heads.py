@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from scimae.core.heads import (MLPHead, LinearProbe, Pooler, classification_loss, layer_decay_groups,
-                               pos_weight_from_labels, survival_loss, survival_risk)
+from scimae.core.heads import MLPHead, LinearProbe, Pooler
+from scimae.core.optim import layer_decay_groups
+from scimae.core.tasks import classification_loss, pos_weight_from_labels, survival_loss, survival_risk
 from scimae.core.losses import PatchTarget, chamfer_distance, chamfer_torch, grouped_losses, normalize_patches, weighted_mse
 from scimae.core.tokens import TokenSet
 from scimae.core.transformer import DropPath, Transformer
@@ -177,7 +178,7 @@ def test_attention_bias_steers_attention_and_keeps_key_padding():
 
 
 def test_first_per_class_keeps_a_fixed_few_label_set():
-    from scimae.core.heads import first_per_class
+    from scimae.core.data import first_per_class
 
     items = [f"t{i}" for i in range(7)]
     assert first_per_class(items, [0, 1, 0, 0, 1, 2, 1], 2) == ["t0", "t1", "t2", "t4", "t5"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from scimae.core.config import check_ranges
+from scimae.core.data import SyntheticBase, seeded_split
 from scimae.core.errors import DataError
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.core.progress import on_terminal
@@ -23,12 +23,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(SyntheticBase):
     """The embedded default dataset, at a size that trains on a CPU."""
 
     cases: int = 32  # cases to generate
-    seed: int = 0  # generator seed (another seed, another dataset)
-    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
     roi: list[int] = field(default_factory=lambda: [64, 64, 64])  # volume size of the generated cases, voxels
     spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # voxel size of the generated cases, mm
 
@@ -87,7 +85,7 @@ def train_val_cases(cfg: BrainDataConfig) -> tuple[list[Case], list[Case]]:
     cases = read(resolve_root(cfg))
     if cfg.val_root:
         return cases, read(Path(cfg.val_root))
-    return split_cases(cases, cfg.val_fraction, cfg.split_seed)
+    return seeded_split(cases, cfg.val_fraction, cfg.split_seed)
 
 
 def checked(cases: list[Case], on_error: str) -> list[Case]:
@@ -98,16 +96,6 @@ def checked(cases: list[Case], on_error: str) -> list[Case]:
     if segs:
         good |= set(preflight(segs, partial(read_volume, label=True), "segmentations", on_error))
     return [c for c in cases if all(Path(p) in good for p in [*c.paths.values(), *([c.seg] if c.seg else [])])]
-
-
-def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """A reproducible random split by case (never by volume)."""
-    order = torch.randperm(len(cases), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = math.floor(len(cases) * val_fraction)
-    if val_fraction > 0 and n_val == 0 and len(cases) > 1:
-        n_val = 1
-    val = sorted(order[:n_val])
-    return [cases[i] for i in sorted(order[n_val:])], [cases[i] for i in val]
 
 
 def restrict(cases: list[Case], modalities: list[str]) -> list[Case]:

@@ -111,7 +111,7 @@ def task_step(task: TaskConfig):
     """step_fn for the engine: the task's loss."""
     from monai.losses import DiceCELoss
 
-    from scimae.core.heads import classification_loss, survival_loss
+    from scimae.core.tasks import classification_loss, survival_loss
 
     dice_ce = DiceCELoss(sigmoid=True)
 
@@ -131,7 +131,7 @@ def task_evaluate(task: TaskConfig):
     """evaluate hook: accuracy and AUROC, C-index, or Dice per BraTS region (TC, WT, ET)."""
     from monai.metrics import DiceMetric
 
-    from scimae.core.heads import survival_risk
+    from scimae.core.tasks import survival_risk
     from scimae.core.metrics import auroc, concordance_index
 
     def evaluate(model, batches) -> dict:

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_ranges
+from scimae.core.data import SyntheticBase, seeded_split
 from scimae.core.errors import DataError
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.cardiac import synthetic
@@ -20,11 +21,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(SyntheticBase):
     records: int = 96  # records to generate
     seconds: float = 30.0  # length of each generated record
-    seed: int = 0  # generator seed (another seed, another dataset)
-    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
 
 
 @dataclass
@@ -141,20 +140,13 @@ class CardiacWindows(Dataset):
         return {**{k: v[i] for k, v in self.arrays.items()}, "y": self.y[i], "hr": self.hr[i]}
 
 
-def split_records(records: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """A reproducible split by record (windows of one record never straddle the split)."""
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(len(records) * val_fraction)) if val_fraction > 0 and len(records) > 1 else 0
-    return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
-
-
 def train_val_records(cfg: CardiacDataConfig) -> tuple[list[Path], list[Path]]:
     """The records of both sides (each read once before, see :func:`preflight`): ``val_root``'s as validation,
     or a seeded split of the root's."""
     records = preflight(find_records(resolve_root(cfg)), read_record, "records", cfg.on_error)
     if cfg.val_root:
         return records, preflight(find_records(Path(cfg.val_root)), read_record, "validation records", cfg.on_error)
-    return split_records(records, cfg.val_fraction, cfg.split_seed)
+    return seeded_split(records, cfg.val_fraction, cfg.split_seed)
 
 
 def load_splits(cfg: CardiacDataConfig, channels: list[str] | None = None):

@@ -46,7 +46,7 @@ class CardiacFineTuner(Exportable, nn.Module):
 
 
 def task_step(task: CardiacTaskConfig, pos_weight: torch.Tensor | None = None, hr_scale: float = 1.0):
-    from scimae.core.heads import classification_loss, regression_loss
+    from scimae.core.tasks import classification_loss, regression_loss
 
     def step(model, batch, generator):
         out = model(batch)

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
+from scimae.core.data import SyntheticBase, seeded_split
 from scimae.core.errors import DataError
 from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, preflight
@@ -25,10 +26,8 @@ def _naip_bands() -> list[Band]:
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(SyntheticBase):
     tiles: int = 60  # tiles to generate
-    seed: int = 0  # generator seed (another seed, another dataset)
-    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
 
 
 @dataclass
@@ -209,15 +208,9 @@ def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid
     return {"image": torch.from_numpy(image)[:, None], "patch_valid": torch.from_numpy(patch_valid)}
 
 
-def split_paths(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(len(paths) * val_fraction)) if val_fraction > 0 and len(paths) > 1 else 0
-    return [paths[i] for i in sorted(order[n_val:])], [paths[i] for i in sorted(order[:n_val])]
-
-
 def load_splits(cfg: GeoDataConfig, seed: int = 0):
     paths = preflight(scene_paths(cfg), partial(check_scene, bands=cfg.bands), "scenes", cfg.on_error)
-    train, val = split_paths(paths, cfg.val_fraction, cfg.split_seed)
+    train, val = seeded_split(paths, cfg.val_fraction, cfg.split_seed)
     log.info("%d training scenes, %d validation scenes", len(train), len(val))
     first = open_scene(paths[0], cfg.bands)
     crs = first.crs if isinstance(first, RasterScene) else None  # both splits on the first scene's CRS

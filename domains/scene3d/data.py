@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges
+from scimae.core.data import SyntheticBase
 from scimae.core.errors import DataError
 from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, preflight
@@ -23,11 +24,9 @@ IGNORE = 255  # voxel label for padding
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(SyntheticBase):
     per_class: int = 30  # shapes to generate per class
     rooms: int = 48  # NeRF room grids to generate
-    seed: int = 0  # generator seed (another seed, another dataset)
-    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
 
 
 @dataclass
@@ -94,13 +93,6 @@ def find_clouds(root: Path, on_error: str = "stop") -> tuple[list[Entry], list[s
 def cloud_root(cfg: PointDataConfig) -> Path:
     s = cfg.synthetic
     return Path(cfg.root) if cfg.root else synthetic.write_dataset(s.folder, s.per_class, s.rooms, s.seed) / "shapes"
-
-
-def split_entries(entries: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded split of entries (or paths) into (train, val), each in its original order."""
-    order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(len(entries) * val_fraction)) if val_fraction > 0 and len(entries) > 1 else 0
-    return [entries[i] for i in sorted(order[n_val:])], [entries[i] for i in sorted(order[:n_val])]
 
 
 class PointClouds(Dataset):

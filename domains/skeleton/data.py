@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
+from scimae.core.data import SyntheticBase
 from scimae.core.errors import DataError
 from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, settle
@@ -23,10 +24,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(SyntheticBase):
     per_action: int = 30  # sequences to generate per action
-    seed: int = 0  # generator seed (another seed, another dataset)
-    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
 
 
 @dataclass

@@ -1,0 +1,38 @@
+"""Dataset helpers every domain shares: the seeded split, few-label subsets and the synthetic-dataset
+settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+@dataclass
+class SyntheticBase:
+    """Where and from which seed a domain's embedded default dataset is generated; each domain adds its
+    sizes."""
+
+    seed: int = 0  # generator seed (another seed, another dataset)
+    folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
+
+
+def seeded_split(items: list[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """A reproducible split of ``items`` (records, scenes, clouds...) into (train, val), each in its original
+    order; at least one validation item when ``val_fraction`` > 0 and there are two or more."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(len(items) * val_fraction)) if val_fraction > 0 and len(items) > 1 else 0
+    return [items[i] for i in sorted(order[n_val:])], [items[i] for i in sorted(order[:n_val])]
+
+
+def first_per_class(items: list[T], labels: list[int], k: int) -> list[T]:
+    """The first ``k`` items of each class, in order: a fixed few-label training set."""
+    count: dict[int, int] = {}
+    kept = []
+    for item, label in zip(items, labels):
+        count[label] = count.get(label, 0) + 1
+        if count[label] <= k:
+            kept.append(item)
+    return kept
