@@ -64,22 +64,30 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
-class PooledClassifier(Exportable, nn.Module):
-    """Encoder + pooler + a linear or MLP head, the encoder optionally frozen (a linear probe):
-    batch -> logits [B, K]."""
+class FineTuner(Exportable, nn.Module):
+    """The fine-tuner of every domain: the pretrained encoder and a task head, the encoder optionally
+    frozen (a probe). Pooled (the default): a pooler, then a linear or MLP head, batch -> [B, n_out].
+    Dense: a domain's ``dense`` head maps the encoder's features (with the hidden states of the blocks
+    ``taps``) and the batch to an output map, ``dense(features, batch)``."""
 
-    def __init__(self, encoder: nn.Module, n_classes: int, pooler: str = "mean", head: str = "mlp",
-                 freeze_encoder: bool = False):
+    def __init__(self, encoder: nn.Module, n_out: int, pooler: str = "mean", head: str = "mlp",
+                 freeze_encoder: bool = False, dense: nn.Module | None = None, taps: tuple[int, ...] = ()):
         super().__init__()
         if head not in ("linear", "mlp"):
             raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
-        self.encoder = encoder
-        self.pool = Pooler(encoder.dim, pooler)
-        self.head = (LinearProbe if head == "linear" else MLPHead)(self.pool.out_dim, n_classes)
+        self.encoder, self.taps = encoder, tuple(taps)
+        if dense is None:
+            self.pool = Pooler(encoder.dim, pooler)
+            self.head = (LinearProbe if head == "linear" else MLPHead)(self.pool.out_dim, n_out)
+        else:
+            self.pool, self.head = None, dense
         if freeze_encoder:
             self.encoder.requires_grad_(False)
 
     def forward(self, batch) -> torch.Tensor:
-        return self.head(self.pool(self.encoder(batch)))  # [B, K]
+        if self.pool is not None:
+            return self.head(self.pool(self.encoder(batch)))  # [B, K]
+        features = self.encoder(batch, return_layers=self.taps) if self.taps else self.encoder(batch)
+        return self.head(features, batch)
 
 

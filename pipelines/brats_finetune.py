@@ -22,7 +22,7 @@ from scimae.domains.brain_mri.data import (
     survival_targets,
     train_val_cases,
 )
-from scimae.domains.brain_mri.finetune import BrainFineTuner, TaskConfig, task_evaluate, task_outputs, task_step
+from scimae.domains.brain_mri.finetune import brain_finetuner, TaskConfig, task_evaluate, task_outputs, task_step
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "brats_finetune.yaml"
@@ -66,7 +66,7 @@ def main(argv=None):
     else:
         mae, model_cfg = build_brain_mae(cfg.model, roi), cfg.model
     n_out = task_outputs(task, len(facts.get("classes", [])), task.bins)
-    model = BrainFineTuner(mae.encoder, task, n_out)
+    model = brain_finetuner(mae.encoder, task, n_out)
     evaluate = task_evaluate(task)
     model.export_config = export_config(model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts)
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task), evaluate=evaluate,

@@ -17,7 +17,7 @@ from scimae.core.data import first_per_class
 from scimae.core.tasks import pos_weight_from_labels
 from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, record_classes, train_val_records
 from scimae.domains.cardiac.io import LEADS
-from scimae.domains.cardiac.finetune import CardiacFineTuner, CardiacTaskConfig, task_evaluate, task_step
+from scimae.domains.cardiac.finetune import cardiac_finetuner, CardiacTaskConfig, task_evaluate, task_step
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, export_config, load_cardiac_mae
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cardiac_finetune.yaml"
@@ -54,7 +54,7 @@ def main(argv=None):
         mae, model_cfg = build_cardiac_mae(cfg.model, cfg.data.window_length, cfg.data.patch), cfg.model
     n_out = {"diagnosis": len(cfg.data.diagnoses), "classification": len(classes or [])}.get(task.kind, 1)
     hr_scale = float(train_set.hr.nanmean()) if task.kind == "regression" else 1.0
-    model = CardiacFineTuner(mae.encoder, task, n_out)
+    model = cardiac_finetuner(mae.encoder, task, n_out)
     pos_weight = pos_weight_from_labels(train_set.y) if task.kind == "diagnosis" else None
     model.export_config = export_config(model_cfg, cfg.data, task=vars(task), n_out=n_out, classes=classes,
                                         diagnoses=cfg.data.diagnoses, target_scale=hr_scale)

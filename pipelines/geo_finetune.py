@@ -15,7 +15,7 @@ from scimae.core.data import first_per_class
 from scimae.domains.remote_sensing import synthetic
 from scimae.core.data import seeded_split
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
-from scimae.domains.remote_sensing.finetune import GeoFineTuner, GeoTaskConfig, task_evaluate, task_step
+from scimae.domains.remote_sensing.finetune import geo_finetuner, GeoTaskConfig, task_evaluate, task_step
 from scimae.domains.remote_sensing.model import (GeoModelConfig, build_geo_mae, export_config, export_layout,
                                                  load_geo_mae)
 
@@ -68,7 +68,7 @@ def main(argv=None):
         y = [targets[p] for p in paths] if targets else None
         return GeoTasks(paths, cfg.data, train, cfg.train.seed, layout, y, labels_root)
 
-    model = GeoFineTuner(mae.encoder, task, n_out)
+    model = geo_finetuner(mae.encoder, task, n_out)
     model.export_config = export_config(model_cfg, cfg.data, layout, data_bands=[vars(b) for b in cfg.data.bands],
                                         task=vars(task), classes=classes)
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task),

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from scimae.core.checkpoint import load_export
-from scimae.domains.brain_mri.finetune import BrainFineTuner, TaskConfig
+from scimae.domains.brain_mri.finetune import brain_finetuner, TaskConfig
 from scimae.domains.brain_mri.inference import synthesise
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, load_brain_mae, export_config
 
@@ -37,7 +37,7 @@ def test_missing_modalities_are_invalid_slots_and_never_scored():
                                         ("segmentation", (2, 3, 32, 32, 32))])
 def test_fine_tuners_serve_any_modality_subset(kind, shape):
     mae = build_brain_mae(_cfg(), ROI)
-    model = BrainFineTuner(mae.encoder, TaskConfig(kind=kind), 3).eval()
+    model = brain_finetuner(mae.encoder, TaskConfig(kind=kind), 3).eval()
     full = model(_batch([[1, 1, 1, 1], [1, 1, 1, 1]]))
     subset = model(_batch([[1, 0, 0, 1], [1, 0, 0, 1]]))
     assert full.shape == subset.shape == shape
@@ -47,7 +47,7 @@ def test_fine_tuners_serve_any_modality_subset(kind, shape):
 def test_segmentation_needs_patch_16():
     mae = build_brain_mae(_cfg(patch=8), ROI)
     with pytest.raises(ValueError, match="needs patch 16"):
-        BrainFineTuner(mae.encoder, TaskConfig(kind="segmentation"), 3)
+        brain_finetuner(mae.encoder, TaskConfig(kind="segmentation"), 3)
 
 
 def test_export_records_modality_order_and_reloads_bit_exact(tmp_path):

@@ -10,7 +10,7 @@ from scimae.core.checkpoint import (from_pretrained, load_export, load_training_
                                     save_training_state)
 from scimae.core.config import apply_overrides, load_config, save_config
 from scimae.core.engine import TrainConfig
-from scimae.core.heads import PooledClassifier
+from scimae.core.heads import FineTuner
 from toy import toy_mae
 
 
@@ -70,7 +70,7 @@ def test_from_pretrained_builds_from_the_config_and_fills_the_parts_the_export_h
     model, config = from_pretrained(tmp_path / "pre", lambda c: toy_mae(dim=c["dim"]), "toy", ("dim",))
     assert config["dim"] == 32
     assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
-    tuned = PooledClassifier(toy_mae().encoder, 3)  # a fine-tuned export: encoder + pooler + head, no decoder
+    tuned = FineTuner(toy_mae().encoder, 3)  # a fine-tuned export: encoder + pooler + head, no decoder
     save_export(tmp_path / "tuned", tuned, {"dim": 32})
     torch.manual_seed(1)
     fresh = toy_mae().decoder.state_dict()

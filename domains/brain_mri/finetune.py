@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scimae.core.checkpoint import Exportable
-from scimae.core.heads import MLPHead, LinearProbe, Pooler
+from scimae.core.heads import FineTuner
 from scimae.core.mae import MAEEncoder
 from scimae.domains.brain_mri.io import MODALITIES
 
@@ -25,8 +24,9 @@ def fuse_modalities(tokens: torch.Tensor, valid: torch.Tensor, n_mod: int, grid)
 class UNETRHead(nn.Module):
     """UNETR decoder (MONAI's blocks) on four encoder depths and the input image; patch size 16."""
 
-    def __init__(self, dim: int, in_channels: int, out_channels: int, feature_size: int = 16):
+    def __init__(self, dim: int, in_channels: int, out_channels: int, grid: tuple[int, ...], feature_size: int = 16):
         super().__init__()
+        self.grid = tuple(grid)
         from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 
         fs, kw = feature_size, {"spatial_dims": 3, "kernel_size": 3, "norm_name": "instance"}
@@ -43,9 +43,11 @@ class UNETRHead(nn.Module):
         self.dec2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, res_block=True, **kw)
         self.out = UnetOutBlock(spatial_dims=3, in_channels=fs, out_channels=out_channels)
 
-    def forward(self, image: torch.Tensor, layers: list[torch.Tensor]) -> torch.Tensor:
-        """image [B, C, X, Y, Z], layers: 4 maps [B, D, X/16, Y/16, Z/16] (shallow to deep) -> [B, out, X, Y, Z]."""
-        z3, z6, z9, z12 = layers
+    def forward(self, features: dict, batch: dict) -> torch.Tensor:
+        """The encoder's four tapped layers, each fused over the modalities present into a map
+        [B, D, X/16, Y/16, Z/16] (shallow to deep), and the image [B, C, X, Y, Z] -> [B, out, X, Y, Z]."""
+        image = batch["image"]
+        z3, z6, z9, z12 = [fuse_modalities(t, features["valid"], len(MODALITIES), self.grid) for t in features["layers"]]
         x = self.dec5(z12, self.enc4(z9))
         x = self.dec4(x, self.enc3(z6))
         x = self.dec3(x, self.enc2(z3))
@@ -73,34 +75,19 @@ class TaskConfig:
             raise ValueError(f"task.head must be mlp or linear, got {self.head!r}")
 
 
-class BrainFineTuner(Exportable, nn.Module):
-    """The pretrained encoder with a task head; serves any subset of modalities with the same weights."""
-
-    def __init__(self, encoder: MAEEncoder, task: TaskConfig, n_out: int):
-        super().__init__()
-        self.encoder, self.task = encoder, task
-        D = encoder.dim
-        if task.kind == "segmentation":
-            if encoder.tokenizer.patch != (16, 16, 16):
-                raise ValueError(f"the UNETR head needs patch 16, got {encoder.tokenizer.patch}")
-            d = encoder.depth
-            self.taps = tuple(sorted({max(1, round(d * f)) for f in (0.25, 0.5, 0.75)} | {d}))
-            if len(self.taps) != 4:
-                raise ValueError(f"segmentation needs an encoder depth >= 4, got {d}")
-            self.head = UNETRHead(D, len(MODALITIES), n_out, task.feature_size)
-        else:
-            self.pool = Pooler(D, task.pooler)
-            self.head = LinearProbe(D, n_out) if task.head == "linear" else MLPHead(D, n_out)
-        if task.freeze_encoder:
-            self.encoder.requires_grad_(False)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        if self.task.kind != "segmentation":
-            return self.head(self.pool(self.encoder(batch)))
-        feats = self.encoder(batch, return_layers=self.taps)
-        tok = self.encoder.tokenizer
-        maps = [fuse_modalities(t, feats["valid"], len(MODALITIES), tok.grid) for t in feats["layers"]]
-        return self.head(batch["image"], maps)
+def brain_finetuner(encoder: MAEEncoder, task: TaskConfig, n_out: int) -> FineTuner:
+    """The core fine-tuner: a pooled head (classification, survival) or the UNETR head on four encoder depths
+    (segmentation); serves any subset of modalities with the same weights."""
+    if task.kind != "segmentation":
+        return FineTuner(encoder, n_out, task.pooler, task.head, task.freeze_encoder)
+    if encoder.tokenizer.patch != (16, 16, 16):
+        raise ValueError(f"the UNETR head needs patch 16, got {encoder.tokenizer.patch}")
+    d = encoder.depth
+    taps = tuple(sorted({max(1, round(d * f)) for f in (0.25, 0.5, 0.75)} | {d}))
+    if len(taps) != 4:
+        raise ValueError(f"segmentation needs an encoder depth >= 4, got {d}")
+    head = UNETRHead(encoder.dim, len(MODALITIES), n_out, encoder.tokenizer.grid, task.feature_size)
+    return FineTuner(encoder, n_out, freeze_encoder=task.freeze_encoder, dense=head, taps=taps)
 
 
 def task_outputs(task: TaskConfig, n_classes: int = 2, bins: int = 4) -> int:

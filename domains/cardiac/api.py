@@ -18,16 +18,17 @@ from torch import nn
 
 from scimae.core.checkpoint import load_export, load_weights, save_export
 from scimae.core.errors import DataError
+from scimae.core.heads import FineTuner
 from scimae.domains.cardiac.data import CardiacDataConfig, record_windows
 from scimae.domains.cardiac.io import CHANNELS, Signal, canonical_channel, from_array, read_record
-from scimae.domains.cardiac.finetune import CardiacFineTuner, CardiacTaskConfig
+from scimae.domains.cardiac.finetune import cardiac_finetuner, CardiacTaskConfig
 from scimae.domains.cardiac.model import EXPORT_KEYS, mae_from_config
 
 
 class CardiacFoundationModel(nn.Module):
     """Embeddings, predictions (with a fine-tuned head) and channel synthesis on CPU or GPU."""
 
-    def __init__(self, mae, config: dict, head: CardiacFineTuner | None = None, device: str | None = None):
+    def __init__(self, mae, config: dict, head: FineTuner | None = None, device: str | None = None):
         super().__init__()
         self.mae, self.head, self.config = mae, head, config
         self.data_cfg = CardiacDataConfig(fs=config["fs"], window_s=config["window_s"], stride_s=config["stride_s"],
@@ -46,7 +47,7 @@ class CardiacFoundationModel(nn.Module):
         mae = mae_from_config(config)
         head = None
         if "task" in config:
-            head = CardiacFineTuner(mae.encoder, CardiacTaskConfig(**config["task"]), config["n_out"])
+            head = cardiac_finetuner(mae.encoder, CardiacTaskConfig(**config["task"]), config["n_out"])
             load_weights(head, state)
         else:
             load_weights(mae, state)
@@ -95,7 +96,7 @@ class CardiacFoundationModel(nn.Module):
             raise ValueError("this export has no fine-tuned head; use cardiac_finetune's export for predict()")
         outs = [self.head(b).cpu() for b in self._batches(self._signal(record, fs, names))]
         out = torch.cat(outs)
-        if self.head.task.kind == "diagnosis":
+        if self.config["task"]["kind"] == "diagnosis":
             return out.sigmoid().numpy()
         return (out.reshape(-1) * self.config.get("target_scale", 1.0)).numpy()
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from scimae.core.checkpoint import Exportable
-from scimae.core.heads import LinearProbe, MLPHead, Pooler
+from scimae.core.heads import FineTuner
 from scimae.core.mae import MAEEncoder
 
 
@@ -30,19 +28,9 @@ class CardiacTaskConfig:
             raise ValueError(f"task.head must be mlp or linear, got {self.head!r}")
 
 
-class CardiacFineTuner(Exportable, nn.Module):
-    """The pretrained encoder, a pooler and a head; the same weights take any channel subset."""
-
-    def __init__(self, encoder: MAEEncoder, task: CardiacTaskConfig, n_out: int):
-        super().__init__()
-        self.encoder, self.task = encoder, task
-        self.pool = Pooler(encoder.dim, task.pooler)
-        self.head = LinearProbe(encoder.dim, n_out) if task.head == "linear" else MLPHead(encoder.dim, n_out)
-        if task.freeze_encoder:
-            self.encoder.requires_grad_(False)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.head(self.pool(self.encoder(batch)))
+def cardiac_finetuner(encoder: MAEEncoder, task: CardiacTaskConfig, n_out: int) -> FineTuner:
+    """The core fine-tuner on the pretrained encoder; the same weights take any channel subset."""
+    return FineTuner(encoder, n_out, task.pooler, task.head, task.freeze_encoder)
 
 
 def task_step(task: CardiacTaskConfig, pos_weight: torch.Tensor | None = None, hr_scale: float = 1.0):

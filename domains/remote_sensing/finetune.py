@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scimae.core.checkpoint import Exportable
+from scimae.core.heads import FineTuner
 from scimae.core.metrics import classification_scores
 
 
@@ -29,37 +29,30 @@ class GeoTaskConfig:
             raise ValueError(f"task.kind must be classification or segmentation, got {self.kind!r}")
 
 
-class GeoFineTuner(Exportable, nn.Module):
-    """Encoder + pooled head (classification) or a per-patch linear decoder to pixels (segmentation);
-    any band subset of the pretrained bands, by name."""
+class PixelHead(nn.Sequential):
+    """Segmentation: the band groups' tokens averaged per patch, then a per-patch linear decoder to pixels."""
 
-    def __init__(self, encoder, task: GeoTaskConfig, n_out: int):
-        from scimae.core.heads import LinearProbe, MLPHead, Pooler
+    def __init__(self, dim: int, groups: int, grid: tuple[int, int], patch: tuple[int, int], n_out: int):
+        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, n_out * patch[0] * patch[1]))
+        self.groups, self.grid, self.patch, self.n_out = groups, tuple(grid), tuple(patch), n_out
 
-        super().__init__()
-        self.encoder, self.task, self.n_out = encoder, task, n_out
-        D = encoder.dim
-        if task.kind == "classification":
-            self.pool = Pooler(D, task.pooler)
-            self.head = LinearProbe(D, n_out) if task.head == "linear" else MLPHead(D, n_out)
-        else:
-            p = encoder.tokenizer.patch
-            self.head = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, n_out * p[0] * p[1]))
-        if task.freeze_encoder:
-            self.encoder.requires_grad_(False)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        feats = self.encoder(batch)
-        if self.task.kind == "classification":
-            return self.head(self.pool(feats))  # [B, K]
-        tok = self.encoder.tokenizer
-        G, (gh, gw), (ph, pw) = len(tok.groups), tok.grid, tok.patch
-        B, _, D = feats["tokens"].shape
-        t = feats["tokens"].reshape(B, G, gh * gw, D)
-        w = feats["valid"].reshape(B, G, gh * gw, 1).float()
+    def forward(self, features: dict, batch: dict) -> torch.Tensor:
+        G, (gh, gw), (ph, pw) = self.groups, self.grid, self.patch
+        B, _, D = features["tokens"].shape
+        t = features["tokens"].reshape(B, G, gh * gw, D)
+        w = features["valid"].reshape(B, G, gh * gw, 1).float()
         fused = (t * w).sum(1) / w.sum(1).clamp_min(1)  # [B, n, D] mean over the bands present
-        logits = self.head(fused).reshape(B, gh, gw, ph, pw, self.n_out)
+        logits = super().forward(fused).reshape(B, gh, gw, ph, pw, self.n_out)
         return logits.permute(0, 5, 1, 3, 2, 4).reshape(B, self.n_out, gh * ph, gw * pw)  # [B, K, H, W]
+
+
+def geo_finetuner(encoder, task: GeoTaskConfig, n_out: int) -> FineTuner:
+    """The core fine-tuner: a pooled head (classification) or the pixel head (segmentation); any band subset
+    of the pretrained bands, by name."""
+    tok = encoder.tokenizer
+    dense = None if task.kind == "classification" else PixelHead(encoder.dim, len(tok.groups), tok.grid, tok.patch,
+                                                                  n_out)
+    return FineTuner(encoder, n_out, task.pooler, task.head, task.freeze_encoder, dense)
 
 
 def task_step(task: GeoTaskConfig):

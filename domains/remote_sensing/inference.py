@@ -9,18 +9,19 @@ import numpy as np
 import torch
 
 from scimae.core.checkpoint import from_pretrained
+from scimae.core.heads import FineTuner
 from scimae.core.errors import DataError
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows
-from scimae.domains.remote_sensing.finetune import GeoFineTuner, GeoTaskConfig
+from scimae.domains.remote_sensing.finetune import geo_finetuner, GeoTaskConfig
 from scimae.domains.remote_sensing.io import Band
 from scimae.domains.remote_sensing.model import EXPORT_KEYS, export_layout, mae_from_config
 
 NODATA = 255  # the class map's value where the scene has no valid pixel
 
 
-def load_model(folder) -> tuple[GeoFineTuner, dict]:
-    def build(c: dict) -> GeoFineTuner:
-        return GeoFineTuner(mae_from_config(c).encoder, GeoTaskConfig(**c["task"]), len(c["classes"]))
+def load_model(folder) -> tuple[FineTuner, dict]:
+    def build(c: dict) -> FineTuner:
+        return geo_finetuner(mae_from_config(c).encoder, GeoTaskConfig(**c["task"]), len(c["classes"]))
 
     model, config = from_pretrained(folder, build, "remote_sensing", EXPORT_KEYS + ("task", "classes", "data_bands"))
     return model.eval(), config
@@ -33,7 +34,7 @@ def blend_weights(size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_scene(model: GeoFineTuner, config: dict, path: Path, out: Path, overlap: float = 0.25,
+def predict_scene(model: FineTuner, config: dict, path: Path, out: Path, overlap: float = 0.25,
                   probabilities: bool = False, batch_size: int = 16) -> Path:
     import rasterio
 

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from scimae.core.embed import unpatchify
-from scimae.core.heads import PooledClassifier, Pooler
+from scimae.core.heads import FineTuner, Pooler
 
 
-def point_classifier(encoder: nn.Module, n_classes: int, freeze_encoder: bool = False) -> PooledClassifier:
+def point_classifier(encoder: nn.Module, n_classes: int, freeze_encoder: bool = False) -> FineTuner:
     """Encoder + max-and-mean pooling (Point-MAE) + MLP head for shape classification."""
-    return PooledClassifier(encoder, n_classes, "max_mean", "mlp", freeze_encoder)
+    return FineTuner(encoder, n_classes, "max_mean", "mlp", freeze_encoder)
 
 
 @torch.no_grad()

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from scimae.core.heads import PooledClassifier
+from scimae.core.heads import FineTuner
 
 
-def skeleton_classifier(encoder: nn.Module, n_classes: int, linear_probe: bool = False) -> PooledClassifier:
+def skeleton_classifier(encoder: nn.Module, n_classes: int, linear_probe: bool = False) -> FineTuner:
     """Encoder + mean pooling over the present bodies' tokens + a linear probe (frozen encoder) or an MLP."""
-    return PooledClassifier(encoder, n_classes, "mean", "linear" if linear_probe else "mlp", linear_probe)
+    return FineTuner(encoder, n_classes, "mean", "linear" if linear_probe else "mlp", linear_probe)
