@@ -93,6 +93,16 @@ def _check_value(tp, value, key: str):
     return value
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the pipelines' YAML defaults
+
+
+def pipeline_config(script: str, **sections: type) -> tuple[type, Path]:
+    """A pipeline's config class, one section per keyword (``data=``, ``model=``, ``task=``, ``train=``: config
+    dataclasses, each built with its defaults), and its YAML defaults, configs/<script's name>.yaml."""
+    fields = [(name, cls, dataclasses.field(default_factory=cls)) for name, cls in sections.items()]
+    return dataclasses.make_dataclass("Config", fields), CONFIGS / f"{Path(script).stem}.yaml"
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types (keys the class
     lists in ``RETIRED_KEYS``, which earlier versions wrote, are ignored)."""

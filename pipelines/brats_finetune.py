@@ -5,12 +5,11 @@ Dice for whole tumour, tumour core, enhancing tumour) or survival (logistic haza
 At the end it prints the validation score with every modality and with each one left out
 (task.leave_one_out), and returns the fine-tuned model.
 """
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import Subset
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.data import first_per_class
 from scimae.domains.brain_mri.data import (
@@ -25,15 +24,8 @@ from scimae.domains.brain_mri.data import (
 from scimae.domains.brain_mri.finetune import brain_finetuner, TaskConfig, task_evaluate, task_outputs, task_step
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "brats_finetune.yaml"
-
-
-@dataclass
-class Config:
-    data: BrainDataConfig = field(default_factory=BrainDataConfig)
-    model: BrainModelConfig = field(default_factory=BrainModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=BrainDataConfig, model=BrainModelConfig,
+                                  task=TaskConfig, train=TrainConfig)
 
 
 def targets(task: TaskConfig, train_cases, val_cases):

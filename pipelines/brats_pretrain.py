@@ -4,23 +4,15 @@ With no arguments it writes a synthetic BraTS-like NIfTI dataset (once) and pret
 --data DIR it reads a BraTS folder (2020/2021 or 2023 names) or a CSV manifest.
 The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and export/.
 """
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.brain_mri.data import BrainDataConfig, collate, load_splits
 from scimae.domains.brain_mri.figures import save_figure
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "brats_pretrain.yaml"
-
-
-@dataclass
-class Config:
-    data: BrainDataConfig = field(default_factory=BrainDataConfig)
-    model: BrainModelConfig = field(default_factory=BrainModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=BrainDataConfig, model=BrainModelConfig, train=TrainConfig)
 
 
 def main(argv=None):

@@ -5,12 +5,11 @@ regression (heart rate by default; mean absolute error), as a linear probe or a 
 --init-from EXPORT starts from a cardiac_pretrain export. At the end it prints the validation score
 per channel configuration (12-lead, limb leads, lead I, lead II, PPG only, ECG + PPG), same weights.
 """
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import Subset
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.data import first_per_class
@@ -20,17 +19,10 @@ from scimae.domains.cardiac.io import LEADS
 from scimae.domains.cardiac.finetune import cardiac_finetuner, CardiacTaskConfig, task_evaluate, task_step
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, export_config, load_cardiac_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cardiac_finetune.yaml"
+Config, DEFAULT = pipeline_config(__file__, data=CardiacDataConfig, model=CardiacModelConfig,
+                                  task=CardiacTaskConfig, train=TrainConfig)
 CONFIGURATIONS = {"12-lead": LEADS, "limb leads": ["I", "II", "III", "aVR", "aVL", "aVF"], "lead I": ["I"],
                   "lead II": ["II"], "PPG only": ["PPG"], "ECG + PPG": LEADS + ["PPG"]}
-
-
-@dataclass
-class Config:
-    data: CardiacDataConfig = field(default_factory=CardiacDataConfig)
-    model: CardiacModelConfig = field(default_factory=CardiacModelConfig)
-    task: CardiacTaskConfig = field(default_factory=CardiacTaskConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def main(argv=None):

@@ -4,23 +4,15 @@ With no arguments it writes a synthetic set of WFDB records (once) and pretrains
 --data DIR it reads every WFDB record or EDF file under DIR. The run folder gets config.yaml,
 metrics.csv, recon_epochNNN.png (signal | masked input | reconstruction per channel), last.pt and export/.
 """
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.cardiac.data import CardiacDataConfig, load_splits, train_val_records
 from scimae.domains.cardiac.figures import save_figure
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, export_config, load_cardiac_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cardiac_pretrain.yaml"
-
-
-@dataclass
-class Config:
-    data: CardiacDataConfig = field(default_factory=CardiacDataConfig)
-    model: CardiacModelConfig = field(default_factory=CardiacModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=CardiacDataConfig, model=CardiacModelConfig, train=TrainConfig)
 
 
 def main(argv=None):

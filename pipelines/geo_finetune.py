@@ -4,10 +4,9 @@
 --init-from EXPORT starts from a geo_pretrain export (a band subset of its bands is fine, by name).
 """
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.files import find_files
@@ -19,15 +18,8 @@ from scimae.domains.remote_sensing.finetune import geo_finetuner, GeoTaskConfig,
 from scimae.domains.remote_sensing.model import (GeoModelConfig, build_geo_mae, export_config, export_layout,
                                                  load_geo_mae)
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "geo_finetune.yaml"
-
-
-@dataclass
-class Config:
-    data: GeoDataConfig = field(default_factory=GeoDataConfig)
-    model: GeoModelConfig = field(default_factory=GeoModelConfig)
-    task: GeoTaskConfig = field(default_factory=GeoTaskConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=GeoDataConfig, model=GeoModelConfig,
+                                  task=GeoTaskConfig, train=TrainConfig)
 
 
 def main(argv=None):

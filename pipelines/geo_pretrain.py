@@ -4,23 +4,15 @@ With no arguments it writes synthetic georeferenced 4-band GeoTIFF tiles (once) 
 --data takes a folder of GeoTIFFs, a folder of per-band GeoTIFFs, or a NetCDF/zarr stack, read by the
 band table in the config. The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt, export/.
 """
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.remote_sensing.data import GeoDataConfig, load_splits
 from scimae.domains.remote_sensing.figures import save_figure
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_config, load_geo_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "geo_pretrain.yaml"
-
-
-@dataclass
-class Config:
-    data: GeoDataConfig = field(default_factory=GeoDataConfig)
-    model: GeoModelConfig = field(default_factory=GeoModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=GeoDataConfig, model=GeoModelConfig, train=TrainConfig)
 
 
 def main(argv=None):

@@ -5,24 +5,16 @@ With no arguments it writes synthetic rooms (rgbsigma .npz grids with per-voxel 
 pretrains on them; --data takes a folder of .npz grids in the NeRF-RPN / NeRF-MAE layout. The run folder
 gets config.yaml, metrics.csv, recon_epochNNN.png (a top view rendered by alpha compositing), last.pt, export/.
 """
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.core.data import seeded_split
 from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, grid_paths
 from scimae.domains.scene3d.figures import save_grid_figure
 from scimae.domains.scene3d.model import NerfModelConfig, build_nerf_mae, export_config, load_nerf_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "nerf_pretrain.yaml"
-
-
-@dataclass
-class Config:
-    data: NerfDataConfig = field(default_factory=NerfDataConfig)
-    model: NerfModelConfig = field(default_factory=NerfModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=NerfDataConfig, model=NerfModelConfig, train=TrainConfig)
 
 
 def main(argv=None):

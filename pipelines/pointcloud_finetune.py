@@ -6,35 +6,20 @@ ScanObjectNN). --init-from EXPORT starts from a pointcloud_pretrain export; with
 """
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.data import first_per_class
 from scimae.core.tasks import classification_evaluate, classification_step
 from scimae.core.data import seeded_split
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds
-from scimae.domains.scene3d.finetune import point_classifier, svm_probe
+from scimae.domains.scene3d.finetune import PointTaskConfig, point_classifier, svm_probe
 from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, export_config, load_point_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_finetune.yaml"
-
-
-@dataclass
-class TaskConfig:
-    svm_c: float = 0.01  # the linear SVM's regularisation
-    freeze_encoder: bool = False  # train the head only
-    labels_per_class: int | None = None  # train on only this many clouds per class (label efficiency)
-
-
-@dataclass
-class Config:
-    data: PointDataConfig = field(default_factory=PointDataConfig)
-    model: PointModelConfig = field(default_factory=PointModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=PointDataConfig, model=PointModelConfig,
+                                  task=PointTaskConfig, train=TrainConfig)
 
 
 def main(argv=None):

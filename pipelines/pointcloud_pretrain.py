@@ -4,24 +4,16 @@ With no arguments it writes synthetic shape clouds (PLY and PCD, once) and pretr
 a folder of clouds or meshes (PLY, PCD, XYZ, PTS, OFF, OBJ, .npy; class subfolders or not) or HDF5 files.
 The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and export/.
 """
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.core.data import seeded_split
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, cloud_root, find_clouds
 from scimae.domains.scene3d.figures import save_point_figure
 from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, export_config, load_point_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "pointcloud_pretrain.yaml"
-
-
-@dataclass
-class Config:
-    data: PointDataConfig = field(default_factory=PointDataConfig)
-    model: PointModelConfig = field(default_factory=PointModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=PointDataConfig, model=PointModelConfig, train=TrainConfig)
 
 
 def main(argv=None):

@@ -3,33 +3,19 @@
 xsub or xview). --init-from EXPORT starts from a skeleton_pretrain export; without it, from scratch.
 """
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.data import first_per_class
 from scimae.core.tasks import classification_evaluate, classification_step
 from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root
-from scimae.domains.skeleton.finetune import skeleton_classifier
+from scimae.domains.skeleton.finetune import SkeletonTaskConfig, skeleton_classifier
 from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, export_config, load_skeleton_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_finetune.yaml"
-
-
-@dataclass
-class TaskConfig:
-    linear_probe: bool = False  # freeze the encoder and train a linear head
-    labels_per_class: int | None = None  # train on only this many sequences per action (label efficiency)
-
-
-@dataclass
-class Config:
-    data: SkeletonDataConfig = field(default_factory=SkeletonDataConfig)
-    model: SkeletonModelConfig = field(default_factory=SkeletonModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=SkeletonDataConfig, model=SkeletonModelConfig,
+                                  task=SkeletonTaskConfig, train=TrainConfig)
 
 
 def main(argv=None):

@@ -5,23 +5,15 @@ With no arguments it writes synthetic NTU RGB+D .skeleton files (once) and pretr
 folder of .skeleton files (data.skip_list names samples to leave out) or a .npy/.npz array (N, C, T, V, M).
 The run folder gets config.yaml, metrics.csv, recon_epochNNN.png, last.pt and export/.
 """
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from scimae.core.config import parse_cli, run_cli
+from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer, mae_validation
 from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples
 from scimae.domains.skeleton.figures import save_figure
 from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, export_config, load_skeleton_mae
 
-DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "skeleton_pretrain.yaml"
-
-
-@dataclass
-class Config:
-    data: SkeletonDataConfig = field(default_factory=SkeletonDataConfig)
-    model: SkeletonModelConfig = field(default_factory=SkeletonModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+Config, DEFAULT = pipeline_config(__file__, data=SkeletonDataConfig, model=SkeletonModelConfig, train=TrainConfig)
 
 
 def main(argv=None):

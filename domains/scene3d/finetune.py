@@ -1,12 +1,21 @@
 """3D fine-tuning: the point-cloud classifier, pooled features and the SVM probe, the NeRF voxel head."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
 from scimae.core.embed import unpatchify
 from scimae.core.heads import FineTuner, Pooler
+
+
+@dataclass
+class PointTaskConfig:
+    svm_c: float = 0.01  # the linear SVM's regularisation
+    freeze_encoder: bool = False  # train the head only
+    labels_per_class: int | None = None  # train on only this many clouds per class (label efficiency)
 
 
 def point_classifier(encoder: nn.Module, n_classes: int, freeze_encoder: bool = False) -> FineTuner:

@@ -1,9 +1,17 @@
 """Skeleton fine-tuning: the action classifier (a linear probe or a full fine-tune)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from scimae.core.heads import FineTuner
+
+
+@dataclass
+class SkeletonTaskConfig:
+    linear_probe: bool = False  # freeze the encoder and train a linear head
+    labels_per_class: int | None = None  # train on only this many sequences per action (label efficiency)
 
 
 def skeleton_classifier(encoder: nn.Module, n_classes: int, linear_probe: bool = False) -> FineTuner:
