@@ -20,9 +20,7 @@ Writes evaluation.csv and evaluation.png into --out. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import os
 import resource
 import time
 from pathlib import Path
@@ -30,11 +28,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from common import link_files, parse, parser, report
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
-from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
-                                  logistic_predict, predict_classes, probe_rows, write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
+                                  logistic_predict, predict_classes, probe_rows)
 from scimae.domains.brain_mri import synthetic
 from scimae.core.data import seeded_split
 from scimae.domains.brain_mri.data import BrainDataConfig, class_targets, collate, make_dataset, restrict
@@ -63,24 +62,13 @@ def loader_vs_step(dataset, mae) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/benchmark_brain_mri")
+    ap = parser(__doc__, "brain_mri", pretrain_epochs=4, finetune_epochs=None)
     ap.add_argument("--cases", type=int, default=560, help="synthetic cases")
     ap.add_argument("--val-fraction", type=float, default=0.375, help="share of the cases held out for validation")
     ap.add_argument("--label", default="side", choices=["side", "pattern"], help="the label column probed")
-    ap.add_argument("--pretrain-epochs", type=int, default=4)
     ap.add_argument("--norm-pix", action="store_true", help="pretrain on MAE's per-patch normalised target")
     ap.add_argument("--finetune-repeats", type=int, default=24, help="passes over the labelled cases (one epoch)")
-    ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
-                    help="fine-tuning learning rates, one chosen per arm on held-back training labels")
-    ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
-    args = ap.parse_args()
-    if args.quick:
-        args.cases, args.pretrain_epochs, args.finetune_repeats, args.draws, args.seeds = 24, 1, 2, 2, 2
-        args.lrs = args.lrs[:2]
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    args = parse(ap, cases=24, finetune_repeats=2)
     out = Path(args.out)
     t = time.perf_counter()
     root = synthetic.write_dataset(None, args.cases)
@@ -91,9 +79,7 @@ def main():
 
     def folder(name: str, cases: list) -> Path:  # the split, made once, as folders of links and their labels
         for case in cases:
-            (out / name / case.case_id).mkdir(parents=True)
-            for f in (root / case.case_id).iterdir():
-                (out / name / case.case_id / f.name).symlink_to(f.resolve())
+            link_files(out / name / case.case_id, (root / case.case_id).iterdir())
         ids = {case.case_id for case in cases}
         with (root / "labels.csv").open(newline="") as f:
             table = list(csv.DictReader(f))
@@ -162,19 +148,14 @@ def main():
         return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("brain_mri", finetune, y_va, labels, args.seeds, args.lrs, check)
-    rows += tuned
-    csv_path, png = write_evaluation(rows, out)
-    print(f"\ntumour {args.label} ({' vs '.join(classes)}), {len(val_cases)} validation cases (chance 0.500); "
-          f"pretraining saw {len(train_cases)} unlabelled training cases")
-    print(format_table(rows))
-    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {args.seeds} seeds); "
-          f"learning rates chosen on held-back training labels: {chosen}")
+    heading = (f"\ntumour {args.label} ({' vs '.join(classes)}), {len(val_cases)} validation cases (chance 0.500); "
+               f"pretraining saw {len(train_cases)} unlabelled training cases")
+    report(rows + tuned, out, heading, p_value, args.seeds, chosen)
     with_all = (logistic_predict(x_tr, y_tr, x_va) == y_va).mean()
     s_tr, s_va, _, _ = features(mae.encoder, datasets(["t1", "t2", "flair"]))
     without = (logistic_predict(s_tr, y_tr, s_va) == y_va).mean()
     print(f"pretrained encoder, logistic probe with all labels: 4 modalities {with_all:.3f}, T1ce missing "
           f"{without:.3f} = {without / with_all:.0%} of the full-input score")
-    print(f"wrote {csv_path} and {png}")
 
 
 if __name__ == "__main__":

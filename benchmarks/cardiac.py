@@ -21,19 +21,18 @@ Writes evaluation.csv and evaluation.png into --out. Usage:
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from common import link_files, parse, parser, report
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
-from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
-                                  logistic_predict, predict_classes, probe_rows, write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
+                                  logistic_predict, predict_classes, probe_rows)
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.api import CardiacFoundationModel
 from scimae.core.data import seeded_split
@@ -70,34 +69,18 @@ def throughput(records: list[Path], export: Path, train: CardiacWindows, batch_s
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/benchmark_cardiac")
+    ap = parser(__doc__, "cardiac", pretrain_epochs=4)
     ap.add_argument("--records", type=int, default=720, help="synthetic 30-s records (a quarter are validation)")
-    ap.add_argument("--pretrain-epochs", type=int, default=4)
-    ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--mask", default="random", help="pretraining mask strategy (shared: the same places in every lead)")
     ap.add_argument("--group-heads", action="store_true", help="pretrain with one prediction head per lead")
-    ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
-                    help="fine-tuning learning rates, one chosen per arm on held-back training labels")
-    ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
-    args = ap.parse_args()
-    if args.quick:
-        args.records, args.pretrain_epochs, args.finetune_epochs, args.draws, args.seeds = 64, 1, 1, 2, 2
-        args.lrs = args.lrs[:2]
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    args = parse(ap, records=64)
     out = Path(args.out)
     records = find_records(synthetic.write_dataset(None, args.records, 30.0))
     train_records, val_records = seeded_split(records, 0.25, 0)
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def folder(name: str, paths: list[Path]) -> Path:  # the split, made once, as folders of links
-        (out / name).mkdir(parents=True)
-        for rec in paths:
-            for f in rec.parent.glob(rec.name + ".*"):
-                (out / name / f.name).symlink_to(f.resolve())
-        return out / name
+        return link_files(out / name, [f for rec in paths for f in rec.parent.glob(rec.name + ".*")])
 
     train_dir = folder(f"train_records-{stamp}", train_records)
     t = time.perf_counter()
@@ -153,20 +136,16 @@ def main():
         return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("cardiac", finetune, y_va, labels, args.seeds, args.lrs, check)
-    rows += tuned
-    csv_path, png = write_evaluation(rows, out)
-    print(f"\nconduction pattern, {len(y_va)} validation windows of {len(sides[1])} 12-lead records, {len(classes)} "
-          f"classes (chance {1 / len(classes):.3f}); pretraining saw {len(train_records)} unlabelled training records")
-    print(format_table(rows))
-    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {args.seeds} seeds); "
-          f"learning rates chosen on held-back training labels: {chosen}")
+    heading = (f"\nconduction pattern, {len(y_va)} validation windows of {len(sides[1])} 12-lead records, "
+               f"{len(classes)} classes (chance {1 / len(classes):.3f}); pretraining saw {len(train_records)} "
+               "unlabelled training records")
+    report(rows + tuned, out, heading, p_value, args.seeds, chosen)
     with_all = (logistic_predict(x_tr, y_tr, x_va) == y_va).mean()
     print(f"pretrained encoder, logistic probe with all labels: 12 leads {with_all:.3f}")
     for name, channels in (("precordial leads only", LEADS[6:]), ("limb leads only", LEADS[:6]), ("lead I only", ["I"])):
         s_tr, s_va, _, _ = features(mae.encoder, datasets(channels))
         score = (logistic_predict(s_tr, y_tr, s_va) == y_va).mean()
         print(f"  {name}: {score:.3f} = {score / with_all:.0%} of the 12-lead score")
-    print(f"wrote {csv_path} and {png}")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ Writes evaluation.csv and evaluation.png into --out. Usage:
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from pathlib import Path
 
@@ -28,9 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from rasterio.windows import Window
 
+from common import link_files, parse, parser, report
 from scimae.core.config import run_cli
-from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
-                                  logistic_predict, predict_classes, probe_rows, write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
+                                  logistic_predict, predict_classes, probe_rows)
 from scimae.domains.remote_sensing import synthetic
 from scimae.core.data import seeded_split
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
@@ -66,22 +65,10 @@ def batches(dataset, size: int = 64) -> DataLoader:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/benchmark_remote_sensing")
+    ap = parser(__doc__, "remote_sensing", pretrain_epochs=8, finetune_epochs=8)
     ap.add_argument("--tiles", type=int, default=1000, help="synthetic tiles (a quarter are validation)")
-    ap.add_argument("--pretrain-epochs", type=int, default=8)
-    ap.add_argument("--finetune-epochs", type=int, default=8)
     ap.add_argument("--norm-pix", action="store_true", help="pretrain on MAE's per-patch normalised target")
-    ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
-                    help="fine-tuning learning rates, one chosen per arm on held-back training labels")
-    ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
-    args = ap.parse_args()
-    if args.quick:
-        args.tiles, args.pretrain_epochs, args.finetune_epochs, args.draws, args.seeds = 48, 1, 1, 2, 2
-        args.lrs = args.lrs[:2]
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    args = parse(ap, tiles=48)
     out = Path(args.out)
     root = synthetic.write_dataset(n_tiles=args.tiles) / "tiles"
     tiles, names = labelled_tiles(root)
@@ -92,9 +79,7 @@ def main():
     stamp = time.strftime("%Y%m%d-%H%M%S")
     train_dir, val_dir = out / f"train_tiles-{stamp}", out / f"val_tiles-{stamp}"  # the split, made once
     for folder, paths in ((train_dir, train_paths), (val_dir, val_paths)):
-        for p in paths:
-            (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
-            (folder / p.parent.name / p.name).symlink_to(p.resolve())
+        link_files(folder, paths, lambda p: p.parent.name)  # class folders
     t = time.perf_counter()
     geo_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1", *[f"model.{k}={v}" for k, v in MODEL.items()],
                        f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}", f"train.epochs={args.pretrain_epochs}",
@@ -139,19 +124,14 @@ def main():
         return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("remote_sensing", finetune, y_va, labels, args.seeds, args.lrs, check)
-    rows += tuned
-    csv_path, png = write_evaluation(rows, out)
+    heading = (f"\nscene classification, {len(val_paths)} validation tiles, {len(classes)} layouts (chance "
+               f"{1 / len(classes):.3f}); pretraining saw {len(train_paths)} unlabelled training tiles")
+    report(rows + tuned, out, heading, p_value, args.seeds, chosen)
     r_tr, r_va, _, _ = features(mae.encoder, rgb)
     with_rgb = (logistic_predict(r_tr, y_tr, r_va) == y_va).mean()
     with_all = (logistic_predict(x_tr, y_tr, x_va) == y_va).mean()
-    print(f"\nscene classification, {len(val_paths)} validation tiles, {len(classes)} layouts (chance "
-          f"{1 / len(classes):.3f}); pretraining saw {len(train_paths)} unlabelled training tiles")
-    print(format_table(rows))
-    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {args.seeds} seeds); "
-          f"learning rates chosen on held-back training labels: {chosen}")
     print(f"pretrained encoder, logistic probe with all labels: RGBN {with_all:.3f}, RGB only (NIR missing) "
           f"{with_rgb:.3f} = {with_rgb / with_all:.0%} of the full-input score")
-    print(f"wrote {csv_path} and {png}")
 
 
 if __name__ == "__main__":

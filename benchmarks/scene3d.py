@@ -18,17 +18,16 @@ Writes evaluation.csv and evaluation.png into --out. Usage:
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from common import link_files, parse, parser, report
 from scimae.core.config import run_cli
-from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
-                                   predict_classes, probe_rows, write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
+                                   predict_classes, probe_rows)
 from scimae.core.losses import chamfer_torch
 from scimae.domains.scene3d import synthetic
 from scimae.core.data import seeded_split
@@ -75,21 +74,9 @@ def point_ops(device: torch.device) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/benchmark_scene3d")
+    ap = parser(__doc__, "scene3d", pretrain_epochs=6)
     ap.add_argument("--per-class", type=int, default=400, help="synthetic clouds per class (a quarter are validation)")
-    ap.add_argument("--pretrain-epochs", type=int, default=6)
-    ap.add_argument("--finetune-epochs", type=int, default=3)
-    ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
-                    help="fine-tuning learning rates, one chosen per arm on held-back training labels")
-    ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
-    args = ap.parse_args()
-    if args.quick:
-        args.per_class, args.pretrain_epochs, args.finetune_epochs, args.draws, args.seeds = 16, 1, 1, 2, 2
-        args.lrs = args.lrs[:2]
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    args = parse(ap, per_class=16)
     point_ops(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
     root = synthetic.write_dataset(None, args.per_class) / "shapes"
@@ -98,9 +85,7 @@ def main():
     stamp = time.strftime("%Y%m%d-%H%M%S")
     train_dir, val_dir = out / f"train_clouds-{stamp}", out / f"val_clouds-{stamp}"  # the split, made once
     for folder, side in ((train_dir, train), (val_dir, val)):
-        for e in side:
-            (folder / e.path.parent.name).mkdir(parents=True, exist_ok=True)
-            (folder / e.path.parent.name / e.path.name).symlink_to(e.path.resolve())
+        link_files(folder, [e.path for e in side], lambda p: p.parent.name)  # class folders
     t = time.perf_counter()
     pointcloud_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1", *[f"data.{k}={v}" for k, v in DATA.items()],
                               *[f"model.{k}={v}" for k, v in MODEL.items()],
@@ -140,14 +125,9 @@ def main():
         return predict_classes(model, DataLoader(predict, batch_size=64))
 
     tuned, p_value, chosen = finetune_rows("scene3d", finetune, y_va, labels, args.seeds, args.lrs, check)
-    rows += tuned
-    csv_path, png = write_evaluation(rows, out)
-    print(f"\nhandedness ({' vs '.join(classes)}) of {len(synthetic.FAMILIES)} chiral objects, {len(val)} validation "
-          f"clouds (chance 0.500); pretraining saw {len(train)} unlabelled training clouds")
-    print(format_table(rows))
-    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {args.seeds} seeds); "
-          f"learning rates chosen on held-back training labels: {chosen}")
-    print(f"wrote {csv_path} and {png}")
+    heading = (f"\nhandedness ({' vs '.join(classes)}) of {len(synthetic.FAMILIES)} chiral objects, {len(val)} "
+               f"validation clouds (chance 0.500); pretraining saw {len(train)} unlabelled training clouds")
+    report(rows + tuned, out, heading, p_value, args.seeds, chosen)
 
 
 if __name__ == "__main__":

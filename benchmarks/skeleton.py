@@ -18,7 +18,6 @@ Writes evaluation.csv and evaluation.png into --out. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -26,9 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from common import parse, parser, report
 from scimae.core.config import run_cli
-from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, format_table, held_back,
-                                   predict_classes, probe_rows, write_evaluation)
+from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
+                                   predict_classes, probe_rows)
 from scimae.domains.skeleton import synthetic
 from scimae.domains.skeleton.data import SkeletonDataConfig, SyntheticConfig, Skeletons, load_samples
 from scimae.domains.skeleton.io import read_skeleton
@@ -58,23 +58,11 @@ def batches(dataset, size: int = 64) -> DataLoader:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/benchmark_skeleton")
+    ap = parser(__doc__, "skeleton", pretrain_epochs=20)
     ap.add_argument("--per-action", type=int, default=70, help="synthetic sequences per action (3/8 are test side)")
-    ap.add_argument("--pretrain-epochs", type=int, default=20)
-    ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--export", help="evaluate this skeleton_pretrain export (pretrained on the same synthetic "
                                      "training side) instead of pretraining one")
-    ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
-                    help="fine-tuning learning rates, one chosen per arm on held-back training labels")
-    ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
-    args = ap.parse_args()
-    if args.quick:
-        args.per_action, args.pretrain_epochs, args.finetune_epochs, args.draws, args.seeds = 12, 1, 1, 2, 2
-        args.lrs = args.lrs[:2]
-    torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
+    args = parse(ap, per_action=12)
     out = Path(args.out)
     data_cfg = SkeletonDataConfig(synthetic=SyntheticConfig(per_action=args.per_action), bodies=1)
     folder = synthetic.write_dataset(None, args.per_action, data_cfg.synthetic.seed)
@@ -122,14 +110,9 @@ def main():
         return predict_classes(model, batches(predict))
 
     tuned, p_value, chosen = finetune_rows("skeleton", finetune, y_va, labels, args.seeds, args.lrs, check)
-    rows += tuned
-    csv_path, png = write_evaluation(rows, out)
-    print(f"\naction classification, cross-subject test side ({len(val)} sequences, {len(actions)} actions, "
-          f"chance {1 / len(actions):.3f}); pretraining saw {len(train)} unlabelled training sequences")
-    print(format_table(rows))
-    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {args.seeds} seeds); "
-          f"learning rates chosen on held-back training labels: {chosen}")
-    print(f"wrote {csv_path} and {png}")
+    heading = (f"\naction classification, cross-subject test side ({len(val)} sequences, {len(actions)} actions, "
+               f"chance {1 / len(actions):.3f}); pretraining saw {len(train)} unlabelled training sequences")
+    report(rows + tuned, out, heading, p_value, args.seeds, chosen)
 
 
 if __name__ == "__main__":

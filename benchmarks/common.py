@@ -1,0 +1,58 @@
+"""What the domain quality benchmarks share: their command line, the smoke-run sizes of --quick, the torch
+threads, and the split written once as folders of links."""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from scimae.core.evaluate import format_table, write_evaluation
+
+
+def parser(doc: str, domain: str, pretrain_epochs: int, finetune_epochs: int | None = 3) -> argparse.ArgumentParser:
+    """--out, --pretrain-epochs, --finetune-epochs (unless None), --draws, --seeds, --lrs and --quick; the
+    benchmark adds its own options."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=f"runs/benchmark_{domain}")
+    ap.add_argument("--pretrain-epochs", type=int, default=pretrain_epochs)
+    if finetune_epochs is not None:
+        ap.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
+    ap.add_argument("--draws", type=int, default=20, help="label draws per probe budget")
+    ap.add_argument("--seeds", type=int, default=3, help="random-init and fine-tuning seeds")
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
+                    help="fine-tuning learning rates, one chosen per arm on held-back training labels")
+    ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, **quick) -> argparse.Namespace:
+    """The arguments; with --quick, the benchmark's smoke-run sizes (``quick``) and one epoch each, two draws,
+    two seeds and two learning rates. Torch uses as many threads as this process has cores."""
+    args = ap.parse_args()
+    if args.quick:
+        epochs = {k: 1 for k in ("pretrain_epochs", "finetune_epochs") if hasattr(args, k)}
+        vars(args).update({**epochs, "draws": 2, "seeds": 2, "lrs": args.lrs[:2], **quick})
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    return args
+
+
+def link_files(folder: Path, files: Iterable[Path], subfolder=lambda f: "") -> Path:
+    """``folder`` holding a link to each of ``files`` (in ``subfolder(file)``, e.g. its class): a split, made once."""
+    for f in files:
+        (folder / subfolder(f)).mkdir(parents=True, exist_ok=True)
+        (folder / subfolder(f) / f.name).symlink_to(f.resolve())
+    return folder
+
+
+def report(rows: list, out: Path, heading: str, p_value: float, seeds: int, chosen: dict) -> None:
+    """Write evaluation.csv and evaluation.png into ``out``; print the heading, the table and the fine-tuning
+    comparison."""
+    csv_path, png = write_evaluation(rows, out)
+    print(heading)
+    print(format_table(rows))
+    print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {seeds} seeds); "
+          f"learning rates chosen on held-back training labels: {chosen}")
+    print(f"wrote {csv_path} and {png}")
