@@ -124,6 +124,12 @@ def check_ranges(section: str, cfg, rules: dict) -> None:
             raise ValueError(f"{section}.{key} must be {allowed}, got {value!r}")
 
 
+def one_of(*allowed) -> tuple[str, object]:
+    """A ``check_ranges`` rule: the value is one of ``allowed`` ("a, b or c" in the message)."""
+    names = [str(a) for a in allowed]
+    return (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]), lambda v: v in allowed
+
+
 POSITIVE = ("> 0", lambda v: v > 0)
 AT_LEAST_1 = (">= 1", lambda v: v >= 1)
 NON_NEGATIVE = (">= 0", lambda v: v >= 0)

@@ -5,6 +5,10 @@ import torch
 from torch import nn
 
 from scimae.core.checkpoint import Exportable
+from scimae.core.config import one_of
+
+
+HEADS = one_of("mlp", "linear")  # the heads a task config may name (a check_ranges rule)
 
 
 class Pooler(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from scimae.core.checkpoint import Exportable
-from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges
+from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
 from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.tokens import MaskPlan, TokenSet, gather_slots
 from scimae.core.transformer import Transformer
@@ -43,8 +43,7 @@ class MAEConfig:
         check_ranges("model", self, {
             **dict.fromkeys(("dim", "depth", "heads", "decoder_dim", "decoder_depth", "decoder_heads"), AT_LEAST_1),
             "mlp_ratio": POSITIVE, "drop_path": UNIT_INTERVAL, "decoder_mask_ratio": UNIT_INTERVAL,
-            "mode": ("drop or mask_token", lambda v: v in ("drop", "mask_token")),
-            "loss": ("mse or l1", lambda v: v in ("mse", "l1")),
+            "mode": one_of("drop", "mask_token"), "loss": one_of("mse", "l1"),
         })
         for width, heads in (("dim", "heads"), ("decoder_dim", "decoder_heads")):
             if getattr(self, width) % getattr(self, heads):

@@ -11,13 +11,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from scimae.core.checkpoint import atomic_write
+from scimae.core.config import one_of
 from scimae.core.errors import DataError
 from scimae.core.files import cache_root
 from scimae.core.progress import progress
 
 log = logging.getLogger(__name__)
 ON_ERROR = ("stop", "skip")
-ON_ERROR_RULE = ("stop or skip", lambda v: v in ON_ERROR)  # for check_ranges
+ON_ERROR_RULE = one_of(*ON_ERROR)  # for check_ranges
 SKIPPED: list[str] = []  # this process's files left out (data.on_error=skip): the Trainer lists them in the run folder
 
 
@@ -71,10 +73,7 @@ def preflight(files: Sequence[Path], check: Callable[[Path], None], what: str, o
     problems = dict(zip(todo, found))
     now = {s for f, s in zip(files, stamps) if problems.get(f) is None}  # this dataset's files only
     if now != passed:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(sorted(now)))
-        tmp.replace(cache)
+        atomic_write(cache, lambda p: Path(p).write_text(json.dumps(sorted(now))))
     bad = {f: m for f, m in problems.items() if m is not None}
     settle(bad, len(files), what, on_error)
     return [f for f in files if f not in bad]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scimae.core.heads import FineTuner
+from scimae.core.config import check_ranges, one_of
+from scimae.core.heads import HEADS, FineTuner
 from scimae.core.mae import MAEEncoder
 from scimae.domains.brain_mri.io import MODALITIES
 
@@ -69,10 +70,7 @@ class TaskConfig:
     leave_one_out: bool = True  # at the end, also score the validation set with each modality left out
 
     def __post_init__(self):
-        if self.kind not in ("classification", "segmentation", "survival"):
-            raise ValueError(f"task.kind must be classification, segmentation or survival, got {self.kind!r}")
-        if self.head not in ("mlp", "linear"):
-            raise ValueError(f"task.head must be mlp or linear, got {self.head!r}")
+        check_ranges("task", self, {"kind": one_of("classification", "segmentation", "survival"), "head": HEADS})
 
 
 def brain_finetuner(encoder: MAEEncoder, task: TaskConfig, n_out: int) -> FineTuner:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from scimae.core.heads import FineTuner
+from scimae.core.config import check_ranges, one_of
+from scimae.core.heads import HEADS, FineTuner
 from scimae.core.mae import MAEEncoder
 
 
@@ -22,10 +23,7 @@ class CardiacTaskConfig:
     by_channels: bool = True  # after training, also score each channel configuration (12-lead, lead I, ...)
 
     def __post_init__(self):
-        if self.kind not in ("diagnosis", "classification", "regression"):
-            raise ValueError(f"task.kind must be diagnosis, classification or regression, got {self.kind!r}")
-        if self.head not in ("mlp", "linear"):
-            raise ValueError(f"task.head must be mlp or linear, got {self.head!r}")
+        check_ranges("task", self, {"kind": one_of("diagnosis", "classification", "regression"), "head": HEADS})
 
 
 def cardiac_finetuner(encoder: MAEEncoder, task: CardiacTaskConfig, n_out: int) -> FineTuner:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scimae.core.heads import FineTuner
+from scimae.core.config import check_ranges, one_of
+from scimae.core.heads import HEADS, FineTuner
 from scimae.core.metrics import classification_scores
 
 
@@ -25,8 +26,7 @@ class GeoTaskConfig:
     freeze_encoder: bool = False  # train the head only (a probe of frozen features)
 
     def __post_init__(self):
-        if self.kind not in ("classification", "segmentation"):
-            raise ValueError(f"task.kind must be classification or segmentation, got {self.kind!r}")
+        check_ranges("task", self, {"kind": one_of("classification", "segmentation"), "head": HEADS})
 
 
 class PixelHead(nn.Sequential):

@@ -162,7 +162,6 @@ class SkeletonMaskConfig(MaskConfig):
 
     STRATEGIES: ClassVar[dict[str, type[MaskingStrategy]]] = {"body_part": BodyPartMasking,
                                                               "motion": MotionAwareMasking}
-    RETIRED_KEYS: ClassVar[tuple[str, ...]] = ()
     tau: float = 0.75  # motion: temperature of the motion scores
 
     def __post_init__(self):
