@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from common import link_files, parse, parser, report
+from common import link_files, parse, parser, report, run_pipeline
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
@@ -40,7 +40,7 @@ from scimae.domains.brain_mri.data import BrainDataConfig, class_targets, collat
 from scimae.domains.brain_mri.io import discover_cases
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, load_brain_mae
 from scimae.domains.brain_mri.transforms import summary_statistics
-from scimae.pipelines import brats_finetune, brats_pretrain
+from scimae.domains.brain_mri.finetune import load_finetuned
 
 MODEL = {"patch": 16, "dim": 128, "depth": 4, "heads": 4, "decoder_dim": 96, "decoder_depth": 1, "decoder_heads": 4}
 GRID = {"roi": [64, 64, 64], "spacing": [2.0, 2.0, 2.0]}
@@ -91,14 +91,14 @@ def main():
 
     train_dir, val_dir = folder(f"train_cases-{stamp}", train_cases), folder(f"val_cases-{stamp}", val_cases)
     t = time.perf_counter()
-    brats_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1",
-                         *[f"data.{k}={v}" for k, v in GRID.items()], *[f"model.{k}={v}" for k, v in MODEL.items()],
-                         f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}", f"train.epochs={args.pretrain_epochs}",
-                         f"model.norm_pix={args.norm_pix}", "train.batch_size=8", "train.num_workers=0",
-                         "train.figure_every=0"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    export = run_pipeline("brats_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
+                                             *[f"data.{k}={v}" for k, v in GRID.items()],
+                                             *[f"model.{k}={v}" for k, v in MODEL.items()],
+                                             f"train.epochs={args.pretrain_epochs}", f"model.norm_pix={args.norm_pix}",
+                                             "train.batch_size=8", "train.num_workers=0", "train.figure_every=0"],
+                          out, f"pretrain-{stamp}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(f"pretraining: {time.perf_counter() - t:.0f} s, peak resident memory {peak / 2 ** 20:.2f} GiB")
-    export = out / f"pretrain-{stamp}" / "export"
     mae, _ = load_brain_mae(export)
 
     cfg = BrainDataConfig(root=str(root), cache="memory", **GRID)
@@ -135,17 +135,16 @@ def main():
     def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=full[1]):
         extra = [f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained" else ["train.layer_decay=1.0"]
         watch = val_dir if predict is full[1] else held_dir  # choosing a learning rate never looks at validation
-        model = brats_finetune.main(["--data", str(train_dir), f"data.val_root={watch}", "data.flips=[1,2]",
-                                     "data.cache=disk", f"data.cache_dir={out / f'cache-{stamp}'}",
-                                     *[f"data.{k}={v}" for k, v in GRID.items()],
-                                     *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("patch", "dim", "depth", "heads")],
-                                     *extra, f"task.label={args.label}", f"task.labels_per_class={per_class}",
-                                     "task.leave_one_out=false",
-                                     f"train.out_dir={out}", f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}",
-                                     f"train.seed={seed}", f"train.lr={lr}", "train.epochs=1",
-                                     f"train.epoch_repeats={args.finetune_repeats}", "train.warmup_epochs=0.1",
-                                     f"train.batch_size={min(8, len(classes) * per_class)}", "train.num_workers=0"])
-        return predict_classes(model, batches(predict))
+        tuned = run_pipeline("brats_finetune", ["--data", str(train_dir), f"data.val_root={watch}", "data.flips=[1,2]",
+                                                "data.cache=disk", f"data.cache_dir={out / f'cache-{stamp}'}",
+                                                *[f"data.{k}={v}" for k, v in GRID.items()],
+                                                *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("patch", "dim", "depth", "heads")],
+                                                *extra, f"task.label={args.label}", f"task.labels_per_class={per_class}",
+                                                "task.leave_one_out=false", f"train.seed={seed}", f"train.lr={lr}",
+                                                "train.epochs=1", f"train.epoch_repeats={args.finetune_repeats}",
+                                                "train.warmup_epochs=0.1", f"train.batch_size={min(8, len(classes) * per_class)}",
+                                                "train.num_workers=0"], out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+        return predict_classes(load_finetuned(tuned)[0], batches(predict))
 
     tuned, p_value, chosen = finetune_rows("brain_mri", finetune, y_va, labels, args.seeds, args.lrs, check)
     heading = (f"\ntumour {args.label} ({' vs '.join(classes)}), {len(val_cases)} validation cases (chance 0.500); "

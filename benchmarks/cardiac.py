@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from common import link_files, parse, parser, report
+from common import link_files, parse, parser, report, run_pipeline
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
@@ -40,7 +40,6 @@ from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows
 from scimae.domains.cardiac.io import LEADS, find_records, read_record
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, load_cardiac_mae
 from scimae.domains.cardiac.transforms import summary_statistics
-from scimae.pipelines import cardiac_finetune, cardiac_pretrain
 
 MODEL = {"dim": 96, "depth": 3, "heads": 4, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4}
 
@@ -84,12 +83,12 @@ def main():
 
     train_dir = folder(f"train_records-{stamp}", train_records)
     t = time.perf_counter()
-    cardiac_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1", *[f"model.{k}={v}" for k, v in MODEL.items()],
-                           f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}", f"train.epochs={args.pretrain_epochs}",
-                           f"model.mask.strategy={args.mask}", f"model.group_heads={args.group_heads}",
-                           "train.batch_size=32", "train.figure_every=0"])
+    export = run_pipeline("cardiac_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
+                                               *[f"model.{k}={v}" for k, v in MODEL.items()],
+                                               f"train.epochs={args.pretrain_epochs}", f"model.mask.strategy={args.mask}",
+                                               f"model.group_heads={args.group_heads}", "train.batch_size=32",
+                                               "train.figure_every=0"], out, f"pretrain-{stamp}")
     print(f"pretraining: {time.perf_counter() - t:.0f} s")
-    export = out / f"pretrain-{stamp}" / "export"
     mae, _ = load_cardiac_mae(export)
 
     cfg = CardiacDataConfig(stride_s=10.0)
@@ -126,14 +125,14 @@ def main():
 
     def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=full[1]):
         extra = [f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained" else ["train.layer_decay=1.0"]
-        model = cardiac_finetune.main(["--data", str(tune_dirs[0]), f"data.val_root={tune_dirs[1]}", "data.stride_s=10",
-                                       *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("dim", "depth", "heads")],
-                                       *extra, "task.kind=classification", f"task.labels_per_class={per_class}",
-                                       "task.by_channels=false",
-                                       f"train.out_dir={out}", f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}",
-                                       f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
-                                       "train.epoch_repeats=16", "train.warmup_epochs=0.5"])
-        return predict_classes(model, batches(predict))
+        tuned = run_pipeline("cardiac_finetune", ["--data", str(tune_dirs[0]), f"data.val_root={tune_dirs[1]}",
+                                                  "data.stride_s=10",
+                                                  *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("dim", "depth", "heads")],
+                                                  *extra, "task.kind=classification", f"task.labels_per_class={per_class}",
+                                                  "task.by_channels=false", f"train.seed={seed}", f"train.lr={lr}",
+                                                  f"train.epochs={args.finetune_epochs}", "train.epoch_repeats=16",
+                                                  "train.warmup_epochs=0.5"], out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+        return predict_classes(CardiacFoundationModel.from_pretrained(tuned, device="cpu"), batches(predict))
 
     tuned, p_value, chosen = finetune_rows("cardiac", finetune, y_va, labels, args.seeds, args.lrs, check)
     heading = (f"\nconduction pattern, {len(y_va)} validation windows of {len(sides[1])} 12-lead records, "

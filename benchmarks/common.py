@@ -1,9 +1,11 @@
 """What the domain quality benchmarks share: their command line, the smoke-run sizes of --quick, the torch
-threads, and the split written once as folders of links."""
+threads, the split written once as folders of links, and pipelines run as a user runs them."""
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,6 +47,16 @@ def link_files(folder: Path, files: Iterable[Path], subfolder=lambda f: "") -> P
         (folder / subfolder(f)).mkdir(parents=True, exist_ok=True)
         (folder / subfolder(f) / f.name).symlink_to(f.resolve())
     return folder
+
+
+def run_pipeline(name: str, args: list[str], out: Path, run_name: str) -> Path:
+    """Run ``python -m scimae.pipelines.<name> ARGS`` in its own process, as a user would, into ``out/run_name``;
+    return the export it wrote there."""
+    cmd = [sys.executable, "-m", f"scimae.pipelines.{name}", *args, f"train.out_dir={out}", f"train.run_name={run_name}"]
+    code = subprocess.run(cmd).returncode
+    if code:
+        raise SystemExit(f"{name} stopped with exit status {code}: {' '.join(cmd)}")
+    return out / run_name / "export"
 
 
 def report(rows: list, out: Path, heading: str, p_value: float, seeds: int, chosen: dict) -> None:

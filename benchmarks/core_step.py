@@ -40,9 +40,9 @@ class _NoMasking:
 
 def core_model(spatial, patch, w, ratio):
     tok = GridTokenizer(["x"], spatial, patch, w["dim"])
-    enc = MAEEncoder(tok, ["x"], w["dim"], w["depth"], w["heads"])
+    enc = MAEEncoder(tok, w["dim"], w["depth"], w["heads"])
     masking = build_masking("random", ratio) if ratio > 0 else _NoMasking()
-    return MaskedAutoencoder(enc, masking, PatchTarget(["x"], norm_pix=False), tok.patch_values, w["dec_dim"],
+    return MaskedAutoencoder(enc, masking, PatchTarget(norm_pix=False), tok.patch_values, w["dec_dim"],
                              w["dec_depth"], w["dec_heads"])
 
 

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from rasterio.windows import Window
 
-from common import link_files, parse, parser, report
+from common import link_files, parse, parser, report, run_pipeline
 from scimae.core.config import run_cli
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
                                   logistic_predict, predict_classes, probe_rows)
@@ -36,7 +36,7 @@ from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_lay
 from scimae.domains.remote_sensing.io import Band, open_scene
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_layout, load_geo_mae
 from scimae.domains.remote_sensing.transforms import summary_statistics
-from scimae.pipelines import geo_finetune, geo_pretrain
+from scimae.domains.remote_sensing.inference import load_model
 
 MODEL = {"dim": 128, "depth": 4, "heads": 4, "decoder_dim": 96, "decoder_depth": 2, "decoder_heads": 4}
 
@@ -81,12 +81,12 @@ def main():
     for folder, paths in ((train_dir, train_paths), (val_dir, val_paths)):
         link_files(folder, paths, lambda p: p.parent.name)  # class folders
     t = time.perf_counter()
-    geo_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1", *[f"model.{k}={v}" for k, v in MODEL.items()],
-                       f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}", f"train.epochs={args.pretrain_epochs}",
-                       f"model.norm_pix={args.norm_pix}", "data.windows_per_scene=8", "train.epoch_repeats=2",
-                       "train.figure_every=0"])
+    export = run_pipeline("geo_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
+                                           *[f"model.{k}={v}" for k, v in MODEL.items()], f"train.epochs={args.pretrain_epochs}",
+                                           f"model.norm_pix={args.norm_pix}", "data.windows_per_scene=8",
+                                           "train.epoch_repeats=2", "train.figure_every=0"], out, f"pretrain-{stamp}")
     print(f"pretraining: {time.perf_counter() - t:.0f} s")
-    mae, config = load_geo_mae(out / f"pretrain-{stamp}" / "export")
+    mae, config = load_geo_mae(export)
     layout = export_layout(config)
     cfg = GeoDataConfig()
 
@@ -115,13 +115,13 @@ def main():
     check = Subset(full[0], held), y_tr[held]  # scores the learning rates
 
     def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=full[1]):
-        extra = ([f"--init-from={out / f'pretrain-{stamp}' / 'export'}", "train.layer_decay=0.75"] if arm == "pretrained"
+        extra = ([f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained"
                  else ["train.layer_decay=1.0", *[f"model.{k}={v}" for k, v in MODEL.items()]])
-        model = geo_finetune.main(["--data", str(train_dir), f"data.val_root={val_dir}", *extra, f"train.out_dir={out}",
-                                   f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}", f"train.seed={seed}",
-                                   f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
-                                   f"task.labels_per_class={per_class}", "data.windows_per_scene=4", "train.epoch_repeats=5"])
-        return predict_classes(model, batches(predict))
+        tuned = run_pipeline("geo_finetune", ["--data", str(train_dir), f"data.val_root={val_dir}", *extra,
+                                              f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
+                                              f"task.labels_per_class={per_class}", "data.windows_per_scene=4",
+                                              "train.epoch_repeats=5"], out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+        return predict_classes(load_model(tuned)[0], batches(predict))
 
     tuned, p_value, chosen = finetune_rows("remote_sensing", finetune, y_va, labels, args.seeds, args.lrs, check)
     heading = (f"\nscene classification, {len(val_paths)} validation tiles, {len(classes)} layouts (chance "

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from common import link_files, parse, parser, report
+from common import link_files, parse, parser, report, run_pipeline
 from scimae.core.config import run_cli
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
                                    predict_classes, probe_rows)
@@ -32,10 +32,10 @@ from scimae.core.losses import chamfer_torch
 from scimae.domains.scene3d import synthetic
 from scimae.core.data import seeded_split
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, find_clouds
+from scimae.domains.scene3d.finetune import load_point_classifier
 from scimae.domains.scene3d.model import (PointModelConfig, build_point_mae, farthest_point_sample, has_pytorch3d, knn,
                                           load_point_mae)
 from scimae.domains.scene3d.transforms import summary_statistics
-from scimae.pipelines import pointcloud_finetune, pointcloud_pretrain
 
 MODEL = {"dim": 128, "depth": 4, "heads": 4, "decoder_dim": 96, "decoder_depth": 1, "decoder_heads": 4}
 DATA = {"n_points": 512, "n_groups": 32, "group_size": 16}  # a quarter of Point-MAE's points per step: CPU-sized
@@ -87,12 +87,13 @@ def main():
     for folder, side in ((train_dir, train), (val_dir, val)):
         link_files(folder, [e.path for e in side], lambda p: p.parent.name)  # class folders
     t = time.perf_counter()
-    pointcloud_pretrain.main(["--data", str(train_dir), "data.val_fraction=0.1", *[f"data.{k}={v}" for k, v in DATA.items()],
-                              *[f"model.{k}={v}" for k, v in MODEL.items()],
-                              f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}", f"train.epochs={args.pretrain_epochs}",
-                              "train.epoch_repeats=16", "train.figure_every=0"])
+    export = run_pipeline("pointcloud_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
+                                                  *[f"data.{k}={v}" for k, v in DATA.items()],
+                                                  *[f"model.{k}={v}" for k, v in MODEL.items()],
+                                                  f"train.epochs={args.pretrain_epochs}", "train.epoch_repeats=16",
+                                                  "train.figure_every=0"], out, f"pretrain-{stamp}")
     print(f"pretraining: {time.perf_counter() - t:.0f} s")
-    mae, config = load_point_mae(out / f"pretrain-{stamp}" / "export")
+    mae, config = load_point_mae(export)
     cfg = PointDataConfig(**DATA)
     sets = [PointClouds(side, cfg, train=False) for side in (train, val)]
 
@@ -114,15 +115,16 @@ def main():
     check = Subset(sets[0], held), y_tr[held]  # scores the learning rates
 
     def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=sets[1]):
-        extra = ([f"--init-from={out / f'pretrain-{stamp}' / 'export'}", "train.layer_decay=0.75"] if arm == "pretrained"
+        extra = ([f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained"
                  else ["train.layer_decay=1.0", *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("dim", "depth", "heads")]])
-        model = pointcloud_finetune.main(["--data", str(train_dir), f"data.val_root={val_dir}",
-                                          *[f"data.{k}={v}" for k, v in DATA.items()], *extra, f"train.out_dir={out}",
-                                          f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}",
-                                          f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
-                                          f"task.labels_per_class={per_class}", "train.epoch_repeats=32",
-                                          "train.warmup_epochs=0.5", "train.batch_size=10"])
-        return predict_classes(model, DataLoader(predict, batch_size=64))
+        tuned = run_pipeline("pointcloud_finetune", ["--data", str(train_dir), f"data.val_root={val_dir}",
+                                                     *[f"data.{k}={v}" for k, v in DATA.items()], *extra,
+                                                     f"train.seed={seed}", f"train.lr={lr}",
+                                                     f"train.epochs={args.finetune_epochs}",
+                                                     f"task.labels_per_class={per_class}", "train.epoch_repeats=32",
+                                                     "train.warmup_epochs=0.5", "train.batch_size=10"],
+                             out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+        return predict_classes(load_point_classifier(tuned)[0], DataLoader(predict, batch_size=64))
 
     tuned, p_value, chosen = finetune_rows("scene3d", finetune, y_va, labels, args.seeds, args.lrs, check)
     heading = (f"\nhandedness ({' vs '.join(classes)}) of {len(synthetic.FAMILIES)} chiral objects, {len(val)} "

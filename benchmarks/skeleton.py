@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common import parse, parser, report
+from common import parse, parser, report, run_pipeline
 from scimae.core.config import run_cli
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
                                    predict_classes, probe_rows)
@@ -34,7 +34,7 @@ from scimae.domains.skeleton.data import SkeletonDataConfig, SyntheticConfig, Sk
 from scimae.domains.skeleton.io import read_skeleton
 from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, load_skeleton_mae
 from scimae.domains.skeleton.transforms import clean, resample_frames, summary_statistics
-from scimae.pipelines import skeleton_finetune, skeleton_pretrain
+from scimae.domains.skeleton.finetune import load_finetuned
 
 MODEL = {"dim": 96, "depth": 4, "heads": 4, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4}
 
@@ -71,10 +71,11 @@ def main():
     data_args = [f"data.synthetic.per_action={args.per_action}", "data.bodies=1"]
     t = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    export = Path(args.export) if args.export else out / f"pretrain-{stamp}" / "export"
-    if not args.export:
-        skeleton_pretrain.main([*data_args, *model_args, f"train.out_dir={out}", f"train.run_name=pretrain-{stamp}",
-                                f"train.epochs={args.pretrain_epochs}", "train.figure_every=0"])
+    if args.export:
+        export = Path(args.export)
+    else:
+        export = run_pipeline("skeleton_pretrain", [*data_args, *model_args, f"train.epochs={args.pretrain_epochs}",
+                                                    "train.figure_every=0"], out, f"pretrain-{stamp}")
         print(f"pretraining: {time.perf_counter() - t:.0f} s")
 
     train, val = load_samples(data_cfg)
@@ -102,12 +103,11 @@ def main():
 
     def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=val_set):
         extra = [f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained" else ["train.layer_decay=1.0"]
-        model = skeleton_finetune.main([*data_args, *model_args, *extra, f"train.out_dir={out}",
-                                        f"train.run_name=finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}",
-                                        f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
-                                        f"task.labels_per_class={per_class}", "train.epoch_repeats=16",
-                                        "train.warmup_epochs=0.5", "train.batch_size=16"])
-        return predict_classes(model, batches(predict))
+        tuned = run_pipeline("skeleton_finetune", [*data_args, *model_args, *extra, f"train.seed={seed}", f"train.lr={lr}",
+                                                   f"train.epochs={args.finetune_epochs}", f"task.labels_per_class={per_class}",
+                                                   "train.epoch_repeats=16", "train.warmup_epochs=0.5", "train.batch_size=16"],
+                             out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+        return predict_classes(load_finetuned(tuned)[0], batches(predict))
 
     tuned, p_value, chosen = finetune_rows("skeleton", finetune, y_va, labels, args.seeds, args.lrs, check)
     heading = (f"\naction classification, cross-subject test side ({len(val)} sequences, {len(actions)} actions, "

@@ -1,8 +1,10 @@
-"""Dataset helpers every domain shares: the seeded split, few-label subsets and the synthetic-dataset
-settings."""
+"""Dataset helpers every domain shares: the data folder (the user's or the synthetic default), the seeded
+split, few-label subsets and the synthetic-dataset settings."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -11,12 +13,21 @@ T = TypeVar("T")
 
 
 @dataclass
-class SyntheticBase:
+class SyntheticBase(ABC):
     """Where and from which seed a domain's embedded default dataset is generated; each domain adds its
     sizes."""
 
     seed: int = 0  # generator seed (another seed, another dataset)
     folder: str | None = None  # default: the user cache (~/.cache/scimae or $SCIMAE_CACHE)
+
+    @abstractmethod
+    def write(self) -> Path:
+        """Write the dataset once (the domain's generator at these settings) and return its folder."""
+
+
+def resolve_root(root: str | None, synthetic: SyntheticBase) -> Path:
+    """The data folder: the user's ``root``, or the domain's synthetic dataset (written on first use)."""
+    return Path(root) if root else synthetic.write()
 
 
 def seeded_split(items: list[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:

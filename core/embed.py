@@ -142,23 +142,23 @@ class GridTokenizer(nn.Module):
     def __init__(self, groups: Sequence[str], spatial: Sequence[int], patch: Sequence[int], dim: int,
                  channels: int = 1, group_channels: Sequence[int] | None = None):
         super().__init__()
-        self.groups = list(groups)
+        self.group_names = list(groups)
         self.spatial, self.patch, self.channels = tuple(spatial), tuple(patch), channels
-        group_channels = list(group_channels or [channels] * len(self.groups))
-        if len(group_channels) != len(self.groups) or not all(0 < c <= channels for c in group_channels):
-            raise ValueError(f"group_channels {group_channels} must give 1..{channels} channels for each of {self.groups}")
+        group_channels = list(group_channels or [channels] * len(self.group_names))
+        if len(group_channels) != len(self.group_names) or not all(0 < c <= channels for c in group_channels):
+            raise ValueError(f"group_channels {group_channels} must give 1..{channels} channels for each of {self.group_names}")
         self.group_channels = group_channels
         self.grid = _check_patch(self.spatial, self.patch)
         self.dim = dim
         n_in = channels
         for p in self.patch:
             n_in *= p
-        G = len(self.groups)
+        G = len(self.group_names)
         self.weight = nn.Parameter(torch.empty(G, n_in, dim))
         self.bias = nn.Parameter(torch.zeros(G, dim))
         bound = (6 / (n_in + dim)) ** 0.5
         nn.init.uniform_(self.weight, -bound, bound)
-        self.group_embed = GroupEmbed(self.groups, dim)
+        self.group_embed = GroupEmbed(self.group_names, dim)
         self.register_buffer("pos_table", sincos_nd(dim, self.grid), persistent=False)  # [n, D]
         used = torch.arange(channels)[None] < torch.tensor(group_channels)[:, None]  # [G, C]
         value_mask = used[:, None, :].expand(G, n_in // channels, channels).reshape(G, n_in)  # [G, P], values (p..., c)
@@ -172,8 +172,8 @@ class GridTokenizer(nn.Module):
     def forward(self, batch: dict) -> TokenSet:
         x, present = batch["image"], batch["present"]  # [B, G, C, *S], [B, G]
         B, G = x.shape[:2]
-        if G != len(self.groups) or tuple(x.shape[3:]) != self.spatial or x.shape[2] != self.channels:
-            raise ValueError(f"GridTokenizer expected image [B, {len(self.groups)}, {self.channels}, "
+        if G != len(self.group_names) or tuple(x.shape[3:]) != self.spatial or x.shape[2] != self.channels:
+            raise ValueError(f"GridTokenizer expected image [B, {len(self.group_names)}, {self.channels}, "
                              f"{', '.join(map(str, self.spatial))}], got {list(x.shape)}")
         patches = patchify(x.reshape(B * G, *x.shape[2:]), self.patch)  # [B*G, n, P]
         n = patches.shape[1]
@@ -203,12 +203,11 @@ class GridTokenizer(nn.Module):
                     out[sel] = p[sel] @ ws[g] + bs[g]
             return out + gather_slots(slot, idx)  # [B, K, D]
 
-        extras = {} if self.value_mask is None else {"value_mask": self.value_mask}
         return TokenSet(tokens=None, embed_fn=embed, group=group, valid=valid.reshape(B, G * n), pos=slot,
-                        target=patches, grid=self.grid, extras=extras)
+                        target=patches, grid=self.grid, value_mask=self.value_mask)
 
     def unpatchify(self, values: torch.Tensor) -> torch.Tensor:
         """[B, G * n, P] slot values -> [B, G, C, *S]."""
-        B, G = values.shape[0], len(self.groups)
+        B, G = values.shape[0], len(self.group_names)
         x = unpatchify(values.reshape(B * G, -1, values.shape[-1]), self.patch, self.grid, self.channels)
         return x.reshape(B, G, *x.shape[1:])

@@ -89,23 +89,25 @@ class PatchTarget:
     """Pixel/voxel/sample reconstruction target: MSE or L1, optional norm-pix, per-group losses.
 
     The tokenizer puts the raw patch values in ``TokenSet.target`` [B, N, P]; a per-group
-    ``extras["value_mask"]`` [G, P] marks the values that exist (groups with fewer channels).
+    ``TokenSet.value_mask`` [G, P] marks the values that exist (groups with fewer channels).
     """
 
-    def __init__(self, names: Sequence[str], kind: str = "mse", norm_pix: bool = True):
+    def __init__(self, kind: str = "mse", norm_pix: bool = True):
         patch_errors(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), kind)  # validates kind
-        self.names, self.kind, self.norm_pix = list(names), kind, norm_pix
+        self.kind, self.norm_pix = kind, norm_pix
 
-    def __call__(self, pred: torch.Tensor, ts, idx: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """pred [B, M, P] for slots ``idx`` [B, M]; ``weight`` [B, M] is 0 on padding entries."""
+    def __call__(self, pred: torch.Tensor, ts, idx: torch.Tensor, weight: torch.Tensor,
+                 names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """pred [B, M, P] for slots ``idx`` [B, M]; ``weight`` [B, M] is 0 on padding entries; ``names``: the
+        tokenizer's group names."""
         target = gather_slots(ts.target, idx)  # [B, M, P]
         group = ts.group.gather(1, idx)  # [B, M]
         errors = patch_errors(pred, target, self.kind, self.norm_pix, self._mask(ts, group))
-        return grouped_losses(errors, weight, group, self.names)
+        return grouped_losses(errors, weight, group, names)
 
     @staticmethod
     def _mask(ts, group: torch.Tensor) -> torch.Tensor | None:
-        mask = ts.extras.get("value_mask")  # [G, P]
+        mask = ts.value_mask  # [G, P]
         return None if mask is None else mask[group]  # [B, M, P]
 
     def to_values(self, pred: torch.Tensor, ts, idx: torch.Tensor) -> torch.Tensor:

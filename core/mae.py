@@ -10,7 +10,7 @@ from torch import nn
 from scimae.core.checkpoint import Exportable
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
 from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
-from scimae.core.tokens import MaskPlan, TokenSet, gather_slots
+from scimae.core.tokens import MaskPlan, Target, Tokenizer, TokenSet, gather_slots
 from scimae.core.transformer import Transformer
 
 
@@ -63,9 +63,9 @@ class SmallMAEConfig(MAEConfig):
     decoder_heads: int = 4
 
 
-def build_mae(cfg: MAEConfig, tokenizer: nn.Module, group_names: Sequence[str], target, pred_dim: int) -> "MaskedAutoencoder":
+def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: int) -> "MaskedAutoencoder":
     """A MaskedAutoencoder from its config, a domain tokenizer and a target."""
-    encoder = MAEEncoder(tokenizer, group_names, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,
+    encoder = MAEEncoder(tokenizer, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,
                          cfg.checkpointing, mask_token=cfg.mode == "mask_token")
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads)
@@ -84,15 +84,18 @@ def _init_weights(m: nn.Module) -> None:
 class MAEEncoder(nn.Module):
     """Tokenizer + transformer encoder with a cls token; the part that downstream models keep.
 
-    ``group_names`` name the tokenizer's group ids in order, so callers select groups by name.
+    The tokenizer's ``group_names`` name its group ids in order, so callers select groups by name.
     """
 
-    def __init__(self, tokenizer: nn.Module, group_names: Sequence[str], dim: int, depth: int, heads: int,
+    def __init__(self, tokenizer: Tokenizer, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, checkpointing: bool = False,
                  mask_token: bool = False):
         super().__init__()
+        if not isinstance(tokenizer, Tokenizer):
+            raise TypeError(f"{type(tokenizer).__name__} is not a Tokenizer: it needs dim, group_names and __call__")
+        if tokenizer.dim != dim:
+            raise ValueError(f"the tokenizer embeds to {tokenizer.dim}, the encoder expects {dim}")
         self.tokenizer = tokenizer
-        self.group_names = list(group_names)
         self.dim, self.depth = dim, depth
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # a learned mask token only for the SimMIM mode (unused parameters would stall DDP)
@@ -102,6 +105,10 @@ class MAEEncoder(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         if mask_token:
             nn.init.normal_(self.mask_token, std=0.02)
+
+    @property
+    def group_names(self) -> list[str]:
+        return list(self.tokenizer.group_names)
 
     def group_ids(self, groups: Sequence[str]) -> list[int]:
         unknown = [g for g in groups if g not in self.group_names]
@@ -122,9 +129,9 @@ class MAEEncoder(nn.Module):
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
         pad = torch.cat([pad.new_zeros(B, 1), pad], dim=1)
         bias = None
-        if "attn_bias" in ts.extras:  # the tokenizer's attention bias between the slots the encoder sees
+        if ts.attn_bias is not None:  # the tokenizer's attention bias between the slots the encoder sees
             slots = plan.keep if mode == "drop" else torch.arange(x.shape[1] - 1, device=x.device)[None].expand(B, -1)
-            bias = nn.functional.pad(ts.extras["attn_bias"](slots), (1, 0, 1, 0))  # [B, H, 1 + L, 1 + L], cls unbiased
+            bias = nn.functional.pad(ts.attn_bias(slots), (1, 0, 1, 0))  # [B, H, 1 + L, 1 + L], cls unbiased
         out = self.blocks(x, pad, return_layers, bias)
         return out if return_layers else (out, [])
 
@@ -250,7 +257,7 @@ class MaskedAutoencoder(Exportable, nn.Module):
         pred = self.decoder_pred(out, group) if isinstance(self.decoder_pred, GroupHeads) else self.decoder_pred(out)
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
         if ts.target is not None:
-            result.update(self.target(pred, ts, idx, (~pad).float()))
+            result.update(self.target(pred, ts, idx, (~pad).float(), self.group_names))
         return result
 
     @torch.no_grad()
@@ -299,3 +306,17 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_panels(path, panels, show, caption: str) -> None:
+    """A PNG of original | masked | reconstruction side by side; ``show(ax, panel)`` draws one panel."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    for ax, title, panel in zip(axes, ("original", "masked", "reconstruction"), panels):
+        show(ax, panel)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

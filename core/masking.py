@@ -71,7 +71,7 @@ class MaskingStrategy(ABC):
 
     def for_tokens(self, ts, generator: torch.Generator) -> MaskPlan:
         """The plan for a TokenSet; a domain strategy that needs more of it (body parts, motion) overrides this."""
-        return self(ts.valid, generator, ts.group, ts.grid, ts.extras.get("coords"))
+        return self(ts.valid, generator, ts.group, ts.grid, ts.coords)
 
 
 class RandomMasking(MaskingStrategy):

@@ -1,8 +1,10 @@
-"""TokenSet and MaskPlan: the two structures every part of scimae speaks."""
+"""TokenSet and MaskPlan: the two structures every part of scimae speaks, and the Tokenizer and Target
+contracts that produce and score them."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -27,15 +29,19 @@ class TokenSet:
     target: torch.Tensor | None = None  # [B, N, ...] what the target scores (patch values, point groups)
     grid: tuple[int, ...] | None = None  # token grid of one block
     embed_fn: Callable[[torch.Tensor | None], torch.Tensor] | None = None  # idx [B, K] or None -> [B, K or N, D]
-    extras: dict = field(default_factory=dict)  # e.g. coords [B, N, c], value_mask [G, P], attn_bias: slots -> [B, H, K, K]
+    coords: torch.Tensor | None = None  # [B, N, c] slot coordinates where slots have no grid (point-group centres)
+    value_mask: torch.Tensor | None = None  # [G, P] bool: the target values that exist per group (fewer channels)
+    attn_bias: Callable[[torch.Tensor], torch.Tensor] | None = None  # slots [B, K] -> [B, H, K, K] attention bias
+    unit: torch.Tensor | None = None  # [B, N] long: slots hidden together by unit masking (body part x segment)
+    salience: torch.Tensor | None = None  # [B, N] float >= 0: how much a slot changes (motion), for salience masking
 
     def __post_init__(self):
         if (self.tokens is None) == (self.embed_fn is None):
             raise ValueError("TokenSet needs exactly one of tokens and embed_fn")
         B, N = self.valid.shape
-        for name in ("group", "valid"):
+        for name in ("group", "valid", "unit", "salience"):
             t = getattr(self, name)
-            if t.shape != (B, N):
+            if t is not None and t.shape != (B, N):
                 raise ValueError(f"TokenSet.{name}: expected shape {(B, N)}, got {tuple(t.shape)}")
         if self.tokens is not None and self.tokens.shape[:2] != (B, N):
             raise ValueError(f"TokenSet.tokens: expected [B, N] = {[B, N]} leading dims, got {list(self.tokens.shape)}")
@@ -57,6 +63,32 @@ class TokenSet:
 
     def with_valid(self, valid: torch.Tensor) -> "TokenSet":
         return replace(self, valid=valid)
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """A domain's batch -> TokenSet (an ``nn.Module``). ``group_names`` name its group ids in order; they are
+    given here only, and the encoder and target read them from the tokenizer."""
+
+    dim: int
+    group_names: list[str]
+
+    def __call__(self, batch: dict) -> TokenSet: ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """What the decoder's predictions are scored against, for the hidden slots ``idx`` [B, M]."""
+
+    def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor,
+                 names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """pred [B, M, P]; ``weight`` [B, M] is 0 on padding entries; ``names`` are the tokenizer's group names
+        -> {'loss': scalar, 'loss/<part>': scalar, ...}."""
+        ...
+
+    def to_values(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor) -> torch.Tensor:
+        """The prediction [B, M, P] in the units of ``ts.target``."""
+        ...
 
 
 def gather_slots(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

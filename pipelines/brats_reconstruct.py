@@ -15,7 +15,7 @@ from pathlib import Path
 from scimae.core.config import run_cli
 from scimae.core.errors import DataError
 from scimae.core.files import newest_export
-from scimae.domains.brain_mri.data import BrainDataConfig, resolve_root
+from scimae.domains.brain_mri.data import BrainDataConfig
 from scimae.domains.brain_mri.inference import reconstruct_case
 from scimae.domains.brain_mri.io import MODALITIES, canonical_modality, discover_cases, write_volume
 from scimae.domains.brain_mri.model import load_brain_mae
@@ -44,7 +44,7 @@ def main(argv=None):
             raise DataError(args.case, f"{len(cases)} cases", "a folder with exactly one case")
         case = cases[0]
     else:
-        cases = discover_cases(resolve_root(BrainDataConfig()))
+        cases = discover_cases(BrainDataConfig().synthetic.write())
         case = next(c for c in cases if len(c.paths) < len(MODALITIES))
     missing = [m for m in MODALITIES if m not in case.paths]
     if not args.modality and not missing:

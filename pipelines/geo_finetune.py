@@ -11,7 +11,6 @@ from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
 from scimae.core.files import find_files
 from scimae.core.data import first_per_class
-from scimae.domains.remote_sensing import synthetic
 from scimae.core.data import seeded_split
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
 from scimae.domains.remote_sensing.finetune import geo_finetuner, GeoTaskConfig, task_evaluate, task_step
@@ -26,8 +25,7 @@ def main(argv=None):
     """Fine-tune and return the trained model."""
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     task = cfg.task
-    s = cfg.data.synthetic
-    root = Path(cfg.data.root) if cfg.data.root else synthetic.write_dataset(s.folder, s.tiles, s.seed) / "tiles"
+    root = Path(cfg.data.root) if cfg.data.root else cfg.data.synthetic.write() / "tiles"
     if cfg.train.init_from:
         mae, pre = load_geo_mae(cfg.train.init_from)
         layout = export_layout(pre)

@@ -8,9 +8,9 @@ from pathlib import Path
 from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
-from scimae.core.data import first_per_class
+from scimae.core.data import first_per_class, resolve_root
 from scimae.core.tasks import classification_evaluate, classification_step
-from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples, skeleton_root
+from scimae.domains.skeleton.data import SkeletonDataConfig, Skeletons, load_samples
 from scimae.domains.skeleton.finetune import SkeletonTaskConfig, skeleton_classifier
 from scimae.domains.skeleton.model import SkeletonModelConfig, build_skeleton_mae, export_config, load_skeleton_mae
 
@@ -24,7 +24,7 @@ def main(argv=None):
     d = cfg.data
     train, val = load_samples(d)
     if not val or any(s["action"] < 1 for s in train + val):
-        raise DataError(skeleton_root(d), "no test side of the split, or samples without an action",
+        raise DataError(resolve_root(d.root, d.synthetic), "no test side of the split, or samples without an action",
                         "NTU file names (S...C...P...R...A...) or arrays with labels")
     actions = sorted({s["action"] for s in train})
     if cfg.task.labels_per_class:

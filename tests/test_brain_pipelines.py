@@ -75,6 +75,11 @@ def test_finetune_on_few_labels_validates_on_val_root_and_returns_the_model(pret
         make_dataset(discover_cases(data)[:2], BrainDataConfig(str(data), roi=[32, 32, 32], spacing=[4, 4, 4]), False),
         batch_size=2, collate_fn=collate)))
     assert model(batch).shape == (2, 2)
+    from scimae.domains.brain_mri.finetune import load_finetuned
+
+    loaded, config = load_finetuned(pretrained / "runs" / "ft_few" / "export")  # the export gives the same model
+    assert config["task"]["label"] == "side"
+    torch.testing.assert_close(loaded(batch), model.eval()(batch))
 
 
 def test_finetune_on_a_modality_subset(pretrained, capsys):

@@ -123,19 +123,19 @@ def test_grid_tokenizer_groups_of_fewer_channels_are_masked_out_of_the_loss():
     x = torch.randn(2, 2, 3, 8, 8)
     x[:, 1, 1:] = 0  # the 1-band group fills channel 0 only
     ts = tok({"image": x, "present": torch.ones(2, 2, dtype=torch.bool)})
-    mask = ts.extras["value_mask"]  # [G, P], values (p..., c)
+    mask = ts.value_mask  # [G, P], values (p..., c)
     assert mask.shape == (2, 48) and mask[0].all() and mask[1].sum() == 16 and mask[1, ::3].all()
     idx = torch.arange(8)[None].expand(2, -1)
-    target = PatchTarget(["visible", "nir"], "mse", norm_pix=True)
+    target = PatchTarget("mse", norm_pix=True)
     pred = torch.randn(2, 8, 48)
     noisy = pred.clone()
     noisy[:, 4:, 1::3] += 100  # garbage on the nir group's unused channels
-    a, b = target(pred, ts, idx, torch.ones(2, 8)), target(noisy, ts, idx, torch.ones(2, 8))
+    a, b = target(pred, ts, idx, torch.ones(2, 8), tok.group_names), target(noisy, ts, idx, torch.ones(2, 8), tok.group_names)
     torch.testing.assert_close(a["loss"], b["loss"])
     m = mask[ts.group]  # [B, N, P]
     exact = torch.where(m, normalize_patches(ts.target, m), torch.randn_like(ts.target))  # garbage where unused
-    assert target(exact, ts, idx, torch.ones(2, 8))["loss"] < 1e-10
+    assert target(exact, ts, idx, torch.ones(2, 8), tok.group_names)["loss"] < 1e-10
     plain = normalize_patches(ts.target)  # statistics over the zero padding too: not the target
-    assert target(plain, ts, idx, torch.ones(2, 8))["loss/nir"] > 1e-3
+    assert target(plain, ts, idx, torch.ones(2, 8), tok.group_names)["loss/nir"] > 1e-3
     with pytest.raises(ValueError, match="group_channels"):
         GridTokenizer(["a", "b"], (8, 8), (4, 4), 16, channels=2, group_channels=[3, 1])

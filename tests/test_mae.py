@@ -135,3 +135,23 @@ def test_gather_slots_matches_gather_and_passes_gradients():
     out.sum().backward()
     counts = torch.zeros(3, 7).scatter_add_(1, idx, torch.ones(3, 4))
     assert torch.equal(x.grad[..., 0, 0], counts)
+
+
+def test_the_encoder_takes_only_a_tokenizer_of_its_width():
+    from scimae.core.embed import GridTokenizer
+    from scimae.core.mae import MAEEncoder
+
+    with pytest.raises(TypeError, match="not a Tokenizer"):
+        MAEEncoder(torch.nn.Linear(4, 4), 16, depth=1, heads=2)  # no group_names
+    with pytest.raises(ValueError, match="embeds to 16, the encoder expects 32"):
+        MAEEncoder(GridTokenizer(["a"], (8, 8), (4, 4), 16), 32, depth=1, heads=2)
+
+
+def test_tokenset_checks_the_shape_of_its_optional_slot_fields():
+    from scimae.core.tokens import TokenSet
+
+    args = {"tokens": torch.zeros(2, 3, 4), "group": torch.zeros(2, 3, dtype=torch.long),
+            "valid": torch.ones(2, 3, dtype=torch.bool), "pos": torch.zeros(1, 3, 4)}
+    TokenSet(**args, unit=torch.zeros(2, 3, dtype=torch.long), salience=torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"TokenSet.unit: expected shape \(2, 3\)"):
+        TokenSet(**args, unit=torch.zeros(2, 4, dtype=torch.long))

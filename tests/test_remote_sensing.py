@@ -10,7 +10,8 @@ from rasterio.transform import from_origin
 from conftest import ROOT, shared_data
 from scimae.core import DataError
 from scimae.core.engine import read_metrics
-from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows, band_layout, to_sample
+from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows, band_layout
+from scimae.domains.remote_sensing.transforms import to_sample
 from scimae.domains.remote_sensing.io import Band, StackScene, open_scene
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae
 from scimae.domains.remote_sensing.synthetic import MODIS_BANDS

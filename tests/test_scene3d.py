@@ -184,8 +184,8 @@ def test_point_mae_embeds_only_what_it_is_asked_and_scores_by_chamfer():
     target = ChamferTarget()
     exact = ts.target.gather(1, idx[..., None].expand(-1, -1, 24))
     shuffled = exact.reshape(2, 2, 8, 3)[:, :, torch.randperm(8)].reshape(2, 2, 24)  # order does not matter
-    assert target(shuffled, ts, idx, torch.ones(2, 2))["loss"] < 1e-10
-    assert target(exact + 0.1, ts, idx, torch.ones(2, 2))["loss"] > 1e-3
+    assert target(shuffled, ts, idx, torch.ones(2, 2), ["points"])["loss"] < 1e-10
+    assert target(exact + 0.1, ts, idx, torch.ones(2, 2), ["points"])["loss"] > 1e-3
     with pytest.raises(ValueError, match="at least 16 points"):
         mae.encoder.tokenizer({"points": torch.randn(1, 10, 3)})
 
@@ -228,10 +228,10 @@ def test_opacity_weighted_loss_ignores_colour_in_empty_space_and_voxel_head_shap
     pred = ts.target.clone().reshape(2, 8, -1, 4)
     empty = pred[..., 3:] == 0
     pred[..., :3] = torch.where(empty, torch.rand_like(pred[..., :3]), pred[..., :3])  # colour where nothing is
-    losses = target(pred.reshape(2, 8, -1), ts, idx, torch.ones(2, 8))
+    losses = target(pred.reshape(2, 8, -1), ts, idx, torch.ones(2, 8), ["rgba"])
     assert losses["loss"] < 1e-10
     pred[..., 3] += 0.5
-    assert target(pred.reshape(2, 8, -1), ts, idx, torch.ones(2, 8))["loss/opacity"] == pytest.approx(0.25)
+    assert target(pred.reshape(2, 8, -1), ts, idx, torch.ones(2, 8), ["rgba"])["loss/opacity"] == pytest.approx(0.25)
     head = VoxelHead(mae.encoder, 5)
     logits = head(batch)
     assert logits.shape == (2, 5, 8, 8, 8)
@@ -339,9 +339,15 @@ def test_point_finetune_validates_on_a_separate_folder_when_given(runs, tmp_path
     model = pointcloud_finetune.main(args + [f"data.val_root={shapes}", "train.run_name=sep"])
     n_clouds = len(list(shapes.rglob("*.p*")))
     assert f"fine-tuned ({n_clouds} validation clouds)" in capsys.readouterr().out
-    assert model(next(iter(torch.utils.data.DataLoader(
+    batch = next(iter(torch.utils.data.DataLoader(
         PointClouds(find_clouds(shapes)[0][:2], PointDataConfig(n_points=256, n_groups=16, group_size=16), False),
-        batch_size=2)))).shape == (2, 2)
+        batch_size=2)))
+    assert model(batch).shape == (2, 2)
+    from scimae.domains.scene3d.finetune import load_point_classifier
+
+    loaded, config = load_point_classifier(tmp_path / "sep" / "export")  # the export gives the same model
+    assert config["classes"] == find_clouds(shapes)[1]
+    torch.testing.assert_close(loaded(batch), model.eval()(batch))
     other = tmp_path / "other"
     shutil.copytree(shapes / "left", other / "left")
     with pytest.raises(DataError, match=r"other: found classes \['left'\]"):

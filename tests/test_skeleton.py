@@ -108,7 +108,7 @@ def test_masking_strategies_and_targets():
         plan = out["plan"]
         assert plan.mask.sum(1).tolist() == [25, 50] and not plan.mask[0, 50:].any()  # absent body: never
         if strategy == "body_part":  # whole parts per segment: at most one unit partly hidden
-            unit = out["tokenset"].extras["part"][1]
+            unit = out["tokenset"].unit[1]
             hidden = [plan.mask[1, unit == u].float().mean() for u in unit.unique()]
             assert sum(0 < h < 1 for h in hidden) <= 1 and sum(h == 1 for h in hidden) >= 3
         if strategy == "motion":
@@ -129,7 +129,7 @@ def test_attention_bias_follows_the_body_graph():
         tok.hop_bias.copy_(torch.arange(8.0)[:, None].expand(-1, 4))
     ts = tok({"joints": torch.randn(1, 2, 8, 25, 3), "present": torch.ones(1, 2, dtype=torch.bool)})
     head, neck, hand = JOINTS.index("head"), JOINTS.index("neck"), JOINTS.index("hand_l")
-    bias = ts.extras["attn_bias"](torch.tensor([[head, neck, hand, 50 + head]]))  # [1, H, 4, 4]
+    bias = ts.attn_bias(torch.tensor([[head, neck, hand, 50 + head]]))  # [1, H, 4, 4]
     assert bias[0, 0, 0].tolist() == [0, 1, hop_distance()[head, hand], 7]  # other body: its own bucket
 
 
@@ -159,6 +159,13 @@ def test_pipelines_write_native_files_exports_metrics_and_figures(runs):
     assert held_out and held_out == [s["name"] for s in load_samples(cfg)[1]]
     probe = json.loads((runs / "runs" / "probe" / "export" / "config.json").read_text())
     assert probe["task"]["linear_probe"] and probe["actions"] == list(range(1, 9))
+    from scimae.domains.skeleton.finetune import load_finetuned
+    from scimae.domains.skeleton.model import load_skeleton_mae
+
+    classifier, _ = load_finetuned(runs / "runs" / "probe" / "export")  # a linear probe: the encoder stayed as pretrained
+    pretrained = load_skeleton_mae(pre / "export")[0].encoder.state_dict()
+    assert all(torch.equal(v, pretrained[k]) for k, v in classifier.encoder.state_dict().items())
+    assert not classifier.training and sum(p.numel() for p in classifier.head.parameters()) == 32 * 8 + 8
     rows = read_metrics(runs / "runs" / "scratch", "val")
     assert 0 <= float(rows[-1]["accuracy"]) <= 1
 

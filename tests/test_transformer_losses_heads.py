@@ -83,12 +83,12 @@ def test_patch_target_norm_pix_and_l1():
     w = torch.ones(2, 2)
     normed = normalize_patches(target)
     exact = normed.gather(1, idx[..., None].expand(-1, -1, 8))
-    assert PatchTarget(["g"], "mse", norm_pix=True)(exact, ts, idx, w)["loss"].item() < 1e-10
-    t = PatchTarget(["g"], "l1", norm_pix=True)
+    assert PatchTarget("mse", norm_pix=True)(exact, ts, idx, w, ["g"])["loss"].item() < 1e-10
+    t = PatchTarget("l1", norm_pix=True)
     torch.testing.assert_close(t.to_values(exact, ts, idx), target.gather(1, idx[..., None].expand(-1, -1, 8)),
                                atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="'mse' or 'l1'"):
-        PatchTarget(["g"], "huber")
+        PatchTarget("huber")
 
 
 def test_weighted_mse():

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from scimae.core.config import check_ranges
-from scimae.core.data import SyntheticBase, seeded_split
+from scimae.core.data import SyntheticBase, resolve_root, seeded_split
 from scimae.core.errors import DataError
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.core.progress import on_terminal
@@ -29,6 +29,9 @@ class SyntheticConfig(SyntheticBase):
     cases: int = 32  # cases to generate
     roi: list[int] = field(default_factory=lambda: [64, 64, 64])  # volume size of the generated cases, voxels
     spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # voxel size of the generated cases, mm
+
+    def write(self) -> Path:
+        return synthetic.write_dataset(self.folder, self.cases, self.seed)
 
 
 @dataclass
@@ -68,21 +71,13 @@ class BrainDataConfig:
         return self.roi, self.spacing
 
 
-def resolve_root(cfg: BrainDataConfig) -> Path:
-    """The data folder: the user's, or the synthetic dataset (written on first use)."""
-    if cfg.root is not None:
-        return Path(cfg.root)
-    s = cfg.synthetic
-    return synthetic.write_dataset(s.folder, s.cases, s.seed)
-
-
 def train_val_cases(cfg: BrainDataConfig) -> tuple[list[Case], list[Case]]:
     """The cases of both sides, on the configured modalities: ``val_root``'s as validation, or a seeded split
     of the root's."""
     def read(root) -> list[Case]:
         return checked(restrict(discover_cases(root, cfg.manifest_outside), cfg.modalities), cfg.on_error)
 
-    cases = read(resolve_root(cfg))
+    cases = read(resolve_root(cfg.root, cfg.synthetic))
     if cfg.val_root:
         return cases, read(Path(cfg.val_root))
     return seeded_split(cases, cfg.val_fraction, cfg.split_seed)

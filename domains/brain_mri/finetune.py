@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scimae.core.config import check_ranges, one_of
+from scimae.core.checkpoint import from_pretrained
+from scimae.core.config import check_ranges, from_dict, one_of
 from scimae.core.heads import HEADS, FineTuner
 from scimae.core.mae import MAEEncoder
 from scimae.domains.brain_mri.io import MODALITIES
+from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae
 
 
 def fuse_modalities(tokens: torch.Tensor, valid: torch.Tensor, n_mod: int, grid) -> torch.Tensor:
@@ -90,6 +92,18 @@ def brain_finetuner(encoder: MAEEncoder, task: TaskConfig, n_out: int) -> FineTu
 
 def task_outputs(task: TaskConfig, n_classes: int = 2, bins: int = 4) -> int:
     return {"classification": n_classes, "segmentation": 3, "survival": bins}[task.kind]
+
+
+def load_finetuned(folder) -> tuple[FineTuner, dict]:
+    """An export of brats_finetune: the encoder and the task's head (in evaluation mode) and its config."""
+
+    def build(c: dict) -> FineTuner:
+        task = TaskConfig(**c["task"])
+        mae = build_brain_mae(from_dict(BrainModelConfig, c["model"], "model."), c["roi"])
+        return brain_finetuner(mae.encoder, task, task_outputs(task, len(c.get("classes", [])), task.bins))
+
+    model, config = from_pretrained(folder, build, "brain_mri", ("model", "roi", "task"))
+    return model.eval(), config
 
 
 def task_step(task: TaskConfig):

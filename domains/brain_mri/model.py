@@ -36,7 +36,7 @@ class BrainTokenizer(GridTokenizer):
 
 def build_brain_mae(cfg: BrainModelConfig, roi) -> MaskedAutoencoder:
     tok = BrainTokenizer(roi, cfg.patch, cfg.dim)
-    return build_mae(cfg, tok, MODALITIES, PatchTarget(MODALITIES, cfg.loss, cfg.norm_pix), tok.patch_values)
+    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values)
 
 
 def export_config(model_cfg: BrainModelConfig, roi, spacing, **extra) -> dict:

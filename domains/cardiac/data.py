@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_ranges
-from scimae.core.data import SyntheticBase, seeded_split
+from scimae.core.data import SyntheticBase, resolve_root, seeded_split
 from scimae.core.errors import DataError
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.cardiac import synthetic
@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 class SyntheticConfig(SyntheticBase):
     records: int = 96  # records to generate
     seconds: float = 30.0  # length of each generated record
+
+    def write(self) -> Path:
+        return synthetic.write_dataset(self.folder, self.records, self.seconds, self.seed)
 
 
 @dataclass
@@ -55,13 +58,6 @@ class CardiacDataConfig:
     @property
     def window_length(self) -> int:
         return int(round(self.window_s * self.fs))
-
-
-def resolve_root(cfg: CardiacDataConfig) -> Path:
-    if cfg.root is not None:
-        return Path(cfg.root)
-    s = cfg.synthetic
-    return synthetic.write_dataset(s.folder, s.records, s.seconds, s.seed)
 
 
 def record_windows(sig: Signal, cfg: CardiacDataConfig, channels: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -143,7 +139,7 @@ class CardiacWindows(Dataset):
 def train_val_records(cfg: CardiacDataConfig) -> tuple[list[Path], list[Path]]:
     """The records of both sides (each read once before, see :func:`preflight`): ``val_root``'s as validation,
     or a seeded split of the root's."""
-    records = preflight(find_records(resolve_root(cfg)), read_record, "records", cfg.on_error)
+    records = preflight(find_records(resolve_root(cfg.root, cfg.synthetic)), read_record, "records", cfg.on_error)
     if cfg.val_root:
         return records, preflight(find_records(Path(cfg.val_root)), read_record, "validation records", cfg.on_error)
     return seeded_split(records, cfg.val_fraction, cfg.split_seed)

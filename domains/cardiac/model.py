@@ -23,7 +23,7 @@ def build_cardiac_mae(cfg: CardiacModelConfig, window_length: int, patch: int) -
     """1D patches per channel, a channel-type embedding (12 leads + PPG) and a time embedding; an
     absent channel is invalid slots, so any subset in any order is one model's input."""
     tok = GridTokenizer(CHANNELS, (window_length,), (patch,), cfg.dim)
-    return build_mae(cfg, tok, CHANNELS, PatchTarget(CHANNELS, cfg.loss, cfg.norm_pix), tok.patch_values)
+    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values)
 
 
 def export_config(model_cfg: CardiacModelConfig, data_cfg, **extra) -> dict:

@@ -17,6 +17,7 @@ from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.io import Band, RasterScene, check_scene, open_scene
+from scimae.domains.remote_sensing.transforms import to_sample, window_transform
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ def _naip_bands() -> list[Band]:
 @dataclass
 class SyntheticConfig(SyntheticBase):
     tiles: int = 60  # tiles to generate
+
+    def write(self) -> Path:
+        return synthetic.write_dataset(self.folder, self.tiles, self.seed)
 
 
 @dataclass
@@ -76,8 +80,7 @@ def layout_bands(layout: dict[str, list[str]]) -> list[str]:
 def scene_paths(cfg: GeoDataConfig) -> list[Path]:
     """The scenes: the synthetic tiles, or every GeoTIFF / stack under ``root`` (or ``root`` itself)."""
     if cfg.root is None:  # the synthetic tiles, or its MODIS-like stack when the band table is MODIS's
-        s = cfg.synthetic
-        root = synthetic.write_dataset(s.folder, s.tiles, s.seed)
+        root = cfg.synthetic.write()
         if [b.name for b in cfg.bands] == synthetic.MODIS_BANDS:
             return [root / "modis.nc"]
         return sorted((root / "tiles").rglob("*.tif"))
@@ -191,21 +194,6 @@ class GeoWindows(Dataset):
         x, valid = scene.read(row, col, self.cfg.window)
         sample = self.to_slots(to_sample(x, valid, self.mean, self.std, self.cfg.patch, self.cfg.min_valid))
         return {**sample, "transform": window_transform(scene, row, col)}, valid
-
-
-def window_transform(scene, row: int, col: int) -> torch.Tensor:
-    """The window's georeference (a, b, c, d, e, f) as a tensor [6]; zeros for a scene without one."""
-    if hasattr(scene, "window_transform") and scene.transform is not None:
-        return torch.tensor(scene.window_transform(row, col), dtype=torch.float64)
-    return torch.zeros(6, dtype=torch.float64)
-
-
-def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid: float) -> dict[str, torch.Tensor]:
-    """Bands [Nb, h, w] and validity -> per-band image [Nb, 1, h, w] and patch_valid [Nb, h/p, w/p]."""
-    nb, h, w = x.shape
-    image = np.where(valid, (x - mean) / std, 0.0).astype(np.float32)
-    patch_valid = valid.reshape(nb, h // patch, patch, w // patch, patch).mean((2, 4)) >= min_valid
-    return {"image": torch.from_numpy(image)[:, None], "patch_valid": torch.from_numpy(patch_valid)}
 
 
 def load_splits(cfg: GeoDataConfig, seed: int = 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scimae.core.mae import MaskedAutoencoder, figure_panels, pyplot
+from scimae.core.mae import MaskedAutoencoder, figure_panels, save_panels
 
 
 def composite(x: torch.Tensor, names: list[str | None]) -> np.ndarray:
@@ -25,19 +25,11 @@ def composite(x: torch.Tensor, names: list[str | None]) -> np.ndarray:
 @torch.no_grad()
 def save_figure(model: MaskedAutoencoder, batch: dict, path, layout: dict[str, list[str]]) -> None:
     """PNG of the first window as a composite: original | masked input | reconstruction."""
-    plt = pyplot()
     loss, original, masked, recon = figure_panels(model, batch)  # [G * C, h, w] each
     tok = model.encoder.tokenizer
     C = tok.channels
-    names = [layout[g][c] if c < len(layout[g]) else None for g in tok.groups for c in range(C)]
+    names = [layout[g][c] if c < len(layout[g]) else None for g in tok.group_names for c in range(C)]
     invalid = ~batch["patch_valid"][0].cpu().repeat_interleave(tok.patch[0], 1).repeat_interleave(tok.patch[1], 2)
     original = original.masked_fill(invalid.repeat_interleave(C, 0), float("nan"))
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-    for ax, title, img in zip(axes, ("original", "masked", "reconstruction"), (original, masked, recon)):
-        ax.imshow(composite(img, names))
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle(f"loss {loss:.3f} (magenta: no data or hidden)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_panels(path, (original, masked, recon), lambda ax, img: ax.imshow(composite(img, names)),
+                f"loss {loss:.3f} (magenta: no data or hidden)")

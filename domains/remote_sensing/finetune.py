@@ -50,7 +50,7 @@ def geo_finetuner(encoder, task: GeoTaskConfig, n_out: int) -> FineTuner:
     """The core fine-tuner: a pooled head (classification) or the pixel head (segmentation); any band subset
     of the pretrained bands, by name."""
     tok = encoder.tokenizer
-    dense = None if task.kind == "classification" else PixelHead(encoder.dim, len(tok.groups), tok.grid, tok.patch,
+    dense = None if task.kind == "classification" else PixelHead(encoder.dim, len(tok.group_names), tok.grid, tok.patch,
                                                                   n_out)
     return FineTuner(encoder, n_out, task.pooler, task.head, task.freeze_encoder, dense)
 

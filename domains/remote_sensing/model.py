@@ -25,7 +25,7 @@ def build_geo_mae(cfg: GeoModelConfig, layout: dict[str, list[str]], window: int
     2D sin-cos positions): any band subset by name."""
     groups, sizes = list(layout), [len(m) for m in layout.values()]
     tok = GridTokenizer(groups, (window, window), (patch, patch), cfg.dim, max(sizes), sizes)
-    return build_mae(cfg, tok, groups, PatchTarget(groups, cfg.loss, cfg.norm_pix), tok.patch_values)
+    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values)
 
 
 def export_config(model_cfg, data_cfg, layout: dict[str, list[str]] | None = None, **extra) -> dict:

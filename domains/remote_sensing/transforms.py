@@ -1,7 +1,24 @@
-"""Per-window features of a remote-sensing sample that need no model."""
+"""Remote-sensing preprocessing of a window (standardised bands, patch validity, georeference) and the
+features of a sample that need no model."""
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def window_transform(scene, row: int, col: int) -> torch.Tensor:
+    """The window's georeference (a, b, c, d, e, f) as a tensor [6]; zeros for a scene without one."""
+    if hasattr(scene, "window_transform") and scene.transform is not None:
+        return torch.tensor(scene.window_transform(row, col), dtype=torch.float64)
+    return torch.zeros(6, dtype=torch.float64)
+
+
+def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid: float) -> dict[str, torch.Tensor]:
+    """Bands [Nb, h, w] and validity -> per-band image [Nb, 1, h, w] and patch_valid [Nb, h/p, w/p]."""
+    nb, h, w = x.shape
+    image = np.where(valid, (x - mean) / std, 0.0).astype(np.float32)
+    patch_valid = valid.reshape(nb, h // patch, patch, w // patch, patch).mean((2, 4)) >= min_valid
+    return {"image": torch.from_numpy(image)[:, None], "patch_valid": torch.from_numpy(patch_valid)}
 
 
 def summary_statistics(image: torch.Tensor, patch_valid: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,9 @@ class SyntheticConfig(SyntheticBase):
     per_class: int = 30  # shapes to generate per class
     rooms: int = 48  # NeRF room grids to generate
 
+    def write(self) -> Path:
+        return synthetic.write_dataset(self.folder, self.per_class, self.rooms, self.seed)
+
 
 @dataclass
 class PointDataConfig:
@@ -91,8 +94,8 @@ def find_clouds(root: Path, on_error: str = "stop") -> tuple[list[Entry], list[s
 
 
 def cloud_root(cfg: PointDataConfig) -> Path:
-    s = cfg.synthetic
-    return Path(cfg.root) if cfg.root else synthetic.write_dataset(s.folder, s.per_class, s.rooms, s.seed) / "shapes"
+    """The clouds' folder: the user's, or the synthetic dataset's shapes."""
+    return Path(cfg.root) if cfg.root else cfg.synthetic.write() / "shapes"
 
 
 class PointClouds(Dataset):
@@ -170,8 +173,7 @@ class NerfDataConfig:
 def grid_paths(cfg: NerfDataConfig) -> list[Path]:
     """The grids (each read once first: :func:`preflight`)."""
     if cfg.root is None:
-        s = cfg.synthetic
-        paths = sorted((synthetic.write_dataset(s.folder, s.per_class, s.rooms, s.seed) / "rooms").glob("*.npz"))
+        paths = sorted((cfg.synthetic.write() / "rooms").glob("*.npz"))
     else:
         root = Path(cfg.root)
         paths = [root] if root.is_file() else find_files(root, lambda p: p.suffix == ".npz") if root.is_dir() else []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scimae.core.mae import MaskedAutoencoder, figure_panels, pyplot
+from scimae.core.mae import MaskedAutoencoder, figure_panels, pyplot, save_panels
 
 
 @torch.no_grad()
@@ -13,7 +13,7 @@ def save_point_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
     plt = pyplot()
     out = model(batch, torch.Generator().manual_seed(0))
     ts, idx, pad = out["tokenset"], out["pred_idx"][0], out["pred_pad"][0]
-    centres, mask = ts.extras["coords"][0].cpu(), out["plan"].mask[0].cpu()
+    centres, mask = ts.coords[0].cpu(), out["plan"].mask[0].cpu()
     groups = (ts.target[0].reshape(len(centres), -1, 3).cpu() + centres[:, None])  # [G, k, 3]
     pred = out["pred"][0][~pad].reshape(-1, ts.target.shape[-1] // 3, 3).cpu() + centres[idx[~pad].cpu()][:, None]
     fig = plt.figure(figsize=(8, 4))
@@ -41,14 +41,6 @@ def render(grid: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def save_grid_figure(model: MaskedAutoencoder, batch: dict, path) -> None:
     """PNG of the first grid rendered from above: original | masked input | reconstruction."""
-    plt = pyplot()
     loss, *panels = figure_panels(model, batch)  # [4, W, L, H] each
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-    for ax, title, grid in zip(axes, ("original", "masked", "reconstruction"), panels):
-        ax.imshow(render(grid), origin="lower")
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle(f"loss {loss:.4f} (opacity-composited top view)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_panels(path, panels, lambda ax, grid: ax.imshow(render(grid), origin="lower"),
+                f"loss {loss:.4f} (opacity-composited top view)")

@@ -7,8 +7,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from scimae.core.checkpoint import from_pretrained
+from scimae.core.config import from_dict
 from scimae.core.embed import unpatchify
 from scimae.core.heads import FineTuner, Pooler
+from scimae.domains.scene3d.model import PointModelConfig, build_point_mae
 
 
 @dataclass
@@ -21,6 +24,17 @@ class PointTaskConfig:
 def point_classifier(encoder: nn.Module, n_classes: int, freeze_encoder: bool = False) -> FineTuner:
     """Encoder + max-and-mean pooling (Point-MAE) + MLP head for shape classification."""
     return FineTuner(encoder, n_classes, "max_mean", "mlp", freeze_encoder)
+
+
+def load_point_classifier(folder) -> tuple[FineTuner, dict]:
+    """An export of pointcloud_finetune: the shape classifier (in evaluation mode) and its config."""
+
+    def build(c: dict) -> FineTuner:
+        mae = build_point_mae(from_dict(PointModelConfig, c["model"], "model."), c["n_groups"], c["group_size"])
+        return point_classifier(mae.encoder, len(c["classes"]))
+
+    model, config = from_pretrained(folder, build, "scene3d", ("model", "n_groups", "group_size", "classes"))
+    return model.eval(), config
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -92,7 +93,10 @@ class PointNetEmbed(nn.Module):
 class PointTokenizer(nn.Module):
     """Point-MAE tokens: FPS centres, kNN groups of ``group_size`` points, a PointNet embedding of each
     group plus an MLP embedding of its centre. Input ``points`` [B, N, 3]; the target is each group's
-    points relative to its centre [B, G, k * 3]; ``extras['coords']`` are the centres (for block masking)."""
+    points relative to its centre [B, G, k * 3]; ``coords`` are the centres (for block masking). One group,
+``points``."""
+
+    group_names = ["points"]
 
     def __init__(self, n_groups: int, group_size: int, dim: int):
         super().__init__()
@@ -117,19 +121,18 @@ class PointTokenizer(nn.Module):
 
         return TokenSet(tokens=None, embed_fn=embed, group=torch.zeros(B, G, dtype=torch.long, device=points.device),
                         valid=torch.ones(B, G, dtype=torch.bool, device=points.device), pos=pos,
-                        target=neigh.reshape(B, G, k * 3), extras={"coords": centres})
+                        target=neigh.reshape(B, G, k * 3), coords=centres)
 
 
 class ChamferTarget:
     """Point-MAE's objective: Chamfer-L2 between each hidden group's predicted and true points."""
 
-    names = ["points"]
-
-    def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor) -> dict:
+    def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor,
+                 names: Sequence[str]) -> dict:
         B, M, _ = pred.shape
         target = gather_slots(ts.target, idx)  # [B, M, k * 3]
         errors = chamfer_distance(pred.reshape(B * M, -1, 3), target.reshape(B * M, -1, 3)).reshape(B, M)
-        return grouped_losses(errors, weight, ts.group.gather(1, idx), self.names)
+        return grouped_losses(errors, weight, ts.group.gather(1, idx), names)
 
     def to_values(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor) -> torch.Tensor:
         return pred
@@ -148,7 +151,7 @@ class PointModelConfig(MAEConfig):
 
 def build_point_mae(cfg: PointModelConfig, n_groups: int, group_size: int) -> MaskedAutoencoder:
     tok = PointTokenizer(n_groups, group_size, cfg.dim)
-    return build_mae(cfg, tok, ChamferTarget.names, ChamferTarget(), group_size * 3)
+    return build_mae(cfg, tok, ChamferTarget(), group_size * 3)
 
 
 def export_config(kind: str, model_cfg, data_cfg, **extra) -> dict:
@@ -172,12 +175,11 @@ class OpacityWeightedTarget:
     """NeRF-MAE's objective on RGB + opacity patches (values (p..., c), c = R, G, B, opacity): RGB error
     weighted by the true opacity, plus the opacity error, per hidden patch."""
 
-    names = ["rgba"]
-
     def __init__(self, opacity_weight: float = 1.0):
         self.opacity_weight = opacity_weight
 
-    def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor) -> dict:
+    def __call__(self, pred: torch.Tensor, ts: TokenSet, idx: torch.Tensor, weight: torch.Tensor,
+                 names: Sequence[str]) -> dict:
         B, M, _ = pred.shape
         t = gather_slots(ts.target, idx).reshape(B, M, -1, 4)  # [B, M, p^3, 4]
         p = pred.reshape(B, M, -1, 4)
@@ -207,7 +209,7 @@ class NerfModelConfig(MAEConfig):
 def build_nerf_mae(cfg: NerfModelConfig, grid: tuple[int, int, int], patch: int) -> MaskedAutoencoder:
     """3D patches (``patch`` voxels a side) of a 4-channel grid (RGB, opacity), 3D sin-cos positions."""
     tok = GridTokenizer(["rgba"], tuple(grid), (patch,) * 3, cfg.dim, channels=4)
-    return build_mae(cfg, tok, OpacityWeightedTarget.names, OpacityWeightedTarget(cfg.opacity_weight), tok.patch_values)
+    return build_mae(cfg, tok, OpacityWeightedTarget(cfg.opacity_weight), tok.patch_values)
 
 
 def load_nerf_mae(folder) -> tuple[MaskedAutoencoder, dict]:

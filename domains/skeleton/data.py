@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
-from scimae.core.data import SyntheticBase
+from scimae.core.data import SyntheticBase, resolve_root
 from scimae.core.errors import DataError
 from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, settle
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class SyntheticConfig(SyntheticBase):
     per_action: int = 30  # sequences to generate per action
+
+    def write(self) -> Path:
+        return synthetic.write_dataset(self.folder, self.per_action, self.seed)
 
 
 @dataclass
@@ -48,14 +51,9 @@ class SkeletonDataConfig:
                                     "val_fraction": UNIT_INTERVAL, "on_error": ON_ERROR_RULE})
 
 
-def skeleton_root(cfg: SkeletonDataConfig) -> Path:
-    s = cfg.synthetic
-    return Path(cfg.root) if cfg.root else synthetic.write_dataset(s.folder, s.per_action, s.seed)
-
-
 def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
     """(train, val) samples: {'name', 'xyz' [M, T, V, 3], 'present' [M], 'action' (1-based or -1)}."""
-    root = skeleton_root(cfg)
+    root = resolve_root(cfg.root, cfg.synthetic)
     skip = set()
     if cfg.skip_list:
         if not Path(cfg.skip_list).is_file():

@@ -30,7 +30,7 @@ class SkeletonTokenizer(nn.Module):
     """Tokens per body, temporal segment and joint: the joint's ``segment`` frames of x, y, z, linearly
     embedded, plus a learned joint embedding, the segment's 1-D sin-cos time embedding and a body embedding.
 
-    The graph enters the encoder as an attention bias by hop distance (``extras['attn_bias']``): a learned
+    The graph enters the encoder as an attention bias by hop distance (``TokenSet.attn_bias``): a learned
     value per head for each number of bones between two tokens' joints (and one for joints of different
     bodies). We chose the bias over graph convolutions because it acts on whichever tokens the encoder sees:
     a graph convolution before masking would mix hidden joints into visible tokens (the MAE would see what
@@ -42,8 +42,8 @@ class SkeletonTokenizer(nn.Module):
     positional and body embeddings drown them.
 
     Input: ``joints`` [B, M, T, V, 3], ``present`` [B, M]. Target: each token's positions [s * 3] and,
-    for ``position_motion``, its frame-to-frame motion too [2 * s * 3]. Extras for masking: ``part``
-    (body part x body, per slot) and ``motion`` (mean speed per slot).
+    for ``position_motion``, its frame-to-frame motion too [2 * s * 3]. For masking: ``unit`` (body x body
+    part x segment, per slot) and ``salience`` (mean speed per slot).
     """
 
     def __init__(self, frames: int, segment: int, dim: int, heads: int, bodies: int = 2, joints: int = 25,
@@ -116,21 +116,22 @@ class SkeletonTokenizer(nn.Module):
 
         segment = torch.arange(M * S * V, device=x.device) // V % S  # [N]
         unit = (body * (int(self.part.max()) + 1) + self.part[joint]) * S + segment  # [N] body x part x segment
-        extras = {"attn_bias": attn_bias, "part": unit[None].expand(B, -1),
-                  "motion": move.reshape(B, -1, self.segment, 3).norm(dim=-1).mean(-1)}  # [B, N] mean speed
+        speed = move.reshape(B, -1, self.segment, 3).norm(dim=-1).mean(-1)  # [B, N] mean speed
         return TokenSet(tokens=None, embed_fn=embed, group=body[None].expand(B, -1), valid=present[:, body], pos=slot,
-                        target=target, extras=extras)
+                        target=target, attn_bias=attn_bias, unit=unit[None].expand(B, -1), salience=speed)
 
 
 class BodyPartMasking(MaskingStrategy):
-    """SkeletonMAE-style: whole body parts are hidden over a temporal segment (``extras['part']`` names the
+    """SkeletonMAE-style: whole body parts are hidden over a temporal segment (``TokenSet.unit`` names the
     unit of each slot), units in random order."""
 
     def scores(self, valid, generator, group, grid, coords=None):
         raise ValueError("body_part masking needs the tokenizer's body parts; use it through a MaskedAutoencoder")
 
     def for_tokens(self, ts, generator):
-        unit = ts.extras["part"]  # [B, N] long
+        if ts.unit is None:
+            raise ValueError("body_part masking needs a tokenizer that gives TokenSet.unit (body parts)")
+        unit = ts.unit  # [B, N] long
         n_units = int(unit.max()) + 1
         rank = _uniform((unit.shape[0], n_units), generator, unit.device).argsort(1).argsort(1).double()  # [B, U]
         tie = _uniform(unit.shape, generator, unit.device)
@@ -150,7 +151,9 @@ class MotionAwareMasking(MaskingStrategy):
         raise ValueError("motion masking needs the tokenizer's motion; use it through a MaskedAutoencoder")
 
     def for_tokens(self, ts, generator):
-        motion = ts.extras["motion"].double()  # [B, N]
+        if ts.salience is None:
+            raise ValueError("motion masking needs a tokenizer that gives TokenSet.salience (motion)")
+        motion = ts.salience.double()  # [B, N]
         motion = motion / motion.mean(1, keepdim=True).clamp_min(1e-12)
         gumbel = -torch.log(-torch.log(_uniform(motion.shape, generator, motion.device).clamp(1e-12, 1 - 1e-12)))
         return plan_from_scores(torch.log(motion + 1e-6) / self.tau + gumbel, ts.valid, self.ratio)  # high: hidden
@@ -179,7 +182,7 @@ class SkeletonModelConfig(SmallMAEConfig):
 
 def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, joints: int = 25) -> MaskedAutoencoder:
     tok = SkeletonTokenizer(frames, cfg.segment, cfg.dim, cfg.heads, bodies, joints, cfg.target, unit=cfg.unit)
-    return build_mae(cfg, tok, tok.group_names, PatchTarget(tok.group_names, cfg.loss, norm_pix=False), tok.pred_dim)
+    return build_mae(cfg, tok, PatchTarget(cfg.loss, norm_pix=False), tok.pred_dim)
 
 
 def export_config(model_cfg, data_cfg, **extra) -> dict:
@@ -189,11 +192,16 @@ def export_config(model_cfg, data_cfg, **extra) -> dict:
             "joints": data_cfg.joints, **extra}
 
 
+EXPORT_KEYS = ("model", "frames", "bodies", "joints")
+
+
+def mae_from_config(c: dict) -> MaskedAutoencoder:
+    """The architecture an export's config describes; exports that predate ``unit`` took positions in metres
+    (unit 1)."""
+    cfg = from_dict(SkeletonModelConfig, {"unit": 1.0, **c["model"]}, "model.")
+    return build_skeleton_mae(cfg, c["frames"], c["bodies"], c["joints"])
+
+
 def load_skeleton_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    """An export's model; exports that predate ``unit`` took positions in metres (unit 1)."""
-
-    def build(c: dict) -> MaskedAutoencoder:
-        cfg = from_dict(SkeletonModelConfig, {"unit": 1.0, **c["model"]}, "model.")
-        return build_skeleton_mae(cfg, c["frames"], c["bodies"], c["joints"])
-
-    return from_pretrained(folder, build, "skeleton", ("model", "frames", "bodies", "joints"))
+    """An export of skeleton_pretrain: the MAE and its config."""
+    return from_pretrained(folder, mae_from_config, "skeleton", EXPORT_KEYS)
