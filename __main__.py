@@ -3,6 +3,7 @@
   scimae pretrain|finetune <domain> [--data DIR] [key.sub=value ...]   runs pipelines/<domain>_<verb>.py
   scimae predict geo [...]  /  scimae reconstruct brats [...]          the inference pipelines
   scimae info EXPORT                                                   what an export holds
+  scimae convert --from mae CHECKPOINT --out EXPORT                    a published checkpoint as an export
   scimae list [RUNS]                                                   runs under RUNS (default: runs/)
 
 A pipeline run this way is the same code, with the same arguments, as ``python pipelines/<name>.py``;
@@ -76,6 +77,9 @@ def info(folder: str) -> None:
           f"decoder {model.get('decoder_dim')} x {model.get('decoder_depth')}; "
           f"mask {mask.get('strategy')} {mask.get('ratio')}")
     print(f"parameters  {found['parameters']:,} in {found['tensors']} tensors")
+    source = config.get("source")
+    if source:
+        print(f"converted   from {source['format']} ({source['file']}): {source['conventions']}")
     trained = config.get("training")
     if trained:
         print(f"written by  {trained.get('pipeline')} at step {trained.get('step')} (epoch {trained.get('epoch')}), "
@@ -99,6 +103,25 @@ def list_runs(root: str) -> None:
         print(f"{run['run']}{'  [export]' if run['export'] else ''}  " + " ".join(scores))
 
 
+def convert(args: list[str]) -> None:
+    """Write a published checkpoint as a scimae export."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="scimae convert", description="A published checkpoint as a scimae export: "
+                                 "every tensor mapped, the architecture read from the tensors, the source's "
+                                 "conventions recorded in config.json.")
+    ap.add_argument("--from", dest="source", required=True, choices=["mae"],
+                    help="mae: a facebookresearch/mae ViT (pretraining checkpoint, or a fine-tuned classifier's encoder)")
+    ap.add_argument("checkpoint", help="the checkpoint file (.pth/.pt read with weights_only=True, or .safetensors)")
+    ap.add_argument("--out", required=True, help="the export folder to write (must not exist)")
+    ap.add_argument("--heads", type=int, help="encoder attention heads (known for ViT-B/L/H widths)")
+    ap.add_argument("--decoder-heads", type=int, help="decoder attention heads (known for MAE's 512-wide decoder)")
+    a = ap.parse_args(args)
+    from scimae.domains.remote_sensing.model import convert_mae
+
+    print(f"wrote {convert_mae(a.checkpoint, a.out, a.heads, a.decoder_heads)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -117,6 +140,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.argv = ["scimae info", *rest]
         run_cli(lambda: info(rest[0]))
+    elif verb == "convert":
+        from scimae.core.config import run_cli
+
+        sys.argv = ["scimae convert", *rest]
+        run_cli(lambda: convert(rest))
     elif verb == "list":
         list_runs(rest[0] if rest else "runs")
     elif verb in pipelines():

@@ -16,13 +16,14 @@ def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def patch_stats(target: torch.Tensor, mask: torch.Tensor | None = None,
                 eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std [..., 1] of each patch [..., P] over its used values (``mask`` [..., P], all if None)."""
+    """Mean and std [..., 1] of each patch [..., P] over its used values (``mask`` [..., P], all if None); the
+    variance is the unbiased (n - 1) one, as MAE's norm-pix target computes it."""
     if mask is None:
-        return target.mean(-1, keepdim=True), (target.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
+        return target.mean(-1, keepdim=True), (target.var(-1, keepdim=True, unbiased=True) + eps).sqrt()
     m = mask.to(target.dtype)
     count = m.sum(-1, keepdim=True).clamp_min(1)
     mean = (target * m).sum(-1, keepdim=True) / count
-    var = ((target - mean).pow(2) * m).sum(-1, keepdim=True) / count
+    var = ((target - mean).pow(2) * m).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
     return mean, (var + eps).sqrt()
 
 

@@ -1,4 +1,21 @@
-"""The masked autoencoder: tokenizer -> masking -> encoder -> light decoder -> target."""
+"""The masked autoencoder: tokenizer -> masking -> encoder -> light decoder -> target.
+
+Where scimae's defaults differ from facebookresearch/mae, deliberately (each but the last is an option, and a
+converted MAE checkpoint sets MAE's value):
+
+- LayerNorm eps 1e-5, torch's default, where MAE's recipes use 1e-6 (``norm_eps``): exports trained before the
+  option existed were trained with 1e-5 and must load unchanged.
+- The decoder places a slot by a learned linear map of the encoder's slot embedding, where MAE adds a fixed
+  sin-cos table (``decoder_pos``): scimae's slots belong to groups (modalities, leads, bands), and the
+  decoder must know a hidden slot's group as well as its position.
+- round((1 - ratio) x n) visible slots, where MAE keeps int(n x (1 - ratio)) (``model.mask.count``): samples
+  have different numbers of valid slots, and rounding treats them alike; the two differ only when the
+  fraction is one half or more (196 patches at ratio 0.75 keep 49 either way; 14 keep 4 against 3).
+- cls and mask tokens are not weight-decayed (core/optim.py), where MAE decays them: as in timm and BEiT, a
+  token is a learned input, not a weight whose size regularisation should shrink.
+
+The norm-pix target is MAE's: per patch, mean and unbiased variance, eps 1e-6.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,6 +26,7 @@ from torch import nn
 
 from scimae.core.checkpoint import Exportable
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
+from scimae.core.embed import sincos_nd
 from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.tokens import MaskPlan, Target, Tokenizer, TokenSet, gather_slots
 from scimae.core.transformer import Transformer
@@ -37,13 +55,16 @@ class MAEConfig:
     loss: str = "mse"  # mse or l1
     norm_pix: bool = False  # normalise each target patch to zero mean and unit variance (MAE's norm-pix loss)
     group_heads: bool = False  # one prediction head per group (modality, lead, band) instead of one shared
+    norm_eps: float = 1e-5  # LayerNorm eps (torch's default; MAE's recipes use 1e-6)
+    decoder_pos: str = "learned"  # learned (a linear map of the encoder's slot embedding) or sincos (MAE's fixed table)
     mask: MaskConfig = field(default_factory=MaskConfig)
 
     def __post_init__(self):
         check_ranges("model", self, {
             **dict.fromkeys(("dim", "depth", "heads", "decoder_dim", "decoder_depth", "decoder_heads"), AT_LEAST_1),
             "mlp_ratio": POSITIVE, "drop_path": UNIT_INTERVAL, "decoder_mask_ratio": UNIT_INTERVAL,
-            "mode": one_of("drop", "mask_token"), "loss": one_of("mse", "l1"),
+            "mode": one_of("drop", "mask_token"), "loss": one_of("mse", "l1"), "norm_eps": POSITIVE,
+            "decoder_pos": one_of("learned", "sincos"),
         })
         for width, heads in (("dim", "heads"), ("decoder_dim", "decoder_heads")):
             if getattr(self, width) % getattr(self, heads):
@@ -66,9 +87,10 @@ class SmallMAEConfig(MAEConfig):
 def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: int) -> "MaskedAutoencoder":
     """A MaskedAutoencoder from its config, a domain tokenizer and a target."""
     encoder = MAEEncoder(tokenizer, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,
-                         cfg.checkpointing, mask_token=cfg.mode == "mask_token")
+                         cfg.checkpointing, mask_token=cfg.mode == "mask_token", eps=cfg.norm_eps)
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
-                             cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads)
+                             cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads,
+                             cfg.norm_eps, cfg.decoder_pos)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -89,7 +111,7 @@ class MAEEncoder(nn.Module):
 
     def __init__(self, tokenizer: Tokenizer, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, checkpointing: bool = False,
-                 mask_token: bool = False):
+                 mask_token: bool = False, eps: float = 1e-5):
         super().__init__()
         if not isinstance(tokenizer, Tokenizer):
             raise TypeError(f"{type(tokenizer).__name__} is not a Tokenizer: it needs dim, group_names and __call__")
@@ -100,7 +122,7 @@ class MAEEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # a learned mask token only for the SimMIM mode (unused parameters would stall DDP)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if mask_token else None
-        self.blocks = Transformer(dim, depth, heads, mlp_ratio, drop_path, checkpointing)
+        self.blocks = Transformer(dim, depth, heads, mlp_ratio, drop_path, checkpointing, eps)
         self.blocks.apply(_init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
         if mask_token:
@@ -184,12 +206,15 @@ class MaskedAutoencoder(Exportable, nn.Module):
     mode ``drop``: the encoder sees only kept slots (MAE). mode ``mask_token``: it sees every valid slot
     with a learned mask token in hidden ones (SimMIM). ``decoder_mask_ratio`` > 0 decodes only a random
     fraction (1 - ratio) of the hidden slots while training (VideoMAE V2). ``group_heads`` gives each group
-    its own prediction head.
+    its own prediction head. ``decoder_pos`` learned: the decoder places a slot by a linear map of the encoder's
+    slot embedding (position and group); sincos: by MAE's fixed sin-cos table of the token grid, the same for
+    every group.
     """
 
     def __init__(self, encoder: MAEEncoder, masking: MaskingStrategy, target, pred_dim: int,
                  decoder_dim: int = 256, decoder_depth: int = 2, decoder_heads: int = 8, mlp_ratio: float = 4.0,
-                 mode: str = "drop", decoder_mask_ratio: float = 0.0, group_heads: bool = False):
+                 mode: str = "drop", decoder_mask_ratio: float = 0.0, group_heads: bool = False, eps: float = 1e-5,
+                 decoder_pos: str = "learned"):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
@@ -201,13 +226,22 @@ class MaskedAutoencoder(Exportable, nn.Module):
         self.mode, self.decoder_mask_ratio = mode, decoder_mask_ratio
         D = encoder.dim
         self.decoder_embed = nn.Linear(D, decoder_dim)
-        self.decoder_pos = nn.Linear(D, decoder_dim)
+        self.decoder_pos = nn.Linear(D, decoder_dim) if decoder_pos == "learned" else None
+        if decoder_pos == "sincos":
+            grid = getattr(encoder.tokenizer, "grid", None)
+            if grid is None:
+                raise ValueError("decoder_pos 'sincos' needs a tokenizer with a token grid")
+            table = sincos_nd(decoder_dim, grid).repeat(len(encoder.group_names), 1)  # [N, Dd]
+            self.register_buffer("decoder_pos_table", table[None], persistent=False)
+        elif decoder_pos != "learned":
+            raise ValueError(f"decoder_pos must be 'learned' or 'sincos', got {decoder_pos!r}")
         self.decoder_mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio)
+        self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio, eps=eps)
         self.decoder_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
                              else nn.Linear(decoder_dim, pred_dim))
         for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred):
-            m.apply(_init_weights)
+            if m is not None:
+                m.apply(_init_weights)
         nn.init.normal_(self.decoder_mask_token, std=0.02)
 
     @property
@@ -241,7 +275,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
         """Encode what ``plan`` shows and predict the slots ``idx`` [B, M] (``pad`` [B, M] True = padding)."""
         latent, _ = self.encoder.run(ts, plan, self.mode)  # [B, 1 + L, D]
         y = self.decoder_embed(latent)  # [B, 1 + L, Dd]
-        pos = self.decoder_pos(ts.pos).expand(y.shape[0], -1, -1)  # [B, N, Dd]
+        pos = self.decoder_pos(ts.pos) if self.decoder_pos is not None else self.decoder_pos_table
+        pos = pos.expand(y.shape[0], -1, -1)  # [B, N, Dd]
         if self.mode == "drop":
             vis, vis_pad = y[:, 1:] + gather_slots(pos, plan.keep), plan.keep_pad
             query = self.decoder_mask_token + gather_slots(pos, idx)  # [B, M, Dd]

@@ -15,17 +15,25 @@ from typing import ClassVar
 
 import torch
 
-from scimae.core.config import AT_LEAST_1, POSITIVE, check_ranges
+from scimae.core.config import AT_LEAST_1, POSITIVE, check_ranges, one_of
 from scimae.core.tokens import MaskPlan
 
 
-def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float) -> MaskPlan:
-    """Keep the lowest-scoring round((1 - ratio) x valid count) valid slots of each sample.
+KEEP_COUNTS = ("round", "floor")  # round((1 - ratio) x n), or MAE's int(n x (1 - ratio))
+
+
+def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float, count: str = "round") -> MaskPlan:
+    """Keep the lowest-scoring round((1 - ratio) x valid count) valid slots of each sample (``count`` floor:
+    MAE's int(valid count x (1 - ratio))), in ascending score order: given noise as scores, exactly MAE's
+    ``ids_keep``.
 
     scores [B, N] float, valid [B, N] bool. Invalid slots are never kept and never hidden.
     """
     B, N = scores.shape
-    n_keep = torch.round((1.0 - ratio) * valid.sum(1).double()).long()  # [B]
+    n = valid.sum(1).double()  # [B]
+    if count not in KEEP_COUNTS:
+        raise ValueError(f"keep count must be one of {KEEP_COUNTS}, got {count!r}")
+    n_keep = (torch.round((1.0 - ratio) * n) if count == "round" else torch.floor(n * (1.0 - ratio))).long()  # [B]
     order = scores.masked_fill(~valid, math.inf).argsort(dim=1, stable=True)  # [B, N]
     K = int(n_keep.max()) if B else 0
     keep = order[:, :K]  # [B, K]
@@ -56,7 +64,10 @@ def _rank(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 class MaskingStrategy(ABC):
     """Base: ``strategy(valid, generator, group=None, grid=None, coords=None) -> MaskPlan``; ``coords``
-    [B, N, c] are slot positions for tokens without a grid (point-group centres)."""
+    [B, N, c] are slot positions for tokens without a grid (point-group centres). ``count`` is the rule for how
+    many slots stay visible (:func:`plan_from_scores`)."""
+
+    count = "round"
 
     def __init__(self, ratio: float = 0.75):
         self.ratio = _check_ratio(ratio)
@@ -67,7 +78,7 @@ class MaskingStrategy(ABC):
 
     def __call__(self, valid: torch.Tensor, generator: torch.Generator, group: torch.Tensor | None = None,
                  grid: Sequence[int] | None = None, coords: torch.Tensor | None = None) -> MaskPlan:
-        return plan_from_scores(self.scores(valid, generator, group, grid, coords), valid, self.ratio)
+        return plan_from_scores(self.scores(valid, generator, group, grid, coords), valid, self.ratio, self.count)
 
     def for_tokens(self, ts, generator: torch.Generator) -> MaskPlan:
         """The plan for a TokenSet; a domain strategy that needs more of it (body parts, motion) overrides this."""
@@ -260,15 +271,19 @@ STRATEGIES = {
 
 
 def build_masking(name: str, ratio: float, strategies: dict[str, type[MaskingStrategy]] | None = None,
-                  **options) -> MaskingStrategy:
-    """Build a strategy by name, from the core's or a domain's own ``strategies``; of ``options`` (block,
-    color, sigma, alpha, a domain's own) it takes those it has."""
+                  count: str = "round", **options) -> MaskingStrategy:
+    """Build a strategy by name, from the core's or a domain's own ``strategies``, with the keep ``count`` rule;
+    of ``options`` (block, color, sigma, alpha, a domain's own) it takes those it has."""
     table = {**STRATEGIES, **(strategies or {})}
     if name not in table:
         raise ValueError(f"unknown masking strategy {name!r}; expected one of {sorted(table)}")
+    if count not in KEEP_COUNTS:
+        raise ValueError(f"keep count must be one of {KEEP_COUNTS}, got {count!r}")
     cls = table[name]
     own = inspect.signature(cls.__init__).parameters
-    return cls(ratio, **{k: v for k, v in options.items() if k in own})
+    strategy = cls(ratio, **{k: v for k, v in options.items() if k in own})
+    strategy.count = count
+    return strategy
 
 
 @dataclass
@@ -284,10 +299,11 @@ class MaskConfig:
     color: str = "green"  # colored: red, blue, green, purple
     sigma: float = 1.0  # colored: filter width in tokens
     alpha: float = 1.0  # group_dirichlet: concentration
+    count: str = "round"  # visible slots: round((1 - ratio) x n), or floor (MAE's int(n x (1 - ratio)))
 
     def __post_init__(self):
         check_ranges("model.mask", self, {"ratio": ("in (0, 1)", lambda v: 0 < v < 1), "block": AT_LEAST_1,
-                                          "sigma": POSITIVE, "alpha": POSITIVE})
+                                          "sigma": POSITIVE, "alpha": POSITIVE, "count": one_of(*KEEP_COUNTS)})
         self.build()  # validates the strategy
 
     def build(self) -> MaskingStrategy:

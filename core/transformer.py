@@ -50,9 +50,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x)), each with drop-path."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, eps: float = 1e-5):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
@@ -80,11 +80,11 @@ class Transformer(nn.Module):
     """A stack of pre-norm blocks with a final norm; drop-path rises linearly with depth."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 checkpointing: bool = False):
+                 checkpointing: bool = False, eps: float = 1e-5):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, drop_path * i / max(depth - 1, 1)) for i in range(depth))
-        self.norm = nn.LayerNorm(dim)
+            Block(dim, heads, mlp_ratio, drop_path * i / max(depth - 1, 1), eps) for i in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=eps)
         self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None, return_layers: tuple[int, ...] = (),

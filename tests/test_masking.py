@@ -185,3 +185,11 @@ def test_block_masking_of_point_groups_hides_a_contiguous_region():
     assert not (d[:, random.mask[1]].max(1).values <= d[:, ~random.mask[1]].min(1).values).any()
     with pytest.raises(ValueError, match="needs a token grid"):
         build_masking("block", 0.6)(valid, g, None, None)
+
+
+def test_the_visible_count_rounds_or_truncates_as_asked():
+    valid = torch.ones(1, 14, dtype=torch.bool)
+    scores = torch.arange(14.0)[None]
+    assert int(plan_from_scores(scores, valid, 0.75).n_visible) == 4  # round(3.5)
+    assert int(plan_from_scores(scores, valid, 0.75, "floor").n_visible) == 3  # MAE's int(14 x 0.25)
+    assert build_masking("random", 0.75, count="floor")(valid, torch.Generator().manual_seed(0)).n_visible.item() == 3

@@ -135,7 +135,7 @@ class BodyPartMasking(MaskingStrategy):
         n_units = int(unit.max()) + 1
         rank = _uniform((unit.shape[0], n_units), generator, unit.device).argsort(1).argsort(1).double()  # [B, U]
         tie = _uniform(unit.shape, generator, unit.device)
-        return plan_from_scores(rank.gather(1, unit) + tie, ts.valid, self.ratio)
+        return plan_from_scores(rank.gather(1, unit) + tie, ts.valid, self.ratio, self.count)
 
 
 class MotionAwareMasking(MaskingStrategy):
@@ -156,7 +156,8 @@ class MotionAwareMasking(MaskingStrategy):
         motion = ts.salience.double()  # [B, N]
         motion = motion / motion.mean(1, keepdim=True).clamp_min(1e-12)
         gumbel = -torch.log(-torch.log(_uniform(motion.shape, generator, motion.device).clamp(1e-12, 1 - 1e-12)))
-        return plan_from_scores(torch.log(motion + 1e-6) / self.tau + gumbel, ts.valid, self.ratio)  # high: hidden
+        return plan_from_scores(torch.log(motion + 1e-6) / self.tau + gumbel, ts.valid, self.ratio,
+                                self.count)  # high: hidden
 
 
 @dataclass

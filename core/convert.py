@@ -1,0 +1,120 @@
+"""Published checkpoints in scimae's layout: reading them safely, inferring the architecture from their tensors
+and renaming every tensor onto a scimae MaskedAutoencoder. Formats: facebookresearch/mae's ViT (its pretraining
+checkpoint, or a fine-tuned classifier's encoder). A domain wraps the result into its export."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from scimae.core.embed import sincos_nd
+from scimae.core.errors import DataError
+
+HEADS = {768: 12, 1024: 16, 1280: 16}  # encoder heads of MAE's ViT-B/L/H
+DECODER_HEADS = {512: 16}  # decoder heads of MAE's recipes
+FINETUNED_ONLY = ("head.", "fc_norm.")  # a fine-tuned classifier's parts beyond the encoder (left out)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint: a .safetensors file, or ``torch.load(weights_only=True)`` of a .pth/.pt,
+    unwrapped from its ``model`` / ``state_dict`` / ``base_model`` entry where it has one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "no such file", "a checkpoint file (.pth, .pt, .ckpt or .safetensors)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix, named
+        raise DataError(path, f"a file torch.load(weights_only=True) cannot read ({type(e).__name__}: {e})",
+                        "a PyTorch checkpoint of tensors") from None
+    for key in ("model", "state_dict", "base_model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(path, "no dictionary of tensors", "a state dict, or one under 'model', 'state_dict' or 'base_model'")
+    return obj
+
+
+def _depth(state: dict, prefix: str) -> int:
+    found = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))}
+    return max(found) + 1 if found else 0
+
+
+def _block_keys(src: str, dst: str, i: int) -> dict[str, str]:
+    """timm ViT block i -> scimae Block i (the same pre-norm block; the MLP's two layers renamed)."""
+    names = {"norm1": "norm1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "norm2",
+             "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}
+    return {f"{src}.{i}.{a}.{p}": f"{dst}.{i}.{b}.{p}" for a, b in names.items() for p in ("weight", "bias")}
+
+
+def _heads(given: int | None, width: int, table: dict[int, int], what: str, path) -> int:
+    heads = given or table.get(width)
+    if heads is None:
+        raise DataError(path, f"a {what} of width {width}, whose head count the tensors do not tell",
+                        f"the head count given (--{what.replace(' ', '-')}s); known widths: {sorted(table)}")
+    if width % heads:
+        raise DataError(path, f"{what} width {width} with {heads} heads", "a width that is a multiple of the heads")
+    return heads
+
+
+def _check_table(state: dict, key: str, table: torch.Tensor, path) -> None:
+    """MAE's fixed sin-cos table (a zero row for cls, then the grid) must be what scimae computes."""
+    stored = state[key][0].float()  # [1 + L, D]
+    expected = torch.cat([torch.zeros(1, table.shape[1]), table])
+    if stored.shape != expected.shape or not torch.allclose(stored, expected, atol=1e-5):
+        raise DataError(path, f"a {key} that is not MAE's fixed 2D sin-cos table", "the table MAE's code builds")
+
+
+def mae_vit(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None = None,
+            decoder_heads: int | None = None) -> tuple[dict, dict, dict[str, torch.Tensor], list[str]]:
+    """A facebookresearch/mae ViT state dict -> (model settings, image facts {img_size, patch, channels},
+    the tensors under scimae's names, the keys left out). A pretraining checkpoint maps whole; a fine-tuned
+    classifier maps its encoder (its head and fc_norm are left out, the decoder starts fresh). Any other key
+    the mapping does not know is a DataError naming it."""
+    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        raise DataError(path, f"keys {sorted(state)[:6]}...", "a MAE ViT (patch_embed.proj.weight, pos_embed, blocks.*)")
+    w = state["patch_embed.proj.weight"]  # [D, C, p, q]
+    D, C, p, q = w.shape
+    n = state["pos_embed"].shape[1] - 1
+    side = int(round(n ** 0.5))
+    if p != q or side * side != n:
+        raise DataError(path, f"patches {p}x{q} on {n} positions", "square patches on a square grid")
+    depth = _depth(state, "blocks")
+    mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / D
+    _check_table(state, "pos_embed", sincos_nd(D, (side, side)), path)
+    model = {"dim": D, "depth": depth, "heads": _heads(heads, D, HEADS, "head", path), "mlp_ratio": mlp_ratio,
+             "norm_eps": 1e-6, "norm_pix": True}
+    names = {"cls_token": "encoder.cls_token", "patch_embed.proj.bias": "encoder.tokenizer.bias",
+             "norm.weight": "encoder.blocks.norm.weight", "norm.bias": "encoder.blocks.norm.bias"}
+    for i in range(depth):
+        names.update(_block_keys("blocks", "encoder.blocks.blocks", i))
+    out = {"encoder.tokenizer.weight": w.permute(2, 3, 1, 0).reshape(1, p * q * C, D),  # values (p, q, c)
+           "encoder.tokenizer.bias": state["patch_embed.proj.bias"][None],  # [1, D]
+           "encoder.tokenizer.group_embed.table.weight": torch.zeros(1, D)}  # one group; MAE has no group embedding
+    used = {"patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed"}
+    if "decoder_embed.weight" in state:
+        Dd = state["decoder_embed.weight"].shape[0]
+        decoder_depth = _depth(state, "decoder_blocks")
+        _check_table(state, "decoder_pos_embed", sincos_nd(Dd, (side, side)), path)
+        model.update(decoder_dim=Dd, decoder_depth=decoder_depth, decoder_pos="sincos",
+                     decoder_heads=_heads(decoder_heads, Dd, DECODER_HEADS, "decoder head", path))
+        names.update({"mask_token": "decoder_mask_token", "decoder_norm.weight": "decoder.norm.weight",
+                      "decoder_norm.bias": "decoder.norm.bias", **{f"decoder_{a}.{b}": f"decoder_{a}.{b}"
+                                                                   for a in ("embed", "pred") for b in ("weight", "bias")}})
+        for i in range(decoder_depth):
+            names.update(_block_keys("decoder_blocks", "decoder.blocks", i))
+        used.add("decoder_pos_embed")
+    left_out = sorted(k for k in state if k.startswith(FINETUNED_ONLY))
+    unknown = sorted(set(state) - set(names) - used - set(left_out))
+    if unknown:
+        raise DataError(path, f"keys the MAE ViT mapping does not know: {unknown}", "a facebookresearch/mae ViT checkpoint")
+    missing = sorted(k for k in names if k not in state and k not in ("norm.weight", "norm.bias"))
+    if missing:
+        raise DataError(path, f"a MAE ViT without {missing}", "every tensor of the encoder (and decoder)")
+    out.update({names[k]: v for k, v in state.items() if k in names and k != "patch_embed.proj.bias"})
+    return model, {"img_size": side * p, "patch": p, "channels": C}, out, left_out

@@ -1,0 +1,79 @@
+"""Published checkpoints converted to scimae exports reproduce the reference forward exactly (fixtures in
+../shared/data/peers; skipped when that folder is absent)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, shared_data
+from scimae.core.convert import mae_vit, read_checkpoint
+from scimae.core.errors import DataError
+from scimae.core.mae import full_plan
+from scimae.core.masking import plan_from_scores
+from scimae.domains.remote_sensing.model import convert_mae, load_geo_mae
+
+
+@pytest.fixture(scope="module")
+def mae_fixture():
+    folder = shared_data("peers/mae_vit_tiny")
+    config = json.loads((folder / "config.json").read_text())["constructor"]
+    return folder, config, load_file(str(folder / "inputs.safetensors")), load_file(str(folder / "expected.safetensors"))
+
+
+def test_a_converted_mae_vit_reproduces_the_reference_forward(mae_fixture, tmp_path):
+    folder, c, inputs, expected = mae_fixture
+    out = convert_mae(folder / "checkpoint.pth", tmp_path / "export", c["num_heads"], c["decoder_num_heads"])
+    mae, config = load_geo_mae(out)
+    assert config["source"]["format"] == "mae" and [g["bands"] for g in config["groups"]] == [["R", "G", "B"]]
+    mae.eval()
+    imgs = inputs["imgs"]  # [2, 3, 32, 32], already normalised
+    ts = mae.encoder.tokenizer({"image": imgs[:, None], "present": torch.ones(2, 1, dtype=torch.bool)})
+    plan = plan_from_scores(inputs["noise"], ts.valid, mae.masking.ratio, mae.masking.count)  # the stored noise
+    assert torch.equal(plan.mask.float(), expected["mask"]) and torch.equal(plan.keep, expected["ids_keep"])
+    with torch.no_grad():
+        latent, _ = mae.encoder.run(ts, plan)
+        hidden = full_plan(plan.mask)
+        result = mae.predict(ts, plan, hidden.keep, hidden.keep_pad)
+    torch.testing.assert_close(latent, expected["latent"], atol=1e-5, rtol=0)
+    reference = expected["pred"].gather(1, hidden.keep[..., None].expand(-1, -1, expected["pred"].shape[-1]))
+    torch.testing.assert_close(result["pred"], reference, atol=1e-5, rtol=0)  # every hidden patch
+    torch.testing.assert_close(result["loss"], expected["loss"], atol=0, rtol=1e-6)
+    mae.target.norm_pix = False
+    with torch.no_grad():
+        plain = mae.predict(ts, plan, hidden.keep, hidden.keep_pad)["loss"]
+    torch.testing.assert_close(plain, expected["loss_norm_pix_false"], atol=0, rtol=1e-6)
+
+
+def test_the_command_converts_and_refuses_to_overwrite(mae_fixture, tmp_path):
+    folder, c, _, _ = mae_fixture
+    cmd = [sys.executable, "-m", "scimae", "convert", "--from", "mae", str(folder / "checkpoint.pth"),
+           "--out", str(tmp_path / "export"), "--heads", str(c["num_heads"]), "--decoder-heads", str(c["decoder_num_heads"])]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode == 0
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 2 and "nothing is overwritten" in again.stderr
+
+
+def test_unknown_keys_and_unreadable_files_are_refused_by_name(mae_fixture, tmp_path):
+    folder, c, _, _ = mae_fixture
+    state = read_checkpoint(folder / "checkpoint.pth")
+    with pytest.raises(DataError, match="does not know: \\['extra.weight'\\]"):
+        mae_vit({**state, "extra.weight": torch.zeros(1)}, "x.pth", c["num_heads"], c["decoder_num_heads"])
+    with pytest.raises(DataError, match="head count"):
+        mae_vit(state, "x.pth")  # a width of 64 tells no head count
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="cannot read"):
+        read_checkpoint(bad)
+
+
+def test_a_fine_tuned_classifier_converts_its_encoder(mae_fixture, tmp_path):
+    folder, c, _, _ = mae_fixture
+    state = read_checkpoint(folder / "checkpoint.pth")
+    encoder = {k: v for k, v in state.items() if not k.startswith(("decoder", "mask_token"))}
+    finetuned = {**encoder, "head.weight": torch.zeros(10, 64), "head.bias": torch.zeros(10)}
+    model, _, tensors, left_out = mae_vit(finetuned, "ft.pth", c["num_heads"])
+    assert left_out == ["head.bias", "head.weight"] and "decoder_dim" not in model
+    assert torch.equal(tensors["encoder.blocks.blocks.1.mlp.2.weight"], state["blocks.1.mlp.fc2.weight"])
