@@ -13,6 +13,7 @@ from scimae.core.files import find_files
 from scimae.core.data import first_per_class
 from scimae.core.data import seeded_split
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
+from scimae.domains.remote_sensing.io import Band
 from scimae.domains.remote_sensing.finetune import geo_finetuner, GeoTaskConfig, task_evaluate, task_step
 from scimae.domains.remote_sensing.model import (GeoModelConfig, build_geo_mae, export_config, export_layout,
                                                  load_geo_mae)
@@ -30,6 +31,8 @@ def main(argv=None):
         mae, pre = load_geo_mae(cfg.train.init_from)
         layout = export_layout(pre)
         model_cfg = pre["model"]
+        if cfg.data.bands == GeoDataConfig().bands and pre.get("bands"):  # none given: the export's, normalisation too
+            cfg.data.bands = [Band(**b) for b in pre["bands"]]
     else:
         layout = band_layout([b.name for b in cfg.data.bands], cfg.data.groups)
         mae = build_geo_mae(cfg.model, layout, cfg.data.window, cfg.data.patch)

@@ -77,3 +77,15 @@ def test_a_fine_tuned_classifier_converts_its_encoder(mae_fixture, tmp_path):
     model, _, tensors, left_out = mae_vit(finetuned, "ft.pth", c["num_heads"])
     assert left_out == ["head.bias", "head.weight"] and "decoder_dim" not in model
     assert torch.equal(tensors["encoder.blocks.blocks.1.mlp.2.weight"], state["blocks.1.mlp.fc2.weight"])
+
+
+def test_fine_tuning_from_a_converted_mae_takes_its_bands_and_normalisation(mae_fixture, tmp_path):
+    from scimae.pipelines import geo_finetune
+
+    folder, c, _, _ = mae_fixture
+    export = convert_mae(folder / "checkpoint.pth", tmp_path / "mae", c["num_heads"], c["decoder_num_heads"])
+    geo_finetune.main([f"--init-from={export}", f"data.synthetic.folder={tmp_path / 'data'}", "data.synthetic.tiles=6",
+                       "data.windows_per_scene=2", "train.epochs=1", "train.epoch_repeats=1", "train.batch_size=4",
+                       f"train.out_dir={tmp_path / 'runs'}", "train.run_name=ft"])  # 4-band tiles, an RGB model
+    tuned = json.loads((tmp_path / "runs" / "ft" / "export" / "config.json").read_text())
+    assert [(b["name"], b["mean"]) for b in tuned["data_bands"]] == [("R", 123.675), ("G", 116.28), ("B", 103.53)]
