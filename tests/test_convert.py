@@ -28,6 +28,7 @@ def test_a_converted_mae_vit_reproduces_the_reference_forward(mae_fixture, tmp_p
     out = convert_mae(folder / "checkpoint.pth", tmp_path / "export", c["num_heads"], c["decoder_num_heads"])
     mae, config = load_geo_mae(out)
     assert config["source"]["format"] == "mae" and [g["bands"] for g in config["groups"]] == [["R", "G", "B"]]
+    assert config["source"]["fresh"] == [] and config["source"]["left_out"] == []  # every tensor mapped, both ways
     mae.eval()
     imgs = inputs["imgs"]  # [2, 3, 32, 32], already normalised
     ts = mae.encoder.tokenizer({"image": imgs[:, None], "present": torch.ones(2, 1, dtype=torch.bool)})
