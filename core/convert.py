@@ -85,6 +85,8 @@ def mae_vit(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None
     if p != q or side * side != n:
         raise DataError(path, f"patches {p}x{q} on {n} positions", "square patches on a square grid")
     depth = _depth(state, "blocks")
+    if not depth or "blocks.0.mlp.fc1.weight" not in state:
+        raise DataError(path, "a MAE ViT without transformer blocks", "blocks.0.* ... blocks.N.*")
     mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / D
     _check_table(state, "pos_embed", sincos_nd(D, (side, side)), path)
     model = {"dim": D, "depth": depth, "heads": _heads(heads, D, HEADS, "head", path), "mlp_ratio": mlp_ratio,

@@ -62,6 +62,8 @@ def test_unknown_keys_and_unreadable_files_are_refused_by_name(mae_fixture, tmp_
     state = read_checkpoint(folder / "checkpoint.pth")
     with pytest.raises(DataError, match="does not know: \\['extra.weight'\\]"):
         mae_vit({**state, "extra.weight": torch.zeros(1)}, "x.pth", c["num_heads"], c["decoder_num_heads"])
+    with pytest.raises(DataError, match="without transformer blocks"):
+        mae_vit({k: v for k, v in state.items() if not k.startswith("blocks.")}, "x.pth", c["num_heads"], c["decoder_num_heads"])
     with pytest.raises(DataError, match="head count"):
         mae_vit(state, "x.pth")  # a width of 64 tells no head count
     bad = tmp_path / "bad.pth"
