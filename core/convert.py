@@ -64,6 +64,8 @@ def _heads(given: int | None, width: int, table: dict[int, int], what: str, path
 
 def _check_table(state: dict, key: str, table: torch.Tensor, path) -> None:
     """MAE's fixed sin-cos table (a zero row for cls, then the grid) must be what scimae computes."""
+    if key not in state:
+        raise DataError(path, f"a MAE ViT without {key}", "its fixed sin-cos position table")
     stored = state[key][0].float()  # [1 + L, D]
     expected = torch.cat([torch.zeros(1, table.shape[1]), table])
     if stored.shape != expected.shape or not torch.allclose(stored, expected, atol=1e-5):
@@ -91,8 +93,7 @@ def mae_vit(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None
     _check_table(state, "pos_embed", sincos_nd(D, (side, side)), path)
     model = {"dim": D, "depth": depth, "heads": _heads(heads, D, HEADS, "head", path), "mlp_ratio": mlp_ratio,
              "norm_eps": 1e-6, "norm_pix": True}
-    names = {"cls_token": "encoder.cls_token", "patch_embed.proj.bias": "encoder.tokenizer.bias",
-             "norm.weight": "encoder.blocks.norm.weight", "norm.bias": "encoder.blocks.norm.bias"}
+    names = {"cls_token": "encoder.cls_token", "norm.weight": "encoder.blocks.norm.weight", "norm.bias": "encoder.blocks.norm.bias"}
     for i in range(depth):
         names.update(_block_keys("blocks", "encoder.blocks.blocks", i))
     out = {"encoder.tokenizer.weight": w.permute(2, 3, 1, 0).reshape(1, p * q * C, D),  # values (p, q, c)
@@ -118,5 +119,5 @@ def mae_vit(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None
     missing = sorted(k for k in names if k not in state and k not in ("norm.weight", "norm.bias"))
     if missing:
         raise DataError(path, f"a MAE ViT without {missing}", "every tensor of the encoder (and decoder)")
-    out.update({names[k]: v for k, v in state.items() if k in names and k != "patch_embed.proj.bias"})
+    out.update({names[k]: v for k, v in state.items() if k in names})
     return model, {"img_size": side * p, "patch": p, "channels": C}, out, left_out

@@ -277,8 +277,6 @@ def build_masking(name: str, ratio: float, strategies: dict[str, type[MaskingStr
     table = {**STRATEGIES, **(strategies or {})}
     if name not in table:
         raise ValueError(f"unknown masking strategy {name!r}; expected one of {sorted(table)}")
-    if count not in KEEP_COUNTS:
-        raise ValueError(f"keep count must be one of {KEEP_COUNTS}, got {count!r}")
     cls = table[name]
     own = inspect.signature(cls.__init__).parameters
     strategy = cls(ratio, **{k: v for k, v in options.items() if k in own})
