@@ -23,7 +23,7 @@ ON_ERROR_RULE = one_of(*ON_ERROR)  # for check_ranges
 SKIPPED: list[str] = []  # this process's files left out (data.on_error=skip): the Trainer lists them in the run folder
 
 
-def _stamp(path: Path) -> str:
+def file_stamp(path: Path) -> str:
     """What identifies a file's content for the cache: path, size and modification time (of each of its
     files for a record named without suffix, such as WFDB's header + signal files)."""
     parts = [path] if path.exists() else sorted(path.parent.glob(glob.escape(path.name) + ".*"))
@@ -60,7 +60,7 @@ def preflight(files: Sequence[Path], check: Callable[[Path], None], what: str, o
         passed = set(json.loads(cache.read_text())) if cache.is_file() else set()
     except (OSError, ValueError):
         passed = set()  # an unreadable record only costs a recheck
-    stamps = [_stamp(f) for f in files]
+    stamps = [file_stamp(f) for f in files]
     todo = [f for f, s in zip(files, stamps) if s not in passed]
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if len(todo) >= 64 else 0

@@ -197,6 +197,39 @@ def test_skip_list_and_missing_folder(runs, tmp_path):
         load_samples(SkeletonDataConfig(root=str(tmp_path / "nope")))
 
 
+def test_parsed_files_are_cached_and_a_changed_file_is_parsed_again(tmp_path, monkeypatch):
+    import scimae.domains.skeleton.data as data
+
+    monkeypatch.setenv("SCIMAE_CACHE", str(tmp_path / "cache"))
+    cfg = SkeletonDataConfig(synthetic=SyntheticConfig(per_action=2, folder=str(tmp_path / "data")), frames=16,
+                             on_error="skip")
+    train, val = load_samples(cfg)
+    parsed = []
+    monkeypatch.setattr(data, "read_skeleton", lambda f, j: parsed.append(f.name) or read_skeleton(f, j))
+    train2, val2 = load_samples(cfg)
+    assert parsed == []  # the second run reads the cache only
+    for a, b in zip(train + val, train2 + val2):
+        assert a["name"] == b["name"] and a["action"] == b["action"]
+        np.testing.assert_array_equal(a["xyz"], b["xyz"])
+        np.testing.assert_array_equal(a["present"], b["present"])
+    changed, broken = sorted((tmp_path / "data").glob("*.skeleton"))[:2]
+    text = changed.read_text().splitlines()
+    n = next(i for i, line in enumerate(text) if len(line.split()) == 12)  # the first joint's line
+    row = text[n].split()
+    row[0] = str(float(row[0]) + 1.0)  # that joint moves by 1 m in x
+    text[n] = " ".join(row)
+    changed.write_text("\n".join(text) + "\n")
+    broken.write_text("two\n")
+    train3, val3 = load_samples(cfg)
+    assert sorted(parsed) == sorted([changed.name, broken.name])  # only the changed files are read again
+    after = {s["name"]: s for s in train3 + val3}
+    before = {s["name"]: s for s in train + val}
+    assert broken.stem not in after and not np.array_equal(after[changed.stem]["xyz"], before[changed.stem]["xyz"])
+    parsed.clear()
+    load_samples(cfg)
+    assert parsed == [broken.name]  # a bad file is never recorded as parsed: it is named again on every run
+
+
 def test_actions_differ_in_structure_and_summary_statistics_stay_near_chance(tmp_path):
     """Reversing time turns one squat tempo into the other and leaves every summary statistic unchanged; on
     the synthetic set a logistic regression on the statistics stays within 10 points of chance."""

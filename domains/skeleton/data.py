@@ -2,7 +2,9 @@
 cut to a fixed length; cross-subject and cross-view splits; a list of samples to skip."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,15 +14,17 @@ from torch.utils.data import Dataset
 
 from scimae.core.config import AT_LEAST_1, UNIT_INTERVAL, check_ranges
 from scimae.core.data import SyntheticBase, resolve_root
+from scimae.core.checkpoint import atomic_write
 from scimae.core.errors import DataError
-from scimae.core.files import find_files
-from scimae.core.preflight import ON_ERROR_RULE, settle
+from scimae.core.files import cache_root, find_files
+from scimae.core.preflight import ON_ERROR_RULE, file_stamp, settle
 from scimae.core.progress import progress
 from scimae.domains.skeleton import synthetic
-from scimae.domains.skeleton.io import in_split, read_arrays, read_skeleton
+from scimae.domains.skeleton.io import in_split, parse_name, read_arrays, read_skeleton
 from scimae.domains.skeleton.transforms import clean, random_rotation, resample_frames
 
 log = logging.getLogger(__name__)
+PARSE_VERSION = 1  # raise when reading, cleaning or resampling changes what a file gives
 
 
 @dataclass
@@ -79,19 +83,50 @@ def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
         raise DataError(root, "no .skeleton files", "NTU RGB+D files such as S001C002P003R002A013.skeleton")
     if skip:
         log.info("%d samples left out by %s", len(skip), cfg.skip_list)
-    train, val, bad = [], [], {}
-    for f in progress(files, f"reading {root}"):  # every file is read here: bad ones are named together below
-        try:
-            seq = read_skeleton(f, cfg.joints)
-            xyz, present = clean(seq, cfg.bodies, name=f)
-        except DataError as e:
-            bad[f] = str(e)
-            continue
-        sample = {"name": f.stem, "xyz": resample_frames(xyz, cfg.frames), "present": present,
-                  "action": seq.meta.get("action", -1)}
-        (train if not seq.meta or in_split(seq.meta, cfg.split, True) else val).append(sample)
+    bad = {}
+    train, val = [], []
+    for f, sample in zip(files, _read_cached(root, files, cfg, bad)):
+        meta = parse_name(f)
+        if sample is not None:
+            sample["action"] = meta.get("action", -1)
+            (train if not meta or in_split(meta, cfg.split, True) else val).append(sample)
     settle(bad, len(files), ".skeleton files", cfg.on_error)
     return train, val
+
+
+def _read_cached(root: Path, files: list[Path], cfg: SkeletonDataConfig, bad: dict) -> list[dict | None]:
+    """{'name', 'xyz', 'present'} per file (None for a bad one, its message put in ``bad``). Parsed files are
+    kept in one array file per folder and reading settings in the user cache, and a file whose path, size or
+    modification time changed is parsed again: a second run reads arrays instead of text."""
+    key = f"{root.resolve()}|joints={cfg.joints}|bodies={cfg.bodies}|frames={cfg.frames}|v{PARSE_VERSION}"
+    cache = cache_root("skeleton_parsed") / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    known = {}  # stamp -> (xyz [M, T, V, 3], present [M])
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            known = dict(zip(z["stamp"].tolist(), zip(z["xyz"], z["present"])))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass  # no record yet, or an unreadable one: parse again
+    stamps, out, parsed = [file_stamp(f) for f in files], [], 0
+    for f, stamp in zip(progress(files, f"reading {root}"), stamps):  # every file: bad ones are named together
+        if stamp not in known:
+            try:
+                xyz, present = clean(read_skeleton(f, cfg.joints), cfg.bodies, name=f)
+            except DataError as e:
+                bad[f] = str(e)
+                out.append(None)
+                continue
+            known[stamp] = (resample_frames(xyz, cfg.frames).astype(np.float32), present)
+            parsed += 1
+        out.append({"name": f.stem, "xyz": known[stamp][0], "present": known[stamp][1]})
+    if parsed:
+        atomic_write(cache, lambda tmp: _save(tmp, {s: known[s] for s in stamps if s in known}))
+    return out
+
+
+def _save(path: str, samples: dict) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, stamp=np.array(list(samples)), xyz=np.stack([v[0] for v in samples.values()]),
+                 present=np.stack([v[1] for v in samples.values()]))
 
 
 class Skeletons(Dataset):
