@@ -33,9 +33,8 @@ from scimae.domains.scene3d import synthetic
 from scimae.core.data import seeded_split
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, find_clouds
 from scimae.domains.scene3d.finetune import load_point_classifier
-from scimae.domains.scene3d.model import (PointModelConfig, build_point_mae, farthest_point_sample, has_pytorch3d, knn,
-                                          load_point_mae)
-from scimae.domains.scene3d.transforms import summary_statistics
+from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae
+from scimae.domains.scene3d.transforms import farthest_point_sample, has_pytorch3d, knn, summary_statistics
 
 MODEL = {"dim": 128, "depth": 4, "heads": 4, "decoder_dim": 96, "decoder_depth": 1, "decoder_heads": 4}
 DATA = {"n_points": 512, "n_groups": 32, "group_size": 16}  # a quarter of Point-MAE's points per step: CPU-sized

@@ -1,6 +1,7 @@
 """Published checkpoints in scimae's layout: reading them safely, inferring the architecture from their tensors
 and renaming every tensor onto a scimae MaskedAutoencoder. Formats: facebookresearch/mae's ViT (its pretraining
-checkpoint, or a fine-tuned classifier's encoder). A domain wraps the result into its export."""
+checkpoint, or a fine-tuned classifier's encoder) and Point-MAE's pretraining checkpoint. A domain wraps the result
+into its export."""
 from __future__ import annotations
 
 import re
@@ -13,6 +14,8 @@ from scimae.core.errors import DataError
 
 HEADS = {768: 12, 1024: 16, 1280: 16}  # encoder heads of MAE's ViT-B/L/H
 DECODER_HEADS = {512: 16}  # decoder heads of MAE's recipes
+POINT_MAE_HEADS = {384: 6}  # encoder and decoder heads of Point-MAE's recipe (trans_dim 384)
+POINTNET_HIDDEN = 128  # Point-MAE's group encoder: 3 -> 128 -> 256, then 512 -> 512 -> width
 FINETUNED_ONLY = ("head.", "fc_norm.")  # a fine-tuned classifier's parts beyond the encoder (left out)
 
 
@@ -37,7 +40,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DataError(path, "no dictionary of tensors", "a state dict, or one under 'model', 'state_dict' or 'base_model'")
-    return obj
+    return {k.removeprefix("module."): v for k, v in obj.items()}  # saved from a DistributedDataParallel model
 
 
 def _depth(state: dict, prefix: str) -> int:
@@ -45,11 +48,12 @@ def _depth(state: dict, prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _block_keys(src: str, dst: str, i: int) -> dict[str, str]:
+def _block_keys(src: str, dst: str, i: int, qkv_bias: bool = True) -> dict[str, str]:
     """timm ViT block i -> scimae Block i (the same pre-norm block; the MLP's two layers renamed)."""
     names = {"norm1": "norm1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "norm2",
              "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}
-    return {f"{src}.{i}.{a}.{p}": f"{dst}.{i}.{b}.{p}" for a, b in names.items() for p in ("weight", "bias")}
+    return {f"{src}.{i}.{a}.{p}": f"{dst}.{i}.{b}.{p}" for a, b in names.items() for p in ("weight", "bias")
+            if qkv_bias or (a, p) != ("attn.qkv", "bias")}
 
 
 def _heads(given: int | None, width: int, table: dict[int, int], what: str, path) -> int:
@@ -121,3 +125,56 @@ def mae_vit(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None
         raise DataError(path, f"a MAE ViT without {missing}", "every tensor of the encoder (and decoder)")
     out.update({names[k]: v for k, v in state.items() if k in names})
     return model, {"img_size": side * p, "patch": p, "channels": C}, out, left_out
+
+
+def point_mae(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None = None,
+              decoder_heads: int | None = None) -> tuple[dict, dict, dict[str, torch.Tensor], list[str]]:
+    """A Point-MAE (Pang-Yatian/Point-MAE) pretraining state dict -> (model settings, cloud facts {group_size},
+    the tensors under scimae's names, the keys left out: none). Point-MAE's conventions become model options:
+    BatchNorm + ReLU in the group encoder, positions added before every block, no qkv bias, no cls token, an
+    MLP of the centres for the decoder's positions, n - int(ratio x n) visible groups. The number of groups is
+    not in the tensors (the caller gives it). Any key the mapping does not know is a DataError naming it."""
+    enc = "MAE_encoder.encoder."
+    if f"{enc}first_conv.0.weight" not in state or "increase_dim.0.weight" not in state:
+        raise DataError(path, f"keys {sorted(state)[:6]}...", "a Point-MAE pretraining checkpoint (MAE_encoder.*, "
+                                                              "MAE_decoder.*, increase_dim.*)")
+    widths = [state[f"{enc}{k}.weight"].shape[0] for k in ("first_conv.0", "first_conv.3", "second_conv.0")]
+    if widths != [POINTNET_HIDDEN, 2 * POINTNET_HIDDEN, 4 * POINTNET_HIDDEN]:
+        raise DataError(path, f"a group encoder of widths {widths}", f"Point-MAE's {[128, 256, 512]}")
+    D = state[f"{enc}second_conv.3.weight"].shape[0]
+    depth, decoder_depth = _depth(state, "MAE_encoder.blocks.blocks"), _depth(state, "MAE_decoder.blocks")
+    if not depth or not decoder_depth:
+        raise DataError(path, "a Point-MAE without encoder or decoder blocks", "MAE_encoder.blocks.blocks.N.*, MAE_decoder.blocks.N.*")
+    qkv_bias = "MAE_encoder.blocks.blocks.0.attn.qkv.bias" in state
+    model = {"dim": D, "depth": depth, "heads": _heads(heads, D, POINT_MAE_HEADS, "head", path),
+             "decoder_dim": D, "decoder_depth": decoder_depth,
+             "decoder_heads": _heads(decoder_heads, D, POINT_MAE_HEADS, "decoder head", path),
+             "mlp_ratio": state["MAE_encoder.blocks.blocks.0.mlp.fc1.weight"].shape[0] / D, "norm_eps": 1e-5,
+             "qkv_bias": qkv_bias, "pos_every_block": True, "cls_token": False, "decoder_pos": "coords",
+             "pointnet": "batchnorm"}
+    conv = {"first_conv.0": "first.0", "first_conv.3": "first.3", "second_conv.0": "second.0", "second_conv.3": "second.3"}
+    norms = {"first_conv.1": "first.1", "second_conv.1": "second.1"}
+    names = {f"{enc}{a}.{p}": f"encoder.tokenizer.embed.{b}.{p}" for a, b in conv.items() for p in ("weight", "bias")}
+    names.update({f"{enc}{a}.{p}": f"encoder.tokenizer.embed.{b}.{p}" for a, b in norms.items()
+                  for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")})
+    for src, dst in (("MAE_encoder.pos_embed", "encoder.tokenizer.pos_embed.net"), ("decoder_pos_embed", "decoder_pos.net")):
+        names.update({f"{src}.{i}.{p}": f"{dst}.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")})
+    for src, dst in (("MAE_encoder.norm", "encoder.blocks.norm"), ("MAE_decoder.norm", "decoder.norm"),
+                     ("increase_dim.0", "decoder_pred")):
+        names.update({f"{src}.{p}": f"{dst}.{p}" for p in ("weight", "bias")})
+    names["mask_token"] = "decoder_mask_token"
+    for i in range(depth):
+        names.update(_block_keys("MAE_encoder.blocks.blocks", "encoder.blocks.blocks", i, qkv_bias))
+    for i in range(decoder_depth):
+        names.update(_block_keys("MAE_decoder.blocks", "decoder.blocks", i, qkv_bias))
+    unknown = sorted(set(state) - set(names))
+    if unknown:
+        raise DataError(path, f"keys the Point-MAE mapping does not know: {unknown}", "a Point-MAE pretraining checkpoint")
+    missing = sorted(set(names) - set(state))
+    if missing:
+        raise DataError(path, f"a Point-MAE without {missing}", "every tensor of the encoder and decoder")
+    out = {names[k]: (v[..., 0] if v.ndim == 3 and k != "mask_token" else v) for k, v in state.items()}  # Conv1d k=1
+    w = out["encoder.tokenizer.embed.second.0.weight"]  # [512, 512] acting on [global, point]
+    out["encoder.tokenizer.embed.second.0.weight"] = torch.cat(w.chunk(2, dim=1)[::-1], dim=1)  # scimae's [point, global]
+    out["decoder_embed.weight"], out["decoder_embed.bias"] = torch.eye(D), torch.zeros(D)  # Point-MAE has none
+    return model, {"group_size": state["increase_dim.0.weight"].shape[0] // 3}, out, []

@@ -26,7 +26,7 @@ from torch import nn
 
 from scimae.core.checkpoint import Exportable
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
-from scimae.core.embed import sincos_nd
+from scimae.core.embed import CoordEmbed, sincos_nd
 from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.tokens import MaskPlan, Target, Tokenizer, TokenSet, gather_slots
 from scimae.core.transformer import Transformer
@@ -56,7 +56,11 @@ class MAEConfig:
     norm_pix: bool = False  # normalise each target patch to zero mean and unit variance (MAE's norm-pix loss)
     group_heads: bool = False  # one prediction head per group (modality, lead, band) instead of one shared
     norm_eps: float = 1e-5  # LayerNorm eps (torch's default; MAE's recipes use 1e-6)
-    decoder_pos: str = "learned"  # learned (a linear map of the encoder's slot embedding) or sincos (MAE's fixed table)
+    decoder_pos: str = "learned"  # learned (a linear map of the encoder's slot embedding), sincos (MAE's fixed table)
+    # or coords (an MLP of the slot coordinates, Point-MAE's)
+    qkv_bias: bool = True  # attention's query/key/value projections have a bias (Point-MAE's have none)
+    pos_every_block: bool = False  # add the slot positions before every block, not only to the tokens (Point-MAE)
+    cls_token: bool = True  # False: no slot attends to the cls slot (Point-MAE has none); its output is then a read-out
     mask: MaskConfig = field(default_factory=MaskConfig)
 
     def __post_init__(self):
@@ -64,7 +68,7 @@ class MAEConfig:
             **dict.fromkeys(("dim", "depth", "heads", "decoder_dim", "decoder_depth", "decoder_heads"), AT_LEAST_1),
             "mlp_ratio": POSITIVE, "drop_path": UNIT_INTERVAL, "decoder_mask_ratio": UNIT_INTERVAL,
             "mode": one_of("drop", "mask_token"), "loss": one_of("mse", "l1"), "norm_eps": POSITIVE,
-            "decoder_pos": one_of("learned", "sincos"),
+            "decoder_pos": one_of("learned", "sincos", "coords"),
         })
         for width, heads in (("dim", "heads"), ("decoder_dim", "decoder_heads")):
             if getattr(self, width) % getattr(self, heads):
@@ -87,10 +91,11 @@ class SmallMAEConfig(MAEConfig):
 def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: int) -> "MaskedAutoencoder":
     """A MaskedAutoencoder from its config, a domain tokenizer and a target."""
     encoder = MAEEncoder(tokenizer, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,
-                         cfg.checkpointing, mask_token=cfg.mode == "mask_token", eps=cfg.norm_eps)
+                         cfg.checkpointing, mask_token=cfg.mode == "mask_token", eps=cfg.norm_eps,
+                         qkv_bias=cfg.qkv_bias, pos_every_block=cfg.pos_every_block, cls_token=cfg.cls_token)
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads,
-                             cfg.norm_eps, cfg.decoder_pos)
+                             cfg.norm_eps, cfg.decoder_pos, cfg.qkv_bias)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -107,11 +112,15 @@ class MAEEncoder(nn.Module):
     """Tokenizer + transformer encoder with a cls token; the part that downstream models keep.
 
     The tokenizer's ``group_names`` name its group ids in order, so callers select groups by name.
+    ``cls_token`` False keeps the cls slot out of every other slot's attention (Point-MAE has no cls token): it
+    still reads the others, so its output is an attention read-out. ``pos_every_block`` adds the slot positions
+    again before every block after the first.
     """
 
     def __init__(self, tokenizer: Tokenizer, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, checkpointing: bool = False,
-                 mask_token: bool = False, eps: float = 1e-5):
+                 mask_token: bool = False, eps: float = 1e-5, qkv_bias: bool = True, pos_every_block: bool = False,
+                 cls_token: bool = True):
         super().__init__()
         if not isinstance(tokenizer, Tokenizer):
             raise TypeError(f"{type(tokenizer).__name__} is not a Tokenizer: it needs dim, group_names and __call__")
@@ -119,10 +128,11 @@ class MAEEncoder(nn.Module):
             raise ValueError(f"the tokenizer embeds to {tokenizer.dim}, the encoder expects {dim}")
         self.tokenizer = tokenizer
         self.dim, self.depth = dim, depth
+        self.pos_every_block, self.attend_cls = pos_every_block, cls_token
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # a learned mask token only for the SimMIM mode (unused parameters would stall DDP)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if mask_token else None
-        self.blocks = Transformer(dim, depth, heads, mlp_ratio, drop_path, checkpointing, eps)
+        self.blocks = Transformer(dim, depth, heads, mlp_ratio, drop_path, checkpointing, eps, qkv_bias)
         self.blocks.apply(_init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
         if mask_token:
@@ -149,12 +159,15 @@ class MAEEncoder(nn.Module):
             x = torch.where(hidden, self.mask_token + ts.pos, ts.embed())  # [B, N, D]
             pad = ~ts.valid
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
-        pad = torch.cat([pad.new_zeros(B, 1), pad], dim=1)
+        pad = torch.cat([pad.new_full((B, 1), not self.attend_cls), pad], dim=1)
+        pos = None
+        if self.pos_every_block:
+            pos = nn.functional.pad(gather_slots(ts.pos, plan.keep) if mode == "drop" else ts.pos, (0, 0, 1, 0))
         bias = None
         if ts.attn_bias is not None:  # the tokenizer's attention bias between the slots the encoder sees
             slots = plan.keep if mode == "drop" else torch.arange(x.shape[1] - 1, device=x.device)[None].expand(B, -1)
             bias = nn.functional.pad(ts.attn_bias(slots), (1, 0, 1, 0))  # [B, H, 1 + L, 1 + L], cls unbiased
-        out = self.blocks(x, pad, return_layers, bias)
+        out = self.blocks(x, pad, return_layers, bias, pos=pos)
         return out if return_layers else (out, [])
 
     def forward(self, batch, groups: Sequence[str] | None = None,
@@ -208,13 +221,14 @@ class MaskedAutoencoder(Exportable, nn.Module):
     fraction (1 - ratio) of the hidden slots while training (VideoMAE V2). ``group_heads`` gives each group
     its own prediction head. ``decoder_pos`` learned: the decoder places a slot by a linear map of the encoder's
     slot embedding (position and group); sincos: by MAE's fixed sin-cos table of the token grid, the same for
-    every group.
+    every group; coords: by an MLP of the slot coordinates (the tokenizer's ``coord_dim`` values per slot).
+    The decoder follows the encoder's ``cls_token`` and ``pos_every_block`` choices.
     """
 
     def __init__(self, encoder: MAEEncoder, masking: MaskingStrategy, target, pred_dim: int,
                  decoder_dim: int = 256, decoder_depth: int = 2, decoder_heads: int = 8, mlp_ratio: float = 4.0,
                  mode: str = "drop", decoder_mask_ratio: float = 0.0, group_heads: bool = False, eps: float = 1e-5,
-                 decoder_pos: str = "learned"):
+                 decoder_pos: str = "learned", qkv_bias: bool = True):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
@@ -227,16 +241,18 @@ class MaskedAutoencoder(Exportable, nn.Module):
         D = encoder.dim
         self.decoder_embed = nn.Linear(D, decoder_dim)
         self.decoder_pos = nn.Linear(D, decoder_dim) if decoder_pos == "learned" else None
-        if decoder_pos == "sincos":
+        if decoder_pos == "coords":
+            self.decoder_pos = CoordEmbed(encoder.tokenizer.coord_dim, decoder_dim)
+        elif decoder_pos == "sincos":
             grid = getattr(encoder.tokenizer, "grid", None)
             if grid is None:
                 raise ValueError("decoder_pos 'sincos' needs a tokenizer with a token grid")
             table = sincos_nd(decoder_dim, grid).repeat(len(encoder.group_names), 1)  # [N, Dd]
             self.register_buffer("decoder_pos_table", table[None], persistent=False)
         elif decoder_pos != "learned":
-            raise ValueError(f"decoder_pos must be 'learned' or 'sincos', got {decoder_pos!r}")
+            raise ValueError(f"decoder_pos must be 'learned', 'sincos' or 'coords', got {decoder_pos!r}")
         self.decoder_mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio, eps=eps)
+        self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio, eps=eps, qkv_bias=qkv_bias)
         self.decoder_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
                              else nn.Linear(decoder_dim, pred_dim))
         for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred):
@@ -275,19 +291,22 @@ class MaskedAutoencoder(Exportable, nn.Module):
         """Encode what ``plan`` shows and predict the slots ``idx`` [B, M] (``pad`` [B, M] True = padding)."""
         latent, _ = self.encoder.run(ts, plan, self.mode)  # [B, 1 + L, D]
         y = self.decoder_embed(latent)  # [B, 1 + L, Dd]
-        pos = self.decoder_pos(ts.pos) if self.decoder_pos is not None else self.decoder_pos_table
-        pos = pos.expand(y.shape[0], -1, -1)  # [B, N, Dd]
-        if self.mode == "drop":
-            vis, vis_pad = y[:, 1:] + gather_slots(pos, plan.keep), plan.keep_pad
-            query = self.decoder_mask_token + gather_slots(pos, idx)  # [B, M, Dd]
-            seq = torch.cat([y[:, :1], vis, query], dim=1)
-            seq_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), vis_pad, pad], dim=1)
-            out = self.decoder(seq, seq_pad, n_out=idx.shape[1])  # [B, M, Dd]
+        if self.decoder_pos is None:
+            pos = self.decoder_pos_table
         else:
-            seq = y.clone()
-            seq[:, 1:] = seq[:, 1:] + pos
-            seq_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), ~ts.valid], dim=1)
-            out = gather_slots(self.decoder(seq, seq_pad)[:, 1:], idx)  # [B, M, Dd]
+            pos = self.decoder_pos(ts.coords if isinstance(self.decoder_pos, CoordEmbed) else ts.pos)
+        pos = pos.expand(y.shape[0], -1, -1)  # [B, N, Dd]
+        cls_pad = pad.new_full((pad.shape[0], 1), not self.encoder.attend_cls)  # [B, 1]
+        if self.mode == "drop":
+            pos = torch.cat([torch.zeros_like(pos[:, :1]), gather_slots(pos, plan.keep), gather_slots(pos, idx)], 1)
+            seq = torch.cat([y, self.decoder_mask_token.expand(*idx.shape, -1)], dim=1) + pos  # [B, 1 + L + M, Dd]
+            seq_pad = torch.cat([cls_pad, plan.keep_pad, pad], dim=1)
+            out = self.decoder(seq, seq_pad, n_out=idx.shape[1], pos=pos if self.encoder.pos_every_block else None)
+        else:
+            pos = nn.functional.pad(pos, (0, 0, 1, 0))  # [B, 1 + N, Dd], none for cls
+            seq_pad = torch.cat([cls_pad, ~ts.valid], dim=1)
+            out = self.decoder(y + pos, seq_pad, pos=pos if self.encoder.pos_every_block else None)
+            out = gather_slots(out[:, 1:], idx)  # [B, M, Dd]
         group = ts.group.gather(1, idx)  # [B, M]
         pred = self.decoder_pred(out, group) if isinstance(self.decoder_pred, GroupHeads) else self.decoder_pred(out)
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}

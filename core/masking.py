@@ -19,13 +19,14 @@ from scimae.core.config import AT_LEAST_1, POSITIVE, check_ranges, one_of
 from scimae.core.tokens import MaskPlan
 
 
-KEEP_COUNTS = ("round", "floor")  # round((1 - ratio) x n), or MAE's int(n x (1 - ratio))
+KEEP_COUNTS = ("round", "floor", "hide_floor")  # round((1 - ratio) x n), MAE's int(n x (1 - ratio)), or
+# Point-MAE's n - int(ratio x n) (it floors the hidden count)
 
 
 def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float, count: str = "round") -> MaskPlan:
     """Keep the lowest-scoring round((1 - ratio) x valid count) valid slots of each sample (``count`` floor:
-    MAE's int(valid count x (1 - ratio))), in ascending score order: given noise as scores, exactly MAE's
-    ``ids_keep``.
+    MAE's int(n x (1 - ratio)); hide_floor: Point-MAE's n - int(ratio x n)), in ascending score order: given
+    noise as scores, exactly MAE's ``ids_keep``.
 
     scores [B, N] float, valid [B, N] bool. Invalid slots are never kept and never hidden.
     """
@@ -33,7 +34,8 @@ def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float, co
     n = valid.sum(1).double()  # [B]
     if count not in KEEP_COUNTS:
         raise ValueError(f"keep count must be one of {KEEP_COUNTS}, got {count!r}")
-    n_keep = (torch.round((1.0 - ratio) * n) if count == "round" else torch.floor(n * (1.0 - ratio))).long()  # [B]
+    n_keep = {"round": lambda: torch.round((1.0 - ratio) * n), "floor": lambda: torch.floor(n * (1.0 - ratio)),
+              "hide_floor": lambda: n - torch.floor(ratio * n)}[count]().long()  # [B]
     order = scores.masked_fill(~valid, math.inf).argsort(dim=1, stable=True)  # [B, N]
     K = int(n_keep.max()) if B else 0
     keep = order[:, :K]  # [B, K]
@@ -297,7 +299,8 @@ class MaskConfig:
     color: str = "green"  # colored: red, blue, green, purple
     sigma: float = 1.0  # colored: filter width in tokens
     alpha: float = 1.0  # group_dirichlet: concentration
-    count: str = "round"  # visible slots: round((1 - ratio) x n), or floor (MAE's int(n x (1 - ratio)))
+    count: str = "round"  # visible slots: round((1 - ratio) x n), floor (MAE's int(n x (1 - ratio))) or hide_floor
+    # (Point-MAE's n - int(ratio x n))
 
     def __post_init__(self):
         check_ranges("model.mask", self, {"ratio": ("in (0, 1)", lambda v: 0 < v < 1), "block": AT_LEAST_1,

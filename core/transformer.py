@@ -50,10 +50,11 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x)), each with drop-path."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, eps: float = 1e-5):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, eps: float = 1e-5,
+                 qkv_bias: bool = True):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, qkv_bias)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = DropPath(drop_path)
@@ -80,24 +81,27 @@ class Transformer(nn.Module):
     """A stack of pre-norm blocks with a final norm; drop-path rises linearly with depth."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 checkpointing: bool = False, eps: float = 1e-5):
+                 checkpointing: bool = False, eps: float = 1e-5, qkv_bias: bool = True):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, drop_path * i / max(depth - 1, 1), eps) for i in range(depth))
+            Block(dim, heads, mlp_ratio, drop_path * i / max(depth - 1, 1), eps, qkv_bias) for i in range(depth))
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None, return_layers: tuple[int, ...] = (),
-                bias: torch.Tensor | None = None, n_out: int | None = None
+                bias: torch.Tensor | None = None, n_out: int | None = None, pos: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """x [B, N, D], pad [B, N] True = ignore as a key, ``bias`` [B, H or 1, N, N] added to the attention
         logits (e.g. a graph-distance bias). With ``return_layers``, also the outputs of those blocks (1-based).
         With ``n_out``, only the last n_out rows of the output [B, n_out, D] are wanted: the last block computes
-        just those (every row still serves as a key)."""
+        just those (every row still serves as a key). ``pos`` [B, N, D] is added again before every block after the
+        first (Point-MAE's per-block positions; ``x`` already holds it once)."""
         mask = key_padding_mask(pad, bias)
         layers = []
         for i, blk in enumerate(self.blocks, 1):
             n = n_out if i == len(self.blocks) else None
+            if pos is not None and i > 1:
+                x = x + pos
             if self.checkpointing and self.training:
                 x = checkpoint(blk, x, mask, n, use_reentrant=False)
             else:

@@ -9,11 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, shared_data
-from scimae.core.convert import mae_vit, read_checkpoint
+from scimae.core.convert import mae_vit, point_mae, read_checkpoint
 from scimae.core.errors import DataError
 from scimae.core.mae import full_plan
 from scimae.core.masking import plan_from_scores
 from scimae.domains.remote_sensing.model import convert_mae, load_geo_mae
+from scimae.domains.scene3d.finetune import load_point_classifier
+from scimae.domains.scene3d.model import convert_point_mae, load_point_mae
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,71 @@ def test_fine_tuning_from_a_converted_mae_takes_its_bands_and_normalisation(mae_
                        f"train.out_dir={tmp_path / 'runs'}", "train.run_name=ft"])  # 4-band tiles, an RGB model
     tuned = json.loads((tmp_path / "runs" / "ft" / "export" / "config.json").read_text())
     assert [(b["name"], b["mean"]) for b in tuned["data_bands"]] == [("R", 123.675), ("G", 116.28), ("B", 103.53)]
+
+
+@pytest.fixture(scope="module")
+def pointmae_fixture(tmp_path_factory):
+    folder = shared_data("peers/pointmae_tiny")
+    c = json.loads((folder / "config.json").read_text())["constructor"]["config (EasyDict)"]
+    t = c["transformer_config"]
+    out = convert_point_mae(folder / "checkpoint.pth", tmp_path_factory.mktemp("pm") / "export", t["num_heads"],
+                            t["decoder_num_heads"], c["num_group"], n_points=256)
+    return folder, out, load_file(str(folder / "inputs.safetensors")), load_file(str(folder / "expected.safetensors"))
+
+
+def test_a_converted_point_mae_reproduces_the_reference_forward(pointmae_fixture):
+    folder, export, inputs, expected = pointmae_fixture
+    mae, config = load_point_mae(export)
+    assert config["source"]["format"] == "pointmae" and config["source"]["fresh"] == ["encoder.cls_token"]
+    assert (config["n_groups"], config["group_size"]) == (16, 8) and not config["model"]["qkv_bias"]
+    mae.eval()
+    ts = mae.encoder.tokenizer({"points": inputs["pts"]})
+    torch.testing.assert_close(ts.coords, expected["center"], atol=1e-6, rtol=0)  # FPS from point 0
+    torch.testing.assert_close(ts.target.reshape(2, 16, 8, 3), expected["neighborhood"], atol=1e-6, rtol=0)
+    plan = plan_from_scores(inputs["mask"].float(), ts.valid, mae.masking.ratio, mae.masking.count)  # the stored mask
+    assert torch.equal(plan.mask, expected["mask"]) and plan.keep.shape == (2, 7)
+    hidden = full_plan(plan.mask)
+    with torch.no_grad():
+        latent, _ = mae.encoder.run(ts, plan)
+        result = mae.predict(ts, plan, hidden.keep, hidden.keep_pad)
+    torch.testing.assert_close(latent[:, 1:], expected["latent"], atol=1e-5, rtol=0)  # the cls slot aside
+    torch.testing.assert_close(result["pred"].reshape(18, 8, 3), expected["rebuild_points"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(result["loss"], expected["loss"], atol=0, rtol=1e-6)
+    mae.train()  # BatchNorm on the batch's statistics over every group, as Point-MAE's train mode
+    with torch.no_grad():
+        trained = mae.predict(mae.encoder.tokenizer({"points": inputs["pts"]}), plan, hidden.keep, hidden.keep_pad)
+    torch.testing.assert_close(trained["loss"], expected["loss_train_mode"], atol=0, rtol=1e-6)
+
+
+def test_point_mae_conversion_refuses_what_it_cannot_map(pointmae_fixture, tmp_path):
+    folder = pointmae_fixture[0]
+    state = read_checkpoint(folder / "checkpoint.pth")
+    with pytest.raises(DataError, match="does not know: \\['MAE_encoder.extra'\\]"):
+        point_mae({**state, "MAE_encoder.extra": torch.zeros(1)}, "x.pth", 4, 4)
+    with pytest.raises(DataError, match="without \\['decoder_pos_embed.0.weight'\\]"):
+        point_mae({k: v for k, v in state.items() if k != "decoder_pos_embed.0.weight"}, "x.pth", 4, 4)
+    with pytest.raises(DataError, match="head count"):
+        point_mae(state, "x.pth")  # a width of 64 tells no head count
+    with pytest.raises(DataError, match="a Point-MAE pretraining checkpoint"):
+        point_mae({"blocks.0.weight": torch.zeros(1)}, "x.pth")
+    cmd = [sys.executable, "-m", "scimae", "convert", "--from", "pointmae", str(folder / "checkpoint.pth"),
+           "--out", str(tmp_path / "export"), "--heads", "4", "--decoder-heads", "4", "--groups", "16", "--points", "256"]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode == 0
+    info = subprocess.run([sys.executable, "-m", "scimae", "info", str(tmp_path / "export")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert info.returncode == 0 and "converted   from pointmae (checkpoint.pth)" in info.stdout
+
+
+def test_fine_tuning_from_a_converted_point_mae(pointmae_fixture, tmp_path):
+    from scimae.pipelines import pointcloud_finetune
+
+    export = pointmae_fixture[1]
+    model = pointcloud_finetune.main([f"--init-from={export}", f"data.synthetic.folder={tmp_path / 'data'}",
+                                      "data.synthetic.per_class=4", "data.n_points=256", "train.epochs=1",
+                                      "train.epoch_repeats=1", "train.batch_size=8", f"train.out_dir={tmp_path / 'runs'}",
+                                      "train.run_name=ft"])
+    tuned = load_point_classifier(tmp_path / "runs" / "ft" / "export")[0]
+    pretrained = load_point_mae(export)[0].encoder.tokenizer.embed.second[0].weight
+    assert isinstance(tuned.encoder.tokenizer.embed.first[1], torch.nn.BatchNorm1d)  # Point-MAE's PointNet travels
+    assert tuned.encoder.tokenizer.embed.second[0].weight.shape == pretrained.shape
+    assert model.encoder.blocks.blocks[0].attn.qkv.bias is None  # no qkv bias, as converted

@@ -155,3 +155,29 @@ def test_tokenset_checks_the_shape_of_its_optional_slot_fields():
     TokenSet(**args, unit=torch.zeros(2, 3, dtype=torch.long), salience=torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"TokenSet.unit: expected shape \(2, 3\)"):
         TokenSet(**args, unit=torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mode", ["drop", "mask_token"])
+def test_without_a_cls_token_no_slot_reads_the_cls_slot(mode):
+    from toy import GROUPS
+    from scimae.core.embed import GridTokenizer
+    from scimae.core.losses import PatchTarget
+    from scimae.core.mae import MAEEncoder, MaskedAutoencoder
+    from scimae.core.masking import build_masking
+
+    def predictions(cls_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        tok = GridTokenizer(GROUPS, (16, 16), (4, 4), 32)
+        enc = MAEEncoder(tok, 32, 2, 4, mask_token=mode == "mask_token", cls_token=cls_token, pos_every_block=True)
+        mae = MaskedAutoencoder(enc, build_masking("random", 0.75), PatchTarget(), tok.patch_values, 32, 1, 4,
+                                mode=mode).eval()
+        batch = _batch()
+        before = mae(batch, torch.Generator().manual_seed(1))["pred"]
+        with torch.no_grad():
+            enc.cls_token.add_(1.0)
+        return before, mae(batch, torch.Generator().manual_seed(1))["pred"]
+
+    before, after = predictions(cls_token=False)
+    torch.testing.assert_close(after, before, atol=0, rtol=0)  # Point-MAE's layout: the cls slot is read by none
+    before, after = predictions(cls_token=True)
+    assert not torch.allclose(after, before)

@@ -12,9 +12,9 @@ from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, 
 from scimae.domains.scene3d.io import read_cloud, read_grid, read_h5, write_cloud
 from scimae.domains.scene3d.finetune import VoxelHead
 from scimae.domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig,
-                                          PointNetEmbed, build_nerf_mae, build_point_mae, farthest_point_sample,
-                                          group_points, has_pytorch3d, knn)
-from scimae.domains.scene3d.transforms import density_to_opacity, normalize_unit_sphere, resample
+                                          PointNetEmbed, build_nerf_mae, build_point_mae)
+from scimae.domains.scene3d.transforms import (density_to_opacity, farthest_point_sample, group_points, has_pytorch3d,
+                                               knn, normalize_unit_sphere, resample)
 
 
 TINY = dict(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4)

@@ -5,80 +5,47 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from scimae.core.checkpoint import from_pretrained
-from scimae.core.config import from_dict
+from scimae.core.checkpoint import from_pretrained, save_export
+from scimae.core.convert import point_mae, read_checkpoint
+from scimae.core.errors import DataError
+from scimae.core.config import check_ranges, from_dict, one_of
 from scimae.core.embed import CoordEmbed, GridTokenizer
 from scimae.core.losses import chamfer_distance, grouped_losses
 from scimae.core.mae import MAEConfig, MaskedAutoencoder, build_mae
 from scimae.core.masking import MaskConfig
 from scimae.core.tokens import TokenSet, gather_slots
+from scimae.domains.scene3d.transforms import group_points
 
 
-def has_pytorch3d() -> bool:
-    try:
-        import pytorch3d.ops  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class BatchNormLast(nn.BatchNorm1d):
+    """BatchNorm1d of [..., C] over every leading axis (as Conv1d + BatchNorm1d over groups and points)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
-def farthest_point_sample(points: torch.Tensor, k: int, use_pytorch3d: bool | None = None) -> torch.Tensor:
-    """Indices [B, k] of ``k`` farthest points of points [B, N, 3], starting from point 0 (pytorch3d's
-    ``sample_farthest_points`` where installed; the same rule in torch otherwise)."""
-    if use_pytorch3d if use_pytorch3d is not None else has_pytorch3d():
-        from pytorch3d.ops import sample_farthest_points
-
-        return sample_farthest_points(points, K=k)[1]
-    B, N, _ = points.shape
-    idx = points.new_zeros((B, k), dtype=torch.long)
-    nearest = points.new_full((B, N), float("inf"))  # squared distance to the chosen set
-    last = idx[:, 0]
-    rows = torch.arange(B, device=points.device)
-    for i in range(1, k):  # a loop over the k centres, vectorised over the batch and the points
-        nearest = torch.minimum(nearest, (points - points[rows, last][:, None]).pow(2).sum(-1))
-        last = nearest.argmax(1)
-        idx[:, i] = last
-    return idx
-
-
-def knn(query: torch.Tensor, points: torch.Tensor, k: int, use_pytorch3d: bool | None = None) -> torch.Tensor:
-    """Indices [B, M, k] of the ``k`` nearest points [B, N, 3] of each query [B, M, 3], nearest first
-    (pytorch3d's ``knn_points`` where installed; cdist + topk otherwise)."""
-    if use_pytorch3d if use_pytorch3d is not None else has_pytorch3d():
-        from pytorch3d.ops import knn_points
-
-        return knn_points(query, points, K=k, return_sorted=True).idx
-    return torch.cdist(query, points).topk(k, dim=-1, largest=False, sorted=True).indices
-
-
-def group_points(points: torch.Tensor, n_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """points [B, N, 3] -> centres [B, G, 3] (FPS) and neighbourhoods [B, G, k, 3] relative to their centre."""
-    with torch.no_grad():
-        centre_idx = farthest_point_sample(points, n_groups)  # [B, G]
-        centres = points.gather(1, centre_idx[..., None].expand(-1, -1, 3))
-        nn_idx = knn(centres, points, group_size)  # [B, G, k]
-    B, G, k = nn_idx.shape
-    neigh = points.gather(1, nn_idx.reshape(B, G * k, 1).expand(-1, -1, 3)).reshape(B, G, k, 3)
-    return centres, neigh - centres[:, :, None]
+POINTNET_NORMS = {"layernorm": (nn.LayerNorm, nn.GELU), "batchnorm": (BatchNormLast, nn.ReLU)}
 
 
 class PointNetEmbed(nn.Module):
     """Point-MAE's group embedding: a shared point MLP, max-pooled, its global feature joined to every point,
-    a second MLP, max-pooled again: [..., k, 3] -> [..., D].
+    a second MLP, max-pooled again: [..., k, 3] -> [..., D]. ``norm`` layernorm: LayerNorm + GELU (scimae's,
+    independent of the batch); batchnorm: BatchNorm + ReLU (Point-MAE's).
 
     The second MLP's first layer acts on [point feature, global feature]; its weight is applied as two column
     blocks, so the global half is computed once per group instead of once per point.
     """
 
-    def __init__(self, dim: int, hidden: int = 128):
+    def __init__(self, dim: int, hidden: int = 128, norm: str = "layernorm"):
         super().__init__()
-        self.first = nn.Sequential(nn.Linear(3, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, 2 * hidden))
-        self.second = nn.Sequential(nn.Linear(4 * hidden, 4 * hidden), nn.LayerNorm(4 * hidden), nn.GELU(),
-                                    nn.Linear(4 * hidden, dim))
+        Norm, Act = POINTNET_NORMS[norm]
+        self.first = nn.Sequential(nn.Linear(3, hidden), Norm(hidden), Act(), nn.Linear(hidden, 2 * hidden))
+        self.second = nn.Sequential(nn.Linear(4 * hidden, 4 * hidden), Norm(4 * hidden), Act(), nn.Linear(4 * hidden, dim))
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         f = self.first(groups)  # [..., k, 2h]
@@ -94,14 +61,17 @@ class PointTokenizer(nn.Module):
     """Point-MAE tokens: FPS centres, kNN groups of ``group_size`` points, a PointNet embedding of each
     group plus an MLP embedding of its centre. Input ``points`` [B, N, 3]; the target is each group's
     points relative to its centre [B, G, k * 3]; ``coords`` are the centres (for block masking). One group,
-``points``."""
+``points``. With the batchnorm PointNet every group is embedded (its statistics are over all of them, as in
+    Point-MAE); otherwise only the groups the encoder sees."""
 
     group_names = ["points"]
+    coord_dim = 3
 
-    def __init__(self, n_groups: int, group_size: int, dim: int):
+    def __init__(self, n_groups: int, group_size: int, dim: int, pointnet: str = "layernorm"):
         super().__init__()
         self.n_groups, self.group_size, self.dim = n_groups, group_size, dim
-        self.embed = PointNetEmbed(dim)
+        self.embed = PointNetEmbed(dim, norm=pointnet)
+        self.embed_all = pointnet == "batchnorm"
         self.pos_embed = CoordEmbed(3, dim)
 
     def forward(self, batch: dict) -> TokenSet:
@@ -117,6 +87,8 @@ class PointTokenizer(nn.Module):
             """PointNet features of the groups at ``idx`` [B, K] (all when None) plus their centre embedding."""
             if idx is None:
                 return self.embed(neigh) + pos
+            if self.embed_all:
+                return gather_slots(self.embed(neigh), idx) + gather_slots(pos, idx)
             return self.embed(gather_slots(neigh, idx)) + gather_slots(pos, idx)  # [B, K, D]
 
         return TokenSet(tokens=None, embed_fn=embed, group=torch.zeros(B, G, dtype=torch.long, device=points.device),
@@ -146,11 +118,16 @@ class PointModelConfig(MAEConfig):
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
+    pointnet: str = "layernorm"  # the group embedding's norm: layernorm (+ GELU) or batchnorm (+ ReLU, Point-MAE's)
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="random", ratio=0.6))
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ranges("model", self, {"pointnet": one_of(*POINTNET_NORMS)})
 
 
 def build_point_mae(cfg: PointModelConfig, n_groups: int, group_size: int) -> MaskedAutoencoder:
-    tok = PointTokenizer(n_groups, group_size, cfg.dim)
+    tok = PointTokenizer(n_groups, group_size, cfg.dim, cfg.pointnet)
     return build_mae(cfg, tok, ChamferTarget(), group_size * 3)
 
 
@@ -169,6 +146,33 @@ def load_point_mae(folder) -> tuple[MaskedAutoencoder, dict]:
     return from_pretrained(folder, lambda c: build_point_mae(from_dict(PointModelConfig, c["model"], "model."), c["n_groups"],
                                                              c["group_size"]),
                            "scene3d", ("model", "n_groups", "group_size"))
+
+
+def convert_point_mae(checkpoint, out, heads: int | None = None, decoder_heads: int | None = None,
+                      n_groups: int = 64, n_points: int = 1024) -> Path:
+    """A Point-MAE pretraining checkpoint -> a pointcloud_pretrain export with Point-MAE's conventions as model
+    options (:func:`scimae.core.convert.point_mae`). ``n_groups`` and ``n_points`` are not in the tensors; the
+    defaults are Point-MAE's pretraining recipe (64 groups of 1,024 points). Writes ``out`` (which must not exist
+    yet) and returns it."""
+    from scimae.domains.scene3d.data import PointDataConfig
+
+    out = Path(out)
+    if out.exists():
+        raise DataError(out, "an existing path", "a new folder for the converted export (nothing is overwritten)")
+    model, facts, tensors, left_out = point_mae(read_checkpoint(checkpoint), checkpoint, heads, decoder_heads)
+    cfg = from_dict(PointModelConfig, {**model, "mask": {"strategy": "random", "ratio": 0.6, "count": "hide_floor"}}, "model.")
+    data = PointDataConfig(n_points=n_points, n_groups=n_groups, group_size=facts["group_size"])
+    mae = build_point_mae(cfg, n_groups, facts["group_size"])
+    fresh = sorted(set(mae.state_dict()) - set(tensors))  # the cls slot: no slot attends to it
+    unexpected = mae.load_state_dict(tensors, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"the Point-MAE mapping produced names the model lacks: {unexpected}")
+    source = {"format": "pointmae", "file": Path(checkpoint).name, "left_out": left_out, "fresh": fresh,
+              "conventions": "Point-MAE: clouds centred and scaled to the unit sphere; FPS centres from point 0 and kNN "
+                             "groups; PointNet with BatchNorm + ReLU; positions (an MLP of the centres, another in the "
+                             "decoder) added before every block; no qkv bias; no cls token; n - int(ratio x n) visible "
+                             "groups; Chamfer-L2 loss"}
+    return save_export(out, mae, export_config("point_cloud", cfg, data, source=source))
 
 
 class OpacityWeightedTarget:

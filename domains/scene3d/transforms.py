@@ -1,5 +1,5 @@
 """Point-cloud and radiance-grid preprocessing: unit-sphere normalisation, resampling to a fixed size,
-augmentation, and density to opacity."""
+augmentation, grouping (farthest point sampling and k nearest neighbours), and density to opacity."""
 from __future__ import annotations
 
 import logging
@@ -49,6 +49,54 @@ def augment(points: np.ndarray, rng: np.random.Generator, rotation: str | None =
     if rotation:
         points = points @ random_rotation(rng, rotation).T
     return (points * rng.uniform(2 / 3, 3 / 2, 3) + rng.uniform(-0.2, 0.2, 3)).astype(np.float32)
+
+
+def has_pytorch3d() -> bool:
+    try:
+        import pytorch3d.ops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def farthest_point_sample(points: torch.Tensor, k: int, use_pytorch3d: bool | None = None) -> torch.Tensor:
+    """Indices [B, k] of ``k`` farthest points of points [B, N, 3], starting from point 0 (pytorch3d's
+    ``sample_farthest_points`` where installed; the same rule in torch otherwise)."""
+    if use_pytorch3d if use_pytorch3d is not None else has_pytorch3d():
+        from pytorch3d.ops import sample_farthest_points
+
+        return sample_farthest_points(points, K=k)[1]
+    B, N, _ = points.shape
+    idx = points.new_zeros((B, k), dtype=torch.long)
+    nearest = points.new_full((B, N), float("inf"))  # squared distance to the chosen set
+    last = idx[:, 0]
+    rows = torch.arange(B, device=points.device)
+    for i in range(1, k):  # a loop over the k centres, vectorised over the batch and the points
+        nearest = torch.minimum(nearest, (points - points[rows, last][:, None]).pow(2).sum(-1))
+        last = nearest.argmax(1)
+        idx[:, i] = last
+    return idx
+
+
+def knn(query: torch.Tensor, points: torch.Tensor, k: int, use_pytorch3d: bool | None = None) -> torch.Tensor:
+    """Indices [B, M, k] of the ``k`` nearest points [B, N, 3] of each query [B, M, 3], nearest first
+    (pytorch3d's ``knn_points`` where installed; cdist + topk otherwise)."""
+    if use_pytorch3d if use_pytorch3d is not None else has_pytorch3d():
+        from pytorch3d.ops import knn_points
+
+        return knn_points(query, points, K=k, return_sorted=True).idx
+    return torch.cdist(query, points).topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+def group_points(points: torch.Tensor, n_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """points [B, N, 3] -> centres [B, G, 3] (FPS) and neighbourhoods [B, G, k, 3] relative to their centre."""
+    with torch.no_grad():
+        centre_idx = farthest_point_sample(points, n_groups)  # [B, G]
+        centres = points.gather(1, centre_idx[..., None].expand(-1, -1, 3))
+        nn_idx = knn(centres, points, group_size)  # [B, G, k]
+    B, G, k = nn_idx.shape
+    neigh = points.gather(1, nn_idx.reshape(B, G * k, 1).expand(-1, -1, 3)).reshape(B, G, k, 3)
+    return centres, neigh - centres[:, :, None]
 
 
 def density_to_opacity(sigma: np.ndarray, rule: str = "alpha", delta: float = 1.0) -> np.ndarray:
