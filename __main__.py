@@ -3,7 +3,7 @@
   scimae pretrain|finetune <domain> [--data DIR] [key.sub=value ...]   runs pipelines/<domain>_<verb>.py
   scimae predict geo [...]  /  scimae reconstruct brats [...]          the inference pipelines
   scimae info EXPORT                                                   what an export holds
-  scimae convert --from mae|pointmae CHECKPOINT --out EXPORT           a published checkpoint as an export
+  scimae convert --from mae|prithvi|pointmae CHECKPOINT --out EXPORT   a published checkpoint as an export
   scimae list [RUNS]                                                   runs under RUNS (default: runs/)
 
 A pipeline run this way is the same code, with the same arguments, as ``python pipelines/<name>.py``;
@@ -110,14 +110,16 @@ def convert(args: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="scimae convert", description="A published checkpoint as a scimae export: "
                                  "every tensor mapped, the architecture read from the tensors, the source's "
                                  "conventions recorded in config.json.")
-    ap.add_argument("--from", dest="source", required=True, choices=["mae", "pointmae"],
+    ap.add_argument("--from", dest="source", required=True, choices=["mae", "prithvi", "pointmae"],
                     help="mae: a facebookresearch/mae ViT (pretraining checkpoint, or a fine-tuned classifier's "
-                         "encoder); pointmae: a Point-MAE pretraining checkpoint")
+                         "encoder); prithvi: a Prithvi-EO-1.0/2.0 MAE; pointmae: a Point-MAE pretraining checkpoint")
     ap.add_argument("checkpoint", help="the checkpoint file (.pth/.pt read with weights_only=True, or .safetensors)")
     ap.add_argument("--out", required=True, help="the export folder to write (must not exist)")
     ap.add_argument("--heads", type=int, help="encoder attention heads (known for ViT-B/L/H widths and Point-MAE's 384)")
     ap.add_argument("--decoder-heads", type=int, help="decoder attention heads (known for MAE's 512-wide decoder and "
                                                       "Point-MAE's 384)")
+    ap.add_argument("--norm-eps", type=float, default=1e-6, help="prithvi: LayerNorm eps (the released code's 1e-6; "
+                                                                 "TerraTorch's file default is 1e-5)")
     ap.add_argument("--groups", type=int, default=64, help="pointmae: groups per cloud (not in the tensors; Point-MAE's 64)")
     ap.add_argument("--points", type=int, default=1024, help="pointmae: points per cloud (Point-MAE's 1024)")
     a = ap.parse_args(args)
@@ -125,6 +127,10 @@ def convert(args: list[str]) -> None:
         from scimae.domains.scene3d.model import convert_point_mae
 
         out = convert_point_mae(a.checkpoint, a.out, a.heads, a.decoder_heads, a.groups, a.points)
+    elif a.source == "prithvi":
+        from scimae.domains.remote_sensing.model import convert_prithvi
+
+        out = convert_prithvi(a.checkpoint, a.out, a.heads, a.decoder_heads, a.norm_eps)
     else:
         from scimae.domains.remote_sensing.model import convert_mae
 

@@ -66,48 +66,63 @@ def _heads(given: int | None, width: int, table: dict[int, int], what: str, path
     return heads
 
 
-def _check_table(state: dict, key: str, table: torch.Tensor, path) -> None:
-    """MAE's fixed sin-cos table (a zero row for cls, then the grid) must be what scimae computes."""
-    if key not in state:
-        raise DataError(path, f"a MAE ViT without {key}", "its fixed sin-cos position table")
+def _is_table(state: dict, key: str, table: torch.Tensor) -> bool:
+    """Whether ``key`` holds this fixed sin-cos table (a zero row for cls, then the grid)."""
     stored = state[key][0].float()  # [1 + L, D]
     expected = torch.cat([torch.zeros(1, table.shape[1]), table])
-    if stored.shape != expected.shape or not torch.allclose(stored, expected, atol=1e-5):
-        raise DataError(path, f"a {key} that is not MAE's fixed 2D sin-cos table", "the table MAE's code builds")
+    return stored.shape == expected.shape and torch.allclose(stored, expected, atol=1e-5)
+
+
+def _grid(state: dict, key: str, n: int, dim: int, temporal: bool, path) -> tuple[int, ...]:
+    """The token grid of a stored sin-cos table of ``n`` positions: (side, side), or with ``temporal`` the
+    (frames, side, side) whose Prithvi table it is (the tensors alone leave frames x side^2 ambiguous)."""
+    if key not in state:
+        raise DataError(path, f"a checkpoint without {key}", "its fixed sin-cos position table")
+    shapes = ([(t, round((n // t) ** 0.5)) for t in range(1, n + 1) if n % t == 0] if temporal
+              else [(round(n ** 0.5),)])
+    for shape in shapes:
+        grid = (*shape, shape[-1])
+        if grid[-1] ** 2 * (grid[0] if temporal else 1) == n and _is_table(state, key, sincos_nd(
+                dim, grid, "prithvi" if temporal else "equal")):
+            return grid
+    raise DataError(path, f"a {key} of {n} positions that is not a fixed sin-cos table of a square grid"
+                          + (" of frames" if temporal else ""), "the table MAE's (or Prithvi's) code builds")
 
 
 def mae_vit(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None = None,
             decoder_heads: int | None = None) -> tuple[dict, dict, dict[str, torch.Tensor], list[str]]:
-    """A facebookresearch/mae ViT state dict -> (model settings, image facts {img_size, patch, channels},
-    the tensors under scimae's names, the keys left out). A pretraining checkpoint maps whole; a fine-tuned
-    classifier maps its encoder (its head and fc_norm are left out, the decoder starts fresh). Any other key
-    the mapping does not know is a DataError naming it."""
+    """A facebookresearch/mae ViT state dict -> (model settings, image facts {img_size, patch, channels,
+    frames, tubelet}, the tensors under scimae's names, the keys left out). A pretraining checkpoint maps
+    whole; a fine-tuned classifier maps its encoder (its head and fc_norm are left out, the decoder starts
+    fresh). Patches of 3-d (time, height, width) weights with Prithvi's sin-cos tables make a model of frames
+    (``frames`` 0 for 2-d patches). Any other key the mapping does not know is a DataError naming it."""
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         raise DataError(path, f"keys {sorted(state)[:6]}...", "a MAE ViT (patch_embed.proj.weight, pos_embed, blocks.*)")
-    w = state["patch_embed.proj.weight"]  # [D, C, p, q]
-    D, C, p, q = w.shape
-    n = state["pos_embed"].shape[1] - 1
-    side = int(round(n ** 0.5))
-    if p != q or side * side != n:
-        raise DataError(path, f"patches {p}x{q} on {n} positions", "square patches on a square grid")
+    w = state["patch_embed.proj.weight"]  # [D, C, p, q] or [D, C, s, p, q]
+    if w.ndim not in (4, 5) or w.shape[-1] != w.shape[-2]:
+        raise DataError(path, f"a patch embedding of shape {list(w.shape)}", "square 2-d (or time x 2-d) patches")
+    D, C, *patch = w.shape
+    temporal = w.ndim == 5
+    grid = _grid(state, "pos_embed", state["pos_embed"].shape[1] - 1, D, temporal, path)
     depth = _depth(state, "blocks")
     if not depth or "blocks.0.mlp.fc1.weight" not in state:
         raise DataError(path, "a MAE ViT without transformer blocks", "blocks.0.* ... blocks.N.*")
     mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / D
-    _check_table(state, "pos_embed", sincos_nd(D, (side, side)), path)
     model = {"dim": D, "depth": depth, "heads": _heads(heads, D, HEADS, "head", path), "mlp_ratio": mlp_ratio,
              "norm_eps": 1e-6, "norm_pix": True}
     names = {"cls_token": "encoder.cls_token", "norm.weight": "encoder.blocks.norm.weight", "norm.bias": "encoder.blocks.norm.bias"}
     for i in range(depth):
         names.update(_block_keys("blocks", "encoder.blocks.blocks", i))
-    out = {"encoder.tokenizer.weight": w.permute(2, 3, 1, 0).reshape(1, p * q * C, D),  # values (p, q, c)
+    values = w.permute(*range(2, w.ndim), 1, 0).reshape(1, -1, D)  # values ([s,] p, q, c)
+    out = {"encoder.tokenizer.weight": values,
            "encoder.tokenizer.bias": state["patch_embed.proj.bias"][None],  # [1, D]
            "encoder.tokenizer.group_embed.table.weight": torch.zeros(1, D)}  # one group; MAE has no group embedding
     used = {"patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed"}
     if "decoder_embed.weight" in state:
         Dd = state["decoder_embed.weight"].shape[0]
         decoder_depth = _depth(state, "decoder_blocks")
-        _check_table(state, "decoder_pos_embed", sincos_nd(Dd, (side, side)), path)
+        if _grid(state, "decoder_pos_embed", state["decoder_pos_embed"].shape[1] - 1, Dd, temporal, path) != grid:
+            raise DataError(path, "decoder positions of another grid than the encoder's", "one token grid")
         model.update(decoder_dim=Dd, decoder_depth=decoder_depth, decoder_pos="sincos",
                      decoder_heads=_heads(decoder_heads, Dd, DECODER_HEADS, "decoder head", path))
         names.update({"mask_token": "decoder_mask_token", "decoder_norm.weight": "decoder.norm.weight",
@@ -124,7 +139,26 @@ def mae_vit(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None
     if missing:
         raise DataError(path, f"a MAE ViT without {missing}", "every tensor of the encoder (and decoder)")
     out.update({names[k]: v for k, v in state.items() if k in names})
-    return model, {"img_size": side * p, "patch": p, "channels": C}, out, left_out
+    image = {"img_size": grid[-1] * patch[-1], "patch": patch[-1], "channels": C,
+             "frames": grid[0] * patch[0] if temporal else 0, "tubelet": patch[0] if temporal else 1}
+    return model, image, out, left_out
+
+
+def prithvi(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None = None,
+            decoder_heads: int | None = None) -> tuple[dict, dict, dict[str, torch.Tensor], list[str]]:
+    """A Prithvi-EO-1.0/2.0 MAE state dict (``encoder.*``, ``decoder.*``: MAE's ViT under two prefixes, with
+    (time, height, width) patches and Prithvi's 3-d sin-cos split) -> what :func:`mae_vit` returns, with
+    Prithvi's pixel target (no norm-pix). LayerNorm eps 1e-6 is the released models' (the caller may set
+    another). Keys of the location/time-coordinate variants (TL) are not mapped: a DataError names them."""
+    if "encoder.patch_embed.proj.weight" not in state:
+        raise DataError(path, f"keys {sorted(state)[:6]}...", "a Prithvi MAE (encoder.patch_embed.proj.weight, "
+                                                              "encoder.pos_embed, encoder.blocks.*, decoder.*)")
+    flat = {k.split(".", 1)[1] if k.startswith(("encoder.", "decoder.")) else k: v for k, v in state.items()}
+    if len(flat) != len(state) or flat["patch_embed.proj.weight"].ndim != 5:
+        raise DataError(path, "a Prithvi MAE whose encoder and decoder keys collide or whose patches are 2-d",
+                        "encoder.* and decoder.* keys with Conv3d patches")
+    model, image, out, left_out = mae_vit(flat, path, heads, decoder_heads)
+    return {**model, "norm_pix": False}, image, out, left_out
 
 
 def point_mae(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None = None,

@@ -77,18 +77,24 @@ def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([out.sin(), out.cos()], dim=1).float()
 
 
-def sincos_nd(dim: int, grid: Sequence[int]) -> torch.Tensor:
-    """N-d sin-cos table [prod(grid), dim] for a row-major grid.
+def sincos_nd(dim: int, grid: Sequence[int], split: str = "equal") -> torch.Tensor:
+    """N-d sin-cos table [prod(grid), dim] for a row-major grid, the last axis's channels first.
 
-    Each axis gets an equal even share of ``dim`` (remainder zero-padded), the last axis first:
-    for 2D this is exactly MAE's ``get_2d_sincos_pos_embed``.
+    ``split`` equal: each axis gets an equal even share of ``dim`` (remainder zero-padded); for 2D this is
+    exactly MAE's ``get_2d_sincos_pos_embed``. prithvi: a (time, height, width) grid shares it 4/16, 6/16,
+    6/16 (of dim // 16), Prithvi's ``get_3d_sincos_pos_embed``.
     """
     n = len(grid)
-    share = 2 * (dim // (2 * n))
-    if share == 0:
-        raise ValueError(f"sin-cos dim {dim} too small for a {n}-d grid (need >= {2 * n})")
+    if split == "prithvi" and n == 3:
+        shares = [dim // 16 * 4, dim // 16 * 6, dim // 16 * 6]
+    elif split == "equal":
+        shares = [2 * (dim // (2 * n))] * n
+    else:
+        raise ValueError(f"sin-cos split must be 'equal' or, for a 3-d grid, 'prithvi'; got {split!r} for {n} axes")
+    if min(shares) <= 0:
+        raise ValueError(f"sin-cos dim {dim} too small for a {n}-d grid (need >= {2 * n}, or 16 for 'prithvi')")
     coords = torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij")
-    parts = [sincos_1d(share, coords[a].reshape(-1)) for a in reversed(range(n))]
+    parts = [sincos_1d(shares[a], coords[a].reshape(-1)) for a in reversed(range(n))]
     table = torch.cat(parts, dim=1)
     return nn.functional.pad(table, (0, dim - table.shape[1]))
 
@@ -140,7 +146,7 @@ class GridTokenizer(nn.Module):
     """
 
     def __init__(self, groups: Sequence[str], spatial: Sequence[int], patch: Sequence[int], dim: int,
-                 channels: int = 1, group_channels: Sequence[int] | None = None):
+                 channels: int = 1, group_channels: Sequence[int] | None = None, pos_split: str = "equal"):
         super().__init__()
         self.group_names = list(groups)
         self.spatial, self.patch, self.channels = tuple(spatial), tuple(patch), channels
@@ -159,7 +165,8 @@ class GridTokenizer(nn.Module):
         bound = (6 / (n_in + dim)) ** 0.5
         nn.init.uniform_(self.weight, -bound, bound)
         self.group_embed = GroupEmbed(self.group_names, dim)
-        self.register_buffer("pos_table", sincos_nd(dim, self.grid), persistent=False)  # [n, D]
+        self.pos_split = pos_split  # how the sin-cos table's channels are shared by the axes (sincos_nd)
+        self.register_buffer("pos_table", sincos_nd(dim, self.grid, pos_split), persistent=False)  # [n, D]
         used = torch.arange(channels)[None] < torch.tensor(group_channels)[:, None]  # [G, C]
         value_mask = used[:, None, :].expand(G, n_in // channels, channels).reshape(G, n_in)  # [G, P], values (p..., c)
         self.register_buffer("value_mask", value_mask if not value_mask.all() else None, persistent=False)

@@ -247,7 +247,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
             grid = getattr(encoder.tokenizer, "grid", None)
             if grid is None:
                 raise ValueError("decoder_pos 'sincos' needs a tokenizer with a token grid")
-            table = sincos_nd(decoder_dim, grid).repeat(len(encoder.group_names), 1)  # [N, Dd]
+            split = getattr(encoder.tokenizer, "pos_split", "equal")
+            table = sincos_nd(decoder_dim, grid, split).repeat(len(encoder.group_names), 1)  # [N, Dd]
             self.register_buffer("decoder_pos_table", table[None], persistent=False)
         elif decoder_pos != "learned":
             raise ValueError(f"decoder_pos must be 'learned', 'sincos' or 'coords', got {decoder_pos!r}")

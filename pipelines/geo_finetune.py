@@ -28,7 +28,7 @@ def main(argv=None):
     task = cfg.task
     root = Path(cfg.data.root) if cfg.data.root else cfg.data.synthetic.write() / "tiles"
     if cfg.train.init_from:
-        mae, pre = load_geo_mae(cfg.train.init_from)
+        mae, pre = load_geo_mae(cfg.train.init_from, frames=1)  # a GeoTIFF tile is one date
         layout = export_layout(pre)
         model_cfg = pre["model"]
         if cfg.data.bands == GeoDataConfig().bands and pre.get("bands"):  # none given: the export's, normalisation too

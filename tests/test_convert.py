@@ -4,16 +4,17 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, shared_data
-from scimae.core.convert import mae_vit, point_mae, read_checkpoint
+from scimae.core.convert import mae_vit, point_mae, prithvi, read_checkpoint
 from scimae.core.errors import DataError
 from scimae.core.mae import full_plan
 from scimae.core.masking import plan_from_scores
-from scimae.domains.remote_sensing.model import convert_mae, load_geo_mae
+from scimae.domains.remote_sensing.model import HLS, convert_mae, convert_prithvi, load_geo_mae
 from scimae.domains.scene3d.finetune import load_point_classifier
 from scimae.domains.scene3d.model import convert_point_mae, load_point_mae
 
@@ -162,3 +163,74 @@ def test_fine_tuning_from_a_converted_point_mae(pointmae_fixture, tmp_path):
     assert isinstance(tuned.encoder.tokenizer.embed.first[1], torch.nn.BatchNorm1d)  # Point-MAE's PointNet travels
     assert tuned.encoder.tokenizer.embed.second[0].weight.shape == pretrained.shape
     assert model.encoder.blocks.blocks[0].attn.qkv.bias is None  # no qkv bias, as converted
+
+
+@pytest.fixture(scope="module")
+def prithvi_fixture():
+    folder = shared_data("peers/prithvi_tiny")
+    config = json.loads((folder / "config.json").read_text())["constructor"]
+    return folder, config, load_file(str(folder / "inputs.safetensors")), load_file(str(folder / "expected.safetensors"))
+
+
+@pytest.mark.parametrize("eps, variant", [(1e-5, ""), (1e-6, "_ln_eps_1e-6")])
+def test_a_converted_prithvi_reproduces_the_reference_forward(prithvi_fixture, tmp_path, eps, variant):
+    folder, c, inputs, expected = prithvi_fixture
+    out = convert_prithvi(folder / "checkpoint.pt", tmp_path / "export", c["num_heads"], c["decoder_num_heads"], eps)
+    mae, config = load_geo_mae(out)
+    assert config["source"]["format"] == "prithvi" and config["source"]["fresh"] == []
+    assert config["model"]["frames"] == 2 and [g["bands"] for g in config["groups"]] == [list(HLS)]
+    mae.eval()
+    x = inputs["pixel_values"]  # [B, C, T, H, W], already standardised
+    ts = mae.encoder.tokenizer({"image": x[:, None], "present": torch.ones(2, 1, dtype=torch.bool)})
+    plan = plan_from_scores(inputs["noise"], ts.valid, mae.masking.ratio, mae.masking.count)  # the stored noise
+    assert torch.equal(plan.mask.float(), expected["mask"]) and torch.equal(plan.keep, expected["ids_keep"])
+    hidden = full_plan(plan.mask)
+    with torch.no_grad():
+        latent, _ = mae.encoder.run(ts, plan)
+        result = mae.predict(ts, plan, hidden.keep, hidden.keep_pad)
+    torch.testing.assert_close(latent, expected["latent" + variant], atol=1e-5, rtol=0)
+    torch.testing.assert_close(result["loss"], expected["loss" + variant], atol=0, rtol=1e-6)
+    if variant:  # the fixture stores predictions and the norm-pix loss for eps 1e-5 only
+        return
+    reference = expected["pred"].gather(1, hidden.keep[..., None].expand(-1, -1, expected["pred"].shape[-1]))
+    torch.testing.assert_close(result["pred"], reference, atol=1e-5, rtol=0)  # every hidden patch, (s, p, q, c)
+    mae.target.norm_pix = True
+    with torch.no_grad():
+        normed = mae.predict(ts, plan, hidden.keep, hidden.keep_pad)["loss"]
+    torch.testing.assert_close(normed, expected["loss_norm_pix_true"], atol=0, rtol=1e-6)
+
+
+def _tiles(folder, descriptions, classes=("a", "b"), per_class=4):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            data = (rng.normal(1500 + 500 * k, 400, (len(descriptions), 32, 32))).clip(1, None).astype(np.uint16)
+            with rasterio.open(folder / name / f"{i}.tif", "w", driver="GTiff", width=32, height=32, count=len(descriptions),
+                               dtype="uint16", crs="EPSG:32614", transform=from_origin(500000, 4500000, 30, 30)) as dst:
+                dst.write(data)
+                dst.descriptions = tuple(descriptions)
+    return folder
+
+
+def test_prithvi_converts_by_command_and_fine_tunes_on_named_geotiff_bands(prithvi_fixture, tmp_path):
+    from scimae.pipelines import geo_finetune
+
+    folder, c, _, _ = prithvi_fixture
+    cmd = [sys.executable, "-m", "scimae", "convert", "--from", "prithvi", str(folder / "checkpoint.pt"),
+           "--out", str(tmp_path / "prithvi"), "--heads", str(c["num_heads"]), "--decoder-heads", str(c["decoder_num_heads"])]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode == 0
+    state = read_checkpoint(folder / "checkpoint.pt")
+    with pytest.raises(DataError, match="does not know: \\['temporal_embed_enc.scale'\\]"):  # a TL variant's key
+        prithvi({**state, "encoder.temporal_embed_enc.scale": torch.ones(1)}, "x.pt", 4, 4)
+    common = ["data.windows_per_scene=1", "train.epochs=1", "train.epoch_repeats=1", "train.batch_size=4",
+              f"train.out_dir={tmp_path / 'runs'}", f"--init-from={tmp_path / 'prithvi'}"]
+    geo_finetune.main([f"--data={_tiles(tmp_path / 'hls', list(HLS))}", "train.run_name=ft", *common])
+    tuned = json.loads((tmp_path / "runs" / "ft" / "export" / "config.json").read_text())
+    assert tuned["model"]["frames"] == 1 and [b["name"] for b in tuned["data_bands"]] == list(HLS)  # one date per tile
+    assert tuned["data_bands"][0]["mean"] == 1087.0  # the released normalisation travels
+    with pytest.raises(DataError, match=r"found bands named \['R', 'G', 'B', 'NIR'\]; expected the bands \['BLUE'"):
+        geo_finetune.main([f"--data={_tiles(tmp_path / 'naip', ['R', 'G', 'B', 'NIR'])}", "train.run_name=ft2", *common])

@@ -50,8 +50,10 @@ def test_bands_by_description_by_file_and_mismatches(tmp_path):
     scene = open_scene(_tif(tmp_path / "d.tif", data, descriptions=("NIR", "R")), [Band("R"), Band("NIR")])
     x, _ = scene.read(0, 0, 8)
     assert (x[0] == data[1]).all() and (x[1] == data[0]).all()  # by name, not position
-    with pytest.raises(DataError, match=r"d.tif: found 2 bands named \['NIR', 'R'\]; expected 4 bands"):
+    with pytest.raises(DataError, match=r"d.tif: found bands named \['NIR', 'R'\]; expected the bands .* \(missing \['G', 'B'\]\)"):
         open_scene(tmp_path / "d.tif", RGBN)
+    with pytest.raises(DataError, match=r"found bands named \['NIR', 'R'\]; expected the bands \['RED', 'NIR_NARROW'\]"):
+        open_scene(tmp_path / "d.tif", [Band("RED"), Band("NIR_NARROW")])  # as many bands, other names: never by position
     folder = tmp_path / "perband"
     folder.mkdir()
     _tif(folder / "S2_B04.tif", data[:1])

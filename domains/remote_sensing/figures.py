@@ -29,7 +29,7 @@ def save_figure(model: MaskedAutoencoder, batch: dict, path, layout: dict[str, l
     tok = model.encoder.tokenizer
     C = tok.channels
     names = [layout[g][c] if c < len(layout[g]) else None for g in tok.group_names for c in range(C)]
-    invalid = ~batch["patch_valid"][0].cpu().repeat_interleave(tok.patch[0], 1).repeat_interleave(tok.patch[1], 2)
+    invalid = ~batch["patch_valid"][0].cpu().repeat_interleave(tok.patch[-2], 1).repeat_interleave(tok.patch[-1], 2)
     original = original.masked_fill(invalid.repeat_interleave(C, 0), float("nan"))
     save_panels(path, (original, masked, recon), lambda ax, img: ax.imshow(composite(img, names)),
                 f"loss {loss:.3f} (magenta: no data or hidden)")

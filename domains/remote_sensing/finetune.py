@@ -50,8 +50,8 @@ def geo_finetuner(encoder, task: GeoTaskConfig, n_out: int) -> FineTuner:
     """The core fine-tuner: a pooled head (classification) or the pixel head (segmentation); any band subset
     of the pretrained bands, by name."""
     tok = encoder.tokenizer
-    dense = None if task.kind == "classification" else PixelHead(encoder.dim, len(tok.group_names), tok.grid, tok.patch,
-                                                                  n_out)
+    dense = None if task.kind == "classification" else PixelHead(encoder.dim, len(tok.group_names), tok.grid[-2:],
+                                                                  tok.patch[-2:], n_out)  # one date
     return FineTuner(encoder, n_out, task.pooler, task.head, task.freeze_encoder, dense)
 
 

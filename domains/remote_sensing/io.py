@@ -199,9 +199,9 @@ def check_scene(path: Path, bands: list[Band]) -> None:
 
 
 def open_scene(path: str | Path, bands: list[Band], crs=None):
-    """A multi-band GeoTIFF (bands by description if it has them, else by position), a folder with one
-    GeoTIFF per band (matched by name), or a NetCDF/zarr stack. GeoTIFFs in another CRS than ``crs``
-    (a dataset's first scene's) are reprojected onto it with a warning."""
+    """A multi-band GeoTIFF (bands by description if it has them, every band of the table among them; else by
+    position), a folder with one GeoTIFF per band (matched by name), or a NetCDF/zarr stack. GeoTIFFs in another
+    CRS than ``crs`` (a dataset's first scene's) are reprojected onto it with a warning."""
     import rasterio
 
     path = Path(path)
@@ -223,7 +223,10 @@ def open_scene(path: str | Path, bands: list[Band], crs=None):
     except rasterio.errors.RasterioIOError as e:
         raise DataError(path, f"a file rasterio cannot open as a raster ({e})", "a GeoTIFF") from None
     names = [b.name for b in bands]
-    if all(descriptions) and set(names) <= set(descriptions):
+    if all(descriptions):  # named bands are matched by name, never by position
+        if not set(names) <= set(descriptions):
+            raise DataError(path, f"bands named {descriptions}", f"the bands {names} (missing "
+                                  f"{[n for n in names if n not in descriptions]}), as the band table or the export says")
         return RasterScene({b.name: (str(path), descriptions.index(b.name) + 1) for b in bands}, bands, crs)
     if count != len(bands):
         raise DataError(path, f"{count} bands" + (f" named {descriptions}" if all(descriptions) else ""),

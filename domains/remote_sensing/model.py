@@ -6,13 +6,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from scimae.core.checkpoint import from_pretrained, save_export
-from scimae.core.config import from_dict
-from scimae.core.convert import mae_vit, read_checkpoint
+from scimae.core.config import NON_NEGATIVE, check_ranges, from_dict
+from scimae.core.convert import mae_vit, prithvi, read_checkpoint
 from scimae.core.embed import GridTokenizer
 from scimae.core.losses import PatchTarget
 from scimae.core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae
 from scimae.core.masking import MaskConfig
+from scimae.core.tokens import TokenSet
 from scimae.core.errors import DataError
 from scimae.domains.remote_sensing.data import GeoDataConfig, band_layout
 from scimae.domains.remote_sensing.io import Band
@@ -20,14 +23,38 @@ from scimae.domains.remote_sensing.io import Band
 
 @dataclass
 class GeoModelConfig(SmallMAEConfig):
+    frames: int = 0  # 0: 2D patches of one date; N >= 1: a time axis of N dates (Prithvi's layout)
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(strategy="group_independent", ratio=0.75))
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ranges("model", self, {"frames": NON_NEGATIVE})
+
+
+class GeoTokenizer(GridTokenizer):
+    """Band-group tokens of a window: image [B, G, C, H, W]. With ``frames`` N >= 1 the image has a time axis
+    [B, G, C, N, H, W], patched one date at a time, with Prithvi's (time, height, width) sin-cos positions; a
+    model of one frame also takes a window without that axis (a GeoTIFF tile is one date)."""
+
+    def __init__(self, groups: list[str], window: int, patch: int, dim: int, sizes: list[int], frames: int = 0):
+        spatial, patches = ((frames, window, window), (1, patch, patch)) if frames else ((window, window), (patch, patch))
+        super().__init__(groups, spatial, patches, dim, max(sizes), sizes, "prithvi" if frames else "equal")
+        self.frames = frames
+
+    def forward(self, batch: dict) -> TokenSet:
+        if self.frames == 1 and batch["image"].ndim == 5:
+            batch = {**batch, "image": batch["image"].unsqueeze(3)}  # [B, G, C, 1, H, W]
+        return super().forward(batch)
+
+    def unpatchify(self, values: torch.Tensor) -> torch.Tensor:
+        x = super().unpatchify(values)  # [B, G, C, (N,) H, W]
+        return x.squeeze(3) if self.frames == 1 else x
 
 
 def build_geo_mae(cfg: GeoModelConfig, layout: dict[str, list[str]], window: int, patch: int) -> MaskedAutoencoder:
     """One token group per spectral group of ``layout`` (group -> bands; 2D patches, a group embedding,
-    2D sin-cos positions): any band subset by name."""
-    groups, sizes = list(layout), [len(m) for m in layout.values()]
-    tok = GridTokenizer(groups, (window, window), (patch, patch), cfg.dim, max(sizes), sizes)
+    2D sin-cos positions, or a time axis of ``cfg.frames`` dates): any band subset by name."""
+    tok = GeoTokenizer(list(layout), window, patch, cfg.dim, [len(m) for m in layout.values()], cfg.frames)
     return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values)
 
 
@@ -49,8 +76,17 @@ def mae_from_config(config: dict) -> MaskedAutoencoder:
                          config["patch"])
 
 
-def load_geo_mae(folder) -> tuple[MaskedAutoencoder, dict]:
-    return from_pretrained(folder, mae_from_config, "remote_sensing", EXPORT_KEYS)
+def load_geo_mae(folder, frames: int | None = None) -> tuple[MaskedAutoencoder, dict]:
+    """A geo_pretrain (or converted) export: the MAE and its config. ``frames`` builds a model with a time axis
+    for that many dates instead of the export's (its weights do not depend on it: one date per patch, fixed
+    sin-cos positions); models without a time axis are built as exported."""
+
+    def build(config: dict) -> MaskedAutoencoder:
+        if frames is not None and config["model"].get("frames"):
+            config["model"]["frames"] = frames
+        return mae_from_config(config)
+
+    return from_pretrained(folder, build, "remote_sensing", EXPORT_KEYS)
 
 
 def layout_record(layout: dict[str, list[str]]) -> list[dict]:
@@ -63,6 +99,30 @@ def export_layout(config: dict) -> dict[str, list[str]]:
 
 
 IMAGENET = {"R": (0.485, 0.229), "G": (0.456, 0.224), "B": (0.406, 0.225)}  # MAE's RGB mean, std on [0, 1]
+# Prithvi-EO-2.0's six HLS bands (surface reflectance x 10,000) and the released models' mean, std
+HLS = {"BLUE": (1087.0, 2248.0), "GREEN": (1342.0, 2179.0), "RED": (1433.0, 2178.0), "NIR_NARROW": (2734.0, 1850.0),
+       "SWIR_1": (1958.0, 1242.0), "SWIR_2": (1363.0, 1049.0)}
+
+
+def _write_converted(out, checkpoint, model: dict, image: dict, tensors: dict, left_out: list, mask: dict,
+                     bands: list[Band], layout: dict, source: dict) -> Path:
+    """Build the remote-sensing MAE of ``model`` settings, load the mapped ``tensors`` and write the export."""
+    cfg = from_dict(GeoModelConfig, {**model, "frames": image["frames"], "mask": mask}, "model.")
+    mae = build_geo_mae(cfg, layout, image["img_size"], image["patch"])
+    fresh = sorted(set(mae.state_dict()) - set(tensors))  # a fine-tuned classifier's decoder
+    unexpected = mae.load_state_dict(tensors, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"the mapping produced names the model lacks: {unexpected}")
+    data = GeoDataConfig(bands=bands, groups=layout, window=image["img_size"], patch=image["patch"])
+    source = {"file": Path(checkpoint).name, "left_out": left_out, "fresh": fresh, **source}
+    return save_export(out, mae, export_config(cfg, data, layout, source=source))
+
+
+def _new(out) -> Path:
+    out = Path(out)
+    if out.exists():
+        raise DataError(out, "an existing path", "a new folder for the converted export (nothing is overwritten)")
+    return out
 
 
 def convert_mae(checkpoint, out, heads: int | None = None, decoder_heads: int | None = None) -> Path:
@@ -70,23 +130,34 @@ def convert_mae(checkpoint, out, heads: int | None = None, decoder_heads: int | 
     8-bit values, normalised as MAE normalises its inputs (ImageNet statistics, here in 8-bit units), MAE's
     conventions set in the model config (LayerNorm eps 1e-6, norm-pix, fixed sin-cos decoder positions, the
     visible count int(L x (1 - ratio))). Writes ``out`` (which must not exist yet) and returns it."""
-    out = Path(out)
-    if out.exists():
-        raise DataError(out, "an existing path", "a new folder for the converted export (nothing is overwritten)")
-    state = read_checkpoint(checkpoint)
-    model, image, tensors, left_out = mae_vit(state, checkpoint, heads, decoder_heads)
-    if image["channels"] != 3:
-        raise DataError(checkpoint, f"a MAE ViT of {image['channels']} input channels", "an RGB MAE ViT (3 channels)")
-    cfg = from_dict(GeoModelConfig, {**model, "mask": {"strategy": "random", "ratio": 0.75, "count": "floor"}}, "model.")
-    layout = {"rgb": list(IMAGENET)}
-    mae = build_geo_mae(cfg, layout, image["img_size"], image["patch"])
-    fresh = sorted(set(mae.state_dict()) - set(tensors))  # a fine-tuned classifier's decoder
-    unexpected = mae.load_state_dict(tensors, strict=False).unexpected_keys
-    if unexpected:
-        raise ValueError(f"the MAE ViT mapping produced names the model lacks: {unexpected}")
-    data = GeoDataConfig(bands=[Band(b, mean=round(255 * m, 4), std=round(255 * s, 4)) for b, (m, s) in IMAGENET.items()],
-                         groups=layout, window=image["img_size"], patch=image["patch"])
-    source = {"format": "mae", "file": Path(checkpoint).name, "left_out": left_out, "fresh": fresh,
-              "conventions": "facebookresearch/mae: LayerNorm eps 1e-6, norm-pix target with the unbiased variance, "
-                             "fixed 2D sin-cos positions in encoder and decoder, int(L x (1 - ratio)) visible patches"}
-    return save_export(out, mae, export_config(cfg, data, layout, source=source))
+    out = _new(out)
+    model, image, tensors, left_out = mae_vit(read_checkpoint(checkpoint), checkpoint, heads, decoder_heads)
+    if image["channels"] != 3 or image["frames"]:
+        raise DataError(checkpoint, f"a MAE ViT of {image['channels']} input channels" + (" and frames" * bool(image["frames"])),
+                        "an RGB MAE ViT (3 channels, 2D patches)")
+    bands = [Band(b, mean=round(255 * m, 4), std=round(255 * s, 4)) for b, (m, s) in IMAGENET.items()]
+    source = {"format": "mae", "conventions": "facebookresearch/mae: LayerNorm eps 1e-6, norm-pix target with the "
+              "unbiased variance, fixed 2D sin-cos positions in encoder and decoder, int(L x (1 - ratio)) visible patches"}
+    return _write_converted(out, checkpoint, model, image, tensors, left_out, {"strategy": "random", "ratio": 0.75,
+                            "count": "floor"}, bands, {"rgb": list(IMAGENET)}, source)
+
+
+def convert_prithvi(checkpoint, out, heads: int | None = None, decoder_heads: int | None = None,
+                    norm_eps: float = 1e-6) -> Path:
+    """A Prithvi-EO-1.0/2.0 MAE checkpoint -> a remote-sensing export of one group of the six HLS bands
+    (:data:`HLS`, with the released models' normalisation) and a time axis of the checkpoint's frames
+    (Prithvi's (1, p, p) patches and 3-d sin-cos split), MAE's masking (int(L x (1 - ratio)) visible), a
+    plain pixel target, LayerNorm eps ``norm_eps`` (1e-6 in the released code; TerraTorch's file default is
+    1e-5). Writes ``out`` (which must not exist yet) and returns it."""
+    out = _new(out)
+    model, image, tensors, left_out = prithvi(read_checkpoint(checkpoint), checkpoint, heads, decoder_heads)
+    if image["channels"] != len(HLS) or image["tubelet"] != 1:
+        raise DataError(checkpoint, f"a Prithvi MAE of {image['channels']} bands and patches of {image['tubelet']} frames",
+                        f"Prithvi's {len(HLS)} HLS bands, patched one frame at a time")
+    bands = [Band(b, mean=m, std=s) for b, (m, s) in HLS.items()]
+    source = {"format": "prithvi", "conventions": f"Prithvi-EO (TerraTorch PrithviMAE): HLS reflectance x 10,000 "
+              f"standardised per band by the released mean and std; {image['frames']} frames patched one at a time; "
+              f"3-d sin-cos positions (4/16 time, 6/16 height, 6/16 width) in encoder and decoder; LayerNorm eps "
+              f"{norm_eps:g}; int(L x (1 - ratio)) visible patches; plain pixel MSE on hidden patches"}
+    return _write_converted(out, checkpoint, {**model, "norm_eps": norm_eps}, image, tensors, left_out,
+                            {"strategy": "random", "ratio": 0.75, "count": "floor"}, bands, {"hls": list(HLS)}, source)
