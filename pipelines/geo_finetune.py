@@ -1,7 +1,10 @@
 """Fine-tune a remote-sensing encoder: scene classification from class subfolders of GeoTIFF tiles
 (the FireRisk layout) or segmentation from image tiles with label rasters; accuracy, macro-F1, mIoU.
 
---init-from EXPORT starts from a geo_pretrain export (a band subset of its bands is fine, by name).
+--init-from EXPORT starts from a geo_pretrain or converted export. Data of other bands is adapted (channel
+surgery): a band feeds the export's band of its name or spectral class (NAIP B/G/R/NIR onto HLS BLUE/GREEN/
+RED/NIR_NARROW...), export bands the data lacks stay empty, unseen bands get a fresh group of their own; all
+of it is logged and recorded in the fine-tuned export (band_surgery).
 """
 import dataclasses
 from pathlib import Path
@@ -15,8 +18,7 @@ from scimae.core.data import seeded_split
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
 from scimae.domains.remote_sensing.io import Band
 from scimae.domains.remote_sensing.finetune import geo_finetuner, GeoTaskConfig, task_evaluate, task_step
-from scimae.domains.remote_sensing.model import (GeoModelConfig, build_geo_mae, export_config, export_layout,
-                                                 load_geo_mae)
+from scimae.domains.remote_sensing.model import GeoModelConfig, adapt_bands, build_geo_mae, export_config, load_geo_mae
 
 Config, DEFAULT = pipeline_config(__file__, data=GeoDataConfig, model=GeoModelConfig,
                                   task=GeoTaskConfig, train=TrainConfig)
@@ -29,14 +31,14 @@ def main(argv=None):
     root = Path(cfg.data.root) if cfg.data.root else cfg.data.synthetic.write() / "tiles"
     if cfg.train.init_from:
         mae, pre = load_geo_mae(cfg.train.init_from, frames=1)  # a GeoTIFF tile is one date
-        layout = export_layout(pre)
         model_cfg = pre["model"]
         if cfg.data.bands == GeoDataConfig().bands and pre.get("bands"):  # none given: the export's, normalisation too
             cfg.data.bands = [Band(**b) for b in pre["bands"]]
+        mae, layout, surgery = adapt_bands(mae, pre, [b.name for b in cfg.data.bands])
     else:
         layout = band_layout([b.name for b in cfg.data.bands], cfg.data.groups)
         mae = build_geo_mae(cfg.model, layout, cfg.data.window, cfg.data.patch)
-        model_cfg = dataclasses.asdict(cfg.model)
+        model_cfg, surgery = dataclasses.asdict(cfg.model), {}
     val_root = Path(cfg.data.val_root) if cfg.data.val_root else None
     if task.kind == "classification":
         tiles, names = labelled_tiles(root)
@@ -63,7 +65,8 @@ def main(argv=None):
 
     model = geo_finetuner(mae.encoder, task, n_out)
     model.export_config = export_config(model_cfg, cfg.data, layout, data_bands=[vars(b) for b in cfg.data.bands],
-                                        task=vars(task), classes=classes)
+                                        task=vars(task), classes=classes,
+                                        **({"band_surgery": surgery} if any(surgery.values()) else {}))
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task),
                       evaluate=task_evaluate(task, n_out))
     trainer.fit(dataset(train_paths, True), dataset(val_paths, False))

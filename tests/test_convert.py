@@ -234,3 +234,18 @@ def test_prithvi_converts_by_command_and_fine_tunes_on_named_geotiff_bands(prith
     assert tuned["data_bands"][0]["mean"] == 1087.0  # the released normalisation travels
     with pytest.raises(DataError, match=r"found bands named \['R', 'G', 'B', 'NIR'\]; expected the bands \['BLUE'"):
         geo_finetune.main([f"--data={_tiles(tmp_path / 'naip', ['R', 'G', 'B', 'NIR'])}", "train.run_name=ft2", *common])
+
+
+def test_channel_surgery_fine_tunes_a_prithvi_export_on_naip_bands(prithvi_fixture, tmp_path):
+    from scimae.pipelines import geo_finetune
+
+    folder, c, _, _ = prithvi_fixture
+    export = convert_prithvi(folder / "checkpoint.pt", tmp_path / "prithvi", c["num_heads"], c["decoder_num_heads"])
+    naip = "[" + ", ".join(f"{{name: {b}, mean: 1500, std: 500}}" for b in ("R", "G", "B", "NIR")) + "]"
+    geo_finetune.main([f"--data={_tiles(tmp_path / 'naip', ['R', 'G', 'B', 'NIR'])}", f"data.bands={naip}",
+                       "data.windows_per_scene=1", "train.epochs=1", "train.epoch_repeats=1", "train.batch_size=4",
+                       f"train.out_dir={tmp_path / 'runs'}", "train.run_name=ft", f"--init-from={export}"])
+    tuned = json.loads((tmp_path / "runs" / "ft" / "export" / "config.json").read_text())
+    assert tuned["band_surgery"] == {"matched": {"R": "RED", "G": "GREEN", "B": "BLUE", "NIR": "NIR_NARROW"},
+                                     "absent": ["SWIR_1", "SWIR_2"], "new": []}
+    assert tuned["groups"] == [{"name": "hls", "bands": ["B", "G", "R", "NIR", "SWIR_1", "SWIR_2"]}]  # Prithvi's places

@@ -351,3 +351,27 @@ def test_scene_layouts_share_their_spectra_so_band_statistics_stay_near_chance(t
     train, val = seeded_split(tiles, 0.25, 0)
     (x_tr, y_tr), (x_va, y_va) = stats(train), stats(val)
     assert abs((logistic_predict(x_tr, y_tr, x_va) == y_va).mean() - 1 / len(CLASSES)) <= 0.10
+
+
+def test_channel_surgery_keeps_matched_weights_and_starts_unseen_bands_fresh():
+    from scimae.domains.remote_sensing.io import match_bands
+    from scimae.domains.remote_sensing.model import GeoModelConfig, adapt_bands, build_geo_mae, export_config
+
+    assert match_bands(["B04", "B08", "B8A", "B05"], ["RED", "NIR_NARROW"]) == {
+        "B04": "RED", "B08": "NIR_NARROW", "B8A": None, "B05": None}  # each export band feeds one data band
+    torch.manual_seed(0)
+    cfg = GeoModelConfig(dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    layout = {"visible": ["R", "G", "B"], "nir": ["NIR"]}
+    mae = build_geo_mae(cfg, layout, 16, 8).eval()
+    config = export_config(cfg, GeoDataConfig(window=16, patch=8), layout)
+    adapted, new_layout, record = adapt_bands(mae, config, ["B04", "B03", "B02", "RE"])
+    assert new_layout == {"visible": ["B04", "B03", "B02"], "nir": ["NIR"], "RE": ["RE"]}
+    assert record == {"matched": {"B04": "R", "B03": "G", "B02": "B"}, "absent": ["NIR"], "new": ["RE"]}
+    tok = adapted.encoder.tokenizer
+    assert tok.group_names == ["visible", "nir", "RE"]
+    torch.testing.assert_close(tok.weight[:2], mae.encoder.tokenizer.weight)  # the export's groups keep their weights
+    image = torch.randn(2, 3, 3, 16, 16)
+    present = torch.tensor([[True, False, False]] * 2)  # visible bands only
+    old = mae.encoder({"image": image[:, :2], "present": present[:, :2]})["tokens"]
+    new = adapted.encoder.eval()({"image": image, "present": present})["tokens"]
+    torch.testing.assert_close(new[:, :4], old[:, :4])  # the same features for the bands both know

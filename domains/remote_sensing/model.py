@@ -3,6 +3,7 @@ loading, and facebookresearch/mae ViT checkpoints converted into it."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from scimae.core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae
 from scimae.core.masking import MaskConfig
 from scimae.core.tokens import TokenSet
 from scimae.core.errors import DataError
-from scimae.domains.remote_sensing.data import GeoDataConfig, band_layout
-from scimae.domains.remote_sensing.io import Band
+from scimae.domains.remote_sensing.data import GeoDataConfig, band_layout, layout_bands
+from scimae.domains.remote_sensing.io import Band, match_bands
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +99,32 @@ def layout_record(layout: dict[str, list[str]]) -> list[dict]:
 
 def export_layout(config: dict) -> dict[str, list[str]]:
     return {g["name"]: g["bands"] for g in config["groups"]}
+
+
+def adapt_bands(mae: MaskedAutoencoder, config: dict, bands: list[str]) -> tuple[MaskedAutoencoder, dict, dict]:
+    """Channel surgery: an export's model for data of other ``bands``. A data band feeds the export band of its
+    name or spectral class (:func:`~scimae.domains.remote_sensing.io.match_bands`) and keeps its weights;
+    export bands the data lacks stay empty (their channel is 0, the band's mean, or their group is absent); a
+    band the export has not seen becomes a group of its own, started fresh. Returns the model, its band
+    layout (data band names in the export's channel places) and the record of what was matched, absent and new."""
+    layout = export_layout(config)
+    match = match_bands(bands, layout_bands(layout))
+    fed = {e: d for d, e in match.items() if e is not None}
+    new_layout = {g: [fed.get(b, b) for b in members] for g, members in layout.items()}
+    new = [d for d, e in match.items() if e is None]
+    new_layout.update({d: [d] for d in new})
+    record = {"matched": {d: e for d, e in match.items() if e is not None and d != e},
+              "absent": [b for b in layout_bands(layout) if b not in fed], "new": new}
+    if new:
+        grown = mae_from_config({**config, "groups": layout_record(new_layout)})
+        state = grown.state_dict()
+        for k, v in mae.state_dict().items():  # per-group tables grow: the export's groups first, new ones fresh
+            state[k] = v if state[k].shape == v.shape else torch.cat([v, state[k][len(v):]])
+        grown.load_state_dict(state)
+        mae = grown
+    if any(record.values()):
+        log.warning("bands adapted to the export: %s", record)
+    return mae, new_layout, record
 
 
 IMAGENET = {"R": (0.485, 0.229), "G": (0.456, 0.224), "B": (0.406, 0.225)}  # MAE's RGB mean, std on [0, 1]
