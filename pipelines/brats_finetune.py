@@ -1,10 +1,12 @@
 """Fine-tune a brain MRI encoder: classification (a label column), segmentation (UNETR-style decoder;
 Dice for whole tumour, tumour core, enhancing tumour) or survival (logistic hazard; C-index).
 
---init-from EXPORT starts from a brats_pretrain export; without it the encoder starts from scratch.
+--init-from EXPORT starts from a brats_pretrain export (modalities it was not trained on start fresh, logged and
+recorded as modality_surgery); without it the encoder starts from scratch.
 At the end it prints the validation score with every modality and with each one left out
 (task.leave_one_out), and returns the fine-tuned model.
 """
+import logging
 from pathlib import Path
 
 from torch.utils.data import Subset
@@ -21,9 +23,11 @@ from scimae.domains.brain_mri.data import (
     survival_targets,
     train_val_cases,
 )
+from scimae.domains.brain_mri.io import MODALITIES
 from scimae.domains.brain_mri.finetune import brain_finetuner, TaskConfig, task_evaluate, task_outputs, task_step
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae
 
+log = logging.getLogger(__name__)
 Config, DEFAULT = pipeline_config(__file__, data=BrainDataConfig, model=BrainModelConfig,
                                   task=TaskConfig, train=TrainConfig)
 
@@ -55,12 +59,20 @@ def main(argv=None):
         if list(pre["roi"]) != list(roi):
             raise ValueError(f"the export was pretrained on roi {pre['roi']}, the data gives {roi}; set data.roi")
         model_cfg = BrainModelConfig(**{**vars(cfg.model), **{k: v for k, v in pre["model"].items() if k != "mask"}})
+        trained = pre.get("trained_modalities", MODALITIES)  # modalities the export never saw start fresh
+        surgery = {"absent": [m for m in trained if m not in cfg.data.modalities],
+                   "new": [m for m in cfg.data.modalities if m not in trained]}
     else:
         mae, model_cfg = build_brain_mae(cfg.model, roi), cfg.model
+        surgery = {}
+    if any(surgery.values()):
+        log.warning("modalities adapted to the export: %s", surgery)
     n_out = task_outputs(task, len(facts.get("classes", [])), task.bins)
     model = brain_finetuner(mae.encoder, task, n_out)
     evaluate = task_evaluate(task)
-    model.export_config = export_config(model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts)
+    model.export_config = export_config(model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts,
+                                        trained_modalities=list(cfg.data.modalities),
+                                        **({"modality_surgery": surgery} if any(surgery.values()) else {}))
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task), evaluate=evaluate,
                       collate=collate)
     trainer.fit(train_set, val_set)

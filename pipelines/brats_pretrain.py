@@ -20,7 +20,8 @@ def main(argv=None):
     roi, spacing = cfg.data.grid()
     train_set, val_set, _, val_cases = load_splits(cfg.data, cfg.train.seed)
     mae = load_brain_mae(cfg.train.init_from)[0] if cfg.train.init_from else build_brain_mae(cfg.model, roi)
-    mae.export_config = export_config(cfg.model, roi, spacing, held_out=[c.case_id for c in val_cases])
+    mae.export_config = export_config(cfg.model, roi, spacing, held_out=[c.case_id for c in val_cases],
+                                      trained_modalities=list(cfg.data.modalities))
     trainer = Trainer(mae, cfg.train, config=cfg, pipeline=Path(__file__).stem, collate=collate, evaluate=mae_validation,
                       figure=save_figure)
     trainer.fit(train_set, val_set)

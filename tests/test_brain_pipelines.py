@@ -124,3 +124,20 @@ def test_bad_data_exits_2_with_one_message(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "c1_t1.nii.gz: found an unreadable or truncated NIfTI" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_modalities_the_export_was_not_trained_on_are_refused_or_start_fresh(pretrained, tmp_path):
+    export = tmp_path / "no_flair"
+    shutil.copytree(pretrained / "runs" / "pre" / "export", export)
+    config = json.loads((export / "config.json").read_text())
+    assert config["trained_modalities"] == ["t1", "t1ce", "t2", "flair"]
+    (export / "config.json").write_text(json.dumps({**config, "trained_modalities": ["t1", "t1ce", "t2"]}))
+    case = pretrained / "data" / "SynBraTS_00001"  # lacks t1ce
+    with pytest.raises(DataError, match=r"found a request for flair; expected a modality the model was trained on"):
+        brats_reconstruct.main(["--model", str(export), "--case", str(case), "--modality", "flair",
+                                "--out", str(tmp_path / "f.nii.gz")])
+    brats_finetune.main(TINY + [f"data.synthetic.folder={pretrained / 'data'}", f"train.out_dir={tmp_path / 'runs'}",
+                                "train.run_name=ft", "train.epochs=1", "data.val_fraction=0.5",
+                                "task.leave_one_out=false", f"--init-from={export}"])
+    tuned = json.loads((tmp_path / "runs" / "ft" / "export" / "config.json").read_text())
+    assert tuned["modality_surgery"] == {"absent": [], "new": ["flair"]}

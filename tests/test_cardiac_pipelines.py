@@ -130,3 +130,31 @@ def test_real_records_read_resample_step_and_embed(pretrained):
     model = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "pre" / "export")
     emb = model.embed(shared_data("cardiac/mitdb") / "100")
     assert emb.shape[1] == 32 and emb.shape[0] > 300 and np.isfinite(emb).all()
+
+
+def test_leads_the_export_was_not_trained_on_are_never_fed_and_start_fresh_in_fine_tuning(pretrained, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from scimae.core import DataError
+
+    export = tmp_path / "precordial"
+    shutil.copytree(pretrained / "runs" / "pre" / "export", export)
+    config = json.loads((export / "config.json").read_text())
+    assert config["trained_channels"] == CHANNELS
+    config["trained_channels"] = ["V1", "V2", "V3", "V4", "V5", "V6"]  # as if pretrained on the chest leads only
+    (export / "config.json").write_text(json.dumps(config))
+    model = CardiacFoundationModel.from_pretrained(export)
+    x = np.random.default_rng(0).normal(size=(2, 2500)).astype(np.float32)
+    with caplog.at_level(logging.WARNING):
+        emb = model.embed(x, fs=250, names=["MLII", "V5"])
+    assert emb.shape[0] > 0 and "channels ['II'] left out: the model was trained on" in caplog.text
+    full = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "pre" / "export")
+    np.testing.assert_allclose(emb, full.embed(x[1:], fs=250, names=["V5"]), atol=1e-5)  # V5 alone, as fed
+    with pytest.raises(DataError, match=r"found channels \['I', 'II'\]; expected at least one of the channels this "
+                                        r"model was trained on: \['V1'"):
+        model.embed(x, fs=250, names=["I", "MLII"])
+    cardiac_finetune.main(TINY + [f"data.synthetic.folder={pretrained / 'data'}", f"train.out_dir={tmp_path / 'runs'}",
+                                  "train.run_name=ft", "task.by_channels=false", f"--init-from={export}"])
+    tuned = json.loads((tmp_path / "runs" / "ft" / "export" / "config.json").read_text())
+    assert tuned["channel_surgery"] == {"absent": [], "new": [c for c in CHANNELS if not c.startswith("V")]}

@@ -2,12 +2,17 @@
 case's own."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
+from scimae.core.errors import DataError
 from scimae.core.mae import MaskedAutoencoder
 from scimae.domains.brain_mri.io import MODALITIES, Case, read_volume
 from scimae.domains.brain_mri.transforms import inference_chain
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -41,10 +46,21 @@ def synthesise(model: MaskedAutoencoder, image: torch.Tensor, present: torch.Ten
 def reconstruct_case(model: MaskedAutoencoder, config: dict, case: Case,
                      modality: str) -> tuple[np.ndarray, np.ndarray, object]:
     """``modality`` of ``case`` synthesised and resampled back onto the case's input grid: (volume [X, Y, Z],
-    affine, NIfTI header) of the case's first other modality, inside that modality's foreground."""
+    affine, NIfTI header) of the case's first other modality, inside that modality's foreground. Only
+    modalities the model was trained on are shown to it or synthesised (others are left out, with a warning)."""
+    trained = config.get("trained_modalities", MODALITIES)
+    first = next(iter(case.paths.values()), case.case_id)
+    if modality not in trained:
+        raise DataError(first, f"a request for {modality}", f"a modality the model was trained on: {trained}")
+    unseen = [m for m in case.paths if m not in trained]
+    if unseen:
+        log.warning("%s: %s left out: the model was trained on %s", case.case_id, unseen, trained)
+    if not any(m in trained and m != modality for m in case.paths):
+        raise DataError(first, f"modalities {sorted(case.paths)}", f"another modality the model was trained on: {trained}")
     chain = inference_chain(config["spacing"])
     data = chain(case.as_dict())
-    pred = synthesise(model, data["image"].as_tensor(), data["present"], modality, config["roi"])
+    present = data["present"] & torch.tensor([m in trained for m in MODALITIES])
+    pred = synthesise(model, data["image"].as_tensor(), present, modality, config["roi"])
     meta_pred = data["image"][:1].clone()  # a MetaTensor carrying the applied transforms
     meta_pred[0] = pred
     restored = chain.inverse({"image": meta_pred})["image"][0].numpy()  # on the case's input grid

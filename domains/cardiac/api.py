@@ -10,6 +10,7 @@ A record is a WFDB path (or EDF file), a ``wfdb.Record``, or an array [channels,
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from scimae.domains.cardiac.data import CardiacDataConfig, record_windows
 from scimae.domains.cardiac.io import CHANNELS, Signal, canonical_channel, from_array, read_record
 from scimae.domains.cardiac.finetune import cardiac_finetuner, CardiacTaskConfig
 from scimae.domains.cardiac.model import EXPORT_KEYS, mae_from_config
+
+log = logging.getLogger(__name__)
 
 
 class CardiacFoundationModel(nn.Module):
@@ -79,7 +82,17 @@ class CardiacFoundationModel(nn.Module):
         return from_array(record, fs, names)
 
     def _batches(self, sig: Signal, batch_size: int = 64):
-        w = record_windows(sig, self.data_cfg)
+        """Windows of the channels the model was trained on (others are left out, with a warning; a record with
+        none of them is a DataError naming them: an untrained channel embedding is never fed)."""
+        trained = self.config.get("trained_channels", CHANNELS)
+        used = [c for c in sig.channels if c in trained]
+        if not used:
+            raise DataError(sig.source, f"channels {sig.channels}", f"at least one of the channels this model was "
+                                                                    f"trained on: {trained}")
+        if len(used) < len(sig.channels):
+            log.warning("%s: channels %s left out: the model was trained on %s", sig.source,
+                        [c for c in sig.channels if c not in used], trained)
+        w = record_windows(sig, self.data_cfg, used)
         for i in range(0, len(w["image"]), batch_size):
             yield {k: torch.from_numpy(v[i:i + batch_size]).to(self.device) for k, v in w.items()}
 

@@ -29,6 +29,7 @@ def build_cardiac_mae(cfg: CardiacModelConfig, window_length: int, patch: int) -
 def export_config(model_cfg: CardiacModelConfig, data_cfg, **extra) -> dict:
     """Everything a script needs to feed the model: channel vocabulary, rate, window, patch, normalisation."""
     return {"domain": "cardiac", "model": dataclasses.asdict(model_cfg), "channels": list(CHANNELS),
+            "trained_channels": list(data_cfg.channels),
             "fs": data_cfg.fs, "window_s": data_cfg.window_s, "stride_s": data_cfg.stride_s,
             "patch": data_cfg.patch, "max_gap_s": data_cfg.max_gap_s,
             "filters": {"ECG": [0.5, 40.0], "PPG": [0.5, 8.0]},
