@@ -158,3 +158,5 @@ def test_leads_the_export_was_not_trained_on_are_never_fed_and_start_fresh_in_fi
                                   "train.run_name=ft", "task.by_channels=false", f"--init-from={export}"])
     tuned = json.loads((tmp_path / "runs" / "ft" / "export" / "config.json").read_text())
     assert tuned["channel_surgery"] == {"absent": [], "new": [c for c in CHANNELS if not c.startswith("V")]}
+    probs = CardiacFoundationModel.from_pretrained(tmp_path / "runs" / "ft" / "export").predict(x, fs=250, names=["MLII", "V5"])
+    assert probs.shape == (1, 4) and np.isfinite(probs).all()  # a 2-lead record (MLII, V5) on the 13-channel model
