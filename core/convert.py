@@ -146,14 +146,15 @@ def mae_vit(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None
 
 def prithvi(state: dict[str, torch.Tensor], path="checkpoint", heads: int | None = None,
             decoder_heads: int | None = None) -> tuple[dict, dict, dict[str, torch.Tensor], list[str]]:
-    """A Prithvi-EO-1.0/2.0 MAE state dict (``encoder.*``, ``decoder.*``: MAE's ViT under two prefixes, with
-    (time, height, width) patches and Prithvi's 3-d sin-cos split) -> what :func:`mae_vit` returns, with
-    Prithvi's pixel target (no norm-pix). LayerNorm eps 1e-6 is the released models' (the caller may set
-    another). Keys of the location/time-coordinate variants (TL) are not mapped: a DataError names them."""
-    if "encoder.patch_embed.proj.weight" not in state:
+    """A Prithvi-EO MAE state dict (2.0's ``encoder.*``, ``decoder.*``: MAE's ViT under two prefixes; 1.0's
+    MAE names without them), with (time, height, width) patches and Prithvi's 3-d sin-cos split -> what
+    :func:`mae_vit` returns, with Prithvi's pixel target (no norm-pix). LayerNorm eps 1e-6 is the released
+    models' (the caller may set another). Keys of the location/time-coordinate variants (TL) are not mapped:
+    a DataError names them."""
+    flat = {k.split(".", 1)[1] if k.startswith(("encoder.", "decoder.")) else k: v for k, v in state.items()}
+    if "patch_embed.proj.weight" not in flat:
         raise DataError(path, f"keys {sorted(state)[:6]}...", "a Prithvi MAE (encoder.patch_embed.proj.weight, "
                                                               "encoder.pos_embed, encoder.blocks.*, decoder.*)")
-    flat = {k.split(".", 1)[1] if k.startswith(("encoder.", "decoder.")) else k: v for k, v in state.items()}
     if len(flat) != len(state) or flat["patch_embed.proj.weight"].ndim != 5:
         raise DataError(path, "a Prithvi MAE whose encoder and decoder keys collide or whose patches are 2-d",
                         "encoder.* and decoder.* keys with Conv3d patches")

@@ -226,6 +226,9 @@ def test_prithvi_converts_by_command_and_fine_tunes_on_named_geotiff_bands(prith
     state = read_checkpoint(folder / "checkpoint.pt")
     with pytest.raises(DataError, match="does not know: \\['temporal_embed_enc.scale'\\]"):  # a TL variant's key
         prithvi({**state, "encoder.temporal_embed_enc.scale": torch.ones(1)}, "x.pt", 4, 4)
+    v1 = prithvi({k.split(".", 1)[1]: v for k, v in state.items()}, "v1.pt", 4, 4)  # Prithvi-EO-1.0: no prefixes
+    assert v1[1] == prithvi(state, "x.pt", 4, 4)[1] == {"img_size": 32, "patch": 8, "channels": 6, "frames": 2,
+                                                       "tubelet": 1}
     common = ["data.windows_per_scene=1", "train.epochs=1", "train.epoch_repeats=1", "train.batch_size=4",
               f"train.out_dir={tmp_path / 'runs'}", f"--init-from={tmp_path / 'prithvi'}"]
     geo_finetune.main([f"--data={_tiles(tmp_path / 'hls', list(HLS))}", "train.run_name=ft", *common])
