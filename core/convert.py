@@ -1,7 +1,7 @@
 """Published checkpoints in scimae's layout: reading them safely, inferring the architecture from their tensors
 and renaming every tensor onto a scimae MaskedAutoencoder. Formats: facebookresearch/mae's ViT (its pretraining
-checkpoint, or a fine-tuned classifier's encoder) and Point-MAE's pretraining checkpoint. A domain wraps the result
-into its export."""
+checkpoint, or a fine-tuned classifier's encoder), Prithvi-EO's MAE (the same ViT with time x space patches)
+and Point-MAE's pretraining checkpoint. A domain wraps the result into its export."""
 from __future__ import annotations
 
 import re

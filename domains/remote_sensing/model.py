@@ -1,5 +1,6 @@
 """Remote-sensing models: the band-group tokenizer, the MAE, its export config (with the band layout),
-loading, and facebookresearch/mae ViT checkpoints converted into it."""
+loading, facebookresearch/mae ViT and Prithvi-EO checkpoints converted into it, and channel surgery from an
+export's bands to other data's."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,6 @@
 """3D models: Point-MAE (FPS centres, kNN groups, a PointNet per group, Chamfer loss) and NeRF-MAE
-(3D patches of RGB + opacity grids, opacity-weighted loss), their exports and loading."""
+(3D patches of RGB + opacity grids, opacity-weighted loss), their exports and loading, and Point-MAE
+checkpoints converted into them."""
 from __future__ import annotations
 
 import dataclasses
