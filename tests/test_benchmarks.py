@@ -69,6 +69,7 @@ def test_skeleton_benchmark_quick_run_writes_the_evaluation(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "skeleton.py"), "--quick", "--out", str(tmp_path)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "files/s from the parse cache" in out.stdout
     with (tmp_path / "evaluation.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == COLUMNS
