@@ -2,6 +2,7 @@
 split, few-label subsets and the synthetic-dataset settings."""
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,3 +48,14 @@ def first_per_class(items: list[T], labels: list[int], k: int) -> list[T]:
         if count[label] <= k:
             kept.append(item)
     return kept
+
+
+def group_changes(trained: list[str], used: list[str], what: str) -> dict[str, list[str]]:
+    """What fine-tuning on the ``used`` groups (leads, modalities) changes against those an export was
+    ``trained`` on: {'absent': trained but not used, 'new': used but never trained (they start fresh)}, logged;
+    empty when they are the same."""
+    changes = {"absent": [g for g in trained if g not in used], "new": [g for g in used if g not in trained]}
+    if not any(changes.values()):
+        return {}
+    logging.getLogger(__name__).warning("%s adapted to the export: %s", what, changes)
+    return changes

@@ -34,8 +34,12 @@ def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float, co
     n = valid.sum(1).double()  # [B]
     if count not in KEEP_COUNTS:
         raise ValueError(f"keep count must be one of {KEEP_COUNTS}, got {count!r}")
-    n_keep = {"round": lambda: torch.round((1.0 - ratio) * n), "floor": lambda: torch.floor(n * (1.0 - ratio)),
-              "hide_floor": lambda: n - torch.floor(ratio * n)}[count]().long()  # [B]
+    if count == "round":
+        n_keep = torch.round((1.0 - ratio) * n).long()  # [B]
+    elif count == "floor":
+        n_keep = torch.floor(n * (1.0 - ratio)).long()
+    else:
+        n_keep = (n - torch.floor(ratio * n)).long()
     order = scores.masked_fill(~valid, math.inf).argsort(dim=1, stable=True)  # [B, N]
     K = int(n_keep.max()) if B else 0
     keep = order[:, :K]  # [B, K]

@@ -6,14 +6,13 @@ recorded as modality_surgery); without it the encoder starts from scratch.
 At the end it prints the validation score with every modality and with each one left out
 (task.leave_one_out), and returns the fine-tuned model.
 """
-import logging
 from pathlib import Path
 
 from torch.utils.data import Subset
 
 from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer
-from scimae.core.data import first_per_class
+from scimae.core.data import first_per_class, group_changes
 from scimae.domains.brain_mri.data import (
     BrainDataConfig,
     WithoutModalities,
@@ -27,7 +26,6 @@ from scimae.domains.brain_mri.io import MODALITIES
 from scimae.domains.brain_mri.finetune import brain_finetuner, TaskConfig, task_evaluate, task_outputs, task_step
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, export_config, load_brain_mae
 
-log = logging.getLogger(__name__)
 Config, DEFAULT = pipeline_config(__file__, data=BrainDataConfig, model=BrainModelConfig,
                                   task=TaskConfig, train=TrainConfig)
 
@@ -59,20 +57,16 @@ def main(argv=None):
         if list(pre["roi"]) != list(roi):
             raise ValueError(f"the export was pretrained on roi {pre['roi']}, the data gives {roi}; set data.roi")
         model_cfg = BrainModelConfig(**{**vars(cfg.model), **{k: v for k, v in pre["model"].items() if k != "mask"}})
-        trained = pre.get("trained_modalities", MODALITIES)  # modalities the export never saw start fresh
-        surgery = {"absent": [m for m in trained if m not in cfg.data.modalities],
-                   "new": [m for m in cfg.data.modalities if m not in trained]}
+        surgery = group_changes(pre.get("trained_modalities", MODALITIES), cfg.data.modalities, "modalities")
     else:
         mae, model_cfg = build_brain_mae(cfg.model, roi), cfg.model
         surgery = {}
-    if any(surgery.values()):
-        log.warning("modalities adapted to the export: %s", surgery)
     n_out = task_outputs(task, len(facts.get("classes", [])), task.bins)
     model = brain_finetuner(mae.encoder, task, n_out)
     evaluate = task_evaluate(task)
     model.export_config = export_config(model_cfg, roi, cfg.data.grid()[1], task=vars(task), **facts,
                                         trained_modalities=list(cfg.data.modalities),
-                                        **({"modality_surgery": surgery} if any(surgery.values()) else {}))
+                                        **({"modality_surgery": surgery} if surgery else {}))
     trainer = Trainer(model, cfg.train, config=cfg, pipeline=Path(__file__).stem, step_fn=task_step(task), evaluate=evaluate,
                       collate=collate)
     trainer.fit(train_set, val_set)

@@ -6,7 +6,6 @@ regression (heart rate by default; mean absolute error), as a linear probe or a 
 recorded in the export as channel_surgery). At the end it prints the validation score
 per channel configuration (12-lead, limb leads, lead I, lead II, PPG only, ECG + PPG), same weights.
 """
-import logging
 from pathlib import Path
 
 from torch.utils.data import Subset
@@ -14,14 +13,13 @@ from torch.utils.data import Subset
 from scimae.core.config import parse_cli, pipeline_config, run_cli
 from scimae.core.engine import TrainConfig, Trainer
 from scimae.core.errors import DataError
-from scimae.core.data import first_per_class
+from scimae.core.data import first_per_class, group_changes
 from scimae.core.tasks import pos_weight_from_labels
 from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, record_classes, train_val_records
 from scimae.domains.cardiac.io import CHANNELS, LEADS
 from scimae.domains.cardiac.finetune import cardiac_finetuner, CardiacTaskConfig, task_evaluate, task_step
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, export_config, load_cardiac_mae
 
-log = logging.getLogger(__name__)
 Config, DEFAULT = pipeline_config(__file__, data=CardiacDataConfig, model=CardiacModelConfig,
                                   task=CardiacTaskConfig, train=TrainConfig)
 CONFIGURATIONS = {"12-lead": LEADS, "limb leads": ["I", "II", "III", "aVR", "aVL", "aVF"], "lead I": ["I"],
@@ -45,21 +43,17 @@ def main(argv=None):
     if cfg.train.init_from:
         mae, pre = load_cardiac_mae(cfg.train.init_from)
         model_cfg = CardiacModelConfig(**{**vars(cfg.model), **{k: v for k, v in pre["model"].items() if k != "mask"}})
-        trained = pre.get("trained_channels", CHANNELS)  # channels the export never saw start fresh
-        surgery = {"absent": [c for c in trained if c not in cfg.data.channels],
-                   "new": [c for c in cfg.data.channels if c not in trained]}
+        surgery = group_changes(pre.get("trained_channels", CHANNELS), cfg.data.channels, "channels")
     else:
         mae, model_cfg = build_cardiac_mae(cfg.model, cfg.data.window_length, cfg.data.patch), cfg.model
         surgery = {}
-    if any(surgery.values()):
-        log.warning("channels adapted to the export: %s", surgery)
     n_out = {"diagnosis": len(cfg.data.diagnoses), "classification": len(classes or [])}.get(task.kind, 1)
     hr_scale = float(train_set.hr.nanmean()) if task.kind == "regression" else 1.0
     model = cardiac_finetuner(mae.encoder, task, n_out)
     pos_weight = pos_weight_from_labels(train_set.y) if task.kind == "diagnosis" else None
     model.export_config = export_config(model_cfg, cfg.data, task=vars(task), n_out=n_out, classes=classes,
                                         diagnoses=cfg.data.diagnoses, target_scale=hr_scale,
-                                        **({"channel_surgery": surgery} if any(surgery.values()) else {}))
+                                        **({"channel_surgery": surgery} if surgery else {}))
     if classes and task.labels_per_class:
         train_set = Subset(train_set, first_per_class(list(range(len(train_set))), train_set.y.tolist(),
                                                       task.labels_per_class))

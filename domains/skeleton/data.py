@@ -86,8 +86,8 @@ def load_samples(cfg: SkeletonDataConfig) -> tuple[list[dict], list[dict]]:
     bad = {}
     train, val = [], []
     for f, sample in zip(files, _read_cached(root, files, cfg, bad)):
-        meta = parse_name(f)
         if sample is not None:
+            meta = parse_name(f)
             sample["action"] = meta.get("action", -1)
             (train if not meta or in_split(meta, cfg.split, True) else val).append(sample)
     settle(bad, len(files), ".skeleton files", cfg.on_error)
@@ -101,11 +101,12 @@ def _read_cached(root: Path, files: list[Path], cfg: SkeletonDataConfig, bad: di
     key = f"{root.resolve()}|joints={cfg.joints}|bodies={cfg.bodies}|frames={cfg.frames}|v{PARSE_VERSION}"
     cache = cache_root("skeleton_parsed") / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
     known = {}  # stamp -> (xyz [M, T, V, 3], present [M])
-    try:
-        with np.load(cache, allow_pickle=False) as z:
-            known = dict(zip(z["stamp"].tolist(), zip(z["xyz"], z["present"])))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        pass  # no record yet, or an unreadable one: parse again
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                known = dict(zip(z["stamp"].tolist(), zip(z["xyz"], z["present"])))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            log.warning("%s: an unreadable parse cache (%s); the files are parsed again", cache, e)
     stamps, out, parsed = [file_stamp(f) for f in files], [], 0
     for f, stamp in zip(progress(files, f"reading {root}"), stamps):  # every file: bad ones are named together
         if stamp not in known:
