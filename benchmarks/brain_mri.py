@@ -141,12 +141,15 @@ def main():
                                                 *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("patch", "dim", "depth", "heads")],
                                                 *extra, f"task.label={args.label}", f"task.labels_per_class={per_class}",
                                                 "task.leave_one_out=false", f"train.seed={seed}", f"train.lr={lr}",
+                                                "train.val_every=0",
                                                 "train.epochs=1", f"train.epoch_repeats={args.finetune_repeats}",
                                                 "train.warmup_epochs=0.1", f"train.batch_size={min(8, len(classes) * per_class)}",
-                                                "train.num_workers=0"], out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+                                                "train.num_workers=0"], out,
+                             f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}", args.threads)
         return predict_classes(load_finetuned(tuned)[0], batches(predict))
 
-    tuned, p_value, chosen = finetune_rows("brain_mri", finetune, y_va, labels, args.seeds, args.lrs, check)
+    tuned, p_value, chosen = finetune_rows("brain_mri", finetune, y_va, labels, args.seeds, args.lrs, check,
+                                           args.parallel)
     heading = (f"\ntumour {args.label} ({' vs '.join(classes)}), {len(val_cases)} validation cases (chance 0.500); "
                f"pretraining saw {len(train_cases)} unlabelled training cases")
     report(rows + tuned, out, heading, p_value, args.seeds, chosen)

@@ -130,11 +130,14 @@ def main():
                                                   *[f"model.{k}={v}" for k, v in MODEL.items() if k in ("dim", "depth", "heads")],
                                                   *extra, "task.kind=classification", f"task.labels_per_class={per_class}",
                                                   "task.by_channels=false", f"train.seed={seed}", f"train.lr={lr}",
+                                                  "train.val_every=0",
                                                   f"train.epochs={args.finetune_epochs}", "train.epoch_repeats=16",
-                                                  "train.warmup_epochs=0.5"], out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+                                                  "train.warmup_epochs=0.5"], out,
+                             f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}", args.threads)
         return predict_classes(CardiacFoundationModel.from_pretrained(tuned, device="cpu"), batches(predict))
 
-    tuned, p_value, chosen = finetune_rows("cardiac", finetune, y_va, labels, args.seeds, args.lrs, check)
+    tuned, p_value, chosen = finetune_rows("cardiac", finetune, y_va, labels, args.seeds, args.lrs, check,
+                                           args.parallel)
     heading = (f"\nconduction pattern, {len(y_va)} validation windows of {len(sides[1])} 12-lead records, "
                f"{len(classes)} classes (chance {1 / len(classes):.3f}); pretraining saw {len(train_records)} "
                "unlabelled training records")

@@ -15,7 +15,7 @@ from scimae.core.evaluate import format_table, write_evaluation
 
 
 def parser(doc: str, domain: str, pretrain_epochs: int, finetune_epochs: int | None = 3) -> argparse.ArgumentParser:
-    """--out, --pretrain-epochs, --finetune-epochs (unless None), --draws, --seeds, --lrs and --quick; the
+    """--out, --pretrain-epochs, --finetune-epochs (unless None), --draws, --seeds, --lrs, --parallel and --quick; the
     benchmark adds its own options."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=f"runs/benchmark_{domain}")
@@ -26,18 +26,28 @@ def parser(doc: str, domain: str, pretrain_epochs: int, finetune_epochs: int | N
     ap.add_argument("--seeds", type=int, default=3, help="random-init and fine-tuning seeds")
     ap.add_argument("--lrs", type=float, nargs="+", default=[1.5e-4, 5e-4, 1.5e-3],
                     help="fine-tuning learning rates, one chosen per arm on held-back training labels")
+    ap.add_argument("--parallel", type=int, default=min(2, cores()),
+                    help="fine-tuning runs at a time, each with its share of the cores (small models use two "
+                         "processes of one thread better than one of two)")
     ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (tests)")
     return ap
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def parse(ap: argparse.ArgumentParser, **quick) -> argparse.Namespace:
     """The arguments; with --quick, the benchmark's smoke-run sizes (``quick``) and one epoch each, two draws,
-    two seeds and two learning rates. Torch uses as many threads as this process has cores."""
+    two seeds and two learning rates. Torch uses as many threads as this process has cores; ``args.threads`` is
+    each parallel fine-tuning run's share."""
     args = ap.parse_args()
     if args.quick:
         epochs = {k: 1 for k in ("pretrain_epochs", "finetune_epochs") if hasattr(args, k)}
         vars(args).update({**epochs, "draws": 2, "seeds": 2, "lrs": args.lrs[:2], **quick})
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(cores())
+    args.threads = max(1, cores() // max(1, args.parallel))
     return args
 
 
@@ -49,11 +59,12 @@ def link_files(folder: Path, files: Iterable[Path], subfolder=lambda f: "") -> P
     return folder
 
 
-def run_pipeline(name: str, args: list[str], out: Path, run_name: str) -> Path:
-    """Run ``python -m scimae.pipelines.<name> ARGS`` in its own process, as a user would, into ``out/run_name``;
-    return the export it wrote there."""
+def run_pipeline(name: str, args: list[str], out: Path, run_name: str, threads: int | None = None) -> Path:
+    """Run ``python -m scimae.pipelines.<name> ARGS`` in its own process, as a user would, into ``out/run_name``
+    (with ``threads`` torch threads; default: one per core); return the export it wrote there."""
     cmd = [sys.executable, "-m", f"scimae.pipelines.{name}", *args, f"train.out_dir={out}", f"train.run_name={run_name}"]
-    code = subprocess.run(cmd).returncode
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    code = subprocess.run(cmd, env=env).returncode
     if code:
         raise SystemExit(f"{name} stopped with exit status {code}: {' '.join(cmd)}")
     return out / run_name / "export"

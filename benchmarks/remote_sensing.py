@@ -119,11 +119,14 @@ def main():
                  else ["train.layer_decay=1.0", *[f"model.{k}={v}" for k, v in MODEL.items()]])
         tuned = run_pipeline("geo_finetune", ["--data", str(train_dir), f"data.val_root={val_dir}", *extra,
                                               f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.finetune_epochs}",
+                                              "train.val_every=0",
                                               f"task.labels_per_class={per_class}", "data.windows_per_scene=4",
-                                              "train.epoch_repeats=5"], out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+                                              "train.epoch_repeats=5"], out,
+                             f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}", args.threads)
         return predict_classes(load_model(tuned)[0], batches(predict))
 
-    tuned, p_value, chosen = finetune_rows("remote_sensing", finetune, y_va, labels, args.seeds, args.lrs, check)
+    tuned, p_value, chosen = finetune_rows("remote_sensing", finetune, y_va, labels, args.seeds, args.lrs, check,
+                                           args.parallel)
     heading = (f"\nscene classification, {len(val_paths)} validation tiles, {len(classes)} layouts (chance "
                f"{1 / len(classes):.3f}); pretraining saw {len(train_paths)} unlabelled training tiles")
     report(rows + tuned, out, heading, p_value, args.seeds, chosen)

@@ -119,13 +119,14 @@ def main():
         tuned = run_pipeline("pointcloud_finetune", ["--data", str(train_dir), f"data.val_root={val_dir}",
                                                      *[f"data.{k}={v}" for k, v in DATA.items()], *extra,
                                                      f"train.seed={seed}", f"train.lr={lr}",
-                                                     f"train.epochs={args.finetune_epochs}",
+                                                     f"train.epochs={args.finetune_epochs}", "train.val_every=0",
                                                      f"task.labels_per_class={per_class}", "train.epoch_repeats=32",
                                                      "train.warmup_epochs=0.5", "train.batch_size=10"],
-                             out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+                             out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}", args.threads)
         return predict_classes(load_point_classifier(tuned)[0], DataLoader(predict, batch_size=64))
 
-    tuned, p_value, chosen = finetune_rows("scene3d", finetune, y_va, labels, args.seeds, args.lrs, check)
+    tuned, p_value, chosen = finetune_rows("scene3d", finetune, y_va, labels, args.seeds, args.lrs, check,
+                                           args.parallel)
     heading = (f"\nhandedness ({' vs '.join(classes)}) of {len(synthetic.FAMILIES)} chiral objects, {len(val)} "
                f"validation clouds (chance 0.500); pretraining saw {len(train)} unlabelled training clouds")
     report(rows + tuned, out, heading, p_value, args.seeds, chosen)

@@ -106,12 +106,14 @@ def main():
     def finetune(arm: str, seed: int, lr: float, per_class: int = labels, predict=val_set):
         extra = [f"--init-from={export}", "train.layer_decay=0.75"] if arm == "pretrained" else ["train.layer_decay=1.0"]
         tuned = run_pipeline("skeleton_finetune", [*data_args, *model_args, *extra, f"train.seed={seed}", f"train.lr={lr}",
+                                                   "train.val_every=0",
                                                    f"train.epochs={args.finetune_epochs}", f"task.labels_per_class={per_class}",
                                                    "train.epoch_repeats=16", "train.warmup_epochs=0.5", "train.batch_size=16"],
-                             out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}")
+                             out, f"finetune-{arm}-{seed}-{lr:g}-{per_class}-{stamp}", args.threads)
         return predict_classes(load_finetuned(tuned)[0], batches(predict))
 
-    tuned, p_value, chosen = finetune_rows("skeleton", finetune, y_va, labels, args.seeds, args.lrs, check)
+    tuned, p_value, chosen = finetune_rows("skeleton", finetune, y_va, labels, args.seeds, args.lrs, check,
+                                           args.parallel)
     heading = (f"\naction classification, cross-subject test side ({len(val)} sequences, {len(actions)} actions, "
                f"chance {1 / len(actions):.3f}); pretraining saw {len(train)} unlabelled training sequences")
     report(rows + tuned, out, heading, p_value, args.seeds, chosen)

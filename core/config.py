@@ -239,7 +239,7 @@ def config_help(cls, defaults) -> str:
 
 
 # what a resumed run may set differently from the run's own config.yaml: how long it goes on and how it reports
-RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.resume", "train.log_every", "train.figure_every",
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.resume", "train.log_every", "train.figure_every", "train.val_every",
                      "train.num_workers", "train.tensorboard")
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes
     log_every: int = 10  # optimizer steps between rows of metrics.csv
     figure_every: int = 1  # epochs between reconstruction figures (0 = none)
+    val_every: int = 1  # epochs between validation passes, the last epoch always included (0 = none)
     max_steps: int | None = None  # stop after this many optimizer steps (the schedule still spans all epochs)
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard package)
     out_dir: str = "runs"  # run folders are made under this folder
@@ -60,7 +61,8 @@ class TrainConfig:
     def __post_init__(self):
         check_ranges("train", self, {
             **dict.fromkeys(("epochs", "epoch_repeats", "batch_size", "accum_steps", "log_every"), AT_LEAST_1),
-            **dict.fromkeys(("min_lr", "weight_decay", "warmup_epochs", "num_workers", "figure_every"), NON_NEGATIVE),
+            **dict.fromkeys(("min_lr", "weight_decay", "warmup_epochs", "num_workers", "figure_every",
+                              "val_every"), NON_NEGATIVE),
             "base_lr": POSITIVE, "lr": ("> 0 or null", lambda v: v is None or v > 0),
             "layer_decay": ("in (0, 1]", lambda v: 0 < v <= 1),
             "betas": ("two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
@@ -431,7 +433,8 @@ class Trainer:
         epoch = self.epoch
         self.epoch += 1
         self.batch_in_epoch = 0
-        if val_set is not None and self.evaluate_fn is not None:
+        due = self.cfg.val_every and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs)
+        if val_set is not None and self.evaluate_fn is not None and due:
             scores = self.evaluate(val_set)
             self._log(metrics, writer, {"kind": "val", "epoch": epoch, "step": self.step, **scores})
         if self.figure_fn and self.cfg.figure_every and self.dist.main and (epoch + 1) % self.cfg.figure_every == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,14 +186,15 @@ def held_back(labels: Sequence[int], per_class: int) -> list[int]:
 
 
 def finetune_rows(domain: str, run: Callable[..., np.ndarray], y_val: np.ndarray, labels_per_class: int | None,
-                  seeds: int = 3, lrs: Sequence[float] = (), check: tuple | None = None
+                  seeds: int = 3, lrs: Sequence[float] = (), check: tuple | None = None, workers: int = 1
                   ) -> tuple[list[Row], float, dict[str, float]]:
     """Fine-tune from ``pretrained`` and from ``scratch`` with ``seeds`` seeds each: ``run(arm, seed, lr)`` trains
     on ``labels_per_class`` labels with the same labels, steps, head and schedule and returns its validation
     predictions [M]. With several ``lrs`` each arm gets the one that scores best on ``check`` = (items, labels),
     the ``held_back`` training labels: ``run(arm, 0, lr, per_class, items)`` trains on the rest of the budget
-    and predicts ``items`` (never validation; the first of ``lrs`` on ties). Returns the rows (the gap paired by
-    seed), McNemar's p-value on the pooled paired predictions and the chosen rates."""
+    and predicts ``items`` (never validation; the first of ``lrs`` on ties). ``workers`` runs go at a time (each
+    ``run`` a process of its own). Returns the rows (the gap paired by seed), McNemar's p-value on the pooled
+    paired predictions and the chosen rates."""
     arms = ("pretrained", "scratch")
     if not lrs:
         raise ValueError("finetune_rows needs at least one learning rate")
@@ -201,9 +203,16 @@ def finetune_rows(domain: str, run: Callable[..., np.ndarray], y_val: np.ndarray
         items, labels = check
         return float((np.asarray(run(arm, 0, lr, labels_per_class - _held(labels_per_class), items)) == labels).mean())
 
-    chosen = {arm: max(lrs, key=lambda lr: score(arm, lr)) if check is not None and len(lrs) > 1 else lrs[0]
-              for arm in arms}
-    preds = {arm: [np.asarray(run(arm, s, chosen[arm])) for s in range(seeds)] for arm in arms}
+    with ThreadPoolExecutor(workers) as pool:
+        if check is not None and len(lrs) > 1:
+            trials = [(arm, lr) for arm in arms for lr in lrs]
+            scores = dict(zip(trials, pool.map(lambda t: score(*t), trials)))
+            chosen = {arm: max(lrs, key=lambda lr: scores[arm, lr]) for arm in arms}
+        else:
+            chosen = {arm: lrs[0] for arm in arms}
+        jobs = [(arm, s) for arm in arms for s in range(seeds)]
+        done = dict(zip(jobs, pool.map(lambda j: np.asarray(run(j[0], j[1], chosen[j[0]])), jobs)))
+    preds = {arm: [done[arm, s] for s in range(seeds)] for arm in arms}
     acc = {arm: np.array([(p == y_val).mean() for p in ps]) for arm, ps in preds.items()}
     budget = "all" if labels_per_class is None else str(labels_per_class)
     rows = [Row(domain, "finetune", budget, "scratch", "accuracy", float(acc["scratch"].mean()),

@@ -55,6 +55,13 @@ def test_loss_falls_and_lr_follows_the_mae_rule(tmp_path):
     assert {"loss/a", "loss/b", "lr"} <= set(rows[0])
 
 
+@pytest.mark.parametrize("every, epochs", [(0, []), (1, ["0", "1", "2"]), (2, ["1", "2"])])
+def test_validation_runs_every_val_every_epochs_and_after_the_last(tmp_path, every, epochs):
+    t = _trainer(tmp_path, "v", epochs=3, val_every=every)
+    t.fit(ToyImages(16), ToyImages(8, seed=1))
+    assert [r["epoch"] for r in read_metrics(tmp_path / "v") if r["kind"] == "val"] == epochs
+
+
 def test_resuming_into_another_model_or_optimizer_set_up_is_a_data_error(tmp_path):
     from scimae.core import DataError
 

@@ -1,5 +1,6 @@
 """The evaluation harness on problems whose answer is known."""
 import csv
+import time
 
 import numpy as np
 import pytest
@@ -80,11 +81,17 @@ def test_extraction_finetune_rows_and_the_written_files(tmp_path):
             best = 1e-4 if arm == "pretrained" else 1e-3  # scratch does best at 1e-3, pretrained at 1e-4
             return check[1] if lr == best else 1 - check[1]
         assert lr == (1e-4 if arm == "pretrained" else 1e-3)  # each arm fine-tuned at its own choice
-        return y_val if arm == "pretrained" else np.zeros(50, int)
+        time.sleep(0.02 * (3 - seed))  # run in parallel, later seeds finish first
+        if arm == "scratch":
+            return np.zeros(50, int)
+        return np.where(np.arange(50) < 2 * seed, 1 - y_val, y_val)  # seed s gets 2 s items wrong
 
     rows, p, chosen = finetune_rows("toy", run, y_val, 5, lrs=(1e-3, 1e-4), check=check)
-    assert [r.arm for r in rows] == ["pretrained", "scratch"] and rows[0].gap == pytest.approx(0.5)
+    assert [r.arm for r in rows] == ["pretrained", "scratch"] and rows[0].gap == pytest.approx(0.46)
     assert p < 1e-6 and chosen == {"pretrained": 1e-4, "scratch": 1e-3} and len(tried) == 4
+    assert (rows[0].gap_ci_low, rows[0].gap_ci_high) == (pytest.approx(0.42), pytest.approx(0.5))
+    parallel = finetune_rows("toy", run, y_val, 5, lrs=(1e-3, 1e-4), check=check, workers=2)
+    assert parallel == (rows, p, chosen)  # the same rows, paired by seed whatever order the runs end in
     assert held_back([0, 1, 0, 0, 1, 0, 1, 1], 3) == [3, 6] and held_back([0, 0, 0, 0, 0, 0, 0], 6) == [4, 5]
     csv_path, png = write_evaluation(rows, tmp_path)
     with csv_path.open() as f:
