@@ -43,6 +43,16 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}  # saved from a DistributedDataParallel model
 
 
+def load_mapped(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Load the mapped ``tensors`` into ``model``; return the model's tensors they left fresh (a name the model
+    lacks is a mapping error, raised)."""
+    fresh = sorted(set(model.state_dict()) - set(tensors))
+    unexpected = model.load_state_dict(tensors, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"the mapping produced names the model lacks: {unexpected}")
+    return fresh
+
+
 def _depth(state: dict, prefix: str) -> int:
     found = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))}
     return max(found) + 1 if found else 0
@@ -213,3 +223,70 @@ def point_mae(state: dict[str, torch.Tensor], path="checkpoint", heads: int | No
     out["encoder.tokenizer.embed.second.0.weight"] = torch.cat(w.chunk(2, dim=1)[::-1], dim=1)  # scimae's [point, global]
     out["decoder_embed.weight"], out["decoder_embed.bias"] = torch.eye(D), torch.zeros(D)  # Point-MAE has none
     return model, {"group_size": state["increase_dim.0.weight"].shape[0] // 3}, out, []
+
+
+STMEM_HEAD_DIM = 64  # ST-MEM's attention heads are always 64 wide (its blocks never pass dim_head)
+
+
+def _stmem_block_keys(src: str, dst: str) -> dict[str, str]:
+    """ST-MEM's pre-norm block (``attn``/``ff`` each a PreNorm of its function) -> scimae Block."""
+    names = {"attn.norm": "norm1", "attn.fn.to_qkv": "attn.qkv", "attn.fn.to_out.0": "attn.proj", "ff.norm": "norm2",
+             "ff.fn.net.0": "mlp.0", "ff.fn.net.3": "mlp.2"}
+    return {f"{src}.{a}.{p}": f"{dst}.{b}.{p}" for a, b in names.items() for p in ("weight", "bias")}
+
+
+def st_mem(state: dict[str, torch.Tensor], path="checkpoint") -> tuple[dict, dict, dict[str, torch.Tensor], list[str]]:
+    """An ST-MEM (bakqui/ST-MEM) pretraining state dict -> (model settings, signal facts {patch, patches, leads,
+    decoder_pos: its fixed decoder table [n + 2, Dd]},
+    the tensors under scimae's names, the keys left out: the top-level copy of the patch embedding). ST-MEM's
+    conventions become options: lead tokens with separators (cardiac ``layout`` stmem), heads 64 wide, no cls
+    token, each lead decoded on its own, decoder positions from the fixed table, the decoder's final norm at eps
+    1e-6, int(n x (1 - ratio)) visible patches in every lead. Any key the mapping does not know is a DataError."""
+    emb = "encoder.to_patch_embedding"
+    if f"{emb}.2.weight" not in state or "encoder.pos_embedding" not in state:
+        raise DataError(path, f"keys {sorted(state)[:6]}...", "an ST-MEM checkpoint (encoder.to_patch_embedding.*, "
+                                                              "encoder.pos_embedding, encoder.block0.*, decoder_blocks.*)")
+    D, patch = state[f"{emb}.2.weight"].shape
+    leads = len({k for k in state if re.match(r"encoder\.lead_embeddings\.\d+$", k)})
+    depth = len({m.group(1) for k in state if (m := re.match(r"encoder\.block(\d+)\.", k))})
+    decoder_depth = _depth(state, "decoder_blocks")
+    if not depth or not decoder_depth:
+        raise DataError(path, "an ST-MEM without encoder or decoder blocks", "encoder.block0.* and decoder_blocks.0.*")
+    Dd = state["to_decoder_embedding.weight"].shape[0]
+    qkv, dqkv = state["encoder.block0.attn.fn.to_qkv.weight"].shape[0], state["decoder_blocks.0.attn.fn.to_qkv.weight"].shape[0]
+    if qkv % (3 * STMEM_HEAD_DIM) or dqkv % (3 * STMEM_HEAD_DIM):
+        raise DataError(path, f"attention projections of {qkv} and {dqkv} rows", f"multiples of 3 x {STMEM_HEAD_DIM}")
+    model = {"dim": D, "depth": depth, "heads": qkv // (3 * STMEM_HEAD_DIM), "decoder_dim": Dd,
+             "decoder_depth": decoder_depth, "decoder_heads": dqkv // (3 * STMEM_HEAD_DIM), "head_dim": STMEM_HEAD_DIM,
+             "mlp_ratio": state["encoder.block0.ff.fn.net.0.weight"].shape[0] / D, "norm_eps": 1e-5,
+             "decoder_norm_eps": 1e-6, "norm_pix": True, "cls_token": False, "decoder_pos": "sincos",
+             "decoder_attention": "group", "layout": "stmem"}
+    names = {f"{emb}.{a}.{p}": f"encoder.tokenizer.{b}.{p}" for a, b in (("1", "patch_norm"), ("2", "proj"),
+                                                                          ("3", "token_norm")) for p in ("weight", "bias")}
+    names.update({"encoder.sep_embedding": "encoder.tokenizer.sep", "encoder.norm.weight": "encoder.blocks.norm.weight",
+                  "encoder.norm.bias": "encoder.blocks.norm.bias", "mask_embedding": "decoder_mask_token",
+                  "decoder_norm.weight": "decoder.norm.weight", "decoder_norm.bias": "decoder.norm.bias",
+                  **{f"to_decoder_embedding.{p}": f"decoder_embed.{p}" for p in ("weight", "bias")},
+                  **{f"decoder_head.{p}": f"decoder_pred.{p}" for p in ("weight", "bias")}})
+    for i in range(depth):
+        names.update(_stmem_block_keys(f"encoder.block{i}", f"encoder.blocks.blocks.{i}"))
+    for i in range(decoder_depth):
+        names.update(_stmem_block_keys(f"decoder_blocks.{i}", f"decoder.blocks.{i}"))
+    lead_keys = [f"encoder.lead_embeddings.{i}" for i in range(leads)]
+    copies = [k for k in state if k.startswith("to_patch_embedding.")]  # ST-MEM registers its patch embedding twice
+    for k in copies:
+        if f"encoder.{k}" not in state or not torch.equal(state[k], state[f"encoder.{k}"]):
+            raise DataError(path, f"{k} unlike encoder.{k}", "the top-level patch embedding to be the encoder's")
+    unknown = sorted(set(state) - set(names) - set(lead_keys) - set(copies) - {"encoder.pos_embedding", "decoder_pos_embed"})
+    if unknown:
+        raise DataError(path, f"keys the ST-MEM mapping does not know: {unknown}", "an ST-MEM pretraining checkpoint")
+    missing = sorted(set(names) - set(state) | {"decoder_pos_embed"} - set(state))
+    if missing:
+        raise DataError(path, f"an ST-MEM without {missing}", "every tensor of the encoder and decoder")
+    pos = state["encoder.pos_embedding"][0]  # [n + 2, D]
+    n = pos.shape[0] - 2
+    out = {names[k]: v for k, v in state.items() if k in names}
+    out["encoder.tokenizer.lead_embed.table.weight"] = torch.stack([state[k] for k in lead_keys])  # [leads, D]
+    out["encoder.tokenizer.pos_table"] = pos
+    facts = {"patch": patch, "patches": n, "leads": leads, "decoder_pos": state["decoder_pos_embed"][0]}
+    return model, facts, out, sorted(copies)

@@ -139,14 +139,16 @@ class GridTokenizer(nn.Module):
 
     Input batch: ``image`` [B, G, C, *S] (G named groups of C channels each) and ``present`` [B, G] bool
     (False for a missing group), optionally ``patch_valid`` [B, G, *grid] bool (e.g. nodata patches).
-    Each group has its own patch projection; every slot gets the N-d sin-cos position of its patch and
-    the learned embedding of its group, both in the encoder (and so in the decoder's slot embedding).
+    Each group has its own patch projection (or, ``shared``, one for all groups); every slot gets the N-d sin-cos
+    position of its patch and the learned embedding of its group, both in the encoder (and so in the decoder's
+    slot embedding).
     Groups of fewer channels (``group_channels``, e.g. spectral groups of 3 and 1 bands) fill the first
     channels and leave the rest zero; the target then carries a ``value_mask`` so the loss skips them.
     """
 
     def __init__(self, groups: Sequence[str], spatial: Sequence[int], patch: Sequence[int], dim: int,
-                 channels: int = 1, group_channels: Sequence[int] | None = None, pos_split: str = "equal"):
+                 channels: int = 1, group_channels: Sequence[int] | None = None, pos_split: str = "equal",
+                 shared: bool = False):
         super().__init__()
         self.group_names = list(groups)
         self.spatial, self.patch, self.channels = tuple(spatial), tuple(patch), channels
@@ -160,8 +162,8 @@ class GridTokenizer(nn.Module):
         for p in self.patch:
             n_in *= p
         G = len(self.group_names)
-        self.weight = nn.Parameter(torch.empty(G, n_in, dim))
-        self.bias = nn.Parameter(torch.zeros(G, dim))
+        self.weight = nn.Parameter(torch.empty(1 if shared else G, n_in, dim))
+        self.bias = nn.Parameter(torch.zeros(1 if shared else G, dim))
         bound = (6 / (n_in + dim)) ** 0.5
         nn.init.uniform_(self.weight, -bound, bound)
         self.group_embed = GroupEmbed(self.group_names, dim)
@@ -201,7 +203,7 @@ class GridTokenizer(nn.Module):
             # unbind, not weight[g]: its backward stacks the groups' gradients once instead of zero-filling
             # a full [G, P, D] gradient for each group
             ws, bs = self.weight.unbind(0), self.bias.unbind(0)  # G x [P, D], G x [D]
-            if G == 1:
+            if len(ws) == 1:
                 out = p @ ws[0] + bs[0]
             else:
                 out = p.new_empty((*idx.shape, self.dim))

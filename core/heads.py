@@ -13,9 +13,10 @@ HEADS = one_of("mlp", "linear")  # the heads a task config may name (a check_ran
 
 class Pooler(nn.Module):
     """Pool encoder features to one vector: 'cls', 'mean' over valid slots, 'max_mean' (max and mean over
-    valid slots, concatenated: ``out_dim`` = 2 x dim, as in Point-MAE) or 'attention' pooling."""
+    valid slots, concatenated: ``out_dim`` = 2 x dim, as in Point-MAE), 'mean_norm' (the encoder's final norm of
+    the mean of its last block's output, as ST-MEM pools) or 'attention' pooling."""
 
-    KINDS = ("cls", "mean", "max_mean", "attention")
+    KINDS = ("cls", "mean", "max_mean", "mean_norm", "attention")
 
     def __init__(self, dim: int, kind: str = "mean", heads: int = 4):
         super().__init__()
@@ -31,8 +32,8 @@ class Pooler(nn.Module):
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """``feats`` from MAEEncoder: tokens [B, N, D], valid [B, N], cls [B, D] -> [B, D]."""
-        if self.kind == "cls":
-            return feats["cls"]
+        if self.kind in ("cls", "mean_norm"):
+            return feats[self.kind]
         tokens, valid = feats["tokens"], feats["valid"]
         if self.kind in ("mean", "max_mean"):
             w = valid[..., None].to(tokens.dtype)

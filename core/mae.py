@@ -61,6 +61,10 @@ class MAEConfig:
     qkv_bias: bool = True  # attention's query/key/value projections have a bias (Point-MAE's have none)
     pos_every_block: bool = False  # add the slot positions before every block, not only to the tokens (Point-MAE)
     cls_token: bool = True  # False: no slot attends to the cls slot (Point-MAE has none); its output is then a read-out
+    head_dim: int | None = None  # attention width per head, encoder and decoder (None: width / heads; ST-MEM: 64)
+    decoder_norm_eps: float | None = None  # the decoder's final LayerNorm eps (None: norm_eps; ST-MEM: 1e-6)
+    decoder_attention: str = "all"  # all, or group: a slot attends only to its own group's (ST-MEM decodes each
+    # lead on its own)
     mask: MaskConfig = field(default_factory=MaskConfig)
 
     def __post_init__(self):
@@ -68,10 +72,12 @@ class MAEConfig:
             **dict.fromkeys(("dim", "depth", "heads", "decoder_dim", "decoder_depth", "decoder_heads"), AT_LEAST_1),
             "mlp_ratio": POSITIVE, "drop_path": UNIT_INTERVAL, "decoder_mask_ratio": UNIT_INTERVAL,
             "mode": one_of("drop", "mask_token"), "loss": one_of("mse", "l1"), "norm_eps": POSITIVE,
-            "decoder_pos": one_of("learned", "sincos", "coords"),
+            "decoder_pos": one_of("learned", "sincos", "coords"), "decoder_attention": one_of("all", "group"),
+            "head_dim": (">= 1 or null", lambda v: v is None or v >= 1),
+            "decoder_norm_eps": ("> 0 or null", lambda v: v is None or v > 0),
         })
         for width, heads in (("dim", "heads"), ("decoder_dim", "decoder_heads")):
-            if getattr(self, width) % getattr(self, heads):
+            if self.head_dim is None and getattr(self, width) % getattr(self, heads):
                 raise ValueError(f"model.{width} {getattr(self, width)} must be a multiple of model.{heads} "
                                  f"{getattr(self, heads)}")
 
@@ -92,10 +98,12 @@ def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: in
     """A MaskedAutoencoder from its config, a domain tokenizer and a target."""
     encoder = MAEEncoder(tokenizer, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,
                          cfg.checkpointing, mask_token=cfg.mode == "mask_token", eps=cfg.norm_eps,
-                         qkv_bias=cfg.qkv_bias, pos_every_block=cfg.pos_every_block, cls_token=cfg.cls_token)
+                         qkv_bias=cfg.qkv_bias, pos_every_block=cfg.pos_every_block, cls_token=cfg.cls_token,
+                         head_dim=cfg.head_dim)
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads,
-                             cfg.norm_eps, cfg.decoder_pos, cfg.qkv_bias)
+                             cfg.norm_eps, cfg.decoder_pos, cfg.qkv_bias, cfg.head_dim, cfg.decoder_norm_eps,
+                             cfg.decoder_attention)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -120,7 +128,7 @@ class MAEEncoder(nn.Module):
     def __init__(self, tokenizer: Tokenizer, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, checkpointing: bool = False,
                  mask_token: bool = False, eps: float = 1e-5, qkv_bias: bool = True, pos_every_block: bool = False,
-                 cls_token: bool = True):
+                 cls_token: bool = True, head_dim: int | None = None):
         super().__init__()
         if not isinstance(tokenizer, Tokenizer):
             raise TypeError(f"{type(tokenizer).__name__} is not a Tokenizer: it needs dim, group_names and __call__")
@@ -132,7 +140,7 @@ class MAEEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # a learned mask token only for the SimMIM mode (unused parameters would stall DDP)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if mask_token else None
-        self.blocks = Transformer(dim, depth, heads, mlp_ratio, drop_path, checkpointing, eps, qkv_bias)
+        self.blocks = Transformer(dim, depth, heads, mlp_ratio, drop_path, checkpointing, eps, qkv_bias, head_dim)
         self.blocks.apply(_init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
         if mask_token:
@@ -174,8 +182,9 @@ class MAEEncoder(nn.Module):
                 return_layers: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
         """Features with no masking, from all groups or the named subset.
 
-        Returns tokens [B, N, D] (zeros where not valid), valid [B, N], cls [B, D], and, with
-        ``return_layers``, layers: list of [B, N, D].
+        Returns tokens [B, N, D] (zeros where not valid), valid [B, N] (the tokenizer's ``fixed`` slots are seen
+        but not valid features), cls [B, D], mean_norm [B, D] (the final norm of the mean of the last block's
+        output over valid slots: ST-MEM's pooled feature), and, with ``return_layers``, layers: list of [B, N, D].
         """
         ts = self.tokenizer(batch)
         valid = ts.valid
@@ -183,7 +192,7 @@ class MAEEncoder(nn.Module):
             ids = torch.tensor(self.group_ids(groups), device=valid.device)
             valid = valid & torch.isin(ts.group, ids)
         plan = full_plan(valid)
-        x, layers = self.run(ts, plan, "drop", return_layers)
+        x, layers = self.run(ts, plan, "drop", (*return_layers, self.depth))
         keep = ~plan.keep_pad
 
         def scatter(t):  # [B, 1 + K, D] -> [B, N, D]
@@ -191,8 +200,14 @@ class MAEEncoder(nn.Module):
             vals = t[:, 1:] * keep[..., None]
             return out.scatter(1, plan.keep[..., None].expand(-1, -1, t.shape[-1]), vals)
 
+        if ts.fixed is not None:  # shown to the encoder, but not features of the data
+            valid = valid & ~ts.fixed
+        last = scatter(layers[-1]) * valid[..., None]  # [B, N, D]: the last block's output, before the final norm
+        if self.depth not in return_layers:
+            layers = layers[:-1]
+        mean = last.sum(1) / valid.sum(1, keepdim=True).clamp_min(1)  # [B, D]
         return {"tokens": scatter(x), "valid": valid, "cls": x[:, 0], "group": ts.group,
-                "layers": [scatter(t) for t in layers], "tokenset": ts}
+                "mean_norm": self.blocks.norm(mean), "layers": [scatter(t) for t in layers], "tokenset": ts}
 
 
 class GroupHeads(nn.Module):
@@ -221,28 +236,36 @@ class MaskedAutoencoder(Exportable, nn.Module):
     fraction (1 - ratio) of the hidden slots while training (VideoMAE V2). ``group_heads`` gives each group
     its own prediction head. ``decoder_pos`` learned: the decoder places a slot by a linear map of the encoder's
     slot embedding (position and group); sincos: by MAE's fixed sin-cos table of the token grid, the same for
-    every group; coords: by an MLP of the slot coordinates (the tokenizer's ``coord_dim`` values per slot).
+    every group (or the tokenizer's own ``decoder_table(width)`` [N, width] where it has one); coords: by an MLP
+    of the slot coordinates (the tokenizer's ``coord_dim`` values per slot).
+    ``decoder_attention`` group decodes each group on its own (ST-MEM decodes each lead so). ``head_dim`` sets
+    the attention heads' width and ``decoder_norm_eps`` the decoder's final LayerNorm eps (ST-MEM's 64 and 1e-6).
     The decoder follows the encoder's ``cls_token`` and ``pos_every_block`` choices.
     """
 
     def __init__(self, encoder: MAEEncoder, masking: MaskingStrategy, target, pred_dim: int,
                  decoder_dim: int = 256, decoder_depth: int = 2, decoder_heads: int = 8, mlp_ratio: float = 4.0,
                  mode: str = "drop", decoder_mask_ratio: float = 0.0, group_heads: bool = False, eps: float = 1e-5,
-                 decoder_pos: str = "learned", qkv_bias: bool = True):
+                 decoder_pos: str = "learned", qkv_bias: bool = True, head_dim: int | None = None,
+                 decoder_norm_eps: float | None = None, decoder_attention: str = "all"):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
+        if decoder_attention not in ("all", "group"):
+            raise ValueError(f"decoder_attention must be 'all' or 'group', got {decoder_attention!r}")
         if mode == "mask_token" and encoder.mask_token is None:
             raise ValueError("mode 'mask_token' needs an encoder built with mask_token=True")
         if not 0.0 <= decoder_mask_ratio < 1.0:
             raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {decoder_mask_ratio}")
         self.encoder, self.masking, self.target = encoder, masking, target
-        self.mode, self.decoder_mask_ratio = mode, decoder_mask_ratio
+        self.mode, self.decoder_mask_ratio, self.decoder_attention = mode, decoder_mask_ratio, decoder_attention
         D = encoder.dim
         self.decoder_embed = nn.Linear(D, decoder_dim)
         self.decoder_pos = nn.Linear(D, decoder_dim) if decoder_pos == "learned" else None
         if decoder_pos == "coords":
             self.decoder_pos = CoordEmbed(encoder.tokenizer.coord_dim, decoder_dim)
+        elif decoder_pos == "sincos" and hasattr(encoder.tokenizer, "decoder_table"):
+            self.register_buffer("decoder_pos_table", encoder.tokenizer.decoder_table(decoder_dim)[None], persistent=False)
         elif decoder_pos == "sincos":
             grid = getattr(encoder.tokenizer, "grid", None)
             if grid is None:
@@ -253,7 +276,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
         elif decoder_pos != "learned":
             raise ValueError(f"decoder_pos must be 'learned', 'sincos' or 'coords', got {decoder_pos!r}")
         self.decoder_mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio, eps=eps, qkv_bias=qkv_bias)
+        self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio, eps=eps, qkv_bias=qkv_bias,
+                                   head_dim=head_dim, norm_eps=decoder_norm_eps)
         self.decoder_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
                              else nn.Linear(decoder_dim, pred_dim))
         for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred):
@@ -302,11 +326,14 @@ class MaskedAutoencoder(Exportable, nn.Module):
             pos = torch.cat([torch.zeros_like(pos[:, :1]), gather_slots(pos, plan.keep), gather_slots(pos, idx)], 1)
             seq = torch.cat([y, self.decoder_mask_token.expand(*idx.shape, -1)], dim=1) + pos  # [B, 1 + L + M, Dd]
             seq_pad = torch.cat([cls_pad, plan.keep_pad, pad], dim=1)
-            out = self.decoder(seq, seq_pad, n_out=idx.shape[1], pos=pos if self.encoder.pos_every_block else None)
+            bias = self._group_bias(ts.group, torch.cat([plan.keep, idx], 1), seq_pad)
+            out = self.decoder(seq, seq_pad, n_out=idx.shape[1], pos=pos if self.encoder.pos_every_block else None,
+                               bias=bias)
         else:
             pos = nn.functional.pad(pos, (0, 0, 1, 0))  # [B, 1 + N, Dd], none for cls
             seq_pad = torch.cat([cls_pad, ~ts.valid], dim=1)
-            out = self.decoder(y + pos, seq_pad, pos=pos if self.encoder.pos_every_block else None)
+            out = self.decoder(y + pos, seq_pad, pos=pos if self.encoder.pos_every_block else None,
+                               bias=self._group_bias(ts.group, None, seq_pad))
             out = gather_slots(out[:, 1:], idx)  # [B, M, Dd]
         group = ts.group.gather(1, idx)  # [B, M]
         pred = self.decoder_pred(out, group) if isinstance(self.decoder_pred, GroupHeads) else self.decoder_pred(out)
@@ -314,6 +341,23 @@ class MaskedAutoencoder(Exportable, nn.Module):
         if ts.target is not None:
             result.update(self.target(pred, ts, idx, (~pad).float(), self.group_names))
         return result
+
+    def _group_bias(self, group: torch.Tensor, slots: torch.Tensor | None, pad: torch.Tensor) -> torch.Tensor | None:
+        """With ``decoder_attention`` group: the decoder's attention bias [B, 1, 1 + L, 1 + L] over the cls slot and
+        ``slots`` [B, L] (every slot when None): 0 within a group, -inf across groups; the cls slot is a group of
+        its own that every slot reads as in the encoder. A row with no unpadded key of its own group (a padding
+        entry, or the cls slot when no slot reads it) reads every unpadded key, so that no row is empty; no other
+        row reads it. ``pad`` [B, 1 + L] marks padded keys. None with ``all``."""
+        if self.decoder_attention == "all":
+            return None
+        g = group if slots is None else group.gather(1, slots)  # [B, L]
+        g = nn.functional.pad(g, (1, 0), value=-1)  # [B, 1 + L], the cls slot is group -1
+        allowed = g[:, :, None] == g[:, None, :]  # [B, 1 + L, 1 + L]
+        allowed[:, :, 0] |= self.encoder.attend_cls
+        allowed &= ~pad[:, None, :]
+        allowed |= ~allowed.any(-1, keepdim=True) & ~pad[:, None, :]
+        zero = torch.zeros((), dtype=self.decoder_mask_token.dtype, device=g.device)
+        return torch.where(allowed, zero, float("-inf"))[:, None]
 
     @torch.no_grad()
     def fill(self, batch, groups: Sequence[str]) -> dict:
@@ -323,6 +367,9 @@ class MaskedAutoencoder(Exportable, nn.Module):
         ids = torch.tensor(self.encoder.group_ids(groups), device=ts.valid.device)
         wanted = torch.isin(ts.group, ids)  # [B, N]
         shown = ts.valid & ~wanted
+        if ts.fixed is not None:  # the wanted groups' fixed slots (ST-MEM's separators) are shown, data or not
+            shown |= ts.fixed & wanted
+            wanted &= ~ts.fixed
         plan = full_plan(shown)
         plan.mask = wanted
         query = full_plan(wanted)

@@ -19,14 +19,17 @@ from scimae.core.config import AT_LEAST_1, POSITIVE, check_ranges, one_of
 from scimae.core.tokens import MaskPlan
 
 
-KEEP_COUNTS = ("round", "floor", "hide_floor")  # round((1 - ratio) x n), MAE's int(n x (1 - ratio)), or
-# Point-MAE's n - int(ratio x n) (it floors the hidden count)
+KEEP_COUNTS = ("round", "floor", "hide_floor", "group_floor")  # round((1 - ratio) x n), MAE's int(n x (1 - ratio)),
+# Point-MAE's n - int(ratio x n) (it floors the hidden count), or ST-MEM's int(n x (1 - ratio)) in every group
 
 
-def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float, count: str = "round") -> MaskPlan:
+def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float, count: str = "round",
+                     group: torch.Tensor | None = None) -> MaskPlan:
     """Keep the lowest-scoring round((1 - ratio) x valid count) valid slots of each sample (``count`` floor:
     MAE's int(n x (1 - ratio)); hide_floor: Point-MAE's n - int(ratio x n)), in ascending score order: given
-    noise as scores, exactly MAE's ``ids_keep``.
+    noise as scores, exactly MAE's ``ids_keep``. group_floor keeps int(n_g x (1 - ratio)) of each group's n_g
+    valid slots (``group`` [B, N] needed), group by group, each in ascending score order: ST-MEM's lead-wise
+    ``ids_keep``.
 
     scores [B, N] float, valid [B, N] bool. Invalid slots are never kept and never hidden.
     """
@@ -34,18 +37,48 @@ def plan_from_scores(scores: torch.Tensor, valid: torch.Tensor, ratio: float, co
     n = valid.sum(1).double()  # [B]
     if count not in KEEP_COUNTS:
         raise ValueError(f"keep count must be one of {KEEP_COUNTS}, got {count!r}")
-    if count == "round":
+    order = scores.masked_fill(~valid, math.inf).argsort(dim=1, stable=True)  # [B, N]
+    if count == "group_floor":
+        if group is None:
+            raise ValueError("keep count group_floor needs group ids; the tokenizer gave none")
+        order = order.gather(1, group.gather(1, order).argsort(dim=1, stable=True))  # by group, then by score
+        G = int(group.max()) + 1 if group.numel() else 1
+        per_group = torch.zeros(B, G, device=group.device).scatter_add_(1, group, valid.float())  # [B, G]
+        n_keep_g = torch.floor(per_group * (1.0 - ratio))  # [B, G]
+        g_sorted = group.gather(1, order)  # [B, N]
+        start = per_group.new_zeros(B, G).scatter_add_(1, group, torch.ones_like(per_group[:, :1]).expand(B, N))
+        start = start.cumsum(1) - start  # [B, G] first position of each group in ``order``
+        rank = torch.arange(N, device=scores.device)[None] - start.gather(1, g_sorted)  # [B, N] rank in its group
+        chosen = valid.gather(1, order) & (rank < n_keep_g.gather(1, g_sorted))  # [B, N] in ``order``
+        order = order.gather(1, (~chosen).to(torch.int8).argsort(dim=1, stable=True))  # chosen first, in order
+        n_keep = chosen.sum(1)
+    elif count == "round":
         n_keep = torch.round((1.0 - ratio) * n).long()  # [B]
     elif count == "floor":
         n_keep = torch.floor(n * (1.0 - ratio)).long()
     else:
         n_keep = (n - torch.floor(ratio * n)).long()
-    order = scores.masked_fill(~valid, math.inf).argsort(dim=1, stable=True)  # [B, N]
     K = int(n_keep.max()) if B else 0
     keep = order[:, :K]  # [B, K]
     keep_pad = torch.arange(K, device=scores.device)[None] >= n_keep[:, None]  # [B, K]
     kept = torch.zeros_like(valid).scatter_(1, keep, ~keep_pad)
     return MaskPlan(mask=valid & ~kept, keep=keep, keep_pad=keep_pad)
+
+
+def show_fixed(plan: MaskPlan, fixed: torch.Tensor) -> MaskPlan:
+    """The plan with the ``fixed`` slots [B, N] shown as well: first in ``keep`` (in slot order), then the plan's
+    kept slots; padding entries stay last."""
+    n_fixed = fixed.sum(1)  # [B]
+    F = int(n_fixed.max()) if fixed.numel() else 0
+    if F == 0:
+        return plan
+    f_idx = fixed.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :F]  # [B, F]
+    f_pad = torch.arange(F, device=fixed.device)[None] >= n_fixed[:, None]
+    keep, pad = torch.cat([f_idx, plan.keep], 1), torch.cat([f_pad, plan.keep_pad], 1)  # [B, F + K]
+    order = pad.to(torch.int8).argsort(dim=1, stable=True)  # entries first, padding last
+    keep, pad = keep.gather(1, order), pad.gather(1, order)
+    K = int((~pad).sum(1).max())
+    return MaskPlan(mask=plan.mask & ~fixed, keep=keep[:, :K], keep_pad=pad[:, :K])
 
 
 def _check_ratio(ratio: float) -> float:
@@ -84,11 +117,16 @@ class MaskingStrategy(ABC):
 
     def __call__(self, valid: torch.Tensor, generator: torch.Generator, group: torch.Tensor | None = None,
                  grid: Sequence[int] | None = None, coords: torch.Tensor | None = None) -> MaskPlan:
-        return plan_from_scores(self.scores(valid, generator, group, grid, coords), valid, self.ratio, self.count)
+        return plan_from_scores(self.scores(valid, generator, group, grid, coords), valid, self.ratio, self.count,
+                                group)
 
     def for_tokens(self, ts, generator: torch.Generator) -> MaskPlan:
-        """The plan for a TokenSet; a domain strategy that needs more of it (body parts, motion) overrides this."""
-        return self(ts.valid, generator, ts.group, ts.grid, ts.coords)
+        """The plan for a TokenSet, its ``fixed`` slots always shown; a domain strategy that needs more of it (body
+        parts, motion) overrides this."""
+        if ts.fixed is None:
+            return self(ts.valid, generator, ts.group, ts.grid, ts.coords)
+        fixed = ts.fixed & ts.valid
+        return show_fixed(self(ts.valid & ~fixed, generator, ts.group, ts.grid, ts.coords), fixed)
 
 
 class RandomMasking(MaskingStrategy):
@@ -303,8 +341,8 @@ class MaskConfig:
     color: str = "green"  # colored: red, blue, green, purple
     sigma: float = 1.0  # colored: filter width in tokens
     alpha: float = 1.0  # group_dirichlet: concentration
-    count: str = "round"  # visible slots: round((1 - ratio) x n), floor (MAE's int(n x (1 - ratio))) or hide_floor
-    # (Point-MAE's n - int(ratio x n))
+    count: str = "round"  # visible slots: round((1 - ratio) x n), floor (MAE's int(n x (1 - ratio))), hide_floor
+    # (Point-MAE's n - int(ratio x n)) or group_floor (ST-MEM's int(n x (1 - ratio)) in every group)
 
     def __post_init__(self):
         check_ranges("model.mask", self, {"ratio": ("in (0, 1)", lambda v: 0 < v < 1), "block": AT_LEAST_1,

@@ -34,12 +34,14 @@ class TokenSet:
     attn_bias: Callable[[torch.Tensor], torch.Tensor] | None = None  # slots [B, K] -> [B, H, K, K] attention bias
     unit: torch.Tensor | None = None  # [B, N] long: slots hidden together by unit masking (body part x segment)
     salience: torch.Tensor | None = None  # [B, N] float >= 0: how much a slot changes (motion), for salience masking
+    fixed: torch.Tensor | None = None  # [B, N] bool: valid slots always shown, never hidden, scored or pooled
+    # (ST-MEM's separator tokens)
 
     def __post_init__(self):
         if (self.tokens is None) == (self.embed_fn is None):
             raise ValueError("TokenSet needs exactly one of tokens and embed_fn")
         B, N = self.valid.shape
-        for name in ("group", "valid", "unit", "salience"):
+        for name in ("group", "valid", "unit", "salience", "fixed"):
             t = getattr(self, name)
             if t is not None and t.shape != (B, N):
                 raise ValueError(f"TokenSet.{name}: expected shape {(B, N)}, got {tuple(t.shape)}")

@@ -22,39 +22,44 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+    """Multi-head self-attention; ``head_dim`` sets each head's width (default dim / heads), so the heads' total
+    width may differ from ``dim`` (ST-MEM's heads are always 64 wide)."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, head_dim: int | None = None):
         super().__init__()
-        if dim % heads:
+        if head_dim is None and dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.heads, self.head_dim = heads, head_dim or dim // heads
+        inner = heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, n_out: int | None = None) -> torch.Tensor:
         """x [B, N, D] -> [B, N, D], or with ``n_out`` only the last n_out rows attend (as queries): [B, n_out, D]."""
-        B, N, D = x.shape
-        H, d = self.heads, D // self.heads
+        B, N, _ = x.shape
+        H, d = self.heads, self.head_dim
+        inner = H * d
         if n_out is None:
             q, k, v = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # [B, H, N, d]
         else:
             w, b = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, N - n_out:], w[:D], None if b is None else b[:D])  # [B, n_out, D]
+            q = F.linear(x[:, N - n_out:], w[:inner], None if b is None else b[:inner])  # [B, n_out, H * d]
             q = q.reshape(B, n_out, H, d).transpose(1, 2)  # [B, H, n_out, d]
-            k, v = F.linear(x, w[D:], None if b is None else b[D:]).reshape(B, N, 2, H, d).permute(2, 0, 3, 1, 4)
+            k, v = F.linear(x, w[inner:], None if b is None else b[inner:]).reshape(B, N, 2, H, d).permute(2, 0, 3, 1, 4)
             if attn_mask is not None and attn_mask.shape[-2] == N:
                 attn_mask = attn_mask[..., N - n_out:, :]
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, n_out or N, d]
-        return self.proj(x.transpose(1, 2).reshape(B, -1, D))
+        return self.proj(x.transpose(1, 2).reshape(B, -1, inner))
 
 
 class Block(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x)), each with drop-path."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, eps: float = 1e-5,
-                 qkv_bias: bool = True):
+                 qkv_bias: bool = True, head_dim: int | None = None):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads, qkv_bias)
+        self.attn = Attention(dim, heads, qkv_bias, head_dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = DropPath(drop_path)
@@ -78,26 +83,30 @@ def key_padding_mask(pad: torch.Tensor | None, bias: torch.Tensor | None = None)
 
 
 class Transformer(nn.Module):
-    """A stack of pre-norm blocks with a final norm; drop-path rises linearly with depth."""
+    """A stack of pre-norm blocks with a final norm (eps ``norm_eps``, default the blocks' ``eps``); drop-path
+    rises linearly with depth."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 checkpointing: bool = False, eps: float = 1e-5, qkv_bias: bool = True):
+                 checkpointing: bool = False, eps: float = 1e-5, qkv_bias: bool = True, head_dim: int | None = None,
+                 norm_eps: float | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, drop_path * i / max(depth - 1, 1), eps, qkv_bias) for i in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=eps)
+            Block(dim, heads, mlp_ratio, drop_path * i / max(depth - 1, 1), eps, qkv_bias, head_dim)
+            for i in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=eps if norm_eps is None else norm_eps)
         self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None, return_layers: tuple[int, ...] = (),
                 bias: torch.Tensor | None = None, n_out: int | None = None, pos: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """x [B, N, D], pad [B, N] True = ignore as a key, ``bias`` [B, H or 1, N, N] added to the attention
-        logits (e.g. a graph-distance bias). With ``return_layers``, also the outputs of those blocks (1-based).
+        logits (e.g. a graph-distance bias). With ``return_layers``, also the outputs of those blocks (1-based; 0
+        is the input).
         With ``n_out``, only the last n_out rows of the output [B, n_out, D] are wanted: the last block computes
         just those (every row still serves as a key). ``pos`` [B, N, D] is added again before every block after the
         first (Point-MAE's per-block positions; ``x`` already holds it once)."""
         mask = key_padding_mask(pad, bias)
-        layers = []
+        layers = [x] if 0 in return_layers else []
         for i, blk in enumerate(self.blocks, 1):
             n = n_out if i == len(self.blocks) else None
             if pos is not None and i > 1:

@@ -139,3 +139,16 @@ def test_grid_tokenizer_groups_of_fewer_channels_are_masked_out_of_the_loss():
     assert target(plain, ts, idx, torch.ones(2, 8), tok.group_names)["loss/nir"] > 1e-3
     with pytest.raises(ValueError, match="group_channels"):
         GridTokenizer(["a", "b"], (8, 8), (4, 4), 16, channels=2, group_channels=[3, 1])
+
+
+def test_a_shared_grid_tokenizer_projects_every_group_with_one_weight():
+    torch.manual_seed(0)
+    tok = GridTokenizer(["a", "b", "c"], (8,), (4,), 16, shared=True)
+    assert tok.weight.shape == (1, 4, 16) and tok.bias.shape == (1, 16)
+    x = torch.randn(2, 1, 1, 8).expand(2, 3, 1, 8)  # the same signal in every group
+    ts = tok({"image": x, "present": torch.ones(2, 3, dtype=torch.bool)})
+    tokens = (ts.embed() - ts.pos).reshape(2, 3, 2, 16)  # the projection alone
+    torch.testing.assert_close(tokens[:, 1], tokens[:, 0])
+    torch.testing.assert_close(tokens[:, 2], tokens[:, 0])
+    tokens.sum().backward()
+    assert tok.weight.grad is not None

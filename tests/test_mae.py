@@ -181,3 +181,31 @@ def test_without_a_cls_token_no_slot_reads_the_cls_slot(mode):
     torch.testing.assert_close(after, before, atol=0, rtol=0)  # Point-MAE's layout: the cls slot is read by none
     before, after = predictions(cls_token=True)
     assert not torch.allclose(after, before)
+
+
+@pytest.mark.parametrize("mode", ["drop", "mask_token"])
+def test_group_decoder_attention_predicts_each_group_from_its_own_slots(mode):
+    from toy import GROUPS
+    from scimae.core.embed import GridTokenizer
+    from scimae.core.losses import PatchTarget
+    from scimae.core.mae import MAEEncoder, MaskedAutoencoder
+    from scimae.core.masking import build_masking
+
+    def predictions(attention: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        tok = GridTokenizer(GROUPS, (16, 16), (4, 4), 32)
+        enc = MAEEncoder(tok, 32, 0, 4, mask_token=mode == "mask_token")  # no blocks: a latent is its own patch's
+        mae = MaskedAutoencoder(enc, build_masking("random", 0.5), PatchTarget(), tok.patch_values, 32, 2, 4,
+                                mode=mode, decoder_attention=attention).eval()
+        batch = _batch()
+        out = mae(batch, torch.Generator().manual_seed(1))
+        image = batch["image"].clone()
+        image[:, 1] += torch.randn_like(image[:, 1])  # group b's pixels change, hidden or visible
+        again = mae(dict(batch, image=image), torch.Generator().manual_seed(1))
+        return out["pred"], again["pred"], out["tokenset"].group.gather(1, out["pred_idx"])
+
+    before, after, group = predictions("group")
+    torch.testing.assert_close(after[group == 0], before[group == 0], atol=0, rtol=0)
+    assert not torch.allclose(after[group == 1], before[group == 1])
+    before, after, group = predictions("all")
+    assert not torch.allclose(after[group == 0], before[group == 0])

@@ -193,3 +193,23 @@ def test_the_visible_count_rounds_or_truncates_as_asked():
     assert int(plan_from_scores(scores, valid, 0.75).n_visible) == 4  # round(3.5)
     assert int(plan_from_scores(scores, valid, 0.75, "floor").n_visible) == 3  # MAE's int(14 x 0.25)
     assert build_masking("random", 0.75, count="floor")(valid, torch.Generator().manual_seed(0)).n_visible.item() == 3
+
+
+def test_group_floor_keeps_int_n_times_the_share_in_every_group_lead_by_lead():
+    from scimae.core.masking import show_fixed
+
+    # two groups of 5 slots and one of 3 (slot 12 invalid); scores chosen by hand
+    group = torch.tensor([[0] * 5 + [1] * 5 + [2] * 4])
+    valid = torch.ones(1, 14, dtype=torch.bool)
+    valid[0, 13] = False
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.0, 0.6, 0.4, 0.05, 0.5, 0.9, 0.0]])
+    plan = plan_from_scores(scores, valid, 0.6, "group_floor", group)  # int(5 x 0.4) = 2, int(3 x 0.4) = 1
+    assert plan.keep.tolist() == [[1, 3, 7, 5, 10]]  # group by group, each in ascending score
+    assert plan.mask.sum() == 8 and not plan.mask[0, 13]
+    with pytest.raises(ValueError, match="needs group ids"):
+        plan_from_scores(scores, valid, 0.6, "group_floor")
+    fixed = torch.zeros(1, 14, dtype=torch.bool)
+    fixed[0, [0, 9]] = True  # always shown: first in keep, never hidden
+    shown = show_fixed(plan_from_scores(scores, valid & ~fixed, 0.6, "group_floor", group), fixed)
+    assert shown.keep.tolist() == [[0, 9, 1, 7, 10]] and not shown.mask[0, [0, 9]].any()  # int(4 x 0.4) = 1 left
+    assert build_masking("random", 0.6, count="group_floor")(valid, torch.Generator(), group).n_visible.item() == 5

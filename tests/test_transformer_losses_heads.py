@@ -182,3 +182,19 @@ def test_first_per_class_keeps_a_fixed_few_label_set():
 
     items = [f"t{i}" for i in range(7)]
     assert first_per_class(items, [0, 1, 0, 0, 1, 2, 1], 2) == ["t0", "t1", "t2", "t4", "t5"]
+
+
+def test_head_width_may_differ_from_the_block_width_and_the_final_norm_has_its_own_eps():
+    from scimae.core.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(64, 4, head_dim=64)  # ST-MEM's layout: 4 heads of 64 on a 64-wide block
+    assert attn.qkv.weight.shape == (768, 64) and attn.proj.weight.shape == (64, 256)
+    x = torch.randn(2, 5, 64)
+    q, k, v = (t.reshape(2, 5, 4, 64).transpose(1, 2) for t in attn.qkv(x).split(256, -1))  # [B, H, N, 64]
+    w = (q @ k.transpose(-1, -2) / 8).softmax(-1)
+    expected = attn.proj((w @ v).transpose(1, 2).reshape(2, 5, 256))
+    torch.testing.assert_close(attn(x, None), expected)
+    torch.testing.assert_close(attn(x, None, n_out=2), expected[:, 3:])
+    net = Transformer(32, 2, 4, eps=1e-5, head_dim=16, norm_eps=1e-6)
+    assert net.norm.eps == 1e-6 and net.blocks[0].norm1.eps == 1e-5 and net.blocks[0].attn.proj.in_features == 64

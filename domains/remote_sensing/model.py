@@ -12,7 +12,7 @@ import torch
 
 from scimae.core.checkpoint import from_pretrained, save_export
 from scimae.core.config import NON_NEGATIVE, check_ranges, from_dict
-from scimae.core.convert import mae_vit, prithvi, read_checkpoint
+from scimae.core.convert import load_mapped, mae_vit, prithvi, read_checkpoint
 from scimae.core.embed import GridTokenizer
 from scimae.core.losses import PatchTarget
 from scimae.core.mae import MaskedAutoencoder, SmallMAEConfig, build_mae
@@ -139,10 +139,7 @@ def _write_converted(out, checkpoint, model: dict, image: dict, tensors: dict, l
     """Build the remote-sensing MAE of ``model`` settings, load the mapped ``tensors`` and write the export."""
     cfg = from_dict(GeoModelConfig, {**model, "frames": image["frames"], "mask": mask}, "model.")
     mae = build_geo_mae(cfg, layout, image["img_size"], image["patch"])
-    fresh = sorted(set(mae.state_dict()) - set(tensors))  # a fine-tuned classifier's decoder
-    unexpected = mae.load_state_dict(tensors, strict=False).unexpected_keys
-    if unexpected:
-        raise ValueError(f"the mapping produced names the model lacks: {unexpected}")
+    fresh = load_mapped(mae, tensors)  # a fine-tuned classifier's decoder
     data = GeoDataConfig(bands=bands, groups=layout, window=image["img_size"], patch=image["patch"])
     source = {"file": Path(checkpoint).name, "left_out": left_out, "fresh": fresh, **source}
     return save_export(out, mae, export_config(cfg, data, layout, source=source))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from scimae.core.checkpoint import from_pretrained, save_export
-from scimae.core.convert import point_mae, read_checkpoint
+from scimae.core.convert import load_mapped, point_mae, read_checkpoint
 from scimae.core.errors import DataError
 from scimae.core.config import check_ranges, from_dict, one_of
 from scimae.core.embed import CoordEmbed, GridTokenizer
@@ -164,10 +164,7 @@ def convert_point_mae(checkpoint, out, heads: int | None = None, decoder_heads: 
     cfg = from_dict(PointModelConfig, {**model, "mask": {"strategy": "random", "ratio": 0.6, "count": "hide_floor"}}, "model.")
     data = PointDataConfig(n_points=n_points, n_groups=n_groups, group_size=facts["group_size"])
     mae = build_point_mae(cfg, n_groups, facts["group_size"])
-    fresh = sorted(set(mae.state_dict()) - set(tensors))  # the cls slot: no slot attends to it
-    unexpected = mae.load_state_dict(tensors, strict=False).unexpected_keys
-    if unexpected:
-        raise ValueError(f"the Point-MAE mapping produced names the model lacks: {unexpected}")
+    fresh = load_mapped(mae, tensors)  # the cls slot: no slot attends to it
     source = {"format": "pointmae", "file": Path(checkpoint).name, "left_out": left_out, "fresh": fresh,
               "conventions": "Point-MAE: clouds centred and scaled to the unit sphere; FPS centres from point 0 and kNN "
                              "groups; PointNet with BatchNorm + ReLU; positions (an MLP of the centres, another in the "
