@@ -3,7 +3,7 @@
   scimae pretrain|finetune <domain> [--data DIR] [key.sub=value ...]   runs pipelines/<domain>_<verb>.py
   scimae predict geo [...]  /  scimae reconstruct brats [...]          the inference pipelines
   scimae info EXPORT                                                   what an export holds
-  scimae convert --from mae|prithvi|pointmae CHECKPOINT --out EXPORT   a published checkpoint as an export
+  scimae convert --from mae|prithvi|pointmae|stmem CHECKPOINT --out EXPORT   a published checkpoint as an export
   scimae list [RUNS]                                                   runs under RUNS (default: runs/)
 
 A pipeline run this way is the same code, with the same arguments, as ``python pipelines/<name>.py``;
@@ -110,9 +110,10 @@ def convert(args: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="scimae convert", description="A published checkpoint as a scimae export: "
                                  "every tensor mapped, the architecture read from the tensors, the source's "
                                  "conventions recorded in config.json.")
-    ap.add_argument("--from", dest="source", required=True, choices=["mae", "prithvi", "pointmae"],
+    ap.add_argument("--from", dest="source", required=True, choices=["mae", "prithvi", "pointmae", "stmem"],
                     help="mae: a facebookresearch/mae ViT (pretraining checkpoint, or a fine-tuned classifier's "
-                         "encoder); prithvi: a Prithvi-EO-1.0/2.0 MAE; pointmae: a Point-MAE pretraining checkpoint")
+                         "encoder); prithvi: a Prithvi-EO-1.0/2.0 MAE; pointmae: a Point-MAE pretraining checkpoint; "
+                         "stmem: an ST-MEM (ECG) pretraining checkpoint")
     ap.add_argument("checkpoint", help="the checkpoint file (.pth/.pt read with weights_only=True, or .safetensors)")
     ap.add_argument("--out", required=True, help="the export folder to write (must not exist)")
     ap.add_argument("--heads", type=int, help="encoder attention heads (known for ViT-B/L/H widths and Point-MAE's 384)")
@@ -123,7 +124,11 @@ def convert(args: list[str]) -> None:
     ap.add_argument("--groups", type=int, default=64, help="pointmae: groups per cloud (not in the tensors; Point-MAE's 64)")
     ap.add_argument("--points", type=int, default=1024, help="pointmae: points per cloud (Point-MAE's 1024)")
     a = ap.parse_args(args)
-    if a.source == "pointmae":
+    if a.source == "stmem":
+        from scimae.domains.cardiac.model import convert_stmem
+
+        out = convert_stmem(a.checkpoint, a.out)
+    elif a.source == "pointmae":
         from scimae.domains.scene3d.model import convert_point_mae
 
         out = convert_point_mae(a.checkpoint, a.out, a.heads, a.decoder_heads, a.groups, a.points)

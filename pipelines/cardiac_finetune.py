@@ -2,10 +2,12 @@
 (one class per record from a header comment, e.g. the synthetic conduction pattern; accuracy) or
 regression (heart rate by default; mean absolute error), as a linear probe or a full fine-tune.
 
---init-from EXPORT starts from a cardiac_pretrain export; channels it was not trained on start fresh (logged and
+--init-from EXPORT starts from a cardiac_pretrain export (or a converted ST-MEM checkpoint), whose sampling rate,
+window, patch and preprocessing the data then follow; channels it was not trained on start fresh (logged and
 recorded in the export as channel_surgery). At the end it prints the validation score
 per channel configuration (12-lead, limb leads, lead I, lead II, PPG only, ECG + PPG), same weights.
 """
+import dataclasses
 from pathlib import Path
 
 from torch.utils.data import Subset
@@ -30,6 +32,12 @@ def main(argv=None):
     """Fine-tune and return the trained model."""
     cfg = parse_cli(Config, DEFAULT, __doc__, argv)
     task = cfg.task
+    if cfg.train.init_from:  # the export fixes what its encoder reads: rate, window, patch and preprocessing
+        mae, pre = load_cardiac_mae(cfg.train.init_from)
+        read = mae.encoder.group_names  # ST-MEM's tokens read the 12 leads alone
+        cfg.data = dataclasses.replace(cfg.data, **{k: pre[k] for k in ("fs", "window_s", "patch")},
+                                       preprocessing=pre.get("preprocessing", "scimae"),
+                                       channels=[c for c in cfg.data.channels if c in read])
     train_records, val_records = train_val_records(cfg.data)
     classes = record_classes(train_records, task.label) if task.kind == "classification" else None
     by_class = {"label": task.label, "classes": classes} if classes else {}
@@ -41,7 +49,6 @@ def main(argv=None):
     if task.kind == "regression" and train_set.hr.isnan().any():
         raise DataError(cfg.data.root or "synthetic", "records without an 'hr' header comment", "a value per record")
     if cfg.train.init_from:
-        mae, pre = load_cardiac_mae(cfg.train.init_from)
         model_cfg = CardiacModelConfig(**{**vars(cfg.model), **{k: v for k, v in pre["model"].items() if k != "mask"}})
         surgery = group_changes(pre.get("trained_channels", CHANNELS), cfg.data.channels, "channels")
     else:
@@ -64,6 +71,9 @@ def main(argv=None):
         return model
     print(f"run folder: {trainer.run_dir}\nvalidation by channel configuration ({len(val_records)} records):")
     for name, channels in CONFIGURATIONS.items():
+        if not set(channels) <= set(mae.encoder.group_names):
+            print(f"  {name:12s} not channels this model reads")
+            continue
         try:
             data = windows(val_records, channels)
         except DataError:

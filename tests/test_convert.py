@@ -252,3 +252,98 @@ def test_channel_surgery_fine_tunes_a_prithvi_export_on_naip_bands(prithvi_fixtu
     assert tuned["band_surgery"] == {"matched": {"R": "RED", "G": "GREEN", "B": "BLUE", "NIR": "NIR_NARROW"},
                                      "absent": ["SWIR_1", "SWIR_2"], "new": []}
     assert tuned["groups"] == [{"name": "hls", "bands": ["B", "G", "R", "NIR", "SWIR_1", "SWIR_2"]}]  # Prithvi's places
+
+
+@pytest.fixture(scope="module")
+def stmem_fixture(tmp_path_factory):
+    from scimae.domains.cardiac.model import convert_stmem
+
+    folder = shared_data("peers/stmem_tiny")
+    out = convert_stmem(folder / "checkpoint.pth", tmp_path_factory.mktemp("stmem") / "export")
+    return folder, out, load_file(str(folder / "inputs.safetensors")), load_file(str(folder / "expected.safetensors"))
+
+
+def _stmem_batch(series: torch.Tensor) -> dict:
+    """The 12 leads [B, 12, L] on the cardiac vocabulary (PPG absent)."""
+    image = torch.zeros(len(series), 13, 1, series.shape[-1])
+    image[:, :12, 0] = series
+    return {"image": image, "present": torch.arange(13).expand(len(series), -1) < 12}
+
+
+def test_a_converted_stmem_reproduces_the_reference_forward(stmem_fixture):
+    from scimae.core.masking import show_fixed
+    from scimae.domains.cardiac.model import load_cardiac_mae
+
+    folder, export, inputs, expected = stmem_fixture
+    mae, config = load_cardiac_mae(export)
+    assert config["source"]["format"] == "stmem" and config["source"]["fresh"] == ["encoder.cls_token"]
+    assert len(config["source"]["left_out"]) == 6  # the top-level copy of the patch embedding
+    assert (config["fs"], config["window_s"], config["patch"], config["model"]["head_dim"]) == (250.0, 3.0, 75, 64)
+    mae.eval()
+    B, n = 2, 10
+    batch = _stmem_batch(inputs["series"])
+    ts = mae.encoder.tokenizer(batch)
+    fixed = ts.fixed & ts.valid  # the separators
+    scores = torch.nn.functional.pad(inputs["noise"], (1, 1)).reshape(B, -1)  # the stored noise at the patch slots
+    plan = show_fixed(plan_from_scores(scores, ts.valid & ~fixed, mae.masking.ratio, mae.masking.count, ts.group), fixed)
+    assert torch.equal(plan.mask.reshape(B, 12, n + 2)[:, :, 1:-1].float(), expected["mask"])
+    kept = plan.keep[:, 24:]  # after the 24 separators: lead by lead, each in ascending noise
+    assert torch.equal((kept % (n + 2) - 1).reshape(B, 12, 2), expected["ids_keep"])
+    hidden = full_plan(plan.mask)
+    with torch.no_grad():
+        latent, _ = mae.encoder.run(ts, plan)
+        result = mae.predict(ts, plan, hidden.keep, hidden.keep_pad)
+        pooled = mae.encoder(batch)["mean_norm"]
+    # ST-MEM's encoder sequence: per lead [separator, kept patches, separator]
+    slots = torch.stack([torch.cat([torch.tensor([g * (n + 2)]), kept[b][kept[b] // (n + 2) == g],
+                                    torch.tensor([g * (n + 2) + n + 1])]) for b in range(B) for g in range(12)])
+    at = (plan.keep[:, None, None, :] == slots.reshape(B, 12, 4, 1)).int().argmax(-1).reshape(B, 48)
+    torch.testing.assert_close(latent[:, 1:].gather(1, at[..., None].expand(-1, -1, 64)), expected["latent"],
+                               atol=1e-5, rtol=0)
+    pred = torch.zeros(B, 12 * (n + 2), 75).scatter(1, hidden.keep[..., None].expand(-1, -1, 75), result["pred"])
+    hid = expected["mask"].bool()
+    torch.testing.assert_close(pred.reshape(B, 12, n + 2, 75)[:, :, 1:-1][hid], expected["pred"][hid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(result["loss"], expected["loss"], atol=0, rtol=1e-6)
+    torch.testing.assert_close(pooled, expected["pooled"], atol=1e-5, rtol=0)
+    mae.target.norm_pix = False
+    with torch.no_grad():
+        torch.testing.assert_close(mae.predict(ts, plan, hidden.keep, hidden.keep_pad)["loss"],
+                                   expected["loss_norm_pix_false"], atol=0, rtol=1e-6)
+    mae.target.norm_pix, mae.decoder.norm.eps = True, 1e-5
+    with torch.no_grad():
+        torch.testing.assert_close(mae.predict(ts, plan, hidden.keep, hidden.keep_pad)["loss"],
+                                   expected["loss_decoder_norm_eps_1e-5"], atol=0, rtol=1e-6)
+
+
+def test_a_converted_stmem_masks_lead_by_lead_and_converts_by_command(stmem_fixture, tmp_path):
+    from scimae.core.convert import st_mem
+    from scimae.domains.cardiac.model import load_cardiac_mae
+
+    folder, export, inputs, _ = stmem_fixture
+    mae, _ = load_cardiac_mae(export)
+    batch = _stmem_batch(inputs["series"])
+    batch["present"][1, 3] = False  # aVR missing in the second sample
+    with torch.no_grad():
+        out = mae(batch, torch.Generator().manual_seed(0))
+    plan = out["plan"]
+    hidden = plan.mask.reshape(2, 12, 12)
+    assert not hidden[:, :, [0, -1]].any()  # separators are never hidden
+    assert (hidden.sum(-1)[0] == 8).all() and hidden.sum(-1)[1].tolist() == [8] * 3 + [0] + [8] * 8  # int(10 x 0.25) kept
+    shown = torch.zeros_like(plan.mask).scatter(1, plan.keep, ~plan.keep_pad).reshape(2, 12, 12)
+    assert shown[0, :, [0, -1]].all() and not shown[1, 3].any()  # an absent lead: not even its separators
+    assert torch.isfinite(out["loss"]) and set(out) >= {"loss/aVR", "loss/V6"}
+    state = read_checkpoint(folder / "checkpoint.pth")
+    with pytest.raises(DataError, match="does not know: \\['encoder.extra'\\]"):
+        st_mem({**state, "encoder.extra": torch.zeros(1)}, "x.pth")
+    with pytest.raises(DataError, match="without \\['decoder_norm.weight'\\]"):
+        st_mem({k: v for k, v in state.items() if k != "decoder_norm.weight"}, "x.pth")
+    changed = {**state, "to_patch_embedding.2.bias": state["to_patch_embedding.2.bias"] + 1}
+    with pytest.raises(DataError, match="unlike encoder.to_patch_embedding.2.bias"):
+        st_mem(changed, "x.pth")
+    cmd = [sys.executable, "-m", "scimae", "convert", "--from", "stmem", str(folder / "checkpoint.pth"),
+           "--out", str(tmp_path / "export")]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode == 0
+    info = subprocess.run([sys.executable, "-m", "scimae", "info", str(tmp_path / "export")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert info.returncode == 0 and "converted   from stmem (checkpoint.pth)" in info.stdout
+

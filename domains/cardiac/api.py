@@ -5,7 +5,7 @@
     lead_ii = model.reconstruct(x, ["II"], fs=125, names=["PLETH"])   # an array: lead II from a PPG
 
 A record is a WFDB path (or EDF file), a ``wfdb.Record``, or an array [channels, samples] with
-``fs`` and ``names``. The model is a ``torch.nn.Module`` in eval mode: ``.to(device)`` moves it, and
+``fs`` and ``names``; it is preprocessed as the export records (scimae's, or a converted ST-MEM's own). The model is a ``torch.nn.Module`` in eval mode: ``.to(device)`` moves it, and
 ``save_pretrained(folder)`` writes the export it was loaded from.
 """
 from __future__ import annotations
@@ -35,7 +35,10 @@ class CardiacFoundationModel(nn.Module):
         super().__init__()
         self.mae, self.head, self.config = mae, head, config
         self.data_cfg = CardiacDataConfig(fs=config["fs"], window_s=config["window_s"], stride_s=config["stride_s"],
-                                          patch=config["patch"], max_gap_s=config["max_gap_s"], root="")
+                                          patch=config["patch"], max_gap_s=config["max_gap_s"], root="",
+                                          preprocessing=config.get("preprocessing", "scimae"))
+        self.crops = 3 if self.data_cfg.preprocessing == "stmem" else 1  # ST-MEM: three crops per 10-s window
+        self.pooling = "mean_norm" if config["model"].get("layout") == "stmem" else "mean"
         self.eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     @property
@@ -67,10 +70,16 @@ class CardiacFoundationModel(nn.Module):
             return self.head(batch)
         return self._pool(self.mae.encoder(batch))
 
-    @staticmethod
-    def _pool(feats: dict) -> torch.Tensor:
+    def _pool(self, feats: dict) -> torch.Tensor:
+        """The export's pooled feature [B, D]: the mean of the tokens over valid slots (ST-MEM's: then the norm)."""
+        if self.pooling == "mean_norm":
+            return feats["mean_norm"]
         w = feats["valid"][..., None].float()  # [B, N, 1]
         return (feats["tokens"] * w).sum(1) / w.sum(1).clamp_min(1)  # [B, D]
+
+    def _per_window(self, out: torch.Tensor) -> torch.Tensor:
+        """[W x crops, ...] -> [W, ...]: the mean over each window's crops (ST-MEM averages its three)."""
+        return out.reshape(-1, self.crops, *out.shape[1:]).mean(1)
 
     def _signal(self, record, fs=None, names=None) -> Signal:
         if isinstance(record, (str, Path)):
@@ -98,26 +107,30 @@ class CardiacFoundationModel(nn.Module):
 
     @torch.no_grad()
     def embed(self, record, fs: float | None = None, names: list[str] | None = None) -> np.ndarray:
-        """One vector per window [W, D]: the mean of the encoder's tokens over the valid channels and time."""
+        """One vector per window [W, D]: the mean of the encoder's tokens over the valid channels and time (an ST-MEM
+        export: its pooled feature, averaged over the window's three crops)."""
         out = [self._pool(self.mae.encoder(batch)).cpu() for batch in self._batches(self._signal(record, fs, names))]
-        return torch.cat(out).numpy()
+        return self._per_window(torch.cat(out)).numpy()
 
     @torch.no_grad()
     def predict(self, record, fs: float | None = None, names: list[str] | None = None) -> np.ndarray:
-        """The fine-tuned head's output per window: diagnosis probabilities [W, K] or the regression value [W]."""
+        """The fine-tuned head's output per window: diagnosis probabilities [W, K], class probabilities [W, K] or the
+        regression value [W]."""
         if self.head is None:
             raise ValueError("this export has no fine-tuned head; use cardiac_finetune's export for predict()")
         outs = [self.head(b).cpu() for b in self._batches(self._signal(record, fs, names))]
-        out = torch.cat(outs)
+        out = self._per_window(torch.cat(outs))  # an ST-MEM export: logits averaged over the three crops
         if self.config["task"]["kind"] == "diagnosis":
             return out.sigmoid().numpy()
+        if self.config["task"]["kind"] == "classification":
+            return out.softmax(-1).numpy()
         return (out.reshape(-1) * self.config.get("target_scale", 1.0)).numpy()
 
     @torch.no_grad()
     def reconstruct(self, record, channels: list[str], fs: float | None = None,
                     names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Synthesise ``channels`` (e.g. a lead from a PPG) from the record's other channels:
-        {channel: [W, L]} per window, standardised units, at the model's rate."""
+        {channel: [W, L]} per window (an ST-MEM export: per crop), standardised units, at the model's rate."""
         if self.head is not None:  # a fine-tuned export holds the encoder and head, not the decoder
             raise ValueError("this export is a fine-tuned model without the pretrained decoder; use "
                              "cardiac_pretrain's export for reconstruct()")

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_ranges
+from scimae.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
 from scimae.core.data import SyntheticBase, resolve_root, seeded_split
 from scimae.core.errors import DataError
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.io import CHANNELS, Signal, find_records, read_record
-from scimae.domains.cardiac.transforms import prepare, standardise, to_slots, windows
+from scimae.domains.cardiac.transforms import prepare, standardise, stmem_crops, to_slots, windows
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,14 @@ class CardiacDataConfig:
     val_root: str | None = None  # validation records in their own folder (then nothing is split off the root)
     split_seed: int = 0  # seed of the train/validation split
     on_error: str = "stop"  # a bad record stops the run (every one named at once), or skip: train on the rest
+    preprocessing: str = "scimae"  # scimae: band-pass, windows every stride_s, each lead standardised; stmem: ST-MEM's
+    # (three crops of window_s per 10-s window, FFT resampling, order-5 filters, one standardisation over all leads)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
         check_ranges("data", self, {**dict.fromkeys(("fs", "window_s", "stride_s"), POSITIVE), "patch": AT_LEAST_1,
                                     "max_gap_s": NON_NEGATIVE, "val_fraction": UNIT_INTERVAL,
-                                    "on_error": ON_ERROR_RULE})
+                                    "on_error": ON_ERROR_RULE, "preprocessing": one_of("scimae", "stmem")})
         unknown = [c for c in self.channels if c not in CHANNELS]
         if unknown or not self.channels:
             raise ValueError(f"data.channels must be a non-empty subset of {CHANNELS}, got {self.channels}")
@@ -61,10 +63,13 @@ class CardiacDataConfig:
 
 
 def record_windows(sig: Signal, cfg: CardiacDataConfig, channels: list[str] | None = None) -> dict[str, np.ndarray]:
-    """One record -> model inputs per window: image [W, 13, 1, L], present [W, 13], patch_valid [W, 13, n]."""
+    """One record -> model inputs per window: image [W, 13, 1, L], present [W, 13], patch_valid [W, 13, n]
+    (with ST-MEM's preprocessing, three crops per 10-s window, window-major)."""
     if channels is not None:
         keep = [i for i, ch in enumerate(sig.channels) if ch in channels]
         sig = Signal(sig.data[keep], sig.fs, [sig.channels[i] for i in keep], sig.source, sig.labels)
+    if cfg.preprocessing == "stmem":
+        return to_slots(*stmem_crops(sig, cfg.fs, cfg.window_length, cfg.max_gap_s), sig.channels, cfg.patch)
     x, invalid = prepare(sig, cfg.fs, cfg.max_gap_s)
     w, bad = windows(x, invalid, cfg.window_length, int(round(cfg.stride_s * cfg.fs)), sig.source)
     return to_slots(standardise(w, bad), bad, sig.channels, cfg.patch)

@@ -1,4 +1,5 @@
-"""Preprocessing with scipy: gap filling, resampling, band-pass filtering, windows, standardisation."""
+"""Preprocessing with scipy: gap filling, resampling, band-pass filtering, windows, standardisation (scimae's,
+or ST-MEM's crops)."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -93,6 +94,40 @@ def standardise(w: np.ndarray, invalid: np.ndarray) -> np.ndarray:
     mean = (w * valid).sum(-1, keepdims=True) / n
     std = np.sqrt((((w - mean) * valid) ** 2).sum(-1, keepdims=True) / n)
     return np.where(valid, (w - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
+
+
+def stmem_crops(sig: Signal, fs: float, crop: int, max_gap_s: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """ST-MEM's preprocessing of a record -> (crops [3W, C, crop], invalid [3W, C, crop]), window-major: 10-s
+    windows at the record's rate, each resampled by FFT (scipy.signal.resample) to 10 x ``fs`` samples, three crops
+    of ``crop`` samples at equally spaced starts, each high-passed at 0.67 Hz and low-passed at 40 Hz (order-5
+    Butterworth, zero phase) and standardised by one mean and std over all its leads and samples. Gaps as in
+    :func:`prepare` (short ones interpolated, long ones invalid)."""
+    check_rate(sig)
+    x, invalid = fill_gaps(sig.data, int(max_gap_s * sig.fs))
+    n10 = int(round(10 * sig.fs))
+    W = x.shape[1] // n10
+    if W == 0 or crop > int(10 * fs):
+        raise DataError(sig.source, f"{x.shape[1] / sig.fs:.1f} s at {sig.fs:g} Hz",
+                        f"at least one 10-s window holding crops of {crop} samples at {fs:g} Hz")
+
+    def cut(a):  # [C, T] -> [W, C, n10]
+        return a[:, :W * n10].reshape(a.shape[0], W, n10).transpose(1, 0, 2)
+
+    length = int(n10 * fs / sig.fs)
+    w = sps.resample(cut(x), length, axis=-1)  # [W, C, length]
+    bad = sps.resample(cut(invalid).astype(np.float32), length, axis=-1) > 0.1 if invalid.any() else np.zeros(w.shape, bool)
+    starts = np.linspace(0, length - crop, 3).round().astype(int)
+    idx = starts[:, None] + np.arange(crop)[None]  # [3, crop]
+    w, bad = w[:, :, idx].transpose(0, 2, 1, 3), bad[:, :, idx].transpose(0, 2, 1, 3)  # [W, 3, C, crop]
+    w, bad = w.reshape(-1, *w.shape[2:]), bad.reshape(-1, *bad.shape[2:])  # [3W, C, crop]
+    for btype, cutoff in (("highpass", 0.67), ("lowpass", 40.0)):
+        w = sps.sosfiltfilt(sps.butter(5, cutoff, btype=btype, fs=fs, output="sos"), w, axis=-1)
+    valid = ~bad
+    n = np.maximum(valid.sum((-1, -2), keepdims=True), 1)
+    mean = (w * valid).sum((-1, -2), keepdims=True) / n
+    std = np.sqrt((((w - mean) * valid) ** 2).sum((-1, -2), keepdims=True) / n)
+    out = np.where(std > 0, (w - mean) / np.where(std > 0, std, 1.0), 0.0)
+    return np.where(valid, out, 0.0).astype(np.float32), bad
 
 
 def to_slots(w: np.ndarray, invalid: np.ndarray, channels: list[str], patch: int,
