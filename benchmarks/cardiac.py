@@ -14,7 +14,8 @@ distributions):
    labels, steps, head and schedule (layer-wise lr decay for the pretrained arm only; each arm's learning rate
    chosen from --lrs by fine-tuning on 4 labels and scoring on the 5th), with McNemar's test;
 5. the pretrained encoder with leads missing (precordial leads only; limb leads only, which lose the V1-V6
-   order; lead I only): its probe score against the full input.
+   order; lead I only): its probe score against the full input;
+6. per-lead reconstruction error on the validation windows, and of III, aVR, aVL and aVF from I and II alone.
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
   python benchmarks/cardiac.py [--out DIR] [--records 720] [--pretrain-epochs 4] [--finetune-epochs 3] [--group-heads] [--quick]
@@ -65,6 +66,29 @@ def throughput(records: list[Path], export: Path, train: CardiacWindows, batch_s
     step_rate = len(batch["y"]) / time_steps(mae, lambda m: m(batch, g)["loss"], make_optimizer(mae.parameters(), 1e-3), 3)
     print(f"loader: {load_rate:.0f} windows/s (preprocessed once, in memory); training step consumes "
           f"{step_rate:.0f} windows/s -> loader/step = {load_rate / step_rate:.1f}")
+
+
+@torch.no_grad()
+def lead_reconstruction(mae, dataset) -> None:
+    """Per-lead norm-pix MSE (1.0 = a patch's own mean) on validation windows: under the model's random masking,
+    and for the limb leads that are fixed sums of I and II (III, aVR, aVL, aVF) from I and II alone."""
+    mae.eval()
+    sums, weights, derived = {}, {}, {}
+    g = torch.Generator().manual_seed(0)
+    for batch in batches(dataset, 32):
+        out = mae(batch, g)
+        for name in mae.group_names:
+            n = float(out.get(f"slots/{name}", 0))
+            sums[name] = sums.get(name, 0.0) + float(out[f"loss/{name}"]) * n
+            weights[name] = weights.get(name, 0.0) + n
+        two = dict(batch, present=batch["present"].clone())
+        two["present"][:, 2:] = False  # I and II alone
+        filled = mae.fill(two, ["III", "aVR", "aVL", "aVF"])
+        for lead in ("III", "aVR", "aVL", "aVF"):
+            derived[lead] = derived.get(lead, 0.0) + float(filled[f"loss/{lead}"]) * len(batch["y"])
+    print("reconstruction, hidden patches (norm-pix MSE): "
+          + " ".join(f"{k} {sums[k] / weights[k]:.3f}" for k in sums if weights[k]))
+    print("reconstruction from I and II alone: " + " ".join(f"{k} {v / len(dataset):.3f}" for k, v in derived.items()))
 
 
 def main():
@@ -148,6 +172,7 @@ def main():
         s_tr, s_va, _, _ = features(mae.encoder, datasets(channels))
         score = (logistic_predict(s_tr, y_tr, s_va) == y_va).mean()
         print(f"  {name}: {score:.3f} = {score / with_all:.0%} of the 12-lead score")
+    lead_reconstruction(mae, full[1])
 
 
 if __name__ == "__main__":
