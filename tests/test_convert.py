@@ -346,4 +346,5 @@ def test_a_converted_stmem_masks_lead_by_lead_and_converts_by_command(stmem_fixt
     info = subprocess.run([sys.executable, "-m", "scimae", "info", str(tmp_path / "export")], cwd=ROOT,
                           capture_output=True, text=True)
     assert info.returncode == 0 and "converted   from stmem (checkpoint.pth)" in info.stdout
+    assert "channels    I, II, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6\n" in info.stdout  # no PPG: it has no tokens
 

@@ -119,7 +119,8 @@ def build_cardiac_mae(cfg: CardiacModelConfig, window_length: int, patch: int) -
 
 def export_config(model_cfg: CardiacModelConfig, data_cfg, **extra) -> dict:
     """Everything a script needs to feed the model: channel vocabulary, rate, window, patch, normalisation."""
-    return {"domain": "cardiac", "model": dataclasses.asdict(model_cfg), "channels": list(CHANNELS),
+    read = LEADS if model_cfg.layout == "stmem" else CHANNELS  # the channels the model has tokens for
+    return {"domain": "cardiac", "model": dataclasses.asdict(model_cfg), "channels": list(read),
             "trained_channels": list(data_cfg.channels),
             "fs": data_cfg.fs, "window_s": data_cfg.window_s, "stride_s": data_cfg.stride_s,
             "patch": data_cfg.patch, "max_gap_s": data_cfg.max_gap_s, "preprocessing": data_cfg.preprocessing,
