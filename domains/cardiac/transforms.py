@@ -87,12 +87,13 @@ def windows(x: np.ndarray, invalid: np.ndarray, length: int, stride: int, source
     return x[:, idx].transpose(1, 0, 2), invalid[:, idx].transpose(1, 0, 2)
 
 
-def standardise(w: np.ndarray, invalid: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per window and channel over valid samples (invalid samples become 0)."""
+def standardise(w: np.ndarray, invalid: np.ndarray, axis: tuple[int, ...] = (-1,)) -> np.ndarray:
+    """Zero mean, unit variance over the valid samples of ``axis`` (per window and channel by default; ST-MEM's
+    (-2, -1): over all channels of a window together); invalid samples and flat signals become 0."""
     valid = ~invalid
-    n = np.maximum(valid.sum(-1, keepdims=True), 1)
-    mean = (w * valid).sum(-1, keepdims=True) / n
-    std = np.sqrt((((w - mean) * valid) ** 2).sum(-1, keepdims=True) / n)
+    n = np.maximum(valid.sum(axis, keepdims=True), 1)
+    mean = (w * valid).sum(axis, keepdims=True) / n
+    std = np.sqrt((((w - mean) * valid) ** 2).sum(axis, keepdims=True) / n)
     return np.where(valid, (w - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
 
 
@@ -122,12 +123,7 @@ def stmem_crops(sig: Signal, fs: float, crop: int, max_gap_s: float = 0.5) -> tu
     w, bad = w.reshape(-1, *w.shape[2:]), bad.reshape(-1, *bad.shape[2:])  # [3W, C, crop]
     for btype, cutoff in (("highpass", 0.67), ("lowpass", 40.0)):
         w = sps.sosfiltfilt(sps.butter(5, cutoff, btype=btype, fs=fs, output="sos"), w, axis=-1)
-    valid = ~bad
-    n = np.maximum(valid.sum((-1, -2), keepdims=True), 1)
-    mean = (w * valid).sum((-1, -2), keepdims=True) / n
-    std = np.sqrt((((w - mean) * valid) ** 2).sum((-1, -2), keepdims=True) / n)
-    out = np.where(std > 0, (w - mean) / np.where(std > 0, std, 1.0), 0.0)
-    return np.where(valid, out, 0.0).astype(np.float32), bad
+    return standardise(w, bad, (-2, -1)), bad
 
 
 def to_slots(w: np.ndarray, invalid: np.ndarray, channels: list[str], patch: int,
