@@ -96,6 +96,7 @@ def main():
     ap.add_argument("--records", type=int, default=720, help="synthetic 30-s records (a quarter are validation)")
     ap.add_argument("--mask", default="random", help="pretraining mask strategy (shared: the same places in every lead)")
     ap.add_argument("--group-heads", action="store_true", help="pretrain with one prediction head per lead")
+    ap.add_argument("--mask-ratio", type=float, default=0.75, help="share of patches hidden in pretraining")
     args = parse(ap, records=64)
     out = Path(args.out)
     records = find_records(synthetic.write_dataset(None, args.records, 30.0))
@@ -110,6 +111,7 @@ def main():
     export = run_pipeline("cardiac_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
                                                *[f"model.{k}={v}" for k, v in MODEL.items()],
                                                f"train.epochs={args.pretrain_epochs}", f"model.mask.strategy={args.mask}",
+                                               f"model.mask.ratio={args.mask_ratio}",
                                                f"model.group_heads={args.group_heads}", "train.batch_size=32",
                                                "train.figure_every=0"], out, f"pretrain-{stamp}")
     print(f"pretraining: {time.perf_counter() - t:.0f} s")
