@@ -18,7 +18,8 @@ distributions):
 6. per-lead reconstruction error on the validation windows, and of III, aVR, aVL and aVF from I and II alone.
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
-  python benchmarks/cardiac.py [--out DIR] [--records 720] [--pretrain-epochs 4] [--finetune-epochs 3] [--group-heads] [--quick]
+  python benchmarks/cardiac.py [--out DIR] [--records 720] [--pretrain-epochs 4] [--finetune-epochs 3] [--group-heads true|false]
+      [--mask-ratio R] [--quick]
 """
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ def main():
     ap = parser(__doc__, "cardiac", pretrain_epochs=4)
     ap.add_argument("--records", type=int, default=720, help="synthetic 30-s records (a quarter are validation)")
     ap.add_argument("--mask", default="random", help="pretraining mask strategy (shared: the same places in every lead)")
-    ap.add_argument("--group-heads", action="store_true", help="pretrain with one prediction head per lead")
-    ap.add_argument("--mask-ratio", type=float, default=0.75, help="share of patches hidden in pretraining")
+    ap.add_argument("--group-heads", choices=["true", "false"], help="one prediction head per lead (default: the pipeline's)")
+    ap.add_argument("--mask-ratio", type=float, help="share of patches hidden in pretraining (default: the pipeline's)")
     args = parse(ap, records=64)
     out = Path(args.out)
     records = find_records(synthetic.write_dataset(None, args.records, 30.0))
