@@ -112,8 +112,9 @@ def main():
     export = run_pipeline("cardiac_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
                                                *[f"model.{k}={v}" for k, v in MODEL.items()],
                                                f"train.epochs={args.pretrain_epochs}", f"model.mask.strategy={args.mask}",
-                                               f"model.mask.ratio={args.mask_ratio}",
-                                               f"model.group_heads={args.group_heads}", "train.batch_size=32",
+                                               "train.batch_size=32",
+                                               *([f"model.mask.ratio={args.mask_ratio}"] if args.mask_ratio else []),
+                                               *([f"model.group_heads={args.group_heads}"] if args.group_heads else []),
                                                "train.figure_every=0"], out, f"pretrain-{stamp}")
     print(f"pretraining: {time.perf_counter() - t:.0f} s")
     mae, _ = load_cardiac_mae(export)
