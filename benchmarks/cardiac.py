@@ -71,8 +71,9 @@ def throughput(records: list[Path], export: Path, train: CardiacWindows, batch_s
 
 @torch.no_grad()
 def lead_reconstruction(mae, dataset) -> None:
-    """Per-lead norm-pix MSE (1.0 = a patch's own mean) on validation windows: under the model's random masking,
-    and for the limb leads that are fixed sums of I and II (III, aVR, aVL, aVF) from I and II alone."""
+    """Per-lead loss on validation windows (MSE of the z-scored leads: 1.0 = predicting each lead's window mean;
+    norm-pix if the model was trained with it): under the model's masking, and for the limb leads that are fixed
+    sums of I and II (III, aVR, aVL, aVF) from I and II alone."""
     mae.eval()
     sums, weights, derived = {}, {}, {}
     g = torch.Generator().manual_seed(0)
@@ -87,7 +88,7 @@ def lead_reconstruction(mae, dataset) -> None:
         filled = mae.fill(two, ["III", "aVR", "aVL", "aVF"])
         for lead in ("III", "aVR", "aVL", "aVF"):
             derived[lead] = derived.get(lead, 0.0) + float(filled[f"loss/{lead}"]) * len(batch["y"])
-    print("reconstruction, hidden patches (norm-pix MSE): "
+    print("reconstruction, hidden patches (loss): "
           + " ".join(f"{k} {sums[k] / weights[k]:.3f}" for k in sums if weights[k]))
     print("reconstruction from I and II alone: " + " ".join(f"{k} {v / len(dataset):.3f}" for k, v in derived.items()))
 
