@@ -45,6 +45,7 @@ class GeoDataConfig:
     min_valid: float = 0.5  # a patch with less valid data than this is invalid
     val_fraction: float = 0.2  # share of scenes held out for validation
     split_seed: int = 0  # seed of the train/validation split
+    cloud_mask: bool = False  # MODIS granules: pixels their state_1km QC flags cloudy or shadowed are invalid
     on_error: str = "stop"  # a bad scene stops the run (every one named at once), or skip: train on the rest
     val_root: str | None = None  # validation scenes in their own folder (then root is all training, no split)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -78,20 +79,22 @@ def layout_bands(layout: dict[str, list[str]]) -> list[str]:
 
 
 def scene_paths(cfg: GeoDataConfig) -> list[Path]:
-    """The scenes: the synthetic tiles, or every GeoTIFF / stack under ``root`` (or ``root`` itself)."""
-    if cfg.root is None:  # the synthetic tiles, or its MODIS-like stack when the band table is MODIS's
+    """The scenes: the synthetic tiles, or every GeoTIFF / stack / HDF4-EOS granule under ``root`` (or ``root``)."""
+    if cfg.root is None:  # the synthetic tiles, or its MODIS stack or MOD09GA granules for their band tables
         root = cfg.synthetic.write()
         if [b.name for b in cfg.bands] == synthetic.MODIS_BANDS:
             return [root / "modis.nc"]
+        if {b.name for b in cfg.bands} <= set(synthetic.MOD09GA_BANDS):
+            return sorted((root / "mod09ga").glob("*.hdf"))
         return sorted((root / "tiles").rglob("*.tif"))
     root = Path(cfg.root)
     if root.is_file() or root.suffix in (".nc", ".zarr"):
         return [root]
     if not root.is_dir():
         raise DataError(root, "no such file or folder", "GeoTIFFs, a per-band folder, or a NetCDF/zarr stack")
-    files = find_files(root, lambda p: p.suffix.lower() in (".tif", ".tiff", ".nc"))
+    files = find_files(root, lambda p: p.suffix.lower() in (".tif", ".tiff", ".nc", ".hdf"))
     if not files:
-        raise DataError(root, "no .tif, .tiff or .nc files", "rasters to train on")
+        raise DataError(root, "no .tif, .tiff, .nc or .hdf files", "rasters to train on")
     return files
 
 
@@ -135,7 +138,7 @@ class GeoWindows(Dataset):
         if i not in self._scenes:  # opened lazily, so each DataLoader worker has its own handles
             first = self.scene(0) if i and self.ref_crs is None else None
             crs = self.ref_crs or (first.crs if isinstance(first, RasterScene) else None)  # stacks keep their own grid
-            self._scenes[i] = open_scene(self.paths[i], self.cfg.bands, crs)
+            self._scenes[i] = open_scene(self.paths[i], self.cfg.bands, crs, self.cfg.cloud_mask)
         return self._scenes[i]
 
     def to_slots(self, sample: dict) -> dict[str, torch.Tensor]:
@@ -197,7 +200,8 @@ class GeoWindows(Dataset):
 
 
 def load_splits(cfg: GeoDataConfig, seed: int = 0):
-    paths = preflight(scene_paths(cfg), partial(check_scene, bands=cfg.bands), "scenes", cfg.on_error)
+    check = partial(check_scene, bands=cfg.bands, cloud_mask=cfg.cloud_mask)
+    paths = preflight(scene_paths(cfg), check, "scenes", cfg.on_error)
     train, val = seeded_split(paths, cfg.val_fraction, cfg.split_seed)
     log.info("%d training scenes, %d validation scenes", len(train), len(val))
     first = open_scene(paths[0], cfg.bands)

@@ -1,4 +1,5 @@
-"""Scenes from GeoTIFFs (one multi-band file, or one file per band) and xarray stacks (NetCDF, zarr).
+"""Scenes from GeoTIFFs (one multi-band file, or one file per band), xarray stacks (NetCDF, zarr) and MODIS
+HDF4-EOS granules (:mod:`~scimae.domains.remote_sensing.hdf4`).
 
 A scene answers ``read(window)`` with the bands of a pixel window as float32 [C, h, w] and a validity
 mask, reading only that window; a window past the scene's edge comes back padded and invalid.
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from scimae.core.errors import DataError, require
+from scimae.domains.remote_sensing.hdf4 import HdfScene
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +99,6 @@ class RasterScene:
             slots.append(i)
             indexes.append(index)
         self.crs, self.transform, self.height, self.width = ref.crs, ref.transform, ref.height, ref.width
-
-    def window_transform(self, row: int, col: int) -> tuple[float, ...]:
-        """The affine (a, b, c, d, e, f) of a window whose top-left pixel is (row, col)."""
-        t = self.transform
-        return (t.a, t.b, t.c + t.a * col + t.b * row, t.d, t.e, t.f + t.d * col + t.e * row)
 
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Window at (row, col) of size x size -> (values [C, size, size] float32, valid [C, size, size]).
@@ -216,21 +213,24 @@ def _warped(src, path: str, **grid):
                         "scenes in one CRS, or in CRSs with a known transformation between them") from None
 
 
-def check_scene(path: Path, bands: list[Band]) -> None:
+def check_scene(path: Path, bands: list[Band], cloud_mask: bool = False) -> None:
     """Open a scene and read a window at its centre (the dataset preflight): a DataError if either fails."""
-    scene = open_scene(path, bands)
+    scene = open_scene(path, bands, cloud_mask=cloud_mask)
     scene.read(max(0, scene.height // 2 - 16), max(0, scene.width // 2 - 16), 32)
 
 
-def open_scene(path: str | Path, bands: list[Band], crs=None):
+def open_scene(path: str | Path, bands: list[Band], crs=None, cloud_mask: bool = False):
     """A multi-band GeoTIFF (bands by description if it has them, every band of the table among them; else by
-    position), a folder with one GeoTIFF per band (matched by name), or a NetCDF/zarr stack. GeoTIFFs in another
+    position), a folder with one GeoTIFF per band (matched by name), a NetCDF/zarr stack, or a MODIS HDF4-EOS
+    granule (:mod:`~scimae.domains.remote_sensing.hdf4`; ``cloud_mask``: its QC flags). GeoTIFFs in another
     CRS than ``crs`` (a dataset's first scene's) are reprojected onto it with a warning."""
     import rasterio
 
     path = Path(path)
     if path.suffix.lower() in (".nc", ".zarr"):
         return StackScene(path, bands)
+    if path.suffix.lower() == ".hdf":
+        return HdfScene(path, bands, cloud_mask=cloud_mask)
     if path.is_dir():
         sources = {}
         for band in bands:

@@ -2,7 +2,7 @@
 
 Georeferenced 4-band GeoTIFF tiles (R, G, B, NIR, NAIP-like uint8) in the FireRisk folder layout
 (tiles/<class>/*.tif), with label rasters of the land cover for segmentation, a nodata border on some tiles,
-and a small MODIS-like 14-band NetCDF. Every tile holds the same land covers in the same shares (a quarter
+a small MODIS-like 14-band NetCDF, and four small MOD09GA granules as HDF4-EOS files (mod09ga/*.hdf). Every tile holds the same land covers in the same shares (a quarter
 water, a quarter crops, half forest): the covers are the quantiles of a random field whose shape is the
 class (parallel field stripes, an orchard-like grid, rings around a pond, scattered blobs). So the per-band
 statistics of a tile are the same for every class; only how the covers are arranged tells them apart.
@@ -16,7 +16,7 @@ import numpy as np
 from scimae.core.files import build_folder_once
 from scimae.core.progress import progress
 
-VERSION = 3
+VERSION = 4
 COVERS = ["water", "crops", "forest"]
 SHARES = np.array([0.25, 0.25, 0.5])  # of every tile, in COVERS order
 #                       R    G    B   NIR  (uint8 digital numbers)
@@ -65,7 +65,8 @@ def land_cover(rng: np.random.Generator, size: int, layout: str, valid: np.ndarr
 
 
 def write_dataset(root: str | Path | None = None, n_tiles: int = 60, seed: int = 0) -> Path:
-    """Write once (complete or not at all) and return the folder: tiles/<class>/*.tif, labels/*.tif, modis.nc."""
+    """Write once (complete or not at all) and return the folder: tiles/<class>/*.tif, labels/*.tif, modis.nc,
+    mod09ga/*.hdf."""
     key = f"{n_tiles} tiles, seed {seed}"
     return build_folder_once(root, key, lambda tmp: _write(tmp, n_tiles, seed), f"geo_synthetic_v{VERSION}")
 
@@ -95,6 +96,9 @@ def _write(tmp: Path, n_tiles: int, seed: int) -> None:
                            **{**profile, "nodata": 255}) as dst:
             dst.write(np.where(image[0] > 0, cover, 255)[None].astype(np.uint8))
     write_modis(tmp / "modis.nc", rng)
+    (tmp / "mod09ga").mkdir()
+    for h, v in ((8, 5), (9, 5), (8, 6), (9, 6)):
+        write_mod09ga(tmp / "mod09ga" / f"MOD09GA.A2008296.h{h:02d}v{v:02d}.061.2020001000000.hdf", rng, tile=(h, v))
 
 
 def write_modis(path: Path, rng: np.random.Generator, size: int = 64) -> None:
@@ -117,3 +121,66 @@ def write_modis(path: Path, rng: np.random.Generator, size: int = 64) -> None:
                       attrs={"crs": "+proj=sinu +R=6371007.181 +units=m"})
     da.to_netcdf(path, encoding={"toa": {"dtype": "int16", "scale_factor": 0.01, "add_offset": 150.0,
                                          "_FillValue": -32768}})
+
+
+MOD09GA_BANDS = [f"sur_refl_b{b:02d}" for b in range(1, 8)]
+SINUSOIDAL_TILE_M = 1111950.5197665  # side of one MODIS sinusoidal tile (h, v)
+MODIS_X0, MODIS_Y0 = -20015109.355798, 10007554.677899  # upper-left corner of tile h00v00
+
+
+def write_mod09ga(path: Path, rng: np.random.Generator, size: int = 64, tile: tuple[int, int] = (8, 5)) -> Path:
+    """A MOD09GA granule as the product lays it out, at ``size`` x ``size`` pixels instead of 2400 (the same tile
+    corners, so coarser pixels): HDF4-EOS with ``StructMetadata.0``, grid ``MODIS_Grid_500m_2D`` holding
+    ``sur_refl_b01_1`` ... ``sur_refl_b07_1`` (int16, scale_factor 0.0001, _FillValue -28672, valid_range
+    -100..16000) and grid ``MODIS_Grid_1km_2D`` holding ``state_1km_1`` (uint16; bits 0-1 cloud state). A fill
+    corner and a few out-of-range values, as real granules have."""
+    from pyhdf.SD import SD, SDC
+
+    h, v = tile
+    ul = (MODIS_X0 + h * SINUSOIDAL_TILE_M, MODIS_Y0 - v * SINUSOIDAL_TILE_M)
+    lr = (ul[0] + SINUSOIDAL_TILE_M, ul[1] - SINUSOIDAL_TILE_M)
+    cover = land_cover(rng, size, "blobs")
+    rgbn = SIGNATURES[cover].transpose(2, 0, 1) / 255.0 * 0.6  # [4, H, W] reflectance of R, G, B, NIR
+    swir = np.stack([0.8 * rgbn[3], 0.5 * rgbn[3] + 0.3 * rgbn[0], 0.6 * rgbn[0]])  # bands 5-7
+    refl = np.stack([rgbn[0], rgbn[3], rgbn[2], rgbn[1], *swir]) + rng.normal(0, 0.005, (7, size, size))
+    raw = np.round(refl / 1e-4).astype(np.int16)  # [7, H, W] MODIS band order: red, NIR, blue, green, 1240, 1640, 2130 nm
+    raw[:, : size // 8, : size // 8] = -28672  # fill: outside the swath
+    raw[0, -1, -3:] = 16500  # out of valid_range
+    cloud = (land_cover(rng, size // 2, "blobs") == 0).astype(np.uint16)  # bits 0-1: 01 = cloudy
+    grids = {"MODIS_Grid_500m_2D": (size, [(f"{b}_1", raw[i], SDC.INT16) for i, b in enumerate(MOD09GA_BANDS)]),
+             "MODIS_Grid_1km_2D": (size // 2, [("state_1km_1", cloud | 0b1000, SDC.UINT16)])}  # bit 3: land
+    sd = SD(str(path), SDC.WRITE | SDC.CREATE | SDC.TRUNC)
+    for grid, (n, fields) in grids.items():
+        for name, data, kind in fields:
+            sds = sd.create(name, kind, (n, n))
+            for axis, dim in enumerate(("YDim", "XDim")):
+                sds.dim(axis).setname(f"{dim}:{grid}")
+            if kind == SDC.INT16:
+                sds.setfillvalue(-28672)
+                sds.attr("valid_range").set(SDC.INT16, [-100, 16000])
+                sds.attr("scale_factor").set(SDC.FLOAT64, 1e-4)
+                sds.attr("add_offset").set(SDC.FLOAT64, 0.0)
+                sds.attr("units").set(SDC.CHAR8, "reflectance")
+            else:
+                sds.setfillvalue(65535)
+            sds[:] = data
+            sds.endaccess()
+    sd.attr("StructMetadata.0").set(SDC.CHAR8, struct_metadata({g: (n, [f[0] for f in fs]) for g, (n, fs) in grids.items()},
+                                                               ul, lr))
+    sd.end()
+    return path
+
+
+def struct_metadata(grids: dict[str, tuple[int, list[str]]], ul: tuple[float, float], lr: tuple[float, float]) -> str:
+    """HDF-EOS's ODL grid description for square sinusoidal grids: {grid name: (pixels per side, SDS names)}."""
+    lines = ["GROUP=SwathStructure", "END_GROUP=SwathStructure", "GROUP=GridStructure"]
+    for k, (name, (n, fields)) in enumerate(grids.items(), 1):
+        lines += [f"\tGROUP=GRID_{k}", f'\t\tGridName="{name}"', f"\t\tXDim={n}", f"\t\tYDim={n}",
+                  f"\t\tUpperLeftPointMtrs=({ul[0]:.6f},{ul[1]:.6f})", f"\t\tLowerRightMtrs=({lr[0]:.6f},{lr[1]:.6f})",
+                  "\t\tProjection=GCTP_SNSOID", "\t\tProjParams=(6371007.181000,0,0,0,0,0,0,0,0,0,0,0,0)",
+                  "\t\tSphereCode=-1", "\t\tGridOrigin=HDFE_GD_UL", "\t\tGROUP=DataField"]
+        for j, field in enumerate(fields, 1):
+            lines += [f"\t\t\tOBJECT=DataField_{j}", f'\t\t\t\tDataFieldName="{field}"', '\t\t\t\tDimList=("YDim","XDim")',
+                      f"\t\t\tEND_OBJECT=DataField_{j}"]
+        lines += ["\t\tEND_GROUP=DataField", f"\tEND_GROUP=GRID_{k}"]
+    return "\n".join(lines + ["END_GROUP=GridStructure", "GROUP=PointStructure", "END_GROUP=PointStructure", "END", ""])

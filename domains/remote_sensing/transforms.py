@@ -7,10 +7,15 @@ import torch
 
 
 def window_transform(scene, row: int, col: int) -> torch.Tensor:
-    """The window's georeference (a, b, c, d, e, f) as a tensor [6]; zeros for a scene without one."""
-    if hasattr(scene, "window_transform") and scene.transform is not None:
-        return torch.tensor(scene.window_transform(row, col), dtype=torch.float64)
-    return torch.zeros(6, dtype=torch.float64)
+    """The georeference (a, b, c, d, e, f) of the scene's window whose top-left pixel is (row, col), as a tensor
+    [6]; zeros for a scene without an affine (rasterio's ``Affine``)."""
+    from affine import Affine
+
+    t = getattr(scene, "transform", None)
+    if not isinstance(t, Affine):
+        return torch.zeros(6, dtype=torch.float64)
+    a, b, c, d, e, f = tuple(t)[:6]
+    return torch.tensor((a, b, c + a * col + b * row, d, e, f + d * col + e * row), dtype=torch.float64)
 
 
 def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid: float) -> dict[str, torch.Tensor]:
