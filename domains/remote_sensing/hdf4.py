@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scimae.core.errors import DataError, require
+from scimae.domains.remote_sensing.transforms import window_bounds
 
 if TYPE_CHECKING:
     from scimae.domains.remote_sensing.io import Band
@@ -134,8 +135,7 @@ class HdfScene:
 
         out = np.zeros((len(self.bands), size, size), np.float32)
         valid = np.zeros(out.shape, bool)
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + size, self.height), min(col + size, self.width)
+        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width)
         if r1 <= r0 or c1 <= c0:
             return out, valid
         clear = True

@@ -16,6 +16,7 @@ import numpy as np
 
 from scimae.core.errors import DataError, require
 from scimae.domains.remote_sensing.hdf4 import HdfScene
+from scimae.domains.remote_sensing.transforms import window_bounds
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,7 @@ class RasterScene:
 
         out = np.zeros((len(self.bands), size, size), np.float32)
         valid = np.zeros(out.shape, bool)
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + size, self.height), min(col + size, self.width)
+        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width)
         if r1 <= r0 or c1 <= c0:
             return out, valid
         inside = Window(c0, r0, c1 - c0, r1 - r0)
@@ -170,8 +170,7 @@ class StackScene:
 
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         out = np.full((len(self.bands), size, size), np.nan, np.float32)
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + size, self.height), min(col + size, self.width)
+        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width)
         if r1 > r0 and c1 > c0:
             block = self.da[:, r0:r1, c0:c1].values.astype(np.float32)  # only the window is read
             out[:, r0 - row:r1 - row, c0 - col:c1 - col] = block

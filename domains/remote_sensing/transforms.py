@@ -18,6 +18,12 @@ def window_transform(scene, row: int, col: int) -> torch.Tensor:
     return torch.tensor((a, b, c + a * col + b * row, d, e, f + d * col + e * row), dtype=torch.float64)
 
 
+def window_bounds(row: int, col: int, size: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """The part (r0, c0, r1, c1) of the size x size window at (row, col) inside a height x width scene; empty
+    (r1 <= r0 or c1 <= c0) when the window lies outside it."""
+    return max(row, 0), max(col, 0), min(row + size, height), min(col + size, width)
+
+
 def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid: float) -> dict[str, torch.Tensor]:
     """Bands [Nb, h, w] and validity -> per-band image [Nb, 1, h, w] and patch_valid [Nb, h/p, w/p]."""
     nb, h, w = x.shape
