@@ -8,7 +8,8 @@ import torch
 from scimae.core.errors import DataError
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows, scene_paths
-from scimae.domains.remote_sensing.hdf4 import HdfScene, parse_grids
+from scimae.domains.remote_sensing.hdf4 import (SATVISION_TOA_BANDS, WAVENUMBERS, HdfScene, SwathScene,
+                                                brightness_temperature, parse_grids)
 from scimae.domains.remote_sensing.io import Band, open_scene
 
 BANDS = [Band(b) for b in synthetic.MOD09GA_BANDS]
@@ -168,3 +169,34 @@ def test_the_mod09ga_configuration_pretrains_on_granules_out_of_the_box(tmp_path
     assert [b["name"] for b in export["bands"]] == synthetic.MOD09GA_BANDS
     assert [g["name"] for g in export["groups"]] == ["visible", "nir", "swir"]
     assert len(list((tmp_path / "data").rglob("MOD09GA.*.hdf"))) == 4
+
+
+def _satvision_bands() -> list[Band]:
+    return [Band(b, "brightness_temperature" if b[1:] in WAVENUMBERS else "reflectance") for b in SATVISION_TOA_BANDS]
+
+
+def test_planck_inversion_matches_a_hand_computed_radiance():
+    # band 31 (908.0884 cm^-1 = 11.0122 um) at 300 K: 2hc^2 / (um^5 (exp(hc / (k um T)) - 1)) = 9.5666 W m^-2 sr^-1 um^-1
+    assert brightness_temperature(np.array(9.5666), "31") == pytest.approx(300.0, abs=0.01)
+    assert brightness_temperature(np.array(0.48196), "20") == pytest.approx(300.0, abs=0.01)  # 3.7853 um, 300 K
+
+
+def test_l1b_swath_bands_are_toa_reflectance_and_brightness_temperature(tmp_path):
+    path = tmp_path / "MOD021KM.A2019001.0000.061.2019001120000.hdf"
+    truth = synthetic.write_mod021km(path, np.random.default_rng(1), rows=40, cols=30)
+    scene = open_scene(path, _satvision_bands())
+    assert isinstance(scene, SwathScene) and scene.crs is None and (scene.height, scene.width) == (40, 30)
+    x, ok = scene.read(8, 0, 32)  # 32 rows from row 8: the bottom row's flagged pixels, and 2 columns past the edge
+    for i, band in enumerate(SATVISION_TOA_BANDS):
+        true = truth[band][8:40, :30]
+        assert not ok[i, -1, 28:30].any() and not ok[i, :, 30:].any()  # raw values above 32767, outside the swath
+        inside = ok[i, :32, :30]
+        assert inside.sum() == 32 * 30 - 2
+        tolerance = 0.01 if band[1:] in WAVENUMBERS else 1e-4  # K; reflectance
+        np.testing.assert_allclose(x[i, :32, :30][inside], true[inside], atol=tolerance)
+    with pytest.raises(DataError, match="b31 is brightness_temperature"):
+        SwathScene(path, [Band("b31", "reflectance")])
+    with pytest.raises(DataError, match=r"missing \['b37'\]"):
+        SwathScene(path, [Band("b37")])
+    with pytest.raises(DataError, match="an L1B swath"):
+        open_scene(path, [Band("b01")], cloud_mask=True)

@@ -80,10 +80,10 @@ def layout_bands(layout: dict[str, list[str]]) -> list[str]:
 
 def scene_paths(cfg: GeoDataConfig) -> list[Path]:
     """The scenes: the synthetic tiles, or every GeoTIFF / stack / HDF4-EOS granule under ``root`` (or ``root``)."""
-    if cfg.root is None:  # the synthetic tiles, or its MODIS stack or MOD09GA granules for their band tables
+    if cfg.root is None:  # the synthetic tiles, or its MODIS granules for their band tables
         root = cfg.synthetic.write()
         if [b.name for b in cfg.bands] == synthetic.MODIS_BANDS:
-            return [root / "modis.nc"]
+            return sorted((root / "mod021km").glob("*.hdf"))
         if {b.name for b in cfg.bands} <= set(synthetic.MOD09GA_BANDS):
             return sorted((root / "mod09ga").glob("*.hdf"))
         return sorted((root / "tiles").rglob("*.tif"))

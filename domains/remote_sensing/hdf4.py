@@ -70,30 +70,49 @@ def parse_grids(text: str) -> dict[str, Grid]:
     return grids
 
 
+def _open(path: Path):
+    """(pyhdf SD, StructMetadata.0 text) of an HDF4-EOS file; a DataError for anything else."""
+    require("reading HDF4-EOS granules", "geo", "pyhdf")
+    from pyhdf.error import HDF4Error
+    from pyhdf.SD import SD, SDC
+
+    if not path.is_file():
+        raise DataError(path, "no such file", EXPECTED)
+    with open(path, "rb") as f:
+        if f.read(8) == HDF5_SIGNATURE:
+            raise DataError(path, "an HDF5 file (HDF-EOS5 or NetCDF-4), not HDF4", EXPECTED)
+    try:
+        sd = SD(str(path), SDC.READ)
+        meta = sd.attributes().get("StructMetadata.0")
+    except HDF4Error as e:
+        raise DataError(path, f"a file the HDF4 library cannot read ({e})", EXPECTED) from None
+    if not meta:
+        raise DataError(path, "an HDF4 file without StructMetadata.0 (not HDF-EOS)", EXPECTED)
+    return sd, meta
+
+
+def open_granule(path: str | Path, bands: list[Band], cloud_mask: bool = False):
+    """A gridded granule (:class:`HdfScene`) or an L1B swath (:class:`SwathScene`), as its StructMetadata.0 says."""
+    path = Path(path)
+    _, meta = _open(path)
+    if re.search(r"GROUP=SWATH_\d+", meta) and not any(g.fields for g in parse_grids(meta).values()):
+        if cloud_mask:
+            raise DataError(path, "an L1B swath", "a gridded granule with state_1km QC flags for data.cloud_mask")
+        return SwathScene(path, bands)
+    return HdfScene(path, bands, cloud_mask=cloud_mask)
+
+
 class HdfScene:
     """The bands of one grid of an HDF4-EOS granule (``grid``; default: the first grid holding every band), with the
     grid's sinusoidal CRS and affine. The same ``read`` contract as :class:`~scimae.domains.remote_sensing.io.RasterScene`."""
 
     def __init__(self, path: str | Path, bands: list[Band], grid: str | None = None, cloud_mask: bool = False):
-        require("reading HDF4-EOS granules", "geo", "pyhdf")
         from pyhdf.error import HDF4Error
-        from pyhdf.SD import SD, SDC
         from rasterio.crs import CRS
 
         path = Path(path)
         self.bands, self.name = bands, str(path)
-        if not path.is_file():
-            raise DataError(path, "no such file", EXPECTED)
-        with open(path, "rb") as f:
-            if f.read(8) == HDF5_SIGNATURE:
-                raise DataError(path, "an HDF5 file (HDF-EOS5 or NetCDF-4), not HDF4", EXPECTED)
-        try:
-            self._sd = SD(str(path), SDC.READ)
-            meta = self._sd.attributes().get("StructMetadata.0")
-        except HDF4Error as e:
-            raise DataError(path, f"a file the HDF4 library cannot read ({e})", EXPECTED) from None
-        if not meta:
-            raise DataError(path, "an HDF4 file without StructMetadata.0 (not HDF-EOS)", EXPECTED)
+        self._sd, meta = _open(path)
         grids = {name: g for name, g in parse_grids(meta).items() if g.fields}
         if not grids:
             raise DataError(path, "no grids in StructMetadata.0 (a swath granule?)", "a gridded MODIS product "
@@ -164,3 +183,78 @@ def _scaling(attrs: dict) -> tuple[float, float, float | None, float, float]:
     """(scale_factor, add_offset, _FillValue, valid minimum, valid maximum) of an SDS's attributes."""
     low, high = attrs.get("valid_range", (-np.inf, np.inf))
     return float(attrs.get("scale_factor", 1.0)), float(attrs.get("add_offset", 0.0)), attrs.get("_FillValue"), low, high
+
+
+# MODIS L1B (MOD021KM): the four earth-view SDS and, for the emissive bands, the published effective central
+# wavenumbers (cm^-1, Terra, band-averaged spectral responses) that invert Planck's law.
+L1B_FIELDS = ("EV_250_Aggr1km_RefSB", "EV_500_Aggr1km_RefSB", "EV_1KM_RefSB", "EV_1KM_Emissive")
+WAVENUMBERS = {"20": 2641.775, "21": 2505.277, "22": 2518.028, "23": 2465.428, "24": 2235.815, "25": 2200.346,
+               "27": 1477.967, "28": 1362.737, "29": 1173.190, "30": 1027.715, "31": 908.0884, "32": 831.5399,
+               "33": 748.3394, "34": 730.8963, "35": 718.8681, "36": 704.5367}
+SATVISION_TOA_BANDS = ["b01", "b02", "b03", "b26", "b06", "b20", "b07", "b27", "b28", "b29", "b31", "b32", "b33", "b34"]
+C1, C2 = 1.191042e8, 1.4387752e4  # 2hc^2 in W um^4 m^-2 sr^-1, hc/k in um K
+
+
+def brightness_temperature(radiance: np.ndarray, band: str) -> np.ndarray:
+    """Planck's law inverted at the band's effective central wavelength: radiance in W m^-2 sr^-1 um^-1 -> K."""
+    um = 1e4 / WAVENUMBERS[band]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return C2 / (um * np.log1p(C1 / (um ** 5 * radiance)))
+
+
+class SwathScene:
+    """MODIS L1B 1 km swath bands in sensor geometry (no CRS): ``b01`` ... ``b36`` (``b13lo``, ``b14hi`` ...) as the
+    SDS ``band_names`` attributes list them. Reflective bands are TOA reflectance, reflectance_scales x (raw -
+    reflectance_offsets); emissive bands brightness temperature from radiance_scales x (raw - radiance_offsets);
+    raw values above 32767 (MODIS's flags for saturated, dead or missing data) are invalid."""
+
+    def __init__(self, path: str | Path, bands: list[Band]):
+        from pyhdf.error import HDF4Error
+
+        path = Path(path)
+        self.bands, self.name, self.crs, self.transform = bands, str(path), None, None
+        self._sd, _ = _open(path)
+        where = {}
+        try:
+            for field in set(L1B_FIELDS) & set(self._sd.datasets()):
+                sds = self._sd.select(field)
+                attrs = sds.attributes()
+                kind, prefix = (("brightness_temperature", "radiance") if field == "EV_1KM_Emissive"
+                                else ("reflectance", "reflectance"))
+                for k, number in enumerate(attrs["band_names"].split(",")):
+                    where[f"b{number.zfill(2)}"] = (sds, k, kind, attrs[f"{prefix}_scales"][k],
+                                                    attrs[f"{prefix}_offsets"][k], number)
+        except (HDF4Error, KeyError) as e:
+            raise DataError(path, f"L1B datasets without their band_names and scales ({e})", "a MOD021KM granule") from None
+        missing = [b.name for b in bands if b.name not in where]
+        if missing:
+            raise DataError(path, f"L1B bands {sorted(where)}", f"the bands {[b.name for b in bands]} (missing {missing})")
+        wrong = [f"{b.name} is {where[b.name][2]}" for b in bands if b.kind != where[b.name][2]]
+        if wrong:
+            raise DataError(path, "; ".join(wrong), "the band table's kinds to match the granule's")
+        self._bands = [where[b.name] for b in bands]
+        _, self.height, self.width = self._bands[0][0].info()[2]
+
+    def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same contract as :meth:`HdfScene.read`: TOA reflectance or brightness temperature, invalid where
+        the raw value is a flag, the radiance is not positive, or the window leaves the swath."""
+        from pyhdf.error import HDF4Error
+
+        out = np.zeros((len(self.bands), size, size), np.float32)
+        valid = np.zeros(out.shape, bool)
+        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width)
+        if r1 <= r0 or c1 <= c0:
+            return out, valid
+        for i, (sds, k, kind, scale, offset, number) in enumerate(self._bands):
+            try:
+                raw = np.asarray(sds[k, r0:r1, c0:c1]).astype(np.float64)  # [h, w]: one band's window only
+            except HDF4Error as e:
+                raise DataError(self.name, f"a window the HDF4 library cannot read ({e})", "a complete granule") from None
+            value = scale * (raw - offset)
+            ok = raw <= 32767
+            if kind == "brightness_temperature":
+                ok &= value > 0
+                value = brightness_temperature(np.where(ok, value, 1.0), number)
+            out[i, r0 - row:r1 - row, c0 - col:c1 - col] = np.where(ok, value, 0.0)
+            valid[i, r0 - row:r1 - row, c0 - col:c1 - col] = ok
+        return out, valid

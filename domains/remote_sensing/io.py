@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from scimae.core.errors import DataError, require
-from scimae.domains.remote_sensing.hdf4 import HdfScene
+from scimae.domains.remote_sensing.hdf4 import open_granule
 from scimae.domains.remote_sensing.transforms import window_bounds
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def open_scene(path: str | Path, bands: list[Band], crs=None, cloud_mask: bool =
     if path.suffix.lower() in (".nc", ".zarr"):
         return StackScene(path, bands)
     if path.suffix.lower() == ".hdf":
-        return HdfScene(path, bands, cloud_mask=cloud_mask)
+        return open_granule(path, bands, cloud_mask)
     if path.is_dir():
         sources = {}
         for band in bands:

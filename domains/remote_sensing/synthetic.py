@@ -2,7 +2,8 @@
 
 Georeferenced 4-band GeoTIFF tiles (R, G, B, NIR, NAIP-like uint8) in the FireRisk folder layout
 (tiles/<class>/*.tif), with label rasters of the land cover for segmentation, a nodata border on some tiles,
-a small MODIS-like 14-band NetCDF, and four small MOD09GA granules as HDF4-EOS files (mod09ga/*.hdf). Every tile holds the same land covers in the same shares (a quarter
+a small MODIS-like 14-band NetCDF, and small MODIS granules as HDF4-EOS files: four MOD09GA tiles
+(mod09ga/*.hdf) and two MOD021KM L1B swaths (mod021km/*.hdf). Every tile holds the same land covers in the same shares (a quarter
 water, a quarter crops, half forest): the covers are the quantiles of a random field whose shape is the
 class (parallel field stripes, an orchard-like grid, rings around a pond, scattered blobs). So the per-band
 statistics of a tile are the same for every class; only how the covers are arranged tells them apart.
@@ -15,6 +16,7 @@ import numpy as np
 
 from scimae.core.files import build_folder_once
 from scimae.core.progress import progress
+from scimae.domains.remote_sensing.hdf4 import C1, C2, SATVISION_TOA_BANDS, WAVENUMBERS
 
 VERSION = 4
 COVERS = ["water", "crops", "forest"]
@@ -25,7 +27,7 @@ SIGNATURES = np.array([[30, 45, 60, 15],     # water: dark, darkest in NIR
                        [40, 80, 45, 190]], np.float32)  # forest: green, very bright NIR
 CLASSES = ["stripes", "grid", "rings", "blobs"]  # the scene classes: layouts of the same covers
 TILE = 32  # one model window: the shares hold exactly in what the model reads
-MODIS_BANDS = [f"b{i:02d}" for i in range(1, 15)]
+MODIS_BANDS = SATVISION_TOA_BANDS  # the synthetic MODIS stack and L1B granules: SatVision-TOA's 14 bands
 
 
 def layout_field(rng: np.random.Generator, size: int, layout: str) -> np.ndarray:
@@ -66,7 +68,7 @@ def land_cover(rng: np.random.Generator, size: int, layout: str, valid: np.ndarr
 
 def write_dataset(root: str | Path | None = None, n_tiles: int = 60, seed: int = 0) -> Path:
     """Write once (complete or not at all) and return the folder: tiles/<class>/*.tif, labels/*.tif, modis.nc,
-    mod09ga/*.hdf."""
+    mod09ga/*.hdf, mod021km/*.hdf."""
     key = f"{n_tiles} tiles, seed {seed}"
     return build_folder_once(root, key, lambda tmp: _write(tmp, n_tiles, seed), f"geo_synthetic_v{VERSION}")
 
@@ -99,6 +101,9 @@ def _write(tmp: Path, n_tiles: int, seed: int) -> None:
     (tmp / "mod09ga").mkdir()
     for h, v in ((8, 5), (9, 5), (8, 6), (9, 6)):
         write_mod09ga(tmp / "mod09ga" / f"MOD09GA.A2008296.h{h:02d}v{v:02d}.061.2020001000000.hdf", rng, tile=(h, v))
+    (tmp / "mod021km").mkdir()
+    for t in ("0000", "0005"):
+        write_mod021km(tmp / "mod021km" / f"MOD021KM.A2019001.{t}.061.2019001120000.hdf", rng, 64, 64)
 
 
 def write_modis(path: Path, rng: np.random.Generator, size: int = 64) -> None:
@@ -109,8 +114,8 @@ def write_modis(path: Path, rng: np.random.Generator, size: int = 64) -> None:
     cover = land_cover(rng, size, "blobs")
     refl = SIGNATURES[cover].transpose(2, 0, 1) / 255.0  # [4, H, W]
     bands = []
-    for b in range(14):
-        if b < 7:  # reflectance-like: mixtures of the four signatures
+    for b in MODIS_BANDS:
+        if b[1:] not in WAVENUMBERS:  # reflectance-like: mixtures of the four signatures
             w = rng.dirichlet(np.ones(4))
             bands.append(np.tensordot(w, refl, 1) + rng.normal(0, 0.01, (size, size)))
         else:  # brightness temperature (K): warm land, cool water
@@ -184,3 +189,51 @@ def struct_metadata(grids: dict[str, tuple[int, list[str]]], ul: tuple[float, fl
                       f"\t\t\tEND_OBJECT=DataField_{j}"]
         lines += ["\t\tEND_GROUP=DataField", f"\tEND_GROUP=GRID_{k}"]
     return "\n".join(lines + ["END_GROUP=GridStructure", "GROUP=PointStructure", "END_GROUP=PointStructure", "END", ""])
+
+
+MOD021KM_BANDS = {"EV_250_Aggr1km_RefSB": "1,2", "EV_500_Aggr1km_RefSB": "3,4,5,6,7",
+                  "EV_1KM_RefSB": "8,9,10,11,12,13lo,13hi,14lo,14hi,15,16,17,18,19,26",
+                  "EV_1KM_Emissive": "20,21,22,23,24,25,27,28,29,30,31,32,33,34,35,36"}
+
+
+def write_mod021km(path: Path, rng: np.random.Generator, rows: int = 40, cols: int = 30) -> dict[str, np.ndarray]:
+    """A MOD021KM (L1B 1 km) granule as the product lays it out, at rows x cols pixels instead of 2030 x 1354: the
+    four earth-view SDS (uint16 scaled integers with band_names and per-band scales and offsets; values above 32767
+    flag bad data), 5 km Latitude/Longitude and a swath StructMetadata.0. Returns the true values it encoded:
+    {"b01": TOA reflectance [rows, cols], ..., "b31": brightness temperature in K, ...}."""
+    from pyhdf.SD import SD, SDC
+
+    warm = land_cover(rng, max(rows, cols), "blobs")[:rows, :cols] != 0  # [rows, cols]
+    truth, sd = {}, SD(str(path), SDC.WRITE | SDC.CREATE | SDC.TRUNC)
+    for field, names in MOD021KM_BANDS.items():
+        names = names.split(",")
+        shape = (len(names), rows, cols)
+        if field == "EV_1KM_Emissive":
+            true = 250 + 40 * warm + rng.normal(0, 1, shape)  # brightness temperature, K
+            um = 1e4 / np.array([WAVENUMBERS[n] for n in names])[:, None, None]
+            value, prefix = C1 / (um ** 5 * np.expm1(C2 / (um * true))), "radiance"  # W m^-2 sr^-1 um^-1
+        else:
+            true = value = 0.08 + 0.3 * warm * rng.uniform(0.5, 1.0, (len(names), 1, 1)) + rng.normal(0, 0.01, shape)
+            prefix = "reflectance"
+        scales, offsets = (value.max((1, 2)) / 30000).astype(np.float32), rng.uniform(0, 300, len(names)).astype(np.float32)
+        raw = np.round(value / scales[:, None, None] + offsets[:, None, None]).astype(np.uint16)
+        raw[:, -1, -2:] = 65533  # flagged: saturated
+        sds = sd.create(field, SDC.UINT16, shape)
+        sds.setfillvalue(65535)
+        sds.attr("band_names").set(SDC.CHAR8, ",".join(names))
+        sds.attr("valid_range").set(SDC.UINT16, [0, 32767])
+        sds.attr(f"{prefix}_scales").set(SDC.FLOAT32, scales.tolist())
+        sds.attr(f"{prefix}_offsets").set(SDC.FLOAT32, offsets.tolist())
+        sds[:] = raw
+        sds.endaccess()
+        truth.update({f"b{n.zfill(2)}": true[i] for i, n in enumerate(names)})
+    for name, values in (("Latitude", np.linspace(40, 38, rows // 5)[:, None] + np.zeros(cols // 5)),
+                         ("Longitude", np.linspace(-100, -97, cols // 5)[None] + np.zeros((rows // 5, 1)))):
+        sds = sd.create(name, SDC.FLOAT32, values.shape)
+        sds[:] = values.astype(np.float32)
+        sds.endaccess()
+    sd.attr("StructMetadata.0").set(SDC.CHAR8, "\n".join([
+        "GROUP=SwathStructure", "\tGROUP=SWATH_1", '\t\tSwathName="MODIS_SWATH_Type_L1B"', "\tEND_GROUP=SWATH_1",
+        "END_GROUP=SwathStructure", "GROUP=GridStructure", "END_GROUP=GridStructure", "END", ""]))
+    sd.end()
+    return truth
