@@ -8,8 +8,8 @@ import torch
 from scimae.core.errors import DataError
 from scimae.domains.remote_sensing import synthetic
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows, scene_paths
-from scimae.domains.remote_sensing.hdf4 import (SATVISION_TOA_BANDS, WAVENUMBERS, HdfScene, SwathScene,
-                                                brightness_temperature, parse_grids)
+from scimae.domains.remote_sensing.hdf4 import SATVISION_TOA_BANDS, HdfScene, SwathScene, parse_grids
+from scimae.domains.remote_sensing.transforms import WAVENUMBERS, brightness_temperature
 from scimae.domains.remote_sensing.io import Band, open_scene
 
 BANDS = [Band(b) for b in synthetic.MOD09GA_BANDS]
@@ -200,3 +200,66 @@ def test_l1b_swath_bands_are_toa_reflectance_and_brightness_temperature(tmp_path
         SwathScene(path, [Band("b37")])
     with pytest.raises(DataError, match="an L1B swath"):
         open_scene(path, [Band("b01")], cloud_mask=True)
+
+
+def test_swath_geolocation_interpolates_the_5km_samples_and_crosses_the_antimeridian():
+    from scimae.domains.remote_sensing.transforms import swath_geolocation
+
+    k = np.arange(6)[:, None] + np.zeros(5)  # [6, 5]: sample (i, j) lies on 1 km pixel (2 + 5i, 2 + 5j)
+    lat, lon = 40 - 0.05 * k, (179.9 + 0.05 * k + 180) % 360 - 180  # longitude wraps from 179.95 to -179.95
+    rows, cols = np.arange(0, 30), np.arange(0, 25)
+    lat_i, lon_i = swath_geolocation(lat, lon, rows, cols)
+    np.testing.assert_allclose(lat_i, (40 - 0.05 * (rows - 2) / 5)[:, None] + np.zeros(25), atol=1e-9)  # linear: exact
+    unwrapped = 179.9 + 0.05 * (rows - 2) / 5  # [30]: the longitude grows steadily through 180
+    np.testing.assert_allclose(lon_i[:, 0], (unwrapped + 180) % 360 - 180, atol=1e-9)
+    assert (lon_i >= -180).all() and (lon_i < 180).all()
+
+
+def test_a_swath_map_is_written_with_ground_control_points(tmp_path):
+    import rasterio
+
+    from scimae.domains.remote_sensing.inference import georeference
+
+    path = tmp_path / "MOD021KM.A2019001.0000.061.2019001120000.hdf"
+    synthetic.write_mod021km(path, np.random.default_rng(1), rows=40, cols=30)
+    scene = SwathScene(path, [Band("b01")])
+    lat, lon = scene.geolocation(0, 0, 40)
+    assert lat.shape == (40, 40) and lat[2, 2] == pytest.approx(scene.latitude[0, 0])
+    with rasterio.open(tmp_path / "map.tif", "w", driver="GTiff", width=30, height=40, count=1, dtype="uint8") as dst:
+        georeference(dst, scene, every=2)
+    with rasterio.open(tmp_path / "map.tif") as src:
+        gcps, crs = src.gcps
+    assert crs.to_epsg() == 4326 and len(gcps) == 4 * 3  # 8 x 6 samples, every second one
+    assert (gcps[1].row, gcps[1].col, gcps[1].x, gcps[1].y) == pytest.approx(
+        (2.5, 12.5, scene.longitude[0, 2], scene.latitude[0, 2]))
+
+
+def test_geo_predict_maps_a_swath_with_ground_control_points(tmp_path):
+    """A classifier fine-tuned on GeoTIFF tiles of bands b01 and b31 maps an L1B granule; the map keeps the
+    swath's shape and carries its geolocation as GCPs."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from scimae.pipelines import geo_finetune, geo_predict
+
+    rng = np.random.default_rng(0)
+    for k in range(8):  # two classes of 32 x 32 tiles: reflectance and brightness temperature
+        folder = tmp_path / "tiles" / ("warm" if k % 2 else "cold")
+        folder.mkdir(parents=True, exist_ok=True)
+        data = np.stack([rng.uniform(0.1, 0.4, (32, 32)), rng.normal(290 if k % 2 else 255, 2, (32, 32))]).astype("float32")
+        with rasterio.open(folder / f"t{k}.tif", "w", driver="GTiff", width=32, height=32, count=2, dtype="float32",
+                           crs="EPSG:4326", transform=from_origin(0, 0, 0.01, 0.01)) as dst:
+            dst.write(data)
+            dst.descriptions = ("b01", "b31")
+    bands = "data.bands=[{name: b01, mean: 0.3, std: 0.15}, {name: b31, kind: brightness_temperature, mean: 280, std: 20}]"
+    geo_finetune.main(["--data", str(tmp_path / "tiles"), bands, "data.val_fraction=0.25", "model.dim=32", "model.depth=1",
+                       "model.decoder_dim=32", "model.decoder_depth=1", "train.epochs=1", "train.batch_size=4",
+                       f"train.out_dir={tmp_path / 'runs'}", "train.run_name=cls"])
+    swath = tmp_path / "MOD021KM.A2019001.0000.061.2019001120000.hdf"
+    synthetic.write_mod021km(swath, rng, rows=40, cols=30)
+    geo_predict.main(["--model", str(tmp_path / "runs" / "cls" / "export"), "--input", str(swath),
+                      "--out", str(tmp_path / "map.tif")])
+    with rasterio.open(tmp_path / "map.tif") as src:
+        gcps, crs = src.gcps
+        assert src.shape == (40, 30) and src.crs is None and crs.to_epsg() == 4326 and len(gcps) == 8 * 6  # every sample
+        assert set(np.unique(src.read(1))) <= {0, 1, 255}

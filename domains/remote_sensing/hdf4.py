@@ -1,4 +1,5 @@
-"""MODIS gridded granules (MOD09GA, MOD09A1, MCD43A4 ...) as NASA distributes them: HDF4-EOS files read with pyhdf.
+"""MODIS granules as NASA distributes them, HDF4-EOS files read with pyhdf: gridded tiles (MOD09GA, MOD09A1,
+MCD43A4 ...) and L1B swaths (MOD021KM, :class:`SwathScene`).
 
 An HDF4-EOS file holds scientific datasets (SDS) and a text attribute ``StructMetadata.0`` (ODL) describing its
 grids: name, size (``XDim``, ``YDim``), corners in metres (``UpperLeftPointMtrs``, ``LowerRightMtrs``), projection
@@ -19,14 +20,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scimae.core.errors import DataError, require
-from scimae.domains.remote_sensing.transforms import window_bounds
+from scimae.domains.remote_sensing.transforms import brightness_temperature, swath_geolocation, window_bounds
 
 if TYPE_CHECKING:
     from scimae.domains.remote_sensing.io import Band
 
 MODIS_SPHERE_M = 6371007.181  # radius of the sphere of the MODIS sinusoidal grid
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-EXPECTED = "an HDF4-EOS granule (.hdf) with a StructMetadata.0 grid description, as LAADS or LP DAAC distribute it"
+EXPECTED = "an HDF4-EOS granule (.hdf) with its StructMetadata.0, as LAADS or LP DAAC distribute it"
 
 
 @dataclass
@@ -185,21 +186,8 @@ def _scaling(attrs: dict) -> tuple[float, float, float | None, float, float]:
     return float(attrs.get("scale_factor", 1.0)), float(attrs.get("add_offset", 0.0)), attrs.get("_FillValue"), low, high
 
 
-# MODIS L1B (MOD021KM): the four earth-view SDS and, for the emissive bands, the published effective central
-# wavenumbers (cm^-1, Terra, band-averaged spectral responses) that invert Planck's law.
-L1B_FIELDS = ("EV_250_Aggr1km_RefSB", "EV_500_Aggr1km_RefSB", "EV_1KM_RefSB", "EV_1KM_Emissive")
-WAVENUMBERS = {"20": 2641.775, "21": 2505.277, "22": 2518.028, "23": 2465.428, "24": 2235.815, "25": 2200.346,
-               "27": 1477.967, "28": 1362.737, "29": 1173.190, "30": 1027.715, "31": 908.0884, "32": 831.5399,
-               "33": 748.3394, "34": 730.8963, "35": 718.8681, "36": 704.5367}
+L1B_FIELDS = ("EV_250_Aggr1km_RefSB", "EV_500_Aggr1km_RefSB", "EV_1KM_RefSB", "EV_1KM_Emissive")  # MOD021KM's earth view
 SATVISION_TOA_BANDS = ["b01", "b02", "b03", "b26", "b06", "b20", "b07", "b27", "b28", "b29", "b31", "b32", "b33", "b34"]
-C1, C2 = 1.191042e8, 1.4387752e4  # 2hc^2 in W um^4 m^-2 sr^-1, hc/k in um K
-
-
-def brightness_temperature(radiance: np.ndarray, band: str) -> np.ndarray:
-    """Planck's law inverted at the band's effective central wavelength: radiance in W m^-2 sr^-1 um^-1 -> K."""
-    um = 1e4 / WAVENUMBERS[band]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return C2 / (um * np.log1p(C1 / (um ** 5 * radiance)))
 
 
 class SwathScene:
@@ -234,6 +222,15 @@ class SwathScene:
             raise DataError(path, "; ".join(wrong), "the band table's kinds to match the granule's")
         self._bands = [where[b.name] for b in bands]
         _, self.height, self.width = self._bands[0][0].info()[2]
+        try:
+            lat, lon = (np.asarray(self._sd.select(n)[:], np.float64) for n in ("Latitude", "Longitude"))
+        except HDF4Error:
+            raise DataError(path, "no Latitude/Longitude datasets", "a MOD021KM granule with its 5 km geolocation") from None
+        self.latitude, self.longitude = lat, lon  # [R, C] 5 km samples
+
+    def geolocation(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Latitude and longitude [size, size] of the window's pixels, interpolated from the 5 km samples."""
+        return swath_geolocation(self.latitude, self.longitude, np.arange(row, row + size), np.arange(col, col + size))
 
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The same contract as :meth:`HdfScene.read`: TOA reflectance or brightness temperature, invalid where

@@ -1,5 +1,5 @@
 """Remote-sensing inference: a fine-tuned export loaded, and a whole scene mapped window by window into a
-GeoTIFF of classes (and optionally probabilities) on the scene's own grid."""
+GeoTIFF of classes (and optionally probabilities) on the scene's own grid (a swath's: with ground control points)."""
 from __future__ import annotations
 
 import tempfile
@@ -15,6 +15,7 @@ from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows
 from scimae.domains.remote_sensing.finetune import geo_finetuner, GeoTaskConfig
 from scimae.domains.remote_sensing.io import Band
 from scimae.domains.remote_sensing.model import EXPORT_KEYS, export_layout, mae_from_config
+from scimae.domains.remote_sensing.transforms import swath_gcps
 
 NODATA = 255  # the class map's value where the scene has no valid pixel
 
@@ -78,6 +79,7 @@ def predict_scene(model: FineTuner, config: dict, path: Path, out: Path, overlap
                 dst.write(classes[None], window=((r, r + classes.shape[0]), (0, scene.width)))
             dst.descriptions = ("class",)
             dst.update_tags(classes=",".join(config["classes"]))
+            georeference(dst, scene)
         if probabilities:
             with rasterio.open(out.with_name(out.stem + "_probabilities.tif"), "w",
                                **{**profile, "count": K, "dtype": "float32", "nodata": -1.0}) as dst:
@@ -86,4 +88,17 @@ def predict_scene(model: FineTuner, config: dict, path: Path, out: Path, overlap
                     p = np.where(seen[r:r + 256], a[:K] / np.maximum(a[K], 1e-6), -1.0).astype(np.float32)
                     dst.write(p, window=((r, r + p.shape[1]), (0, scene.width)))
                 dst.descriptions = tuple(config["classes"])
+                georeference(dst, scene)
     return out
+
+
+def georeference(dst, scene, every: int | None = None) -> None:
+    """A swath (sensor geometry, no CRS) gives the written map ground control points from its 5 km latitude and
+    longitude (every ``every``-th sample per axis, default about 20 per axis, in EPSG:4326), which GDAL and
+    rasterio's warp use to place it."""
+    if getattr(scene, "latitude", None) is None:
+        return
+    from rasterio.crs import CRS
+
+    every = every or max(1, max(scene.latitude.shape) // 20)
+    dst.gcps = (swath_gcps(scene.latitude, scene.longitude, every), CRS.from_epsg(4326))

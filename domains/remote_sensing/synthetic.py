@@ -16,7 +16,8 @@ import numpy as np
 
 from scimae.core.files import build_folder_once
 from scimae.core.progress import progress
-from scimae.domains.remote_sensing.hdf4 import C1, C2, SATVISION_TOA_BANDS, WAVENUMBERS
+from scimae.domains.remote_sensing.hdf4 import SATVISION_TOA_BANDS
+from scimae.domains.remote_sensing.transforms import C1, C2, WAVENUMBERS
 
 VERSION = 4
 COVERS = ["water", "crops", "forest"]

@@ -18,6 +18,46 @@ def window_transform(scene, row: int, col: int) -> torch.Tensor:
     return torch.tensor((a, b, c + a * col + b * row, d, e, f + d * col + e * row), dtype=torch.float64)
 
 
+# MODIS emissive bands: the published effective central wavenumbers (cm^-1; Terra, band-averaged spectral
+# responses) at which Planck's law turns L1B radiance into brightness temperature.
+WAVENUMBERS = {"20": 2641.775, "21": 2505.277, "22": 2518.028, "23": 2465.428, "24": 2235.815, "25": 2200.346,
+               "27": 1477.967, "28": 1362.737, "29": 1173.190, "30": 1027.715, "31": 908.0884, "32": 831.5399,
+               "33": 748.3394, "34": 730.8963, "35": 718.8681, "36": 704.5367}
+C1, C2 = 1.191042e8, 1.4387752e4  # 2hc^2 in W um^4 m^-2 sr^-1, hc/k in um K
+
+
+def brightness_temperature(radiance: np.ndarray, band: str) -> np.ndarray:
+    """Planck's law inverted at the band's effective central wavelength: radiance in W m^-2 sr^-1 um^-1 -> K."""
+    um = 1e4 / WAVENUMBERS[band]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return C2 / (um * np.log1p(C1 / (um ** 5 * radiance)))
+
+
+GEO_OFFSET, GEO_STEP = 2, 5  # MODIS L1B 5 km geolocation: sample k lies on 1 km pixel 2 + 5k (rows and columns)
+
+
+def swath_geolocation(lat: np.ndarray, lon: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Latitude and longitude [len(rows), len(cols)] of 1 km swath pixels from the 5 km grids ``lat``, ``lon``
+    [R, C]: bilinear between samples, linear past the outer ones, across the antimeridian without a jump."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    grid = tuple(GEO_OFFSET + GEO_STEP * np.arange(n, dtype=np.float64) for n in lat.shape)
+    lon = np.unwrap(np.unwrap(lon, period=360, axis=1), period=360, axis=0)
+    points = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1)  # [h, w, 2]
+    lat_i, lon_i = (RegularGridInterpolator(grid, v, bounds_error=False, fill_value=None)(points) for v in (lat, lon))
+    return np.clip(lat_i, -90, 90), (lon_i + 180) % 360 - 180
+
+
+def swath_gcps(lat: np.ndarray, lon: np.ndarray, every: int = 1) -> list:
+    """rasterio ground control points (x = longitude, y = latitude, EPSG:4326) at the pixel centres of the 5 km
+    samples, every ``every``-th sample per axis."""
+    from rasterio.control import GroundControlPoint
+
+    return [GroundControlPoint(row=GEO_OFFSET + GEO_STEP * i + 0.5, col=GEO_OFFSET + GEO_STEP * j + 0.5,
+                               x=float(lon[i, j]), y=float(lat[i, j]))
+            for i in range(0, lat.shape[0], every) for j in range(0, lat.shape[1], every)]
+
+
 def window_bounds(row: int, col: int, size: int, height: int, width: int) -> tuple[int, int, int, int]:
     """The part (r0, c0, r1, c1) of the size x size window at (row, col) inside a height x width scene; empty
     (r1 <= r0 or c1 <= c0) when the window lies outside it."""
