@@ -154,10 +154,11 @@ def test_bad_granules_are_data_errors_naming_the_file(granule, tmp_path):
         open_scene(tmp_path / "eos5.hdf", BANDS)
 
 
-def test_the_mod09ga_configuration_pretrains_on_granules_out_of_the_box(tmp_path):
+def test_the_mod09ga_configuration_pretrains_on_granules_out_of_the_box_and_on_a_folder(tmp_path, capsys):
     import json
     from pathlib import Path
 
+    from scimae.__main__ import info
     from scimae.pipelines import geo_pretrain
 
     config = Path(geo_pretrain.__file__).parents[1] / "configs" / "geo_pretrain_mod09ga.yaml"
@@ -169,6 +170,16 @@ def test_the_mod09ga_configuration_pretrains_on_granules_out_of_the_box(tmp_path
     assert [b["name"] for b in export["bands"]] == synthetic.MOD09GA_BANDS
     assert [g["name"] for g in export["groups"]] == ["visible", "nir", "swir"]
     assert len(list((tmp_path / "data").rglob("MOD09GA.*.hdf"))) == 4
+    granules = tmp_path / "laads" / "2008" / "296"  # a user's folder of granules, in subfolders as downloaded
+    granules.mkdir(parents=True)
+    for path in sorted((tmp_path / "data").rglob("MOD09GA.*.hdf"))[:2]:
+        (granules / path.name).write_bytes(path.read_bytes())
+    geo_pretrain.main(["--config", str(config), "--data", str(tmp_path / "laads"), "data.windows_per_scene=4",
+                       "data.val_fraction=0.5", "data.cloud_mask=true", "model.dim=32", "model.depth=1",
+                       "model.decoder_dim=32", "model.decoder_depth=1", "train.epochs=1", "train.batch_size=4",
+                       f"train.out_dir={tmp_path / 'runs'}", "train.run_name=d"])
+    info(str(tmp_path / "runs" / "d" / "export"))  # scimae info
+    assert "band sur_refl_b07: kind reflectance" in capsys.readouterr().out
 
 
 def _satvision_bands() -> list[Band]:
