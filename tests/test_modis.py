@@ -234,8 +234,13 @@ def test_a_swath_map_is_written_with_ground_control_points(tmp_path):
     path = tmp_path / "MOD021KM.A2019001.0000.061.2019001120000.hdf"
     synthetic.write_mod021km(path, np.random.default_rng(1), rows=40, cols=30)
     scene = SwathScene(path, [Band("b01")])
-    lat, lon = scene.geolocation(0, 0, 40)
-    assert lat.shape == (40, 40) and lat[2, 2] == pytest.approx(scene.latitude[0, 0])
+    pixels = scene.geolocation(0, 0, 40, per_pixel=True)
+    assert pixels["lat"].shape == (40, 40) and pixels["lat"][2, 2] == pytest.approx(scene.latitude[0, 0])
+    kept = scene.geolocation(10, 4, 16)  # the 5 km samples on pixel rows 12, 17, 22 and columns 7, 12, 17
+    assert kept["rows"].tolist() == [2, 7, 12] and kept["cols"].tolist() == [3, 8, 13]
+    np.testing.assert_array_equal(kept["lat"], scene.latitude[2:5, 1:4])
+    np.testing.assert_array_equal(kept["lon"], scene.longitude[2:5, 1:4])
+    np.testing.assert_allclose(pixels["lat"][12:23:5, 7:18:5], kept["lat"], atol=1e-6)  # interpolation passes through them
     with rasterio.open(tmp_path / "map.tif", "w", driver="GTiff", width=30, height=40, count=1, dtype="uint8") as dst:
         georeference(dst, scene, every=2)
     with rasterio.open(tmp_path / "map.tif") as src:

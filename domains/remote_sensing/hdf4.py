@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scimae.core.errors import DataError, require
-from scimae.domains.remote_sensing.transforms import brightness_temperature, swath_geolocation, window_bounds
+from scimae.domains.remote_sensing.transforms import (brightness_temperature, swath_geolocation, swath_samples,
+                                                      window_bounds)
 
 if TYPE_CHECKING:
     from scimae.domains.remote_sensing.io import Band
@@ -212,8 +213,11 @@ class SwathScene:
                 for k, number in enumerate(attrs["band_names"].split(",")):
                     where[f"b{number.zfill(2)}"] = (sds, k, kind, attrs[f"{prefix}_scales"][k],
                                                     attrs[f"{prefix}_offsets"][k], number)
+            geo = [np.asarray(self._sd.select(n)[:], np.float64) for n in ("Latitude", "Longitude")]  # [R, C] 5 km
         except (HDF4Error, KeyError) as e:
-            raise DataError(path, f"L1B datasets without their band_names and scales ({e})", "a MOD021KM granule") from None
+            raise DataError(path, f"L1B datasets without their band_names and scales, or no 5 km Latitude/Longitude "
+                            f"({e})", "a MOD021KM granule") from None
+        self.latitude, self.longitude = geo
         missing = [b.name for b in bands if b.name not in where]
         if missing:
             raise DataError(path, f"L1B bands {sorted(where)}", f"the bands {[b.name for b in bands]} (missing {missing})")
@@ -222,15 +226,14 @@ class SwathScene:
             raise DataError(path, "; ".join(wrong), "the band table's kinds to match the granule's")
         self._bands = [where[b.name] for b in bands]
         _, self.height, self.width = self._bands[0][0].info()[2]
-        try:
-            lat, lon = (np.asarray(self._sd.select(n)[:], np.float64) for n in ("Latitude", "Longitude"))
-        except HDF4Error:
-            raise DataError(path, "no Latitude/Longitude datasets", "a MOD021KM granule with its 5 km geolocation") from None
-        self.latitude, self.longitude = lat, lon  # [R, C] 5 km samples
 
-    def geolocation(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Latitude and longitude [size, size] of the window's pixels, interpolated from the 5 km samples."""
-        return swath_geolocation(self.latitude, self.longitude, np.arange(row, row + size), np.arange(col, col + size))
+    def geolocation(self, row: int, col: int, size: int, per_pixel: bool = False) -> dict[str, np.ndarray]:
+        """The window's 5 km samples (:func:`swath_samples`), or with ``per_pixel`` its pixels' ``lat``, ``lon``
+        [size, size] interpolated from them (:func:`swath_geolocation`)."""
+        if not per_pixel:
+            return swath_samples(self.latitude, self.longitude, row, col, size)
+        lat, lon = swath_geolocation(self.latitude, self.longitude, np.arange(row, row + size), np.arange(col, col + size))
+        return {"lat": lat, "lon": lon}
 
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The same contract as :meth:`HdfScene.read`: TOA reflectance or brightness temperature, invalid where

@@ -48,6 +48,15 @@ def swath_geolocation(lat: np.ndarray, lon: np.ndarray, rows: np.ndarray, cols: 
     return np.clip(lat_i, -90, 90), (lon_i + 180) % 360 - 180
 
 
+def swath_samples(lat: np.ndarray, lon: np.ndarray, row: int, col: int, size: int) -> dict[str, np.ndarray]:
+    """The 5 km samples inside the size x size window at (row, col): their pixel rows [r] and columns [c] in the
+    window, and their latitude and longitude [r, c]."""
+    i, j = (np.flatnonzero((GEO_OFFSET + GEO_STEP * np.arange(n) >= lo) & (GEO_OFFSET + GEO_STEP * np.arange(n) < lo + size))
+            for n, lo in zip(lat.shape, (row, col)))
+    return {"rows": GEO_OFFSET + GEO_STEP * i - row, "cols": GEO_OFFSET + GEO_STEP * j - col,
+            "lat": lat[np.ix_(i, j)], "lon": lon[np.ix_(i, j)]}
+
+
 def swath_gcps(lat: np.ndarray, lon: np.ndarray, every: int = 1) -> list:
     """rasterio ground control points (x = longitude, y = latitude, EPSG:4326) at the pixel centres of the 5 km
     samples, every ``every``-th sample per axis."""
