@@ -91,7 +91,7 @@ def scene_paths(cfg: GeoDataConfig) -> list[Path]:
     if root.is_file() or root.suffix in (".nc", ".zarr"):
         return [root]
     if not root.is_dir():
-        raise DataError(root, "no such file or folder", "GeoTIFFs, a per-band folder, or a NetCDF/zarr stack")
+        raise DataError(root, "no such file or folder", "GeoTIFFs, a per-band folder, a NetCDF/zarr stack or .hdf granules")
     files = find_files(root, lambda p: p.suffix.lower() in (".tif", ".tiff", ".nc", ".hdf"))
     if not files:
         raise DataError(root, "no .tif, .tiff, .nc or .hdf files", "rasters to train on")
