@@ -96,25 +96,26 @@ def _open(path: Path):
 def open_granule(path: str | Path, bands: list[Band], cloud_mask: bool = False):
     """A gridded granule (:class:`HdfScene`) or an L1B swath (:class:`SwathScene`), as its StructMetadata.0 says."""
     path = Path(path)
-    _, meta = _open(path)
-    if re.search(r"GROUP=SWATH_\d+", meta) and not any(g.fields for g in parse_grids(meta).values()):
+    opened = _open(path)  # read once, handed to the scene
+    if re.search(r"GROUP=SWATH_\d+", opened[1]) and not any(g.fields for g in parse_grids(opened[1]).values()):
         if cloud_mask:
             raise DataError(path, "an L1B swath", "a gridded granule with state_1km QC flags for data.cloud_mask")
-        return SwathScene(path, bands)
-    return HdfScene(path, bands, cloud_mask=cloud_mask)
+        return SwathScene(path, bands, opened)
+    return HdfScene(path, bands, cloud_mask=cloud_mask, opened=opened)
 
 
 class HdfScene:
     """The bands of one grid of an HDF4-EOS granule (``grid``; default: the first grid holding every band), with the
     grid's sinusoidal CRS and affine. The same ``read`` contract as :class:`~scimae.domains.remote_sensing.io.RasterScene`."""
 
-    def __init__(self, path: str | Path, bands: list[Band], grid: str | None = None, cloud_mask: bool = False):
+    def __init__(self, path: str | Path, bands: list[Band], grid: str | None = None, cloud_mask: bool = False,
+                 opened: tuple | None = None):
         from pyhdf.error import HDF4Error
         from rasterio.crs import CRS
 
         path = Path(path)
         self.bands, self.name = bands, str(path)
-        self._sd, meta = _open(path)
+        self._sd, meta = opened or _open(path)  # opened: what _open returned for this path
         grids = {name: g for name, g in parse_grids(meta).items() if g.fields}
         if not grids:
             raise DataError(path, "no grids in StructMetadata.0 (a swath granule?)", "a gridded MODIS product "
@@ -124,7 +125,7 @@ class HdfScene:
         if grid is None:
             grid = next((g for g in grids if set(names) <= set(fields[g])), None)
             if grid is None:
-                raise DataError(path, "grids " + "; ".join(f"{g.name}: {g.fields}" for g in grids.values()),
+                raise DataError(path, "grids " + "; ".join(f"{g}: {q.fields}" for g, q in grids.items()),
                                 f"one grid holding the bands {names}")
         elif grid not in grids:
             raise DataError(path, f"grids {sorted(grids)}", f"a grid named {grid!r}")
@@ -144,8 +145,7 @@ class HdfScene:
             self._scaling = [_scaling(s.attributes()) for s in self._sds]
         except HDF4Error as e:
             raise DataError(path, f"a scientific dataset the HDF4 library cannot read ({e})", EXPECTED) from None
-        self.grid = grid
-        self.crs = CRS.from_proj4(f"+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R={g.radius} +units=m +no_defs")
+        self.grid, self.crs = grid, CRS.from_proj4(f"+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R={g.radius} +units=m +no_defs")
         self.transform, self.height, self.width = g.affine(), g.height, g.width
 
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,12 +197,12 @@ class SwathScene:
     reflectance_offsets); emissive bands brightness temperature from radiance_scales x (raw - radiance_offsets);
     raw values above 32767 (MODIS's flags for saturated, dead or missing data) are invalid."""
 
-    def __init__(self, path: str | Path, bands: list[Band]):
+    def __init__(self, path: str | Path, bands: list[Band], opened: tuple | None = None):
         from pyhdf.error import HDF4Error
 
         path = Path(path)
         self.bands, self.name, self.crs, self.transform = bands, str(path), None, None
-        self._sd, _ = _open(path)
+        self._sd, _ = opened or _open(path)
         where = {}
         try:
             for field in set(L1B_FIELDS) & set(self._sd.datasets()):

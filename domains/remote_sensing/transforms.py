@@ -36,12 +36,17 @@ def brightness_temperature(radiance: np.ndarray, band: str) -> np.ndarray:
 GEO_OFFSET, GEO_STEP = 2, 5  # MODIS L1B 5 km geolocation: sample k lies on 1 km pixel 2 + 5k (rows and columns)
 
 
+def sample_pixels(n: int) -> np.ndarray:
+    """The 1 km pixel [n] on which each of ``n`` 5 km geolocation samples lies (along rows or columns)."""
+    return GEO_OFFSET + GEO_STEP * np.arange(n)
+
+
 def swath_geolocation(lat: np.ndarray, lon: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
     """Latitude and longitude [len(rows), len(cols)] of 1 km swath pixels from the 5 km grids ``lat``, ``lon``
     [R, C]: bilinear between samples, linear past the outer ones, across the antimeridian without a jump."""
     from scipy.interpolate import RegularGridInterpolator
 
-    grid = tuple(GEO_OFFSET + GEO_STEP * np.arange(n, dtype=np.float64) for n in lat.shape)
+    grid = tuple(sample_pixels(n).astype(np.float64) for n in lat.shape)
     lon = np.unwrap(np.unwrap(lon, period=360, axis=1), period=360, axis=0)
     points = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1)  # [h, w, 2]
     lat_i, lon_i = (RegularGridInterpolator(grid, v, bounds_error=False, fill_value=None)(points) for v in (lat, lon))
@@ -51,10 +56,9 @@ def swath_geolocation(lat: np.ndarray, lon: np.ndarray, rows: np.ndarray, cols: 
 def swath_samples(lat: np.ndarray, lon: np.ndarray, row: int, col: int, size: int) -> dict[str, np.ndarray]:
     """The 5 km samples inside the size x size window at (row, col): their pixel rows [r] and columns [c] in the
     window, and their latitude and longitude [r, c]."""
-    i, j = (np.flatnonzero((GEO_OFFSET + GEO_STEP * np.arange(n) >= lo) & (GEO_OFFSET + GEO_STEP * np.arange(n) < lo + size))
-            for n, lo in zip(lat.shape, (row, col)))
-    return {"rows": GEO_OFFSET + GEO_STEP * i - row, "cols": GEO_OFFSET + GEO_STEP * j - col,
-            "lat": lat[np.ix_(i, j)], "lon": lon[np.ix_(i, j)]}
+    (i, rows), (j, cols) = ((np.flatnonzero((p >= lo) & (p < lo + size)), p - lo)
+                            for p, lo in ((sample_pixels(lat.shape[0]), row), (sample_pixels(lat.shape[1]), col)))
+    return {"rows": rows[i], "cols": cols[j], "lat": lat[np.ix_(i, j)], "lon": lon[np.ix_(i, j)]}
 
 
 def swath_gcps(lat: np.ndarray, lon: np.ndarray, every: int = 1) -> list:
@@ -62,8 +66,8 @@ def swath_gcps(lat: np.ndarray, lon: np.ndarray, every: int = 1) -> list:
     samples, every ``every``-th sample per axis."""
     from rasterio.control import GroundControlPoint
 
-    return [GroundControlPoint(row=GEO_OFFSET + GEO_STEP * i + 0.5, col=GEO_OFFSET + GEO_STEP * j + 0.5,
-                               x=float(lon[i, j]), y=float(lat[i, j]))
+    rows, cols = sample_pixels(lat.shape[0]) + 0.5, sample_pixels(lat.shape[1]) + 0.5
+    return [GroundControlPoint(row=float(rows[i]), col=float(cols[j]), x=float(lon[i, j]), y=float(lat[i, j]))
             for i in range(0, lat.shape[0], every) for j in range(0, lat.shape[1], every)]
 
 
