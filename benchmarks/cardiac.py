@@ -4,7 +4,8 @@ From one run on the synthetic WFDB records (4 conduction patterns: the order in 
 leads see each beat x the QRS mirrored in time, independent of the rhythm, with the same per-lead
 distributions):
 
-1. ``embed`` throughput on this machine (10-s windows per second) and loader against training-step rate;
+1. ``embed`` throughput on this machine (10-s 12-lead records per second, one at a time and as a list;
+   10-s windows per second on a 30-min record) and loader against training-step rate;
 2. one split of the records, then pretraining on the training records only (validation records are never
    seen);
 3. frozen features (mean-pooled) of the pretrained encoder, of the same encoder at random initialisation
@@ -50,14 +51,42 @@ def batches(dataset, size: int = 64) -> DataLoader:
     return DataLoader(dataset, batch_size=size)
 
 
-def throughput(records: list[Path], export: Path, train: CardiacWindows, batch_size: int) -> None:
+def clinical_records(folder: Path, n: int) -> list[Path]:
+    """``n`` 10-s 12-lead 500 Hz records, one WFDB file each (as PTB-XL ships them), and one 30-min two-lead record at
+    360 Hz (as MIT-BIH's): the paths, the long record last."""
+    import numpy as np
+    import wfdb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sig, _ = synthetic.make_record(rng, "sinus", False, 10.0, 500.0)
+        wfdb.wrsamp(f"ecg{i:03d}", fs=500, units=["mV"] * 12, sig_name=LEADS, p_signal=sig[:, :12], fmt=["16"] * 12,
+                    write_dir=str(folder))
+    sig, _ = synthetic.make_record(rng, "sinus", True, 1800.0, 360.0)
+    wfdb.wrsamp("long", fs=360, units=["mV"] * 2, sig_name=["MLII", "V5"], p_signal=sig[:, [1, 10]], fmt=["16"] * 2,
+                write_dir=str(folder))
+    return [folder / f"ecg{i:03d}" for i in range(n)] + [folder / "long"]
+
+
+def throughput(folder: Path, export: Path, train: CardiacWindows, batch_size: int, n: int) -> None:
+    """embed's rate on a list of short records (one at a time and as a list) and on one long record, reading and
+    preprocessing included; the loader against the training step."""
     model = CardiacFoundationModel.from_pretrained(export, device="cpu")
-    model.embed(records[0])
-    t, n = time.perf_counter(), 0
-    for r in records[:16]:
-        n += len(model.embed(r))
-    print(f"embed: {n / (time.perf_counter() - t):.1f} windows of 10 s per second on CPU "
-          f"({torch.get_num_threads()} threads, reading and preprocessing included)")
+    *short, long = clinical_records(folder, n)
+    model.embed(short[:8])
+    t = time.perf_counter()
+    for r in short:
+        model.embed(r)
+    one = len(short) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    model.embed(short)
+    many = len(short) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    windows = len(model.embed(long))
+    print(f"embed on CPU ({torch.get_num_threads()} threads, reading and preprocessing included): {len(short)} 10-s 12-lead "
+          f"500 Hz records, one file each: {one:.0f} records/s one at a time, {many:.0f} records/s as a list; one 30-min "
+          f"two-lead record: {windows / (time.perf_counter() - t):.0f} windows of 10 s per second")
     t, n = time.perf_counter(), 0
     for batch in DataLoader(train, batch_size=batch_size, shuffle=True):
         n += len(batch["y"])
@@ -132,7 +161,7 @@ def main():
         return [CardiacWindows(paths, cfg, channels, "morphology", classes) for paths in sides]
 
     full = datasets()
-    throughput(val_records, export, full[0], 32)
+    throughput(out / f"clinical-{stamp}", export, full[0], 32, 16 if args.quick else 200)
 
     def features(encoder, sets=full) -> tuple:
         return encoder_features(encoder, *(batches(d) for d in sets))

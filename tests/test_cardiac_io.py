@@ -6,7 +6,8 @@ import wfdb
 
 from scimae.core import DataError
 from scimae.domains.cardiac.io import CHANNELS, canonical_channel, find_records, from_array, read_record
-from scimae.domains.cardiac.transforms import bandpass, check_rate, fill_gaps, prepare, resample, standardise, to_slots, windows
+from scimae.domains.cardiac.transforms import (bandpass, check_rate, fill_gaps, filtered, resample, standardise, to_slots,
+                                               windows)
 
 
 def _write(tmp_path, name="r", names=("I", "MLII", "PLETH", "RESP"), fs=250, seconds=12, nan=None):
@@ -93,12 +94,12 @@ def test_rate_window_and_gap_rules(tmp_path):
         windows(np.zeros((1, 100)), np.zeros((1, 100), bool), 2500, 2500, "short")
 
 
-def test_prepare_resamples_filters_and_slots():
+def test_filtering_resamples_filters_and_slots():
     fs = 500
     t = np.arange(fs * 12) / fs
     ecg = np.sin(2 * np.pi * 10 * t) + 5 * np.sin(2 * np.pi * 0.05 * t) + np.sin(2 * np.pi * 100 * t)
     sig = from_array(np.stack([ecg, ecg]), fs, ["V2", "PPG"])
-    x, invalid = prepare(sig, 250.0)
+    x, invalid = filtered(*fill_gaps(sig.data, 250), sig.fs, 250.0, sig.channels)
     assert x.shape == (2, 3000) and not invalid.any()
     spec = np.abs(np.fft.rfft(x[0])) / len(x[0])
     freqs = np.fft.rfftfreq(len(x[0]), 1 / 250)

@@ -6,6 +6,7 @@ import wfdb
 
 from conftest import shared_data
 from scimae.core.engine import read_metrics
+from scimae.core.errors import DataError
 from scimae.domains.cardiac.api import CardiacFoundationModel
 from scimae.domains.cardiac.io import CHANNELS, read_record
 
@@ -106,6 +107,29 @@ def test_foundation_model_predicts_with_a_fine_tuned_export(pretrained):
     assert probs.shape == (3, 4) and ((probs >= 0) & (probs <= 1)).all()
     with pytest.raises(ValueError, match="fine-tuned model without the pretrained decoder"):
         model.reconstruct(pretrained / "data" / "syn0002", ["II"])  # its decoder would be untrained
+
+
+def test_a_list_of_records_gives_what_one_at_a_time_calls_give(pretrained, tmp_path):
+    """embed / predict on a list (paths of mixed rates and lead sets, a wfdb.Record, arrays), read in worker
+    processes and preprocessed together where records share rate, channels and length, equal the calls one record
+    at a time; a bad record in the list is the DataError naming it."""
+    model = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "pre" / "export")
+    paths = sorted(p.with_suffix("") for p in (pretrained / "data").glob("*.hea"))
+    sig = read_record(paths[1])
+    records = [*paths, wfdb.rdrecord(str(paths[0])), sig.data, paths[1]]
+    one = [model.embed(r, fs=sig.fs, names=sig.channels) for r in records]
+    for workers in (0, 2):
+        many = model.embed(records, fs=sig.fs, names=sig.channels, workers=workers)
+        assert len(many) == len(records) and all(a.shape == b.shape for a, b in zip(many, one))
+        assert max(abs(a - b).max() for a, b in zip(many, one)) < 1e-5
+    assert len({(read_record(p).fs, tuple(read_record(p).channels)) for p in paths}) > 1  # mixed groups
+    tuned = CardiacFoundationModel.from_pretrained(pretrained / "runs" / "ft_diagnosis" / "export")
+    probs = tuned.predict(paths[:5], workers=2)
+    for p, q in zip(paths[:5], probs):
+        np.testing.assert_allclose(q, tuned.predict(p), atol=1e-5)
+    (tmp_path / "bad.hea").write_text("bad 1 250 1000\nbad.dat 16 200 16 0 0 0 0 I\n")  # no signal file
+    with pytest.raises(DataError, match="bad.hea"):
+        model.embed([*paths[:3], tmp_path / "bad"], workers=2)
 
 
 def test_real_records_read_resample_step_and_embed(pretrained):

@@ -15,7 +15,8 @@ from scimae.core.errors import DataError
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.io import CHANNELS, Signal, find_records, read_record
-from scimae.domains.cardiac.transforms import prepare, standardise, stmem_crops, to_slots, windows
+from scimae.domains.cardiac.transforms import (check_rate, fill_gaps, filtered, standardise, stmem_crops, to_slots,
+                                               windows)
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,36 @@ class CardiacDataConfig:
 def record_windows(sig: Signal, cfg: CardiacDataConfig, channels: list[str] | None = None) -> dict[str, np.ndarray]:
     """One record -> model inputs per window: image [W, 13, 1, L], present [W, 13], patch_valid [W, 13, n]
     (with ST-MEM's preprocessing, three crops per 10-s window, window-major)."""
+    return records_windows([sig], cfg, channels)[0]
+
+
+def records_windows(sigs: list[Signal], cfg: CardiacDataConfig, channels: list[str] | None = None) -> list[dict]:
+    """:func:`record_windows` of many records; with scimae's preprocessing, records of equal rate, channels and
+    length are resampled, filtered, cut and standardised as one array [R, C, T]."""
     if channels is not None:
-        keep = [i for i, ch in enumerate(sig.channels) if ch in channels]
-        sig = Signal(sig.data[keep], sig.fs, [sig.channels[i] for i in keep], sig.source, sig.labels)
+        sigs = [_select(s, channels) for s in sigs]
     if cfg.preprocessing == "stmem":
-        return to_slots(*stmem_crops(sig, cfg.fs, cfg.window_length, cfg.max_gap_s), sig.channels, cfg.patch)
-    x, invalid = prepare(sig, cfg.fs, cfg.max_gap_s)
-    w, bad = windows(x, invalid, cfg.window_length, int(round(cfg.stride_s * cfg.fs)), sig.source)
-    return to_slots(standardise(w, bad), bad, sig.channels, cfg.patch)
+        return [to_slots(*stmem_crops(s, cfg.fs, cfg.window_length, cfg.max_gap_s), s.channels, cfg.patch) for s in sigs]
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(sigs):
+        check_rate(s)
+        groups.setdefault((s.fs, tuple(s.channels), s.data.shape[1]), []).append(i)
+    out: list[dict] = [{}] * len(sigs)
+    for idx in groups.values():
+        first = sigs[idx[0]]
+        filled = [fill_gaps(sigs[i].data, int(cfg.max_gap_s * first.fs)) for i in idx]
+        x, invalid = filtered(np.stack([f[0] for f in filled]), np.stack([f[1] for f in filled]), first.fs, cfg.fs,
+                              first.channels)  # [R, C, T]
+        w, bad = windows(x, invalid, cfg.window_length, int(round(cfg.stride_s * cfg.fs)), first.source)  # [R, W, C, L]
+        slots = to_slots(standardise(w, bad), bad, first.channels, cfg.patch)
+        for j, i in enumerate(idx):
+            out[i] = {k: v[j] for k, v in slots.items()}
+    return out
+
+
+def _select(sig: Signal, channels: list[str]) -> Signal:
+    keep = [i for i, ch in enumerate(sig.channels) if ch in channels]
+    return Signal(sig.data[keep], sig.fs, [sig.channels[i] for i in keep], sig.source, sig.labels)
 
 
 def labels_of(sig: Signal, diagnoses: list[str]) -> dict[str, torch.Tensor]:

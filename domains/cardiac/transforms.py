@@ -47,49 +47,50 @@ def fill_gaps(x: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resample(x: np.ndarray, fs: float, fs_out: float) -> np.ndarray:
-    """Polyphase resampling along time: [C, T] at ``fs`` -> [C, T'] at ``fs_out``."""
+    """Polyphase resampling along time: [..., T] at ``fs`` -> [..., T'] at ``fs_out``."""
     if fs == fs_out:
         return x
     ratio = Fraction(fs_out / fs).limit_denominator(1000)
-    return sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
+    return sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
 
 
 def bandpass(x: np.ndarray, fs: float, channels: list[str]) -> np.ndarray:
-    """Zero-phase Butterworth band-pass per channel kind (ECG and PPG have their own bands)."""
+    """Zero-phase Butterworth band-pass per channel kind (ECG and PPG have their own bands): x [..., C, T]."""
     out = x.copy()
     for k, (low, high) in BANDS.items():
         rows = [i for i, ch in enumerate(channels) if kind(ch) == k]
         if rows:
             sos = sps.butter(2, [low, high], btype="bandpass", fs=fs, output="sos")
-            out[rows] = sps.sosfiltfilt(sos, x[rows], axis=1)
+            out[..., rows, :] = sps.sosfiltfilt(sos, x[..., rows, :], axis=-1)
     return out
 
 
-def prepare(sig: Signal, fs: float, max_gap_s: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Record -> (filtered signal at ``fs`` [C, T], invalid [C, T]) on the record's channels."""
-    check_rate(sig)
-    x, invalid = fill_gaps(sig.data, int(max_gap_s * sig.fs))
-    x = bandpass(resample(x, sig.fs, fs), fs, sig.channels)
+def filtered(x: np.ndarray, invalid: np.ndarray, fs_in: float, fs: float, channels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Gap-filled signals at ``fs_in`` [..., C, T] -> (resampled to ``fs`` and band-passed [..., C, T'], invalid)."""
+    x = bandpass(resample(x, fs_in, fs), fs, channels)
     if invalid.any():
-        invalid = resample(invalid.astype(np.float32), sig.fs, fs) > 0.1
+        invalid = resample(invalid.astype(np.float32), fs_in, fs) > 0.1
     else:
         invalid = np.zeros(x.shape, dtype=bool)
-    return x.astype(np.float32), invalid[:, : x.shape[1]]
+    return x.astype(np.float32), invalid[..., : x.shape[-1]]
 
 
 def windows(x: np.ndarray, invalid: np.ndarray, length: int, stride: int, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed windows [W, C, length] (and their invalid masks) every ``stride`` samples."""
-    T = x.shape[1]
+    """Fixed windows every ``stride`` samples: x, invalid [..., C, T] -> [..., W, C, length]."""
+    T = x.shape[-1]
     if T < length:
         raise DataError(source, f"{T} samples after resampling", f"at least one window of {length} samples")
     starts = np.arange(0, T - length + 1, stride)
     idx = starts[:, None] + np.arange(length)[None]  # [W, L]
-    return x[:, idx].transpose(1, 0, 2), invalid[:, idx].transpose(1, 0, 2)
+    return np.moveaxis(x[..., idx], -2, -3), np.moveaxis(invalid[..., idx], -2, -3)
 
 
 def standardise(w: np.ndarray, invalid: np.ndarray, axis: tuple[int, ...] = (-1,)) -> np.ndarray:
     """Zero mean, unit variance over the valid samples of ``axis`` (per window and channel by default; ST-MEM's
     (-2, -1): over all channels of a window together); invalid samples and flat signals become 0."""
+    if not invalid.any():
+        mean, std = w.mean(axis, keepdims=True), w.std(axis, keepdims=True)
+        return ((w - mean) / np.maximum(std, 1e-6)).astype(np.float32)
     valid = ~invalid
     n = np.maximum(valid.sum(axis, keepdims=True), 1)
     mean = (w * valid).sum(axis, keepdims=True) / n
@@ -102,7 +103,7 @@ def stmem_crops(sig: Signal, fs: float, crop: int, max_gap_s: float = 0.5) -> tu
     windows at the record's rate, each resampled by FFT (scipy.signal.resample) to 10 x ``fs`` samples, three crops
     of ``crop`` samples at equally spaced starts, each high-passed at 0.67 Hz and low-passed at 40 Hz (order-5
     Butterworth, zero phase) and standardised by one mean and std over all its leads and samples. Gaps as in
-    :func:`prepare` (short ones interpolated, long ones invalid)."""
+    :func:`fill_gaps` (short ones interpolated, long ones invalid)."""
     check_rate(sig)
     x, invalid = fill_gaps(sig.data, int(max_gap_s * sig.fs))
     n10 = int(round(10 * sig.fs))
@@ -130,18 +131,18 @@ def to_slots(w: np.ndarray, invalid: np.ndarray, channels: list[str], patch: int
              min_valid: float = 0.5) -> dict[str, np.ndarray]:
     """Windows on the record's channels -> the model's 13 channel slots.
 
-    w, invalid [W, C, L] -> image [W, 13, 1, L], present [W, 13], patch_valid [W, 13, L / patch]
+    w, invalid [..., C, L] -> image [..., 13, 1, L], present [..., 13], patch_valid [..., 13, L / patch]
     (a patch is valid when at least ``min_valid`` of its samples are).
     """
-    W, _, L = w.shape
+    *lead, _, L = w.shape
     rows = [CHANNELS.index(ch) for ch in channels]
-    image = np.zeros((W, len(CHANNELS), 1, L), np.float32)
-    image[:, rows, 0] = w
-    present = np.zeros((W, len(CHANNELS)), bool)
-    present[:, rows] = True
-    ok = np.zeros((W, len(CHANNELS), L), bool)
-    ok[:, rows] = ~invalid
-    patch_valid = ok.reshape(W, len(CHANNELS), L // patch, patch).mean(-1) >= min_valid
+    image = np.zeros((*lead, len(CHANNELS), 1, L), np.float32)
+    image[..., rows, 0, :] = w
+    present = np.zeros((*lead, len(CHANNELS)), bool)
+    present[..., rows] = True
+    ok = np.zeros((*lead, len(CHANNELS), L), bool)
+    ok[..., rows, :] = ~invalid
+    patch_valid = ok.reshape(*lead, len(CHANNELS), L // patch, patch).mean(-1) >= min_valid
     return {"image": image, "present": present & patch_valid.any(-1), "patch_valid": patch_valid}
 
 
