@@ -4,6 +4,7 @@
   scimae predict geo [...]  /  scimae reconstruct brats [...]          the inference pipelines
   scimae info EXPORT                                                   what an export holds
   scimae convert --from mae|prithvi|pointmae|stmem CHECKPOINT --out EXPORT   a published checkpoint as an export
+  scimae export-onnx EXPORT [--out FILE] [--pooling mean]             the encoder as an ONNX graph (onnxruntime)
   scimae list [RUNS]                                                   runs under RUNS (default: runs/)
 
 A pipeline run this way is the same code, with the same arguments, as ``python pipelines/<name>.py``;
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import pkgutil
 import sys
+from pathlib import Path
 
 ALIASES = {"brain_mri": "brats", "mri": "brats", "remote_sensing": "geo", "point_cloud": "pointcloud",
            "scene3d": "pointcloud"}
@@ -143,6 +145,49 @@ def convert(args: list[str]) -> None:
     print(f"wrote {out}")
 
 
+LOADERS = {"cardiac": ("scimae.domains.cardiac.model", "load_cardiac_mae"),
+           "remote_sensing": ("scimae.domains.remote_sensing.model", "load_geo_mae"),
+           "brain_mri": ("scimae.domains.brain_mri.model", "load_brain_mae"),
+           "skeleton": ("scimae.domains.skeleton.model", "load_skeleton_mae"),
+           "scene3d": ("scimae.domains.scene3d.model", "load_point_mae")}
+
+
+def export_onnx(args: list[str]) -> None:
+    """Write a pretraining export's encoder as an ONNX graph and check it against torch."""
+    import argparse
+    import importlib
+
+    import torch
+
+    from scimae.core.checkpoint import describe_export
+    from scimae.core.heads import Pooler
+    from scimae.core.onnx import OnnxEncoder, export_onnx
+
+    ap = argparse.ArgumentParser(prog="scimae export-onnx", description="The encoder's mask-free path of a pretraining "
+                                 "(or converted) export as an ONNX graph with a dynamic batch axis; inputs are the "
+                                 "domain's batch tensors, outputs the pooled embedding, the tokens and their validity.")
+    ap.add_argument("export", help="the export folder")
+    ap.add_argument("--out", help="the .onnx file to write (default: encoder.onnx in the export folder, or here for a "
+                                  "Hub repo id; never overwritten)")
+    ap.add_argument("--pooling", choices=Pooler.KINDS[:4], help="the embedding's pooling (default: the export's: "
+                                                               "mean, or mean_norm for ST-MEM's layout)")
+    a = ap.parse_args(args)
+    config = describe_export(a.export)["config"]
+    domain = config.get("domain")
+    if domain not in LOADERS:
+        sys.exit(f"error: {a.export} is a {domain!r} export; ONNX export knows {', '.join(LOADERS)}")
+    module, name = LOADERS[domain]
+    mae, _ = getattr(importlib.import_module(module), name)(a.export)
+    pooling = a.pooling or ("mean_norm" if config.get("model", {}).get("layout") == "stmem" else "mean")
+    local = Path(a.export)
+    out = export_onnx(mae.encoder, a.out or (local / "encoder.onnx" if local.is_dir() else "encoder.onnx"), pooling)
+    example = mae.encoder.tokenizer.example_inputs(3)
+    with torch.no_grad():
+        ref = Pooler(mae.encoder.dim, pooling)(mae.encoder.eval()(example)).numpy()
+    diff = float(abs(OnnxEncoder(out).embed(example) - ref).max())
+    print(f"wrote {out} (onnxruntime against torch on a random batch: max difference {diff:.1e})")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -166,6 +211,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.argv = ["scimae convert", *rest]
         run_cli(lambda: convert(rest))
+    elif verb == "export-onnx":
+        from scimae.core.config import run_cli
+
+        sys.argv = ["scimae export-onnx", *rest]
+        run_cli(lambda: export_onnx(rest))
     elif verb == "list":
         list_runs(rest[0] if rest else "runs")
     elif verb in pipelines():

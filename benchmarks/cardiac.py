@@ -5,7 +5,8 @@ leads see each beat x the QRS mirrored in time, independent of the rhythm, with 
 distributions):
 
 1. ``embed`` throughput on this machine (10-s 12-lead records per second, one at a time and as a list;
-   10-s windows per second on a 30-min record) and loader against training-step rate;
+   10-s windows per second on a 30-min record), loader against training-step rate, and the encoder in torch
+   against its ONNX export in onnxruntime;
 2. one split of the records, then pretraining on the training records only (validation records are never
    seen);
 3. frozen features (mean-pooled) of the pretrained encoder, of the same encoder at random initialisation
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from common import link_files, parse, parser, report, run_pipeline
+from common import link_files, onnx_throughput, parse, parser, report, run_pipeline
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
@@ -96,6 +97,7 @@ def throughput(folder: Path, export: Path, train: CardiacWindows, batch_size: in
     step_rate = len(batch["y"]) / time_steps(mae, lambda m: m(batch, g)["loss"], make_optimizer(mae.parameters(), 1e-3), 3)
     print(f"loader: {load_rate:.0f} windows/s (preprocessed once, in memory); training step consumes "
           f"{step_rate:.0f} windows/s -> loader/step = {load_rate / step_rate:.1f}")
+    onnx_throughput(mae.encoder, next(iter(DataLoader(train, batch_size=64))), folder)
 
 
 @torch.no_grad()

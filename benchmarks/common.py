@@ -70,6 +70,33 @@ def run_pipeline(name: str, args: list[str], out: Path, run_name: str, threads: 
     return out / run_name / "export"
 
 
+def onnx_throughput(encoder, batch: dict, folder: Path, rounds: int = 5) -> None:
+    """Export ``encoder`` to ONNX in ``folder`` and print the pooled embedding's rate on ``batch`` in torch (the
+    gathered path, inference mode) and in onnxruntime (the same threads), with their largest difference."""
+    import time
+
+    import numpy as np
+
+    from scimae.core.heads import Pooler
+    from scimae.core.onnx import OnnxEncoder, export_onnx
+
+    encoder.eval()
+    onnx = OnnxEncoder(export_onnx(encoder, folder / "encoder.onnx"), threads=torch.get_num_threads())
+    pool = Pooler(encoder.dim, "mean")
+    rates = {}
+    for name, run in (("torch", lambda: pool(encoder(batch)).numpy()), ("onnxruntime", lambda: onnx.embed(batch))):
+        with torch.inference_mode():
+            out = run()
+            t = time.perf_counter()
+            for _ in range(rounds):
+                run()
+        rates[name] = rounds * len(out) / (time.perf_counter() - t)
+        rates[name + "_out"] = out
+    diff = float(np.abs(rates["torch_out"] - rates["onnxruntime_out"]).max())
+    print(f"encoder on CPU, batch of {len(out)}: torch {rates['torch']:.0f}/s, onnxruntime {rates['onnxruntime']:.0f}/s "
+          f"-> onnxruntime / torch = {rates['onnxruntime'] / rates['torch']:.2f} (largest difference {diff:.1e})")
+
+
 def report(rows: list, out: Path, heading: str, p_value: float, seeds: int, chosen: dict) -> None:
     """Write evaluation.csv and evaluation.png into ``out``; print the heading, the table and the fine-tuning
     comparison."""

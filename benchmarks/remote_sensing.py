@@ -2,7 +2,8 @@
 
 From one run on the synthetic tiles (4 layouts of the same land covers in the same shares):
 
-1. window-read throughput of the scene reader against a plain rasterio read of the same windows;
+1. window-read throughput of the scene reader against a plain rasterio read of the same windows, and the
+   encoder in torch against its ONNX export in onnxruntime;
 2. one split of the tiles, then pretraining on the training tiles only (validation tiles are never seen);
 3. frozen features (central windows) of the pretrained encoder, of the same encoder at random
    initialisation (3 seeds) and the `simple` per-band summary statistics, probed by k-NN and logistic
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from rasterio.windows import Window
 
-from common import link_files, parse, parser, report, run_pipeline
+from common import link_files, onnx_throughput, parse, parser, report, run_pipeline
 from scimae.core.config import run_cli
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
                                   logistic_predict, predict_classes, probe_rows)
@@ -95,6 +96,8 @@ def main():
         return [GeoTasks(paths, c, False, 0, layout, [label[p] for p in paths]) for paths in (train_paths, val_paths)]
 
     full, rgb = datasets(cfg.bands), datasets(cfg.bands[:3])
+    batch = next(iter(batches(full[1])))
+    onnx_throughput(mae.encoder, {k: batch[k] for k in ("image", "present", "patch_valid")}, out / f"onnx-{stamp}")
 
     def features(encoder, sets=full) -> tuple:
         return encoder_features(encoder, *(batches(d) for d in sets))

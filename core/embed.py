@@ -128,7 +128,7 @@ class GroupEmbed(nn.Module):
             raise ValueError(f"unknown group {name!r}; expected one of {self.names}") from None
 
     def forward(self, group: torch.Tensor) -> torch.Tensor:  # [...] long -> [..., D]
-        if group.numel() and (int(group.min()) < 0 or int(group.max()) >= len(self.names)):
+        if not torch.compiler.is_exporting() and group.numel() and (int(group.min()) < 0 or int(group.max()) >= len(self.names)):
             raise ValueError(f"group id out of range: expected 0..{len(self.names) - 1}, "
                              f"got {int(group.min())}..{int(group.max())}")
         return self.table(group)
@@ -178,6 +178,15 @@ class GridTokenizer(nn.Module):
         """Values per patch (the target's P)."""
         return self.weight.shape[1]
 
+    def example_inputs(self, batch: int = 2) -> dict[str, torch.Tensor]:
+        """A batch of the layout this tokenizer reads (random values, every group present, one slot invalid), for
+        tracing: image [B, G, C, *S], present [B, G], patch_valid [B, G, *grid]."""
+        G = len(self.group_names)
+        patch_valid = torch.ones((batch, G, *self.grid), dtype=torch.bool)
+        patch_valid.view(batch, -1)[:, -1] = False
+        return {"image": torch.randn(batch, G, self.channels, *self.spatial),
+                "present": torch.ones(batch, G, dtype=torch.bool), "patch_valid": patch_valid}
+
     def forward(self, batch: dict) -> TokenSet:
         x, present = batch["image"], batch["present"]  # [B, G, C, *S], [B, G]
         B, G = x.shape[:2]
@@ -196,8 +205,10 @@ class GridTokenizer(nn.Module):
 
         def embed(idx: torch.Tensor | None) -> torch.Tensor:
             """Each group's own projection of the patches at ``idx`` (all slots when None), plus slot embedding."""
-            if idx is None:
-                idx = torch.arange(G * n, device=x.device)[None].expand(B, -1)
+            if idx is None:  # every slot, group-major: one batched product, no data-dependent indexing
+                grouped = patches.reshape(B, G, n, -1)  # [B, G, n, P]
+                out = grouped @ self.weight + self.bias[:, None]  # [B, G, n, D] (one weight per group, or shared)
+                return out.reshape(B, G * n, -1) + slot
             p = gather_slots(patches, idx)  # [B, K, P]
             gk = idx // n  # [B, K] group of each slot
             # unbind, not weight[g]: its backward stacks the groups' gradients once instead of zero-filling

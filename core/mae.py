@@ -158,10 +158,13 @@ class MAEEncoder(nn.Module):
 
     def run(self, ts: TokenSet, plan: MaskPlan, mode: str = "drop",
             return_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Encode under a plan. drop: [B, 1 + K, D] over kept slots; mask_token: [B, 1 + N, D]."""
+        """Encode under a plan. drop: [B, 1 + K, D] over kept slots; mask_token: [B, 1 + N, D]; dense (no plan):
+        [B, 1 + N, D], every slot with the invalid ones as padding."""
         B = ts.valid.shape[0]
         if mode == "drop":
             x, pad = ts.embed(plan.keep), plan.keep_pad  # [B, K, D], [B, K]
+        elif mode == "dense":  # every slot, the invalid ones padding keys: shapes independent of the data
+            x, pad = ts.embed(), ~ts.valid  # [B, N, D], [B, N]
         else:
             hidden = (plan.mask | ~ts.valid)[..., None]
             x = torch.where(hidden, self.mask_token + ts.pos, ts.embed())  # [B, N, D]
@@ -178,27 +181,36 @@ class MAEEncoder(nn.Module):
         out = self.blocks(x, pad, return_layers, bias, pos=pos)
         return out if return_layers else (out, [])
 
-    def forward(self, batch, groups: Sequence[str] | None = None,
-                return_layers: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+    def forward(self, batch, groups: Sequence[str] | None = None, return_layers: tuple[int, ...] = (),
+                dense: bool = False) -> dict[str, torch.Tensor]:
         """Features with no masking, from all groups or the named subset.
 
         Returns tokens [B, N, D] (zeros where not valid), valid [B, N] (the tokenizer's ``fixed`` slots are seen
         but not valid features), cls [B, D], mean_norm [B, D] (the final norm of the mean of the last block's
         output over valid slots: ST-MEM's pooled feature), and, with ``return_layers``, layers: list of [B, N, D].
+        ``dense`` encodes every slot with the invalid ones as padding keys instead of gathering the valid ones:
+        the same features from shapes that do not depend on which slots are valid (ONNX export).
         """
         ts = self.tokenizer(batch)
         valid = ts.valid
         if groups is not None:
             ids = torch.tensor(self.group_ids(groups), device=valid.device)
             valid = valid & torch.isin(ts.group, ids)
-        plan = full_plan(valid)
-        x, layers = self.run(ts, plan, "drop", (*return_layers, self.depth))
-        keep = ~plan.keep_pad
+        if dense:
+            x, layers = self.run(ts.with_valid(valid), None, "dense", (*return_layers, self.depth))
+            seen = valid
 
-        def scatter(t):  # [B, 1 + K, D] -> [B, N, D]
-            out = t.new_zeros(ts.shape)
-            vals = t[:, 1:] * keep[..., None]
-            return out.scatter(1, plan.keep[..., None].expand(-1, -1, t.shape[-1]), vals)
+            def scatter(t):  # [B, 1 + N, D] -> [B, N, D], zeros where not valid
+                return t[:, 1:] * seen[..., None]
+        else:
+            plan = full_plan(valid)
+            x, layers = self.run(ts, plan, "drop", (*return_layers, self.depth))
+            keep = ~plan.keep_pad
+
+            def scatter(t):  # [B, 1 + K, D] -> [B, N, D]
+                out = t.new_zeros(ts.shape)
+                vals = t[:, 1:] * keep[..., None]
+                return out.scatter(1, plan.keep[..., None].expand(-1, -1, t.shape[-1]), vals)
 
         if ts.fixed is not None:  # shown to the encoder, but not features of the data
             valid = valid & ~ts.fixed

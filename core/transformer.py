@@ -76,7 +76,7 @@ class Block(nn.Module):
 def key_padding_mask(pad: torch.Tensor | None, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """[B, N] bool (True = padding) -> SDPA mask [B, 1, 1, N] (True = attend), or None if nothing is padded.
     With an additive ``bias`` [B, H or 1, N, N]: the bias with padded keys at -inf."""
-    padded = pad is not None and bool(pad.any())
+    padded = pad is not None and (torch.compiler.is_exporting() or bool(pad.any()))  # an export keeps the mask
     if bias is not None:
         return bias.masked_fill(pad[:, None, None, :], float("-inf")) if padded else bias
     return ~pad[:, None, None, :] if padded else None

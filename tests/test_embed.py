@@ -114,6 +114,8 @@ def test_grid_tokenizer_projects_each_group_with_its_own_weights_and_gradients()
         for a, b in zip(grads, ref_grads):
             torch.testing.assert_close(a, b)
     assert grads[0][1].abs().sum() == 0 and grads[0][0].abs().sum() > 0
+    every = torch.arange(12)[None].expand(2, -1)
+    torch.testing.assert_close(ts.embed(), ts.embed(every))  # all slots at once: the same projections
 
 
 def test_grid_tokenizer_groups_of_fewer_channels_are_masked_out_of_the_loss():
