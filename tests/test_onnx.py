@@ -7,6 +7,8 @@ from scimae.__main__ import main as scimae_main
 from scimae.core.checkpoint import save_export
 from scimae.core.errors import DataError
 from scimae.core.heads import Pooler
+from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae
+from scimae.domains.brain_mri.model import export_config as brain_config
 from scimae.domains.cardiac.data import CardiacDataConfig
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae
 from scimae.domains.cardiac.model import export_config as cardiac_config
@@ -36,16 +38,26 @@ def geo_export(folder):
     return save_export(folder, mae, geo_config(model, data, layout)), mae
 
 
+def brain_export(folder):
+    torch.manual_seed(0)
+    model = BrainModelConfig(**SMALL, patch=8)
+    mae = build_brain_mae(model, (16, 16, 16))
+    return save_export(folder, mae, brain_config(model, (16, 16, 16), None)), mae
+
+
 def gaps(batch: dict) -> dict:
-    """A batch with a group absent in one sample and invalid patches in another."""
+    """A batch with only the first group present in one sample and invalid patches in another (where the layout has
+    patch validity)."""
     batch = {k: v.clone() for k, v in batch.items()}
     batch["present"][0, 1:] = False
-    batch["patch_valid"][0, 1:] = False
-    batch["patch_valid"][1].view(-1)[:5] = False
+    batch["present"][1, 0] = True
+    if "patch_valid" in batch:
+        batch["patch_valid"][0, 1:] = False
+        batch["patch_valid"][1].view(-1)[:5] = False
     return batch
 
 
-@pytest.mark.parametrize("make", [cardiac_export, geo_export])
+@pytest.mark.parametrize("make", [cardiac_export, geo_export, brain_export])
 def test_dense_encoding_gives_the_gathered_features(make, tmp_path):
     _, mae = make(tmp_path / "export")
     enc = mae.encoder.eval()
@@ -58,7 +70,7 @@ def test_dense_encoding_gives_the_gathered_features(make, tmp_path):
     assert dense["tokens"][~dense["valid"]].abs().max() == 0  # invalid slots stay zero
 
 
-@pytest.mark.parametrize("make", [cardiac_export, geo_export])
+@pytest.mark.parametrize("make", [cardiac_export, geo_export, brain_export])
 def test_onnx_export_gives_torch_embeddings_in_onnxruntime(make, tmp_path, capsys):
     from scimae.core.onnx import OnnxEncoder
 
@@ -66,7 +78,7 @@ def test_onnx_export_gives_torch_embeddings_in_onnxruntime(make, tmp_path, capsy
     scimae_main(["export-onnx", str(folder), "--out", str(tmp_path / "enc.onnx")])
     assert "max difference" in capsys.readouterr().out
     onnx = OnnxEncoder(tmp_path / "enc.onnx")
-    assert onnx.inputs == ["image", "present", "patch_valid"]
+    assert onnx.inputs == list(mae.encoder.tokenizer.example_inputs(1))  # image, present (, patch_valid)
     enc = mae.encoder.eval()
     batch = gaps(enc.tokenizer.example_inputs(5))  # another batch size than the traced one
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
 
 from scimae.core.checkpoint import from_pretrained
 from scimae.core.config import from_dict
@@ -32,6 +33,12 @@ class BrainTokenizer(GridTokenizer):
 
     def forward(self, batch: dict):
         return super().forward({"image": batch["image"][:, :, None], "present": batch["present"]})
+
+    def example_inputs(self, batch: int = 2) -> dict[str, torch.Tensor]:
+        """A batch of this layout for tracing: image [B, 4, X, Y, Z], present [B, 4] (one modality absent)."""
+        present = torch.ones(batch, len(self.group_names), dtype=torch.bool)
+        present[:, -1] = False
+        return {"image": torch.randn(batch, len(self.group_names), *self.spatial), "present": present}
 
 
 def build_brain_mae(cfg: BrainModelConfig, roi) -> MaskedAutoencoder:
