@@ -206,9 +206,11 @@ class GridTokenizer(nn.Module):
         def embed(idx: torch.Tensor | None) -> torch.Tensor:
             """Each group's own projection of the patches at ``idx`` (all slots when None), plus slot embedding."""
             if idx is None:  # every slot, group-major: one batched product, no data-dependent indexing
-                grouped = patches.reshape(B, G, n, -1)  # [B, G, n, P]
-                out = grouped @ self.weight + self.bias[:, None]  # [B, G, n, D] (one weight per group, or shared)
+                grouped = patches.reshape(B, -1 if len(self.weight) == 1 else G, n, patches.shape[-1])  # [B, G, n, P]
+                out = torch.einsum("bgnp,gpd->bgnd", grouped, self.weight) + self.bias[:, None]  # [B, G, n, D]
                 return out.reshape(B, G * n, -1) + slot
+            if 2 * idx.shape[1] >= G * n and len(self.group_names) > 1:  # most slots (inference): all, then gather
+                return gather_slots(embed(None), idx)
             p = gather_slots(patches, idx)  # [B, K, P]
             gk = idx // n  # [B, K] group of each slot
             # unbind, not weight[g]: its backward stacks the groups' gradients once instead of zero-filling

@@ -3,9 +3,11 @@ classes (and optionally class probabilities) with the input's CRS, transform and
 
   python pipelines/geo_predict.py [--model EXPORT] [--input SCENE.tif] [--out FILE.tif] [--probabilities]
 
-Logits are accumulated in a memory-mapped file, so a scene of any size never sits in memory. With no
-arguments it uses the newest geo_finetune export (fine-tuning a segmentation model first if there is
-none) on the first synthetic tile.
+Windows are read a row of windows at a time in worker processes while the model runs, and class scores
+are blended in a band of rows that is written out as soon as no later window reaches it, so a scene of
+any size never sits in memory (benchmarks/geo_predict.py: a 10,000 x 10,000 scene). With no arguments it
+uses the newest geo_finetune export (fine-tuning a segmentation model first if there is none) on the
+first synthetic tile.
 """
 import argparse
 import logging

@@ -45,6 +45,24 @@ def test_windowed_reads_pad_past_the_edge_and_mask_nodata(tmp_path):
     assert not valid[:, :, :5].any() and (x[:, :, 5:] == 50).all()
 
 
+def test_validity_from_nodata_values_float_fills_and_internal_masks(tmp_path):
+    """A file whose validity is its nodata value is read raw and compared with it; NaN and inf are invalid; a file with
+    an internal mask (or alpha) is read masked: every way gives GDAL's validity."""
+    floats = np.full((4, 8, 8), 0.5, np.float32)
+    floats[0, 0, 0], floats[1, 0, 1], floats[2, 0, 2] = -9999.0, np.nan, np.inf
+    x, valid = open_scene(_tif(tmp_path / "f.tif", floats, nodata=-9999.0), RGBN).read(0, 0, 8)
+    assert not valid[0, 0, 0] and not valid[1, 0, 1] and not valid[2, 0, 2] and valid.sum() == 4 * 64 - 3
+    assert (x[~valid] == 0).all() and (x[valid] == 0.5).all()
+    data = np.full((4, 8, 8), 7, np.uint16)
+    path = _tif(tmp_path / "m.tif", data, nodata=None)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as dst:
+        mask = np.full((8, 8), 255, np.uint8)
+        mask[2:4, 2:4] = 0
+        dst.write_mask(mask)
+    x, valid = open_scene(path, RGBN).read(0, 0, 8)
+    assert not valid[:, 2:4, 2:4].any() and valid.sum() == 4 * 60 and (x[valid] == 7).all()
+
+
 def test_bands_by_description_by_file_and_mismatches(tmp_path):
     data = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8) + 1
     scene = open_scene(_tif(tmp_path / "d.tif", data, descriptions=("NIR", "R")), [Band("R"), Band("NIR")])
@@ -270,6 +288,44 @@ def test_predict_writes_classes_on_the_input_grid(geo_runs, tmp_path):
     with pytest.raises(DataError, match="entirely nodata"):
         geo_predict.main(["--model", str(geo_runs / "runs" / "seg" / "export"), "--input", str(empty),
                           "--out", str(tmp_path / "e.tif")])
+
+
+def test_predict_streams_rows_and_blends_windows_as_a_whole_scene_map_would(tmp_path):
+    """The map is written a band of rows at a time while windows are read in worker processes: on a scene many
+    bands tall (with a nodata corner), the classes and probabilities equal a brute-force blend of every window."""
+    from scimae.domains.remote_sensing.inference import blend_weights, predict_scene
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 200, (4, 70, 45)).astype(np.uint8)
+    data[:, :10, :12] = 0  # nodata
+    tile = _tif(tmp_path / "t.tif", data, descriptions=("R", "G", "B", "NIR"))
+
+    class Pixelwise(torch.nn.Module):  # scores from the pixel values: [b, 3, s, s]
+        def forward(self, batch):
+            x = batch["image"][:, :, 0]  # [b, 4, s, s]
+            return torch.stack([x[:, 0], x[:, 1] - x[:, 2], 0.5 * x[:, 3]], 1)
+
+    config = {"data_bands": [{"name": n} for n in "RGB"] + [{"name": "NIR"}], "window": 16, "patch": 4,
+              "classes": ["a", "b", "c"], "groups": [{"name": n, "bands": [n]} for n in ("R", "G", "B", "NIR")]}
+    predict_scene(Pixelwise(), config, tile, tmp_path / "m.tif", overlap=0.25, probabilities=True, batch_size=5,
+                  workers=2)
+    x = data.astype(np.float32)
+    valid = data[0] != 0
+    logits = np.stack([x[0], x[1] - x[2], 0.5 * x[3]])
+    acc, wsum = np.zeros((3, 70, 45)), np.zeros((70, 45))
+    w = blend_weights(16)
+    for r in [0, 12, 24, 36, 48, 54]:  # stride 12, the last window at the bottom edge
+        for c in [0, 12, 24, 29]:
+            z = np.where(valid[r:r + 16, c:c + 16], logits[:, r:r + 16, c:c + 16], 0)  # invalid pixels read as 0
+            p = np.exp(z - z.max(0)) / np.exp(z - z.max(0)).sum(0)
+            acc[:, r:r + 16, c:c + 16] += p * w
+            wsum[r:r + 16, c:c + 16] += w
+    with rasterio.open(tmp_path / "m.tif") as m, rasterio.open(tmp_path / "m_probabilities.tif") as pm:
+        classes, probs = m.read(1), pm.read()
+    assert (classes[~valid] == 255).all() and (probs[:, ~valid] == -1).all()
+    assert np.abs(probs[:, valid] - (acc / wsum)[:, valid]).max() < 1e-4
+    assert (classes[valid] == acc.argmax(0)[valid]).all()
+    assert not list(tmp_path.glob("*.partial.tif"))
 
 
 def test_label_raster_on_another_grid_is_an_error(tmp_path):

@@ -142,16 +142,19 @@ class GeoWindows(Dataset):
         return self._scenes[i]
 
     def to_slots(self, sample: dict) -> dict[str, torch.Tensor]:
-        """Per-band image [Nb, 1, w, w] and patch_valid [Nb, ...] -> the model's group slots."""
+        """Per-band image [..., Nb, 1, w, w] and patch_valid [..., Nb, w/p, w/p] -> the model's group slots: image
+        [..., G, C, w, w], present [..., G], patch_valid [..., G, w/p, w/p]."""
         G, C = self.shape
-        image = sample["image"].new_zeros((G, C, *sample["image"].shape[2:]))
+        *lead, _, _, h, w = sample["image"].shape
+        image = sample["image"].new_zeros((*lead, G, C, h, w))
         present = torch.zeros(G, dtype=torch.bool)
-        patch_valid = torch.ones((G, *sample["patch_valid"].shape[1:]), dtype=torch.bool)
+        patch_valid = torch.ones((*lead, G, *sample["patch_valid"].shape[-2:]), dtype=torch.bool)
         for i, (g, c) in enumerate(self.slots):  # a handful of bands
-            image[g, c] = sample["image"][i, 0]
+            image[..., g, c, :, :] = sample["image"][..., i, 0, :, :]
             present[g] = True
-            patch_valid[g] &= sample["patch_valid"][i]
-        return {"image": image, "present": present, "patch_valid": patch_valid & present[:, None, None]}
+            patch_valid[..., g, :, :] &= sample["patch_valid"][..., i, :, :]
+        return {"image": image, "present": present.expand(*lead, G).clone(),
+                "patch_valid": patch_valid & present[:, None, None]}
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)

@@ -148,15 +148,15 @@ class HdfScene:
         self.grid, self.crs = grid, CRS.from_proj4(f"+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R={g.radius} +units=m +no_defs")
         self.transform, self.height, self.width = g.affine(), g.height, g.width
 
-    def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, row: int, col: int, size: int, cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Window at (row, col) of size x size -> (values [C, size, size] float32, valid [C, size, size]); only the
         part inside the grid is read, the rest is padding, invalid, as are fill, out-of-range and (with
         ``cloud_mask``) cloudy values."""
         from pyhdf.error import HDF4Error
 
-        out = np.zeros((len(self.bands), size, size), np.float32)
+        out = np.zeros((len(self.bands), size, cols or size), np.float32)
         valid = np.zeros(out.shape, bool)
-        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width)
+        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width, cols)
         if r1 <= r0 or c1 <= c0:
             return out, valid
         clear = True
@@ -235,14 +235,14 @@ class SwathScene:
         lat, lon = swath_geolocation(self.latitude, self.longitude, np.arange(row, row + size), np.arange(col, col + size))
         return {"lat": lat, "lon": lon}
 
-    def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, row: int, col: int, size: int, cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The same contract as :meth:`HdfScene.read`: TOA reflectance or brightness temperature, invalid where
         the raw value is a flag, the radiance is not positive, or the window leaves the swath."""
         from pyhdf.error import HDF4Error
 
-        out = np.zeros((len(self.bands), size, size), np.float32)
+        out = np.zeros((len(self.bands), size, cols or size), np.float32)
         valid = np.zeros(out.shape, bool)
-        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width)
+        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width, cols)
         if r1 <= r0 or c1 <= c0:
             return out, valid
         for i, (sds, k, kind, scale, offset, number) in enumerate(self._bands):

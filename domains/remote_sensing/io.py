@@ -69,6 +69,7 @@ class RasterScene:
 
     def __init__(self, sources: dict[str, tuple[str, int]], bands: list[Band], crs=None):
         import rasterio
+        from rasterio.enums import MaskFlags
 
         self.bands, self.name = bands, str(next(iter(sources.values()))[0])
         self._open: dict[str, object] = {}
@@ -99,34 +100,45 @@ class RasterScene:
             slots, indexes = self._by_file.setdefault(path, ([], []))
             slots.append(i)
             indexes.append(index)
+        # files whose validity is their nodata value alone (no alpha band or internal mask) are read raw and
+        # compared with it: the same validity as a masked read without building the mask array
+        self._nodata_only = {path: all(set(self._open[path].mask_flag_enums[k - 1]) <= {MaskFlags.all_valid, MaskFlags.nodata}
+                                       for k in indexes) for path, (_, indexes) in self._by_file.items()}
         self.crs, self.transform, self.height, self.width = ref.crs, ref.transform, ref.height, ref.width
 
-    def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Window at (row, col) of size x size -> (values [C, size, size] float32, valid [C, size, size]).
+    def read(self, row: int, col: int, size: int, cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Window at (row, col) of ``size`` rows and ``cols`` columns (default ``size``) -> (values [C, size, cols]
+        float32, valid [C, size, cols]).
 
         Only the part inside the scene is read; the rest is padding, invalid, as are nodata and non-finite pixels."""
         from rasterio.errors import NodataShadowWarning, RasterioError
         from rasterio.windows import Window
 
-        out = np.zeros((len(self.bands), size, size), np.float32)
+        out = np.zeros((len(self.bands), size, cols or size), np.float32)
         valid = np.zeros(out.shape, bool)
-        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width)
+        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width, cols)
         if r1 <= r0 or c1 <= c0:
             return out, valid
         inside = Window(c0, r0, c1 - c0, r1 - r0)
         rows, cols = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
-        with warnings.catch_warnings():  # nodata, not an alpha band, decides validity: as intended
-            warnings.simplefilter("ignore", NodataShadowWarning)
-            for path, (slots, indexes) in self._by_file.items():  # one read per file, all its bands at once
-                try:
-                    data = self._open[path].read(indexes, window=inside, masked=True)
-                except RasterioError as e:
-                    raise DataError(path, f"a window rasterio cannot read ({e})", "a complete GeoTIFF") from None
-                with np.errstate(over="ignore", invalid="ignore"):
-                    values = np.ma.filled(data.astype(np.float32), 0.0)
-                ok = ~np.ma.getmaskarray(data) & np.isfinite(values)  # nodata, NaN and inf are invalid
-                out[slots, rows, cols] = np.where(ok, values, 0.0)
-                valid[slots, rows, cols] = ok
+        for path, (slots, indexes) in self._by_file.items():  # one read per file, all its bands at once
+            src = self._open[path]
+            try:
+                if self._nodata_only[path]:
+                    raw = src.read(indexes, window=inside)
+                    ok = np.ones(raw.shape, bool) if src.nodata is None else raw != src.nodata
+                else:
+                    with warnings.catch_warnings():  # nodata, not an alpha band, decides validity: as intended
+                        warnings.simplefilter("ignore", NodataShadowWarning)
+                        masked = src.read(indexes, window=inside, masked=True)
+                    raw, ok = masked.data, ~np.ma.getmaskarray(masked)
+            except RasterioError as e:
+                raise DataError(path, f"a window rasterio cannot read ({e})", "a complete GeoTIFF") from None
+            with np.errstate(over="ignore", invalid="ignore"):
+                values = raw.astype(np.float32)
+            ok &= np.isfinite(values)  # nodata, NaN and inf are invalid
+            out[slots, rows, cols] = np.where(ok, values, 0.0)
+            valid[slots, rows, cols] = ok
         return out, valid
 
 
@@ -168,9 +180,9 @@ class StackScene:
         self.crs = self.da.attrs.get("crs")
         self.transform = self.da.attrs.get("transform")
 
-    def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        out = np.full((len(self.bands), size, size), np.nan, np.float32)
-        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width)
+    def read(self, row: int, col: int, size: int, cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        out = np.full((len(self.bands), size, cols or size), np.nan, np.float32)
+        r0, c0, r1, c1 = window_bounds(row, col, size, self.height, self.width, cols)
         if r1 > r0 and c1 > c0:
             block = self.da[:, r0:r1, c0:c1].values.astype(np.float32)  # only the window is read
             out[:, r0 - row:r1 - row, c0 - col:c1 - col] = block

@@ -71,18 +71,19 @@ def swath_gcps(lat: np.ndarray, lon: np.ndarray, every: int = 1) -> list:
             for i in range(0, lat.shape[0], every) for j in range(0, lat.shape[1], every)]
 
 
-def window_bounds(row: int, col: int, size: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """The part (r0, c0, r1, c1) of the size x size window at (row, col) inside a height x width scene; empty
-    (r1 <= r0 or c1 <= c0) when the window lies outside it."""
-    return max(row, 0), max(col, 0), min(row + size, height), min(col + size, width)
+def window_bounds(row: int, col: int, size: int, height: int, width: int, cols: int | None = None
+                  ) -> tuple[int, int, int, int]:
+    """The part (r0, c0, r1, c1) of the window of ``size`` rows and ``cols`` columns (default ``size``) at (row, col)
+    inside a height x width scene; empty (r1 <= r0 or c1 <= c0) when the window lies outside it."""
+    return max(row, 0), max(col, 0), min(row + size, height), min(col + (cols or size), width)
 
 
 def to_sample(x: np.ndarray, valid: np.ndarray, mean, std, patch: int, min_valid: float) -> dict[str, torch.Tensor]:
-    """Bands [Nb, h, w] and validity -> per-band image [Nb, 1, h, w] and patch_valid [Nb, h/p, w/p]."""
-    nb, h, w = x.shape
+    """Bands [..., Nb, h, w] and validity -> per-band image [..., Nb, 1, h, w] and patch_valid [..., Nb, h/p, w/p]."""
+    *lead, nb, h, w = x.shape
     image = np.where(valid, (x - mean) / std, 0.0).astype(np.float32)
-    patch_valid = valid.reshape(nb, h // patch, patch, w // patch, patch).mean((2, 4)) >= min_valid
-    return {"image": torch.from_numpy(image)[:, None], "patch_valid": torch.from_numpy(patch_valid)}
+    patch_valid = valid.reshape(*lead, nb, h // patch, patch, w // patch, patch).mean((-3, -1)) >= min_valid
+    return {"image": torch.from_numpy(image).unsqueeze(-3), "patch_valid": torch.from_numpy(patch_valid)}
 
 
 def summary_statistics(image: torch.Tensor, patch_valid: torch.Tensor) -> torch.Tensor:
