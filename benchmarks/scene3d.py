@@ -2,8 +2,8 @@
 
 From one run:
 
-1. farthest point sampling, kNN and Chamfer distance: pytorch3d's kernels against the torch fallback on
-   the same inputs (the fallback alone when pytorch3d is not installed);
+1. farthest point sampling, kNN and Chamfer distance: every available backend (torch, open3d on the CPU,
+   pytorch3d where installed) on the same inputs, with whether it agrees with torch;
 2. one split of the synthetic clouds (four chiral objects and their mirror images, randomly rotated: the
    classes are left and right), then pretraining on the training clouds only;
 3. frozen features (max-and-mean pooled) of the pretrained encoder, of the same encoder at random
@@ -48,28 +48,70 @@ def per_call(fn, repeats: int = 5) -> float:
     return (time.perf_counter() - t) / repeats
 
 
+def open3d_fps(points: torch.Tensor, k: int) -> torch.Tensor:
+    """open3d's farthest_point_down_sample, one call per cloud (it returns the chosen points in index order), and
+    their indices -> [B, k], sorted."""
+    import numpy as np
+    import open3d as o3d
+
+    chosen = torch.from_numpy(np.stack([np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
+                                                   .farthest_point_down_sample(k).points)
+                                        for p in points.double().cpu().numpy()])).to(points)
+    return torch.cdist(chosen, points).argmin(-1)
+
+
+def open3d_knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """open3d's NearestNeighborSearch (a KD-tree), one per cloud -> [B, M, k]."""
+    import numpy as np
+    import open3d as o3d
+
+    out = []
+    for q, p in zip(query.cpu().numpy(), points.cpu().numpy()):
+        search = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor(p))
+        search.knn_index()
+        out.append(search.knn_search(o3d.core.Tensor(q), k)[0].numpy())
+    return torch.from_numpy(np.stack(out)).long()
+
+
 def point_ops(device: torch.device) -> None:
+    """Every available backend's time for each point operation on the same inputs, and whether it agrees with the
+    torch implementation (FPS: the same set of points; kNN: the same neighbours, whatever the order of near-ties)."""
     g = torch.Generator().manual_seed(0)
     pts = torch.rand(32, 1024, 3, generator=g).to(device)
     centres = pts[:, :64]
     groups = torch.rand(32 * 64, 32, 3, generator=g).to(device)
-    ops = {"FPS (32 x 1024 -> 64)": lambda p3d: farthest_point_sample(pts, 64, p3d),
-           "kNN (32 x 64 queries, k=32)": lambda p3d: knn(centres, pts, 32, p3d),
-           "Chamfer (2048 groups of 32)": None}
     p3d = has_pytorch3d()
-    print(f"point ops on {device} ({'pytorch3d installed' if p3d else 'pytorch3d not installed: fallback only'}):")
-    for name, op in ops.items():
-        if op is None:
-            fallback = per_call(lambda: chamfer_torch(groups, groups.flip(1)))
-            if p3d:
-                from pytorch3d.loss import chamfer_distance
+    try:
+        import open3d  # noqa: F401
+        o3d = device.type == "cpu"
+    except ImportError:
+        o3d = False
+    as_set = lambda idx: idx.sort(-1).values  # noqa: E731
+    ops = {"FPS (32 x 1024 -> 64)": (lambda: farthest_point_sample(pts, 64, False), as_set,
+                                     {"pytorch3d": p3d and (lambda: farthest_point_sample(pts, 64, True)),
+                                      "open3d": o3d and (lambda: open3d_fps(pts, 64))}),
+           "kNN (32 x 64 queries, k=32)": (lambda: knn(centres, pts, 32, False), as_set,
+                                           {"pytorch3d": p3d and (lambda: knn(centres, pts, 32, True)),
+                                            "open3d": o3d and (lambda: open3d_knn(centres, pts, 32))}),
+           "Chamfer (2048 groups of 32)": (lambda: chamfer_torch(groups, groups.flip(1)), lambda d: d.round(decimals=4),
+                                           {"pytorch3d": p3d and (lambda: _p3d_chamfer(groups))})}
+    print(f"point ops on {device} (backends: torch{', open3d' if o3d else ''}{', pytorch3d' if p3d else ''}; "
+          f"{'' if p3d else 'pytorch3d not installed'}):")
+    for name, (reference, key, others) in ops.items():
+        base = per_call(reference)
+        line = f"  {name:30s} torch {base * 1e3:7.2f} ms"
+        for backend, op in others.items():
+            if op:
+                t = per_call(op)
+                same = torch.equal(key(op().cpu()), key(reference().cpu()))
+                line += f"  {backend} {t * 1e3:7.2f} ms (torch / {backend} {base / t:.2f}, {'agrees' if same else 'DIFFERS'})"
+        print(line)
 
-                fast = per_call(lambda: chamfer_distance(groups, groups.flip(1), batch_reduction=None))
-        else:
-            fallback = per_call(lambda: op(False))
-            fast = per_call(lambda: op(True)) if p3d else None
-        line = f"  {name:30s} torch {fallback * 1e3:8.2f} ms"
-        print(line + (f"  pytorch3d {fast * 1e3:8.2f} ms  -> fallback / pytorch3d {fallback / fast:.2f}" if p3d else ""))
+
+def _p3d_chamfer(groups: torch.Tensor) -> torch.Tensor:
+    from pytorch3d.loss import chamfer_distance
+
+    return chamfer_distance(groups, groups.flip(1), batch_reduction=None)[0]
 
 
 def main():
