@@ -70,6 +70,49 @@ def run_pipeline(name: str, args: list[str], out: Path, run_name: str, threads: 
     return out / run_name / "export"
 
 
+def tree_memory(pid: int) -> int:
+    """Bytes of memory of process ``pid`` and its descendants (Linux /proc): the sum of their proportional set sizes
+    (PSS: a page shared by n processes, such as the libraries and weights forked workers share with their parent,
+    counts 1/n in each), or of their resident set sizes where PSS is not available."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, grown = {pid}, True
+    while grown:
+        more = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= more
+        grown = bool(more)
+    total = 0
+    for p in tree:
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()[1:])
+            total += int(fields["Pss"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            try:
+                total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except OSError:
+                continue
+    return total
+
+
+def run_with_peak_memory(cmd: list[str], env: dict | None = None) -> int:
+    """Run ``cmd`` and return the peak memory of its process tree (:func:`tree_memory`, sampled every 0.2 s); exit
+    if it fails."""
+    import time
+
+    child = subprocess.Popen(cmd, env=env)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, tree_memory(child.pid))
+        time.sleep(0.2)
+    if child.returncode:
+        raise SystemExit(f"{' '.join(cmd)} stopped with exit status {child.returncode}")
+    return peak
+
+
 def onnx_throughput(encoder, batch: dict, folder: Path, rounds: int = 5) -> None:
     """Export ``encoder`` to ONNX in ``folder`` and print the pooled embedding's rate on ``batch`` in torch (the
     gathered path, inference mode) and in onnxruntime (the same threads), with their largest difference."""

@@ -7,7 +7,7 @@ From one run:
    (speed and memory do not depend on the weights);
 3. the model's forward-only rate on windows of the scene (batch 64, windows read beforehand);
 4. ``python -m scimae.pipelines.geo_predict`` on the scene in a child process, as a user runs it: windows per
-   second and the peak resident memory of its process tree (its DataLoader workers included; sampled every
+   second and the peak memory (PSS) of its process tree (its DataLoader workers included; sampled every
    0.2 s).
 
 Usage: python benchmarks/geo_predict.py [--size 10000] [--out DIR] [--quick]
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cores
+from common import cores, run_with_peak_memory
 from remote_sensing import MODEL
 from scimae.core.checkpoint import save_export
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows
@@ -66,24 +65,6 @@ def write_model(folder: Path) -> Path:
     return save_export(folder, model, config)
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of process ``pid`` and its descendants (Linux /proc)."""
-    parent, rss = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parent[int(stat.parent.name)] = int(fields[1])
-            rss[int(stat.parent.name)] = int(fields[21]) * 4096
-        except (OSError, IndexError, ValueError):
-            continue
-    tree, grown = {pid}, True
-    while grown:
-        more = {p for p, pp in parent.items() if pp in tree} - tree
-        tree |= more
-        grown = bool(more)
-    return sum(rss.get(p, 0) for p in tree)
-
-
 @torch.inference_mode()
 def forward_rate(export: Path, scene: Path, n: int = 2048) -> float:
     """Windows per second of the model alone, on ``n`` windows read beforehand."""
@@ -123,18 +104,12 @@ def main():
     cmd = [sys.executable, "-m", "scimae.pipelines.geo_predict", "--model", str(export), "--input", str(scene),
            "--out", str(out / "classes.tif")]
     t = time.perf_counter()
-    child = subprocess.Popen(cmd)
-    peak = 0
-    while child.poll() is None:
-        peak = max(peak, tree_rss(child.pid))
-        time.sleep(0.2)
+    peak = run_with_peak_memory(cmd)
     seconds = time.perf_counter() - t
-    if child.returncode:
-        raise SystemExit(f"geo_predict stopped with exit status {child.returncode}")
     mapped = n_windows / seconds
     print(f"geo_predict: {n_windows} windows of 32 x 32 in {seconds:.0f} s = {mapped:.0f} windows/s "
-          f"({size * size / seconds / 1e6:.2f} Mpixel/s), peak resident memory {peak / 2 ** 30:.2f} GiB "
-          f"(process tree); forward alone {rate:.0f} windows/s -> geo_predict / forward = {mapped / rate:.2f}")
+          f"({size * size / seconds / 1e6:.2f} Mpixel/s), peak memory (PSS) {peak / 2 ** 30:.2f} GiB "
+          f"of the process tree; forward alone {rate:.0f} windows/s -> geo_predict / forward = {mapped / rate:.2f}")
     print(f"config: {dataclasses.asdict(GeoModelConfig(**MODEL))['dim']} wide, {cores()} cores")
 
 

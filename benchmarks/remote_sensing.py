@@ -33,7 +33,8 @@ from scimae.core.evaluate import (encoder_features, extract_features, finetune_r
                                   logistic_predict, predict_classes, probe_rows)
 from scimae.domains.remote_sensing import synthetic
 from scimae.core.data import seeded_split
-from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
+from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout
+from scimae.domains.remote_sensing.io import labelled_tiles
 from scimae.domains.remote_sensing.io import Band, open_scene
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_layout, load_geo_mae
 from scimae.domains.remote_sensing.transforms import summary_statistics

@@ -15,7 +15,8 @@ from scimae.core.errors import DataError
 from scimae.core.files import find_files
 from scimae.core.data import first_per_class
 from scimae.core.data import seeded_split
-from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout, labelled_tiles
+from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, band_layout
+from scimae.domains.remote_sensing.io import labelled_tiles
 from scimae.domains.remote_sensing.io import Band
 from scimae.domains.remote_sensing.finetune import geo_finetuner, GeoTaskConfig, task_evaluate, task_step
 from scimae.domains.remote_sensing.model import GeoModelConfig, adapt_bands, build_geo_mae, export_config, load_geo_mae

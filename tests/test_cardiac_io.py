@@ -168,3 +168,44 @@ def test_conduction_patterns_differ_in_structure_and_summary_statistics_stay_nea
     x, y = torch.cat(features).double().numpy(), np.array(labels)
     accuracy = (logistic_predict(x[::2], y[::2], x[1::2]) == y[1::2]).mean()
     assert abs(accuracy - 0.25) <= 0.10, accuracy
+
+
+def test_windows_are_preprocessed_once_into_a_disk_cache_that_a_changed_record_rebuilds(tmp_path, monkeypatch):
+    """CardiacWindows preprocesses into the window cache once: the windows equal record_windows per record, a second
+    dataset of the same records and settings reads the cache without opening a record, DataLoader workers read the
+    same windows, and a changed record or other settings build a new cache."""
+    import shutil
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from scimae.domains.cardiac import data, synthetic
+    from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, record_windows
+
+    folder = tmp_path / "records"
+    shutil.copytree(synthetic.write_dataset(None, 8, 20.0), folder)
+    records = find_records(folder)
+    cfg = CardiacDataConfig(stride_s=5.0, cache_dir=str(tmp_path / "cache"))
+    first = CardiacWindows(records, cfg)
+    expected = [record_windows(read_record(r), cfg) for r in records]
+    assert len(first) == sum(len(w["image"]) for w in expected) == len(first.record)
+    for key in ("image", "present", "patch_valid"):
+        np.testing.assert_array_equal(np.stack([first[i][key].numpy() for i in range(len(first))]),
+                                      np.concatenate([w[key] for w in expected]))
+    assert first.hr[0] == float(read_record(records[0]).labels["hr"])
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    def unread(path, *args):
+        raise AssertionError(f"{path} read again")
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "read_record", unread)
+        again = CardiacWindows(records, cfg)
+        assert torch.equal(again.y, first.y) and torch.equal(again[5]["image"], first[5]["image"])
+        batches = list(DataLoader(again, batch_size=4, num_workers=2))
+    assert torch.equal(torch.cat([b["image"] for b in batches]), torch.stack([first[i]["image"] for i in range(len(first))]))
+    header = records[2].with_suffix(".hea")
+    header.write_text(header.read_text() + "# edited\n")  # the record changed
+    CardiacWindows(records, cfg)
+    CardiacWindows(records, CardiacDataConfig(stride_s=10.0, cache_dir=cfg.cache_dir))
+    assert len(list((tmp_path / "cache").iterdir())) == 3

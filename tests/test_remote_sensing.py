@@ -384,7 +384,8 @@ def test_scene_layouts_share_their_spectra_so_band_statistics_stay_near_chance(t
     from scimae.core.evaluate import logistic_predict
     from scimae.domains.remote_sensing import synthetic
     from scimae.core.data import seeded_split
-    from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks, labelled_tiles
+    from scimae.domains.remote_sensing.data import GeoDataConfig, GeoTasks
+    from scimae.domains.remote_sensing.io import labelled_tiles
     from scimae.domains.remote_sensing.synthetic import CLASSES, SHARES, land_cover
     from scimae.domains.remote_sensing.transforms import summary_statistics
 
@@ -410,7 +411,7 @@ def test_scene_layouts_share_their_spectra_so_band_statistics_stay_near_chance(t
 
 
 def test_channel_surgery_keeps_matched_weights_and_starts_unseen_bands_fresh():
-    from scimae.domains.remote_sensing.io import match_bands
+    from scimae.domains.remote_sensing.model import match_bands
     from scimae.domains.remote_sensing.model import GeoModelConfig, adapt_bands, build_geo_mae, export_config
 
     assert match_bands(["B04", "B08", "B8A", "B05"], ["RED", "NIR_NARROW"]) == {

@@ -212,16 +212,6 @@ def load_splits(cfg: GeoDataConfig, seed: int = 0):
     return GeoWindows(train, cfg, True, seed, crs=crs), (GeoWindows(val, cfg, False, seed, crs=crs) if val else None)
 
 
-def labelled_tiles(root: Path) -> tuple[list[Path], list[str]]:
-    """A folder of class subfolders of GeoTIFF tiles (the FireRisk layout) -> (tiles, class names)."""
-    root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    tiles = [(p, c) for c in classes for p in sorted((root / c).glob("*.tif"))]
-    if not tiles:
-        raise DataError(root, "no class subfolders with .tif tiles", "<root>/<class>/<tile>.tif")
-    return [p for p, _ in tiles], [c for _, c in tiles]
-
-
 def label_path(image: Path, labels_root: Path) -> Path:
     path = Path(labels_root) / image.name
     if not path.is_file():

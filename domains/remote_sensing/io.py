@@ -37,30 +37,6 @@ class Band:
             raise ValueError(f"band {self.name}: std must be > 0, got {self.std}")
 
 
-# Bands of different sensors that sample the same part of the spectrum (centre wavelengths in nm): an export's
-# band takes a data band of its own name, else one of its class here. NAIP B/G/R/NIR (456/560/634/876), HLS as
-# Prithvi names it (482/561/655/865/1609/2201), Sentinel-2 (490/560/665/842 and 865/1610/2190).
-SPECTRAL_CLASSES = [{"B", "BLUE", "B02"}, {"G", "GREEN", "B03"}, {"R", "RED", "B04"}, {"NIR", "NIR_NARROW", "B08", "B8A"},
-                    {"SWIR_1", "SWIR1", "B11"}, {"SWIR_2", "SWIR2", "B12"}]
-
-
-def match_bands(data: list[str], model: list[str]) -> dict[str, str | None]:
-    """Each data band -> the model band it feeds: the same name, else the first free model band of its
-    spectral class (:data:`SPECTRAL_CLASSES`), else None (a band the model has not seen)."""
-    spectral = {name: i for i, names in enumerate(SPECTRAL_CLASSES) for name in names}
-    free = [m for m in model if m not in data]
-    out = {}
-    for d in data:
-        if d in model:
-            out[d] = d
-            continue
-        cls = spectral.get(d.upper())
-        out[d] = next((m for m in free if cls is not None and spectral.get(m.upper()) == cls), None)
-        if out[d] is not None:
-            free.remove(out[d])
-    return out
-
-
 class RasterScene:
     """Bands from GeoTIFFs via rasterio: ``sources`` maps band name -> (file, 1-based band index).
 
@@ -188,6 +164,16 @@ class StackScene:
             out[:, r0 - row:r1 - row, c0 - col:c1 - col] = block
         valid = np.isfinite(out)
         return np.where(valid, out, 0.0), valid
+
+
+def labelled_tiles(root: Path) -> tuple[list[Path], list[str]]:
+    """A folder of class subfolders of GeoTIFF tiles (the FireRisk layout) -> (tiles, class names)."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    tiles = [(p, c) for c in classes for p in sorted((root / c).glob("*.tif"))]
+    if not tiles:
+        raise DataError(root, "no class subfolders with .tif tiles", "<root>/<class>/<tile>.tif")
+    return [p for p, _ in tiles], [c for _, c in tiles]
 
 
 def _match_band_file(folder: Path, band: str) -> Path | None:

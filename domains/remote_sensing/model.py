@@ -20,9 +20,33 @@ from scimae.core.masking import MaskConfig
 from scimae.core.tokens import TokenSet
 from scimae.core.errors import DataError
 from scimae.domains.remote_sensing.data import GeoDataConfig, band_layout, layout_bands
-from scimae.domains.remote_sensing.io import Band, match_bands
+from scimae.domains.remote_sensing.io import Band
 
 log = logging.getLogger(__name__)
+
+
+# Bands of different sensors that sample the same part of the spectrum (centre wavelengths in nm): an export's
+# band takes a data band of its own name, else one of its class here. NAIP B/G/R/NIR (456/560/634/876), HLS as
+# Prithvi names it (482/561/655/865/1609/2201), Sentinel-2 (490/560/665/842 and 865/1610/2190).
+SPECTRAL_CLASSES = [{"B", "BLUE", "B02"}, {"G", "GREEN", "B03"}, {"R", "RED", "B04"}, {"NIR", "NIR_NARROW", "B08", "B8A"},
+                    {"SWIR_1", "SWIR1", "B11"}, {"SWIR_2", "SWIR2", "B12"}]
+
+
+def match_bands(data: list[str], model: list[str]) -> dict[str, str | None]:
+    """Each data band -> the model band it feeds: the same name, else the first free model band of its
+    spectral class (:data:`SPECTRAL_CLASSES`), else None (a band the model has not seen)."""
+    spectral = {name: i for i, names in enumerate(SPECTRAL_CLASSES) for name in names}
+    free = [m for m in model if m not in data]
+    out = {}
+    for d in data:
+        if d in model:
+            out[d] = d
+            continue
+        cls = spectral.get(d.upper())
+        out[d] = next((m for m in free if cls is not None and spectral.get(m.upper()) == cls), None)
+        if out[d] is not None:
+            free.remove(out[d])
+    return out
 
 
 @dataclass
@@ -104,7 +128,7 @@ def export_layout(config: dict) -> dict[str, list[str]]:
 
 def adapt_bands(mae: MaskedAutoencoder, config: dict, bands: list[str]) -> tuple[MaskedAutoencoder, dict, dict]:
     """Channel surgery: an export's model for data of other ``bands``. A data band feeds the export band of its
-    name or spectral class (:func:`~scimae.domains.remote_sensing.io.match_bands`) and keeps its weights;
+    name or spectral class (:func:`match_bands`) and keeps its weights;
     export bands the data lacks stay empty (their channel is 0, the band's mean, or their group is absent); a
     band the export has not seen becomes a group of its own, started fresh. Returns the model, its band
     layout (data band names in the export's channel places) and the record of what was matched, absent and new."""
