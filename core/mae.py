@@ -372,13 +372,13 @@ class MaskedAutoencoder(Exportable, nn.Module):
         return torch.where(allowed, zero, float("-inf"))[:, None]
 
     @torch.no_grad()
-    def fill(self, batch, groups: Sequence[str]) -> dict:
-        """Predict every slot of the named ``groups`` from all the other valid slots (no random masking):
-        how a missing modality, lead or band is synthesised."""
+    def fill(self, batch, groups: Sequence[str], context: torch.Tensor | None = None) -> dict:
+        """Predict every slot of the named ``groups`` from all the other valid slots (no random masking), or from
+        those of them that ``context`` [B, N] marks: how a missing modality, lead or band is synthesised."""
         ts = self.encoder.tokenizer(batch)
         ids = torch.tensor(self.encoder.group_ids(groups), device=ts.valid.device)
         wanted = torch.isin(ts.group, ids)  # [B, N]
-        shown = ts.valid & ~wanted
+        shown = ts.valid & ~wanted & (True if context is None else context)
         if ts.fixed is not None:  # the wanted groups' fixed slots (ST-MEM's separators) are shown, data or not
             shown |= ts.fixed & wanted
             wanted &= ~ts.fixed
@@ -386,6 +386,20 @@ class MaskedAutoencoder(Exportable, nn.Module):
         plan.mask = wanted
         query = full_plan(wanted)
         return self.predict(ts.with_valid(shown | wanted), plan, query.keep, query.keep_pad)
+
+    @torch.no_grad()
+    def fill_spread(self, batch, groups: Sequence[str], draws: int = 8, drop: float = 0.25,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """How sure a synthesis is: the standard deviation per slot value [B, N, P] of the named ``groups``'
+        prediction over ``draws`` fills, each from another random ``1 - drop`` of the context slots (0 elsewhere).
+        Where the prediction hardly depends on which context it sees, the spread is small."""
+        ts = self.encoder.tokenizer(batch)
+        fills = []
+        for _ in range(draws):  # a loop over draws, each a batched fill
+            keep = torch.rand(ts.valid.shape, generator=generator).to(ts.valid.device) >= drop  # [B, N]
+            fills.append(torch.nan_to_num(self.reconstruction(self.fill(batch, groups, keep))[2]))
+        ids = torch.tensor(self.encoder.group_ids(groups), device=ts.valid.device)
+        return torch.stack(fills).std(0, correction=0) * torch.isin(ts.group, ids)[..., None]  # [B, N, P]
 
     @torch.no_grad()
     def reconstruction(self, out: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

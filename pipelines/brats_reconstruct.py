@@ -36,7 +36,12 @@ def main(argv=None):
                                        "(default: the case's first missing one)")
     ap.add_argument("--out", help="output .nii.gz (default: runs/brats_reconstruct/<case>_<modality>.nii.gz)")
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ap.add_argument("--uncertainty", type=int, default=0, metavar="K",
+                    help="also write <out>_uncertainty.nii.gz: the spread of K syntheses, each from a random three "
+                         "quarters of the other modalities' patches (default: none)")
     args = ap.parse_args(argv)
+    if args.uncertainty < 0:
+        raise ValueError(f"--uncertainty must be >= 0, got {args.uncertainty}")
 
     if args.case:
         cases = discover_cases(args.case)
@@ -60,9 +65,14 @@ def main(argv=None):
                         "a brats_pretrain export")
     model.eval()
 
-    restored, affine, header = reconstruct_case(model, config, case, modality)
+    restored, affine, header = reconstruct_case(model, config, case, modality, args.uncertainty)
     out = Path(args.out or Path("runs") / "brats_reconstruct" / f"{case.case_id}_{modality}.nii.gz")
-    write_volume(out, restored, affine, header, overwrite=args.overwrite)
+    write_volume(out, restored[0] if args.uncertainty else restored, affine, header, overwrite=args.overwrite)
+    if args.uncertainty:
+        stem, dot, suffixes = out.name.partition(".")
+        spread = out.with_name(f"{stem}_uncertainty{dot}{suffixes}")
+        write_volume(spread, restored[1], affine, header, overwrite=args.overwrite)
+        print(f"uncertainty -> {spread}")
     note = "" if modality in missing else " (the case has this contrast: compare them)"
     print(f"{case.case_id}: {modality} synthesised from {sorted(set(case.paths) - {modality})} -> {out}{note}")
 

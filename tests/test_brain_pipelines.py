@@ -103,6 +103,12 @@ def test_reconstruct_writes_the_missing_contrast_on_the_input_grid(pretrained):
     with pytest.raises(ValueError, match="exists"):
         brats_reconstruct.main(["--model", str(pretrained / "runs" / "pre" / "export"), "--case", str(case),
                                 "--out", str(out)])
+    brats_reconstruct.main(["--model", str(pretrained / "runs" / "pre" / "export"), "--case", str(case),
+                            "--out", str(pretrained / "u.nii.gz"), "--uncertainty", "3"])
+    spread = nib.load(str(pretrained / "u_uncertainty.nii.gz"))
+    assert spread.shape == ref.shape and np.array_equal(spread.affine, ref.affine)
+    assert (spread.get_fdata() >= 0).all() and spread.get_fdata().max() > 0
+    np.testing.assert_allclose(nib.load(str(pretrained / "u.nii.gz")).get_fdata(), data, atol=1e-5)  # the same synthesis
     tuned = pretrained / "tuned_export"  # a fine-tuned export's config names its task; it has no trained decoder
     shutil.copytree(pretrained / "runs" / "pre" / "export", tuned, dirs_exist_ok=True)
     config = json.loads((tuned / "config.json").read_text())

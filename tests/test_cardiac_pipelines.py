@@ -95,6 +95,10 @@ def test_foundation_model_on_paths_records_and_arrays(pretrained):
     np.testing.assert_allclose(model.embed(sig.data[::-1], fs=sig.fs, names=sig.channels[::-1]), emb, atol=1e-5)
     lead = model.reconstruct(sig.data[-1:], ["II"], fs=sig.fs, names=["PLETH"])
     assert lead["II"].shape == (3, 2500) and np.isfinite(lead["II"]).all()
+    sure = model.reconstruct(sig.data[-1:], ["II"], fs=sig.fs, names=["PLETH"], uncertainty=3)
+    np.testing.assert_allclose(sure["II"], lead["II"], atol=1e-5)  # the same synthesis, and its spread beside it
+    assert sure["II/uncertainty"].shape == (3, 2500) and (sure["II/uncertainty"] >= 0).all()
+    assert sure["II/uncertainty"].max() > 0
     with pytest.raises(ValueError, match="fs= and names="):
         model.embed(sig.data)
     with pytest.raises(ValueError, match="no fine-tuned head"):

@@ -106,6 +106,23 @@ def test_fill_predicts_every_slot_of_a_missing_group():
     assert (out["pred_idx"] >= 16).all()
 
 
+def test_fill_from_part_of_the_context_and_the_spread_of_such_fills():
+    """``fill`` with ``context`` sees only those slots (all of them: the plain fill); ``fill_spread`` is the spread
+    over fills from random parts of the context, zero outside the wanted group and repeatable with a generator."""
+    model = toy_mae().eval()
+    batch = _batch(missing_every=1)  # group b absent: synthesised from group a's 16 slots
+    plain = model.fill(batch, ["b"])
+    everything = model.fill(batch, ["b"], torch.ones(8, 32, dtype=torch.bool))
+    torch.testing.assert_close(everything["pred"], plain["pred"])
+    half = torch.arange(32)[None].expand(8, -1) % 2 == 0  # every other slot of the context
+    assert not torch.allclose(model.fill(batch, ["b"], half)["pred"], plain["pred"])
+    spread = model.fill_spread(batch, ["b"], draws=4, generator=torch.Generator().manual_seed(0))
+    assert spread.shape == (8, 32, 16) and (spread[:, :16] == 0).all() and (spread[:, 16:] > 0).all()
+    again = model.fill_spread(batch, ["b"], draws=4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, spread)
+    assert (model.fill_spread(batch, ["b"], draws=4, drop=0.0) == 0).all()  # the same context every time
+
+
 def test_reconstruction_puts_predictions_in_hidden_slots_only():
     model = toy_mae().eval()
     batch = _batch(missing_every=2)

@@ -132,10 +132,12 @@ class CardiacFoundationModel(nn.Module):
         return logits.reshape(-1) * self.config.get("target_scale", 1.0)
 
     @torch.no_grad()
-    def reconstruct(self, record, channels: list[str], fs: float | None = None,
-                    names: list[str] | None = None) -> dict[str, np.ndarray]:
+    def reconstruct(self, record, channels: list[str], fs: float | None = None, names: list[str] | None = None,
+                    uncertainty: int = 0) -> dict[str, np.ndarray]:
         """Synthesise ``channels`` (e.g. a lead from a PPG) from the record's other channels:
-        {channel: [W, L]} per window (an ST-MEM export: per crop), standardised units, at the model's rate."""
+        {channel: [W, L]} per window (an ST-MEM export: per crop), standardised units, at the model's rate. With
+        ``uncertainty`` K > 0 also {"<channel>/uncertainty": [W, L]}: the spread of K syntheses, each from a random
+        three quarters of the other channels' patches (:meth:`~scimae.core.mae.MaskedAutoencoder.fill_spread`)."""
         if self.head is not None:  # a fine-tuned export holds the encoder and head, not the decoder
             raise ValueError("this export is a fine-tuned model without the pretrained decoder; use "
                              "cardiac_pretrain's export for reconstruct()")
@@ -150,12 +152,16 @@ class CardiacFoundationModel(nn.Module):
         sig = Signal(sig.data[keep], sig.fs, [sig.channels[i] for i in keep], sig.source)
         tok = self.mae.encoder.tokenizer
 
-        def fill(batch):  # -> [b, 13, L]
-            recon = self.mae.reconstruction(self.mae.fill(batch, wanted))[2]  # [b, N, P]
-            return tok.unpatchify(torch.nan_to_num(recon))[:, :, 0]
+        g = torch.Generator().manual_seed(0)
 
-        values = torch.cat([fill(b).cpu() for b in self._batches(sig)])  # [W, 13, L], every crop
-        return {c: values[:, CHANNELS.index(c)].numpy() for c in wanted}
+        def fill(batch):  # -> [b, 13, L], and the spread [b, 13, L] (or zeros)
+            recon = torch.nan_to_num(self.mae.reconstruction(self.mae.fill(batch, wanted))[2])  # [b, N, P]
+            spread = self.mae.fill_spread(batch, wanted, uncertainty, generator=g) if uncertainty else recon * 0
+            return torch.stack([tok.unpatchify(v)[:, :, 0] for v in (recon, spread)], 1).cpu()  # [b, 2, 13, L]
+
+        values = torch.cat([fill(b) for b in self._batches(sig)])  # [W, 2, 13, L], every crop
+        out = {c: values[:, 0, CHANNELS.index(c)].numpy() for c in wanted}
+        return out | ({f"{c}/uncertainty": values[:, 1, CHANNELS.index(c)].numpy() for c in wanted} if uncertainty else {})
 
     def _batches(self, sig: Signal, batch_size: int = 256):
         """One record's windows as model inputs on the model's device, ``batch_size`` at a time."""
