@@ -2,6 +2,7 @@
 
     model = CardiacFoundationModel.from_pretrained("runs/cardiac_pretrain/<run>/export")  # or a Hub repo id
     vectors = model.embed("data/100")                                 # a WFDB record: [windows, D]
+    batch = model.embed(["data/100", "data/101"])                     # a list of records: a list of [W_i, D]
     lead_ii = model.reconstruct(x, ["II"], fs=125, names=["PLETH"])   # an array: lead II from a PPG
 
 A record is a WFDB path (or EDF file), a ``wfdb.Record``, or an array [channels, samples] with
@@ -151,7 +152,6 @@ class CardiacFoundationModel(nn.Module):
             raise DataError(sig.source, f"only the channels to synthesise ({wanted})", "at least one other channel")
         sig = Signal(sig.data[keep], sig.fs, [sig.channels[i] for i in keep], sig.source)
         tok = self.mae.encoder.tokenizer
-
         g = torch.Generator().manual_seed(0)
 
         def fill(batch):  # -> [b, 13, L], and the spread [b, 13, L] (or zeros)
