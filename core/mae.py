@@ -19,7 +19,7 @@ The norm-pix target is MAE's: per patch, mean and unbiased variance, eps 1e-6.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from torch import nn
 from scimae.core.checkpoint import Exportable
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
 from scimae.core.embed import CoordEmbed, sincos_nd
+from scimae.core.frequency import FrequencyMasking
 from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.tokens import MaskPlan, Target, Tokenizer, TokenSet, gather_slots
 from scimae.core.transformer import Transformer
@@ -65,7 +66,12 @@ class MAEConfig:
     decoder_norm_eps: float | None = None  # the decoder's final LayerNorm eps (None: norm_eps; ST-MEM: 1e-6)
     decoder_attention: str = "all"  # all, or group: a slot attends only to its own group's (ST-MEM decodes each
     # lead on its own)
+    target: str = "pixels"  # pixels (the hidden slots' values), or frequency: MFM, a band of the image's spectrum
+    # hidden instead of slots and scored on the predicted image's spectrum (core.frequency; no slot is masked)
+    frequency_radius: list[float] = field(default_factory=lambda: [0.1, 0.5])  # target frequency: the hidden
+    # band's radius range (1 = Nyquist on every axis), drawn per sample
     mask: MaskConfig = field(default_factory=MaskConfig)
+    TARGETS = ("pixels", "frequency")  # the values of ``target`` (a domain with its own targets lists them)
 
     def __post_init__(self):
         check_ranges("model", self, {
@@ -73,6 +79,7 @@ class MAEConfig:
             "mlp_ratio": POSITIVE, "drop_path": UNIT_INTERVAL, "decoder_mask_ratio": UNIT_INTERVAL,
             "mode": one_of("drop", "mask_token"), "loss": one_of("mse", "l1"), "norm_eps": POSITIVE,
             "decoder_pos": one_of("learned", "sincos", "coords"), "decoder_attention": one_of("all", "group"),
+            "target": one_of(*self.TARGETS),
             "head_dim": (">= 1 or null", lambda v: v is None or v >= 1),
             "decoder_norm_eps": ("> 0 or null", lambda v: v is None or v > 0),
         })
@@ -80,6 +87,8 @@ class MAEConfig:
             if self.head_dim is None and getattr(self, width) % getattr(self, heads):
                 raise ValueError(f"model.{width} {getattr(self, width)} must be a multiple of model.{heads} "
                                  f"{getattr(self, heads)}")
+        if self.target == "frequency" and self.norm_pix:
+            raise ValueError("model.target=frequency scores the predicted image's spectrum: model.norm_pix does not apply")
 
 
 @dataclass
@@ -100,10 +109,11 @@ def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: in
                          cfg.checkpointing, mask_token=cfg.mode == "mask_token", eps=cfg.norm_eps,
                          qkv_bias=cfg.qkv_bias, pos_every_block=cfg.pos_every_block, cls_token=cfg.cls_token,
                          head_dim=cfg.head_dim)
+    frequency = FrequencyMasking(*cfg.frequency_radius) if cfg.target == "frequency" else None
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads,
                              cfg.norm_eps, cfg.decoder_pos, cfg.qkv_bias, cfg.head_dim, cfg.decoder_norm_eps,
-                             cfg.decoder_attention)
+                             cfg.decoder_attention, frequency)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -259,7 +269,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
                  decoder_dim: int = 256, decoder_depth: int = 2, decoder_heads: int = 8, mlp_ratio: float = 4.0,
                  mode: str = "drop", decoder_mask_ratio: float = 0.0, group_heads: bool = False, eps: float = 1e-5,
                  decoder_pos: str = "learned", qkv_bias: bool = True, head_dim: int | None = None,
-                 decoder_norm_eps: float | None = None, decoder_attention: str = "all"):
+                 decoder_norm_eps: float | None = None, decoder_attention: str = "all",
+                 frequency: FrequencyMasking | None = None):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
@@ -269,7 +280,10 @@ class MaskedAutoencoder(Exportable, nn.Module):
             raise ValueError("mode 'mask_token' needs an encoder built with mask_token=True")
         if not 0.0 <= decoder_mask_ratio < 1.0:
             raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {decoder_mask_ratio}")
-        self.encoder, self.masking, self.target = encoder, masking, target
+        self.encoder, self.masking, self.target, self.frequency = encoder, masking, target, frequency
+        if frequency is not None and not (hasattr(encoder.tokenizer, "unpatchify") and hasattr(encoder.tokenizer, "spatial")):
+            raise ValueError(f"model.target=frequency needs a tokenizer on a grid (spatial, unpatchify); "
+                             f"{type(encoder.tokenizer).__name__} has none")
         self.mode, self.decoder_mask_ratio, self.decoder_attention = mode, decoder_mask_ratio, decoder_attention
         D = encoder.dim
         self.decoder_embed = nn.Linear(D, decoder_dim)
@@ -314,6 +328,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
         [B, M] ('pred_pad' marks padding), the 'plan' and the 'tokenset'.
         """
         generator = generator if generator is not None else torch.default_generator
+        if self.frequency is not None:
+            return self._forward_frequency(batch, generator)
         ts = self.encoder.tokenizer(batch)
         plan = self.masking.for_tokens(ts, generator)
         query = plan.mask
@@ -323,6 +339,28 @@ class MaskedAutoencoder(Exportable, nn.Module):
         else:
             decoded = full_plan(query)
         return self.predict(ts, plan, decoded.keep, decoded.keep_pad)
+
+    def _forward_frequency(self, batch, generator: torch.Generator) -> dict:
+        """MFM: the encoder sees the image without a band of its spectrum (every valid slot shown), the decoder
+        predicts every valid slot, and the predicted image's spectrum is scored on the hidden band ('loss')."""
+        tok = self.encoder.tokenizer
+        image = batch["image"]  # [B, G, (C,) *S]
+        S = tuple(tok.spatial)
+        hidden = self.frequency.hidden(image.shape[0], S, generator, image.device)  # [B, *S]
+        ts = tok({**batch, "image": self.frequency.corrupt(image, hidden)})
+        shown = full_plan(ts.valid)
+        out = self.predict(replace(ts, target=None), shown, shown.keep, shown.keep_pad)
+        values = ts.target.new_zeros(ts.target.shape).scatter(  # [B, N, P]: predictions in valid slots, 0 elsewhere
+            1, out["pred_idx"][..., None].expand_as(out["pred"]), out["pred"] * ~out["pred_pad"][..., None])
+        pred = tok.unpatchify(values).reshape(image.shape)  # [B, G, (C,) *S]
+        used = batch["present"].to(image.dtype)  # [B, G]
+        weight = used.view(*used.shape, *[1] * (image.ndim - len(S) - 2))  # [B, G, (1)]
+        if getattr(tok, "group_channels", None) is not None and image.ndim - len(S) == 3:  # groups of fewer channels
+            sizes = torch.tensor(tok.group_channels, device=image.device)[:, None]  # [G, 1]
+            weight = weight * (torch.arange(image.shape[2], device=image.device) < sizes)  # [B, G, C]
+        out["loss"] = self.frequency.loss(pred, image, hidden, weight.expand(image.shape[:image.ndim - len(S)]))
+        out["tokenset"] = ts  # figures show the input the encoder saw (its slots' values) beside the prediction
+        return out
 
     def predict(self, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor) -> dict:
         """Encode what ``plan`` shows and predict the slots ``idx`` [B, M] (``pad`` [B, M] True = padding)."""

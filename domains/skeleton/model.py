@@ -177,6 +177,7 @@ class SkeletonMaskConfig(MaskConfig):
 class SkeletonModelConfig(SmallMAEConfig):
     segment: int = 4  # frames per token
     target: str = "position"  # position or position_motion (MAMP's motion as well)
+    TARGETS = TARGETS
     unit: float = 0.25  # metres per input unit: positions are divided by it before tokenizing
     mask: SkeletonMaskConfig = field(default_factory=lambda: SkeletonMaskConfig(strategy="motion", ratio=0.75))
 
