@@ -89,6 +89,9 @@ class MAEConfig:
                                  f"{getattr(self, heads)}")
         if self.target == "frequency" and self.norm_pix:
             raise ValueError("model.target=frequency scores the predicted image's spectrum: model.norm_pix does not apply")
+        if len(self.frequency_radius) != 2 or not 0 <= self.frequency_radius[0] < self.frequency_radius[1] <= 1:
+            raise ValueError(f"model.frequency_radius must be [low, high] with 0 <= low < high <= 1, got "
+                             f"{self.frequency_radius}")
 
 
 @dataclass

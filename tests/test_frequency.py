@@ -76,3 +76,5 @@ def test_a_cardiac_model_trains_on_the_frequency_target(mode):
     assert set(mae_validation(mae, [batch])) == {"val_loss"}
     with pytest.raises(ValueError, match="norm_pix does not apply"):
         CardiacModelConfig(target="frequency", norm_pix=True)
+    with pytest.raises(ValueError, match="frequency_radius must be"):
+        CardiacModelConfig(target="frequency", frequency_radius=[0.1, 0.2, 0.3])
