@@ -95,7 +95,7 @@ def throughput(folder: Path, export: Path, train: CardiacWindows, batch_size: in
     mae = model.mae
     g = torch.Generator().manual_seed(0)
     step_rate = len(batch["y"]) / time_steps(mae, lambda m: m(batch, g)["loss"], make_optimizer(mae.parameters(), 1e-3), 3)
-    print(f"loader: {load_rate:.0f} windows/s (preprocessed once, in memory); training step consumes "
+    print(f"loader: {load_rate:.0f} windows/s (read from the window cache, no workers); training step consumes "
           f"{step_rate:.0f} windows/s -> loader/step = {load_rate / step_rate:.1f}")
     onnx_throughput(mae.encoder, next(iter(DataLoader(train, batch_size=64))), folder)
 
