@@ -21,7 +21,7 @@ distributions):
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
   python benchmarks/cardiac.py [--out DIR] [--records 720] [--pretrain-epochs 4] [--finetune-epochs 3] [--group-heads true|false]
-      [--mask-ratio R] [--quick]
+      [--mask-ratio R] [--target pixels|frequency] [--quick]
 """
 from __future__ import annotations
 
@@ -103,24 +103,25 @@ def throughput(folder: Path, export: Path, train: CardiacWindows, batch_size: in
 @torch.no_grad()
 def lead_reconstruction(mae, dataset) -> None:
     """Per-lead loss on validation windows (MSE of the z-scored leads: 1.0 = predicting each lead's window mean;
-    norm-pix if the model was trained with it): under the model's masking, and for the limb leads that are fixed
-    sums of I and II (III, aVR, aVL, aVF) from I and II alone."""
+    norm-pix if the model was trained with it): under the model's masking (a model of masked patches), and for the
+    limb leads that are fixed sums of I and II (III, aVR, aVL, aVF) from I and II alone."""
     mae.eval()
     sums, weights, derived = {}, {}, {}
     g = torch.Generator().manual_seed(0)
     for batch in batches(dataset, 32):
-        out = mae(batch, g)
+        out = mae(batch, g) if mae.frequency is None else {}  # MFM hides no patch
         for name in mae.group_names:
             n = float(out.get(f"slots/{name}", 0))
-            sums[name] = sums.get(name, 0.0) + float(out[f"loss/{name}"]) * n
+            sums[name] = sums.get(name, 0.0) + float(out.get(f"loss/{name}", 0)) * n
             weights[name] = weights.get(name, 0.0) + n
         two = dict(batch, present=batch["present"].clone())
         two["present"][:, 2:] = False  # I and II alone
         filled = mae.fill(two, ["III", "aVR", "aVL", "aVF"])
         for lead in ("III", "aVR", "aVL", "aVF"):
             derived[lead] = derived.get(lead, 0.0) + float(filled[f"loss/{lead}"]) * len(batch["y"])
-    print("reconstruction, hidden patches (loss): "
-          + " ".join(f"{k} {sums[k] / weights[k]:.3f}" for k in sums if weights[k]))
+    if any(weights.values()):
+        print("reconstruction, hidden patches (loss): "
+              + " ".join(f"{k} {sums[k] / weights[k]:.3f}" for k in sums if weights[k]))
     print("reconstruction from I and II alone: " + " ".join(f"{k} {v / len(dataset):.3f}" for k, v in derived.items()))
 
 
@@ -130,6 +131,8 @@ def main():
     ap.add_argument("--mask", default="random", help="pretraining mask strategy (shared: the same places in every lead)")
     ap.add_argument("--group-heads", choices=["true", "false"], help="one prediction head per lead (default: the pipeline's)")
     ap.add_argument("--mask-ratio", type=float, help="share of patches hidden in pretraining (default: the pipeline's)")
+    ap.add_argument("--target", choices=["pixels", "frequency"], default="pixels",
+                    help="pretraining objective: the hidden patches' values, or masked frequency modelling (MFM)")
     args = parse(ap, records=64)
     out = Path(args.out)
     records = find_records(synthetic.write_dataset(None, args.records, 30.0))
@@ -144,6 +147,7 @@ def main():
     export = run_pipeline("cardiac_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
                                                *[f"model.{k}={v}" for k, v in MODEL.items()],
                                                f"train.epochs={args.pretrain_epochs}", f"model.mask.strategy={args.mask}",
+                                               f"model.target={args.target}",
                                                "train.batch_size=32",
                                                *([f"model.mask.ratio={args.mask_ratio}"] if args.mask_ratio else []),
                                                *([f"model.group_heads={args.group_heads}"] if args.group_heads else []),

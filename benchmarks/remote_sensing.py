@@ -14,7 +14,8 @@ From one run on the synthetic tiles (4 layouts of the same land covers in the sa
 5. the pretrained RGBN encoder with the NIR band missing (RGB only): its probe score against the full input.
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
-  python benchmarks/remote_sensing.py [--out DIR] [--tiles 1000] [--pretrain-epochs 8] [--norm-pix] [--quick]
+  python benchmarks/remote_sensing.py [--out DIR] [--tiles 1000] [--pretrain-epochs 8] [--norm-pix] [--target pixels|frequency]
+      [--quick]
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def main():
     ap = parser(__doc__, "remote_sensing", pretrain_epochs=8, finetune_epochs=8)
     ap.add_argument("--tiles", type=int, default=1000, help="synthetic tiles (a quarter are validation)")
     ap.add_argument("--norm-pix", action="store_true", help="pretrain on MAE's per-patch normalised target")
+    ap.add_argument("--target", choices=["pixels", "frequency"], default="pixels",
+                    help="pretraining objective: the hidden patches' values, or masked frequency modelling (MFM)")
     args = parse(ap, tiles=48)
     out = Path(args.out)
     root = synthetic.write_dataset(n_tiles=args.tiles) / "tiles"
@@ -85,7 +88,7 @@ def main():
     t = time.perf_counter()
     export = run_pipeline("geo_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
                                            *[f"model.{k}={v}" for k, v in MODEL.items()], f"train.epochs={args.pretrain_epochs}",
-                                           f"model.norm_pix={args.norm_pix}", "data.windows_per_scene=8",
+                                           f"model.norm_pix={args.norm_pix}", f"model.target={args.target}", "data.windows_per_scene=8",
                                            "train.epoch_repeats=2", "train.figure_every=0"], out, f"pretrain-{stamp}")
     print(f"pretraining: {time.perf_counter() - t:.0f} s")
     mae, config = load_geo_mae(export)
