@@ -15,7 +15,6 @@ Usage: python benchmarks/geo_predict.py [--size 10000] [--out DIR] [--quick]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from remote_sensing import MODEL
 from scimae.core.checkpoint import save_export
 from scimae.domains.remote_sensing.data import GeoDataConfig, GeoWindows
 from scimae.domains.remote_sensing.finetune import GeoTaskConfig, geo_finetuner
-from scimae.domains.remote_sensing.inference import load_model
+from scimae.domains.remote_sensing.inference import load_model, window_starts
 from scimae.domains.remote_sensing.io import Band
 from scimae.domains.remote_sensing.model import GeoModelConfig, build_geo_mae, export_config
 
@@ -99,18 +98,18 @@ def main():
     print(f"scene: {size} x {size} x 4 written in {time.perf_counter() - t:.0f} s")
     export = write_model(out / "model")
     rate = forward_rate(export, scene)
-    stride = int(GeoDataConfig().window * 0.75)
-    n_windows = (-(-(size - GeoDataConfig().window) // stride) + 1) ** 2
+    window = GeoDataConfig().window
+    n_windows = len(window_starts(size, window, int(window * 0.75))) ** 2  # geo_predict's default overlap, 0.25
     cmd = [sys.executable, "-m", "scimae.pipelines.geo_predict", "--model", str(export), "--input", str(scene),
            "--out", str(out / "classes.tif")]
     t = time.perf_counter()
     peak = run_with_peak_memory(cmd)
     seconds = time.perf_counter() - t
     mapped = n_windows / seconds
-    print(f"geo_predict: {n_windows} windows of 32 x 32 in {seconds:.0f} s = {mapped:.0f} windows/s "
+    print(f"geo_predict: {n_windows} windows of {window} x {window} in {seconds:.0f} s = {mapped:.0f} windows/s "
           f"({size * size / seconds / 1e6:.2f} Mpixel/s), peak memory (PSS) {peak / 2 ** 30:.2f} GiB "
           f"of the process tree; forward alone {rate:.0f} windows/s -> geo_predict / forward = {mapped / rate:.2f}")
-    print(f"config: {dataclasses.asdict(GeoModelConfig(**MODEL))['dim']} wide, {cores()} cores")
+    print(f"model {MODEL}, {cores()} cores")
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ class GridTokenizer(nn.Module):
                 grouped = patches.reshape(B, -1 if len(self.weight) == 1 else G, n, patches.shape[-1])  # [B, G, n, P]
                 out = torch.einsum("bgnp,gpd->bgnd", grouped, self.weight) + self.bias[:, None]  # [B, G, n, D]
                 return out.reshape(B, G * n, -1) + slot
-            if 2 * idx.shape[1] >= G * n and len(self.group_names) > 1:  # most slots (inference): all, then gather
+            if 2 * idx.shape[1] >= G * n and len(self.weight) > 1:  # most slots (inference): all, then gather
                 return gather_slots(embed(None), idx)
             p = gather_slots(patches, idx)  # [B, K, P]
             gk = idx // n  # [B, K] group of each slot

@@ -74,10 +74,7 @@ def predict_scene(model: FineTuner, config: dict, path: Path, out: Path, overlap
     scene = open_scene(path, bands)
     size, K = cfg.window, len(config["classes"])
     stride = max(1, int(size * (1 - overlap)))
-    rows = list(range(0, max(scene.height - size, 0) + 1, stride))
-    cols = list(range(0, max(scene.width - size, 0) + 1, stride))
-    rows += [scene.height - size] if rows[-1] + size < scene.height else []
-    cols += [scene.width - size] if cols[-1] + size < scene.width else []
+    rows, cols = window_starts(scene.height, size, stride), window_starts(scene.width, size, stride)
     workers = min(4, len(os.sched_getaffinity(0))) if workers is None else workers
     loader = DataLoader(_WindowRows(windows, rows, cols), batch_size=None, num_workers=workers)
     profile = dict(driver="GTiff", width=scene.width, height=scene.height, crs=scene.crs, transform=scene.transform,
@@ -115,6 +112,12 @@ def predict_scene(model: FineTuner, config: dict, path: Path, out: Path, overlap
     for f, t in zip(partial, targets):
         f.replace(t)
     return out
+
+
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Where windows of ``size`` start along an axis of ``length``, every ``stride``, the last one flush with the end."""
+    starts = list(range(0, max(length - size, 0) + 1, stride))
+    return starts + ([length - size] if starts[-1] + size < length else [])
 
 
 class _RowBand:
