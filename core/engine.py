@@ -376,6 +376,8 @@ class Trainer:
                 if i >= per_epoch * cfg.accum_steps:
                     break
                 sync = (i + 1) % cfg.accum_steps == 0
+                if hasattr(self.model, "progress"):  # schedules inside the model (HPM's easy-to-hard masking)
+                    self.model.progress = self.step / total
                 try:
                     means.add(self._forward_backward(batch, sync))
                 except FloatingPointError as e:  # nothing is saved over the last good checkpoint

@@ -52,17 +52,29 @@ def patch_errors(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", no
 
 def grouped_losses(errors: torch.Tensor, weight: torch.Tensor, group: torch.Tensor,
                    names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """{'loss': mean over weighted slots, 'loss/<name>': the same per group (0 for an empty group), and
-    'slots/<name>': the weight behind it, so that means over batches can weigh each group by it}."""
+    """{'loss': mean over weighted slots, 'loss/<name>': the same per group (0 for an empty group),
+    'slots/<name>': the weight behind it, so that means over batches can weigh each group by it, and 'errors':
+    the per-slot ``errors`` [B, M] themselves}."""
     w = weight.to(errors.dtype)
     sums = errors.new_zeros(len(names)).scatter_add_(0, group.reshape(-1), (errors * w).reshape(-1))
     counts = errors.new_zeros(len(names)).scatter_add_(0, group.reshape(-1), w.reshape(-1))
-    out = {"loss": masked_mean(errors, w)}
+    out = {"loss": masked_mean(errors, w), "errors": errors}
     per = sums / counts.clamp_min(1e-8)
     for i, name in enumerate(names):
         out[f"loss/{name}"] = per[i]
         out[f"slots/{name}"] = counts[i]
     return out
+
+
+def ranking_loss(scores: torch.Tensor, errors: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """HPM's relative loss: for every pair of weighted slots (i, j) of a sample whose ``errors`` [B, M] differ, the
+    binary cross-entropy of sigmoid(score_i - score_j) against errors_i > errors_j, averaged over those pairs;
+    ``scores`` [B, M] learn to rank the slots by error."""
+    diff = scores[:, :, None] - scores[:, None, :]  # [B, M, M]
+    above = errors[:, :, None] > errors[:, None, :]
+    w = weight[:, :, None] * weight[:, None, :] * (errors[:, :, None] != errors[:, None, :])  # [B, M, M]
+    bce = F.binary_cross_entropy_with_logits(diff, above.to(diff.dtype), reduction="none")
+    return masked_mean(bce, w.to(diff.dtype))
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

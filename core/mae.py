@@ -28,7 +28,8 @@ from scimae.core.checkpoint import Exportable
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
 from scimae.core.embed import CoordEmbed, sincos_nd
 from scimae.core.frequency import FrequencyMasking
-from scimae.core.masking import MaskConfig, MaskingStrategy, plan_from_scores
+from scimae.core.losses import ranking_loss
+from scimae.core.masking import HardPatchMasking, MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.tokens import MaskPlan, Target, Tokenizer, TokenSet, gather_slots
 from scimae.core.transformer import Transformer
 
@@ -89,6 +90,8 @@ class MAEConfig:
                                  f"{getattr(self, heads)}")
         if self.target == "frequency" and self.norm_pix:
             raise ValueError("model.target=frequency scores the predicted image's spectrum: model.norm_pix does not apply")
+        if self.target == "frequency" and self.mask.strategy == "hpm":
+            raise ValueError("model.target=frequency hides no slots: model.mask.strategy=hpm does not apply")
         if len(self.frequency_radius) != 2 or not 0 <= self.frequency_radius[0] < self.frequency_radius[1] <= 1:
             raise ValueError(f"model.frequency_radius must be [low, high] with 0 <= low < high <= 1, got "
                              f"{self.frequency_radius}")
@@ -265,7 +268,10 @@ class MaskedAutoencoder(Exportable, nn.Module):
     of the slot coordinates (the tokenizer's ``coord_dim`` values per slot).
     ``decoder_attention`` group decodes each group on its own (ST-MEM decodes each lead so). ``head_dim`` sets
     the attention heads' width and ``decoder_norm_eps`` the decoder's final LayerNorm eps (ST-MEM's 64 and 1e-6).
-    The decoder follows the encoder's ``cls_token`` and ``pos_every_block`` choices.
+    The decoder follows the encoder's ``cls_token`` and ``pos_every_block`` choices. With HPM masking
+    (:class:`~scimae.core.masking.HardPatchMasking`) a linear loss predictor on the decoder's output learns to rank
+    the predicted slots by reconstruction error (HPM's relative loss, added to 'loss' as 'loss/hardness'; through
+    the shared decoder it also trains the encoder), and chooses the hard slots to hide.
     """
 
     def __init__(self, encoder: MAEEncoder, masking: MaskingStrategy, target, pred_dim: int,
@@ -309,7 +315,10 @@ class MaskedAutoencoder(Exportable, nn.Module):
                                    head_dim=head_dim, norm_eps=decoder_norm_eps)
         self.decoder_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
                              else nn.Linear(decoder_dim, pred_dim))
-        for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred):
+        # HPM's loss predictor: the decoder's estimate of each predicted slot's reconstruction loss
+        self.hardness_head = nn.Linear(decoder_dim, 1) if isinstance(masking, HardPatchMasking) else None
+        self.progress = 0.0  # share of training done (0 to 1), set by the Trainer each step: HPM's schedule
+        for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness_head):
             if m is not None:
                 m.apply(_init_weights)
         nn.init.normal_(self.decoder_mask_token, std=0.02)
@@ -334,7 +343,10 @@ class MaskedAutoencoder(Exportable, nn.Module):
         if self.frequency is not None:
             return self._forward_frequency(batch, generator)
         ts = self.encoder.tokenizer(batch)
-        plan = self.masking.for_tokens(ts, generator)
+        context = {}
+        if self.hardness_head is not None:
+            context = {"hardness": self.predicted_hardness(ts), "progress": self.progress}
+        plan = self.masking.for_tokens(ts, generator, **context)
         query = plan.mask
         if self.training and self.decoder_mask_ratio > 0:
             noise = torch.rand(query.shape, generator=generator, device=generator.device).to(query.device)
@@ -365,6 +377,15 @@ class MaskedAutoencoder(Exportable, nn.Module):
         out["tokenset"] = ts  # figures show the input the encoder saw (its slots' values) beside the prediction
         return out
 
+    @torch.no_grad()
+    def predicted_hardness(self, ts: TokenSet) -> torch.Tensor:
+        """HPM: the loss predictor's score [B, N] of every valid slot (0 elsewhere), each slot queried with every
+        valid slot shown (HPM asks its EMA teacher, unmasked; here the model itself answers)."""
+        shown = full_plan(ts.valid)
+        out = self.predict(replace(ts, target=None), shown, shown.keep, shown.keep_pad)
+        hardness = out["hardness"].float().masked_fill(shown.keep_pad, 0.0)  # [B, K]
+        return hardness.new_zeros(ts.valid.shape).scatter(1, shown.keep, hardness)  # [B, N]
+
     def predict(self, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor) -> dict:
         """Encode what ``plan`` shows and predict the slots ``idx`` [B, M] (``pad`` [B, M] True = padding)."""
         latent, _ = self.encoder.run(ts, plan, self.mode)  # [B, 1 + L, D]
@@ -393,6 +414,14 @@ class MaskedAutoencoder(Exportable, nn.Module):
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
         if ts.target is not None:
             result.update(self.target(pred, ts, idx, (~pad).float(), self.group_names))
+        if self.hardness_head is not None:
+            result["hardness"] = self.hardness_head(out)[..., 0]  # [B, M]
+            if ts.target is not None:
+                if "errors" not in result:
+                    raise ValueError(f"model.mask.strategy=hpm ranks slots by their reconstruction error; "
+                                     f"{type(self.target).__name__} gives no per-slot errors")
+                result["loss/hardness"] = ranking_loss(result["hardness"], result["errors"].detach(), (~pad).float())
+                result["loss"] = result["loss"] + result["loss/hardness"]
         return result
 
     def _group_bias(self, group: torch.Tensor, slots: torch.Tensor | None, pad: torch.Tensor) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -104,7 +104,8 @@ def _rank(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 class MaskingStrategy(ABC):
     """Base: ``strategy(valid, generator, group=None, grid=None, coords=None) -> MaskPlan``; ``coords``
     [B, N, c] are slot positions for tokens without a grid (point-group centres). ``count`` is the rule for how
-    many slots stay visible (:func:`plan_from_scores`)."""
+    many slots stay visible (:func:`plan_from_scores`). A strategy that needs what the model knows (HPM's predicted
+    losses) takes it as keyword ``context``, passed on to its ``scores``."""
 
     count = "round"
 
@@ -116,17 +117,17 @@ class MaskingStrategy(ABC):
         """[B, N] float scores; the lowest are kept."""
 
     def __call__(self, valid: torch.Tensor, generator: torch.Generator, group: torch.Tensor | None = None,
-                 grid: Sequence[int] | None = None, coords: torch.Tensor | None = None) -> MaskPlan:
-        return plan_from_scores(self.scores(valid, generator, group, grid, coords), valid, self.ratio, self.count,
-                                group)
+                 grid: Sequence[int] | None = None, coords: torch.Tensor | None = None, **context) -> MaskPlan:
+        return plan_from_scores(self.scores(valid, generator, group, grid, coords, **context), valid, self.ratio,
+                                self.count, group)
 
-    def for_tokens(self, ts, generator: torch.Generator) -> MaskPlan:
+    def for_tokens(self, ts, generator: torch.Generator, **context) -> MaskPlan:
         """The plan for a TokenSet, its ``fixed`` slots always shown; a domain strategy that needs more of it (body
         parts, motion) overrides this."""
         if ts.fixed is None:
-            return self(ts.valid, generator, ts.group, ts.grid, ts.coords)
+            return self(ts.valid, generator, ts.group, ts.grid, ts.coords, **context)
         fixed = ts.fixed & ts.valid
-        return show_fixed(self(ts.valid & ~fixed, generator, ts.group, ts.grid, ts.coords), fixed)
+        return show_fixed(self(ts.valid & ~fixed, generator, ts.group, ts.grid, ts.coords, **context), fixed)
 
 
 class RandomMasking(MaskingStrategy):
@@ -303,6 +304,36 @@ class GroupIndependentMasking(MaskingStrategy):
         return (rank + 0.5) / n.gather(1, group)
 
 
+class HardPatchMasking(MaskingStrategy):
+    """HPM (Wang et al., CVPR 2023): of the ratio x n slots a sample hides, a share growing over training from
+    ``hard[0]`` to ``hard[1]`` (easy to hard) are those the model predicts it reconstructs worst; the rest are
+    random.
+
+    ``hardness`` [B, N] (the model's predicted loss per slot) and ``progress`` (share of training done, 0 to 1) come
+    as context from :class:`~scimae.core.mae.MaskedAutoencoder`, whose loss predictor learns them.
+    """
+
+    def __init__(self, ratio: float = 0.75, hard: Sequence[float] = (0.0, 0.5)):
+        super().__init__(ratio)
+        if len(hard) != 2 or not all(0.0 <= h <= 1.0 for h in hard):
+            raise ValueError(f"hard must be [start, end], each in [0, 1], got {list(hard)}")
+        self.hard = (float(hard[0]), float(hard[1]))
+
+    def share(self, progress: float) -> float:
+        """The share of hidden slots chosen by predicted loss at ``progress`` (0 to 1) of training."""
+        p = min(max(float(progress), 0.0), 1.0)
+        return self.hard[0] + p * (self.hard[1] - self.hard[0])
+
+    def scores(self, valid, generator, group, grid, coords=None, hardness=None, progress=0.0):
+        if hardness is None:
+            raise ValueError("hpm masking needs the model's predicted loss of every slot; a MaskedAutoencoder built "
+                             "with it gives them")
+        noise = _rand(valid.shape, generator, valid.device).double()  # [B, N] in [0, 1)
+        n_hard = torch.floor(self.share(progress) * self.ratio * valid.sum(1).double())  # [B]
+        rank = _rank(-hardness.double().masked_fill(~valid, -math.inf))  # [B, N], 0 = hardest valid slot
+        return torch.where(rank < n_hard[:, None], 2.0, noise)  # the hardest score highest: hidden first
+
+
 STRATEGIES = {
     "random": RandomMasking,
     "block": BlockMasking,
@@ -311,6 +342,7 @@ STRATEGIES = {
     "colored": ColoredNoiseMasking,
     "group_dirichlet": GroupDirichletMasking,
     "group_independent": GroupIndependentMasking,
+    "hpm": HardPatchMasking,
 }
 
 
@@ -335,18 +367,22 @@ class MaskConfig:
 
     STRATEGIES: ClassVar[dict[str, type[MaskingStrategy]]] = {}  # a domain's own strategies, by name
     RETIRED_KEYS: ClassVar[tuple[str, ...]] = ("tau",)  # written by earlier exports; read and ignored
-    strategy: str = "random"  # random, block, tube, shared, colored, group_dirichlet, group_independent
+    strategy: str = "random"  # random, block, tube, shared, colored, group_dirichlet, group_independent, hpm
     ratio: float = 0.75  # share of each sample's valid tokens hidden from the encoder
     block: int = 2  # block: cube size in tokens
     color: str = "green"  # colored: red, blue, green, purple
     sigma: float = 1.0  # colored: filter width in tokens
     alpha: float = 1.0  # group_dirichlet: concentration
+    hard: list[float] = field(default_factory=lambda: [0.0, 0.5])  # hpm: share of the hidden slots chosen by
+    # predicted loss at the start and at the end of training (linear between)
     count: str = "round"  # visible slots: round((1 - ratio) x n), floor (MAE's int(n x (1 - ratio))), hide_floor
     # (Point-MAE's n - int(ratio x n)) or group_floor (ST-MEM's int(n x (1 - ratio)) in every group)
 
     def __post_init__(self):
         check_ranges("model.mask", self, {"ratio": ("in (0, 1)", lambda v: 0 < v < 1), "block": AT_LEAST_1,
-                                          "sigma": POSITIVE, "alpha": POSITIVE, "count": one_of(*KEEP_COUNTS)})
+                                          "sigma": POSITIVE, "alpha": POSITIVE, "count": one_of(*KEEP_COUNTS),
+                                          "hard": ("[start, end], each in [0, 1]",
+                                                   lambda v: len(v) == 2 and all(0 <= h <= 1 for h in v))})
         self.build()  # validates the strategy
 
     def build(self) -> MaskingStrategy:

@@ -115,3 +115,28 @@ def test_finetuning_an_stmem_layout_export_follows_its_input_layout(tmp_path, pr
     record = sorted((tmp_path / ("wfdb" if probe else "synthetic")).rglob("*.hea"))[0]
     probs = tuned.predict(str(record.with_suffix("")))
     assert probs.shape == (2, len(config["classes"])) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_hpm_masking_from_the_config_keeps_separators_and_lead_shares_and_exports(tmp_path):
+    """model.mask.strategy=hpm on ST-MEM's layout: separators stay shown, every lead keeps int(10 x 0.25) = 2 of its
+    10 patches, the loss predictor trains with the rest and comes back from the export."""
+    from scimae.core.config import from_dict
+    from scimae.domains.cardiac.model import load_cardiac_mae
+
+    torch.manual_seed(0)
+    mask = {"strategy": "hpm", "ratio": 0.75, "count": "group_floor", "hard": [0.5, 0.5]}
+    cfg = from_dict(CardiacModelConfig, {**MODEL, "mask": mask}, "model.")
+    mae = build_cardiac_mae(cfg, 750, 75)
+    out = mae(_batch(torch.randn(2, 12, 750)), torch.Generator().manual_seed(0))
+    ts, plan = out["tokenset"], out["plan"]
+    kept = torch.zeros_like(ts.valid).scatter_(1, plan.keep, ~plan.keep_pad).reshape(2, 12, 12)
+    assert kept[:, :, [0, -1]].all() and not plan.mask[ts.fixed].any()
+    assert (kept[:, :, 1:-1].sum(-1) == 2).all()
+    out["loss"].backward()
+    assert out["loss/hardness"] > 0 and mae.hardness_head.weight.grad.abs().sum() > 0
+    data = CardiacDataConfig(window_s=3.0, patch=75, channels=list(LEADS), preprocessing="stmem")
+    save_export(tmp_path / "export", mae, export_config(cfg, data))
+    loaded, _ = load_cardiac_mae(tmp_path / "export")
+    torch.testing.assert_close(loaded.hardness_head.weight, mae.hardness_head.weight)
+    with pytest.raises(ValueError, match="hpm does not apply"):
+        from_dict(CardiacModelConfig, {**MODEL, "norm_pix": False, "target": "frequency", "mask": mask}, "model.")

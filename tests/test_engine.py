@@ -257,3 +257,11 @@ def test_data_preparation_logs_each_stage_off_a_terminal(caplog):
     with caplog.at_level(logging.INFO, logger="scimae.core.progress"):
         assert list(progress(range(3), "writing things")) == [0, 1, 2]
     assert [r.getMessage() for r in caplog.records] == ["writing things: 3 items", "writing things: done (3 items)"]
+
+
+def test_the_trainer_tells_the_model_how_far_training_has_come(tmp_path):
+    t = _trainer(tmp_path, "p", epochs=2)  # 32 samples in batches of 8: 4 steps per epoch
+    seen, forward = [], t.model.forward
+    t.model.forward = lambda batch, g: (seen.append(t.model.progress), forward(batch, g))[1]
+    t.fit(ToyImages(32))
+    assert seen[:8] == [s / 8 for s in range(8)]  # then the validation passes, at the end's progress

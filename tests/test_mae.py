@@ -226,3 +226,43 @@ def test_group_decoder_attention_predicts_each_group_from_its_own_slots(mode):
     assert not torch.allclose(after[group == 1], before[group == 1])
     before, after, group = predictions("all")
     assert not torch.allclose(after[group == 0], before[group == 0])
+
+
+def _noisy_quadrant(n, g):
+    """Toy images whose top-left quadrant in group a and bottom-right one in group b are noise: unpredictable slots."""
+    ds = ToyImages(n, seed=int(torch.randint(0, 1000, (1,), generator=g)))
+    batch = collate([ds[i] for i in range(n)])
+    noisy = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    noisy[0, :, :8, :8] = noisy[1, :, 8:, 8:] = True
+    batch["image"] = torch.where(noisy, torch.randn(n, 2, 1, 16, 16, generator=g), batch["image"])
+    return batch
+
+
+def test_hpm_learns_to_rank_slots_by_their_reconstruction_loss():
+    """Where a quadrant of each group is noise, the loss predictor ranks the hidden slots as their true errors rank them,
+    and the masking then hides the noisy slots first."""
+    from scipy.stats import spearmanr
+
+    torch.manual_seed(0)
+    model = toy_mae(strategy="hpm")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for step in range(120):
+        model.progress = step / 120
+        out = model(_noisy_quadrant(16, g), g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert "loss/hardness" in out and out["hardness"].shape == out["pred_idx"].shape
+    model.eval()
+    batch = _noisy_quadrant(32, torch.Generator().manual_seed(1))
+    out = model(batch, torch.Generator().manual_seed(2))
+    keep = ~out["pred_pad"]
+    rho = spearmanr(out["hardness"][keep].detach(), out["errors"][keep].detach()).statistic
+    assert rho > 0.4, rho
+    model.progress = 1.0  # half the hidden slots chosen by predicted loss: noisy slots are hidden more often
+    noisy = out["tokenset"].target.std(-1) > 0.5  # [B, N]: the noise quadrant's patches
+    share = [float(model(batch, torch.Generator().manual_seed(2))["plan"].mask[noisy].float().mean())]
+    model.progress = 0.0
+    share.append(float(model(batch, torch.Generator().manual_seed(2))["plan"].mask[noisy].float().mean()))
+    assert share[0] > share[1] + 0.1, share

@@ -4,7 +4,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from scimae.core.masking import STRATEGIES, GroupDirichletMasking, build_masking, plan_from_scores, sample_gamma
+from scimae.core.masking import (STRATEGIES, GroupDirichletMasking, MaskConfig, build_masking, plan_from_scores,
+                                 sample_gamma)
 
 GRID = (8, 8)
 OPTS = {"block": {"block": 2}, "colored": {"color": "green"}}
@@ -19,9 +20,14 @@ def _inputs(B=6, groups=2, seed=0):
     return valid, group
 
 
+def _hardness(valid, seed=5):
+    return torch.rand(valid.shape, generator=torch.Generator().manual_seed(seed))
+
+
 def _run(name, valid, group, seed=0, ratio=0.75):
     s = build_masking(name, ratio, **OPTS.get(name, {}))
-    return s(valid, torch.Generator().manual_seed(seed), group, GRID)
+    context = {"hardness": _hardness(valid), "progress": 1.0} if name == "hpm" else {}  # the model's predictions
+    return s(valid, torch.Generator().manual_seed(seed), group, GRID, **context)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -213,3 +219,36 @@ def test_group_floor_keeps_int_n_times_the_share_in_every_group_lead_by_lead():
     shown = show_fixed(plan_from_scores(scores, valid & ~fixed, 0.6, "group_floor", group), fixed)
     assert shown.keep.tolist() == [[0, 9, 1, 7, 10]] and not shown.mask[0, [0, 9]].any()  # int(4 x 0.4) = 1 left
     assert build_masking("random", 0.6, count="group_floor")(valid, torch.Generator(), group).n_visible.item() == 5
+
+
+def test_hpm_hides_the_hardest_predicted_share_growing_over_training():
+    valid, group = _inputs()
+    hardness = _hardness(valid)
+    hpm = build_masking("hpm", 0.75, hard=[0.0, 0.5])
+    hidden_hardness = []
+    for progress, share in ((0.0, 0.0), (0.5, 0.25), (1.0, 0.5)):
+        plan = hpm(valid, torch.Generator().manual_seed(0), group, GRID, hardness=hardness, progress=progress)
+        assert plan.n_visible.tolist() == [round(0.25 * int(v)) for v in valid.sum(1)]
+        assert not (plan.mask & ~valid).any()
+        for b in range(len(valid)):
+            n_hard = int(share * 0.75 * int(valid[b].sum()))
+            hardest = hardness[b].masked_fill(~valid[b], -1).topk(n_hard).indices
+            assert plan.mask[b, hardest].all() and valid[b, hardest].all()
+        hidden_hardness.append(float(hardness[plan.mask].mean()))
+    assert hidden_hardness[0] < hidden_hardness[1] < hidden_hardness[2]  # easy to hard
+    # all hard: the int(0.75 n) hardest valid slots are hidden (round(0.75 n) hidden in all); group_floor still
+    # keeps its share in every group
+    plan = build_masking("hpm", 0.75, hard=[1.0, 1.0])(valid, torch.Generator(), group, GRID, hardness=hardness)
+    for b in range(len(valid)):
+        hardest = hardness[b].masked_fill(~valid[b], -1).topk(int(0.75 * int(valid[b].sum()))).indices
+        assert plan.mask[b, hardest].all() and int(plan.mask[b].sum()) <= len(hardest) + 1
+    per_group = build_masking("hpm", 0.75, count="group_floor", hard=[1.0, 1.0])(
+        valid, torch.Generator(), group, GRID, hardness=hardness)
+    kept = torch.zeros_like(valid).scatter_(1, per_group.keep, ~per_group.keep_pad)
+    for g in (0, 1):
+        in_g = valid & (group == g)
+        assert ((kept & in_g).sum(1) == torch.floor(in_g.sum(1) * 0.25).long()).all()
+    with pytest.raises(ValueError, match="predicted loss"):
+        hpm(valid, torch.Generator(), group, GRID)
+    with pytest.raises(ValueError, match=r"model.mask.hard must be \[start, end\]"):
+        MaskConfig(strategy="hpm", hard=[0.0, 1.5])

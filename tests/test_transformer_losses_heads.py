@@ -6,7 +6,8 @@ import torch
 from scimae.core.heads import MLPHead, LinearProbe, Pooler
 from scimae.core.optim import layer_decay_groups
 from scimae.core.tasks import classification_loss, pos_weight_from_labels, survival_loss, survival_risk
-from scimae.core.losses import PatchTarget, chamfer_distance, chamfer_torch, grouped_losses, normalize_patches, weighted_mse
+from scimae.core.losses import (PatchTarget, chamfer_distance, chamfer_torch, grouped_losses, normalize_patches,
+                                ranking_loss, weighted_mse)
 from scimae.core.tokens import TokenSet
 from scimae.core.transformer import DropPath, Transformer
 
@@ -71,8 +72,9 @@ def test_grouped_losses_reduce_only_over_weighted_slots_and_stay_finite():
     assert out["loss/x"].item() == pytest.approx(2.0)
     assert out["loss/y"].item() == 0.0 and math.isfinite(out["loss/z"].item())
     assert [out[f"slots/{n}"].item() for n in "xyz"] == [3.0, 0.0, 0.0]  # the weight behind each group's loss
+    assert torch.equal(out["errors"], err)  # the per-slot errors, for HPM's loss predictor
     empty = grouped_losses(err, torch.zeros_like(w), g, ["x", "y"])
-    assert all(math.isfinite(v.item()) for v in empty.values())
+    assert all(math.isfinite(v.item()) for k, v in empty.items() if k != "errors")
 
 
 def test_patch_target_norm_pix_and_l1():
@@ -198,3 +200,17 @@ def test_head_width_may_differ_from_the_block_width_and_the_final_norm_has_its_o
     torch.testing.assert_close(attn(x, None, n_out=2), expected[:, 3:])
     net = Transformer(32, 2, 4, eps=1e-5, head_dim=16, norm_eps=1e-6)
     assert net.norm.eps == 1e-6 and net.blocks[0].norm1.eps == 1e-5 and net.blocks[0].attn.proj.in_features == 64
+
+
+def test_ranking_loss_is_the_pairwise_cross_entropy_of_score_differences():
+    # one sample, slots 0 and 1 ranked the wrong way by one unit: each ordered pair costs -log(sigmoid(-1))
+    scores, errors = torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 1.0]])
+    expected = -math.log(1 / (1 + math.e))
+    assert math.isclose(float(ranking_loss(scores, errors, torch.ones(1, 2))), expected, rel_tol=1e-6)
+    # a third slot tied with slot 1 in error adds no pair with it; a padding entry adds none at all
+    scores3, errors3 = torch.tensor([[0.0, 1.0, 1.0]]), torch.tensor([[2.0, 1.0, 1.0]])
+    assert math.isclose(float(ranking_loss(scores3, errors3, torch.ones(1, 3))), expected, rel_tol=1e-6)
+    padded = ranking_loss(torch.tensor([[0.0, 1.0, 9.0]]), torch.tensor([[2.0, 1.0, -5.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
+    assert math.isclose(float(padded), expected, rel_tol=1e-6)
+    right = ranking_loss(torch.tensor([[10.0, 0.0]]), errors, torch.ones(1, 2))
+    assert float(right) < 1e-4  # ranked right by a wide margin: next to nothing
