@@ -21,7 +21,7 @@ distributions):
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
   python benchmarks/cardiac.py [--out DIR] [--records 720] [--pretrain-epochs 4] [--finetune-epochs 3] [--group-heads true|false]
-      [--mask-ratio R] [--target pixels|frequency] [--quick]
+      [--mask-ratio R] [--target pixels|frequency|features [--teacher EXPORT]] [--quick]
 """
 from __future__ import annotations
 
@@ -131,8 +131,10 @@ def main():
     ap.add_argument("--mask", default="random", help="pretraining mask strategy (shared: the same places in every lead)")
     ap.add_argument("--group-heads", choices=["true", "false"], help="one prediction head per lead (default: the pipeline's)")
     ap.add_argument("--mask-ratio", type=float, help="share of patches hidden in pretraining (default: the pipeline's)")
-    ap.add_argument("--target", choices=["pixels", "frequency"], default="pixels",
-                    help="pretraining objective: the hidden patches' values, or masked frequency modelling (MFM)")
+    ap.add_argument("--target", choices=["pixels", "frequency", "features"], default="pixels",
+                    help="pretraining objective: the hidden patches' values, masked frequency modelling (MFM), or a "
+                         "teacher's features of the hidden patches (--teacher)")
+    ap.add_argument("--teacher", help="with --target features: the teacher, a pretraining export of this domain")
     args = parse(ap, records=64)
     out = Path(args.out)
     records = find_records(synthetic.write_dataset(None, args.records, 30.0))
@@ -148,6 +150,7 @@ def main():
                                                *[f"model.{k}={v}" for k, v in MODEL.items()],
                                                f"train.epochs={args.pretrain_epochs}", f"model.mask.strategy={args.mask}",
                                                f"model.target={args.target}",
+                                               *([f"model.teacher={args.teacher}"] if args.teacher else []),
                                                "train.batch_size=32",
                                                *([f"model.mask.ratio={args.mask_ratio}"] if args.mask_ratio else []),
                                                *([f"model.group_heads={args.group_heads}"] if args.group_heads else []),

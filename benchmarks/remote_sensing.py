@@ -14,7 +14,7 @@ From one run on the synthetic tiles (4 layouts of the same land covers in the sa
 5. the pretrained RGBN encoder with the NIR band missing (RGB only): its probe score against the full input.
 
 Writes evaluation.csv and evaluation.png into --out. Usage:
-  python benchmarks/remote_sensing.py [--out DIR] [--tiles 1000] [--pretrain-epochs 8] [--norm-pix] [--target pixels|frequency]
+  python benchmarks/remote_sensing.py [--out DIR] [--tiles 1000] [--pretrain-epochs 8] [--norm-pix] [--target pixels|frequency|features [--teacher EXPORT]]
       [--mask STRATEGY] [--quick]
 """
 from __future__ import annotations
@@ -71,8 +71,10 @@ def main():
     ap = parser(__doc__, "remote_sensing", pretrain_epochs=8, finetune_epochs=8)
     ap.add_argument("--tiles", type=int, default=1000, help="synthetic tiles (a quarter are validation)")
     ap.add_argument("--norm-pix", action="store_true", help="pretrain on MAE's per-patch normalised target")
-    ap.add_argument("--target", choices=["pixels", "frequency"], default="pixels",
-                    help="pretraining objective: the hidden patches' values, or masked frequency modelling (MFM)")
+    ap.add_argument("--target", choices=["pixels", "frequency", "features"], default="pixels",
+                    help="pretraining objective: the hidden patches' values, masked frequency modelling (MFM), or a "
+                         "teacher's features of the hidden patches (--teacher)")
+    ap.add_argument("--teacher", help="with --target features: the teacher, a pretraining export of this domain")
     ap.add_argument("--mask", help="pretraining mask strategy (default: the pipeline's, group_independent)")
     args = parse(ap, tiles=48)
     out = Path(args.out)
@@ -90,6 +92,7 @@ def main():
     export = run_pipeline("geo_pretrain", ["--data", str(train_dir), "data.val_fraction=0.1",
                                            *[f"model.{k}={v}" for k, v in MODEL.items()], f"train.epochs={args.pretrain_epochs}",
                                            f"model.norm_pix={args.norm_pix}", f"model.target={args.target}", "data.windows_per_scene=8",
+                                           *([f"model.teacher={args.teacher}"] if args.teacher else []),
                                            *([f"model.mask.strategy={args.mask}"] if args.mask else []),
                                            "train.epoch_repeats=2", "train.figure_every=0"], out, f"pretrain-{stamp}")
     print(f"pretraining: {time.perf_counter() - t:.0f} s")

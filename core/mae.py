@@ -28,8 +28,9 @@ from scimae.core.checkpoint import Exportable
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
 from scimae.core.embed import CoordEmbed, sincos_nd
 from scimae.core.frequency import FrequencyMasking
-from scimae.core.losses import ranking_loss
+from scimae.core.losses import masked_mean, ranking_loss
 from scimae.core.masking import HardPatchMasking, MaskConfig, MaskingStrategy, plan_from_scores
+from scimae.core.teacher import TeacherFeatures, teacher_width
 from scimae.core.tokens import MaskPlan, Target, Tokenizer, TokenSet, gather_slots
 from scimae.core.transformer import Transformer
 
@@ -68,11 +69,15 @@ class MAEConfig:
     decoder_attention: str = "all"  # all, or group: a slot attends only to its own group's (ST-MEM decodes each
     # lead on its own)
     target: str = "pixels"  # pixels (the hidden slots' values), or frequency: MFM, a band of the image's spectrum
-    # hidden instead of slots and scored on the predicted image's spectrum (core.frequency; no slot is masked)
+    # hidden instead of slots and scored on the predicted image's spectrum (core.frequency; no slot is masked), or
+    # features: a frozen teacher export's features of the hidden slots (core.teacher)
     frequency_radius: list[float] = field(default_factory=lambda: [0.1, 0.5])  # target frequency: the hidden
     # band's radius range (1 = Nyquist on every axis), drawn per sample
+    teacher: str | None = None  # target features: the teacher's export folder (a scimae export of this domain)
+    teacher_dim: int | None = None  # target features: the teacher's width (read from its export when null)
+    pixel_weight: float = 0.0  # target features: the weight of the pixel loss beside the feature loss
     mask: MaskConfig = field(default_factory=MaskConfig)
-    TARGETS = ("pixels", "frequency")  # the values of ``target`` (a domain with its own targets lists them)
+    TARGETS = ("pixels", "frequency", "features")  # the values of ``target`` (a domain with its own targets lists them)
 
     def __post_init__(self):
         check_ranges("model", self, {
@@ -83,6 +88,7 @@ class MAEConfig:
             "target": one_of(*self.TARGETS),
             "head_dim": (">= 1 or null", lambda v: v is None or v >= 1),
             "decoder_norm_eps": ("> 0 or null", lambda v: v is None or v > 0),
+            "pixel_weight": (">= 0", lambda v: v >= 0),
         })
         for width, heads in (("dim", "heads"), ("decoder_dim", "decoder_heads")):
             if self.head_dim is None and getattr(self, width) % getattr(self, heads):
@@ -92,6 +98,12 @@ class MAEConfig:
             raise ValueError("model.target=frequency scores the predicted image's spectrum: model.norm_pix does not apply")
         if self.target == "frequency" and self.mask.strategy == "hpm":
             raise ValueError("model.target=frequency hides no slots: model.mask.strategy=hpm does not apply")
+        if self.target == "features" and not self.teacher:
+            raise ValueError("model.target=features needs model.teacher=EXPORT, a scimae export of this domain")
+        if self.target != "features" and self.teacher:
+            raise ValueError(f"model.teacher is read with model.target=features only, not {self.target}")
+        if self.teacher and self.teacher_dim is None:
+            self.teacher_dim = teacher_width(self.teacher)
         if len(self.frequency_radius) != 2 or not 0 <= self.frequency_radius[0] < self.frequency_radius[1] <= 1:
             raise ValueError(f"model.frequency_radius must be [low, high] with 0 <= low < high <= 1, got "
                              f"{self.frequency_radius}")
@@ -109,17 +121,25 @@ class SmallMAEConfig(MAEConfig):
     decoder_heads: int = 4
 
 
-def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: int) -> "MaskedAutoencoder":
-    """A MaskedAutoencoder from its config, a domain tokenizer and a target."""
+def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: int,
+              load_teacher=None) -> "MaskedAutoencoder":
+    """A MaskedAutoencoder from its config, a domain tokenizer and a target; ``load_teacher(folder) -> (model,
+    config)``, the domain's export loader, reads the teacher of ``model.target=features``."""
     encoder = MAEEncoder(tokenizer, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop_path,
                          cfg.checkpointing, mask_token=cfg.mode == "mask_token", eps=cfg.norm_eps,
                          qkv_bias=cfg.qkv_bias, pos_every_block=cfg.pos_every_block, cls_token=cfg.cls_token,
                          head_dim=cfg.head_dim)
     frequency = FrequencyMasking(*cfg.frequency_radius) if cfg.target == "frequency" else None
+    teacher = None
+    if cfg.target == "features":
+        if load_teacher is None:
+            raise ValueError(f"model.target=features: no export loader was given for {type(tokenizer).__name__}'s "
+                             "teacher")
+        teacher = TeacherFeatures(cfg.teacher, load_teacher, cfg.teacher_dim)
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads,
                              cfg.norm_eps, cfg.decoder_pos, cfg.qkv_bias, cfg.head_dim, cfg.decoder_norm_eps,
-                             cfg.decoder_attention, frequency)
+                             cfg.decoder_attention, frequency, teacher, cfg.pixel_weight)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -271,7 +291,9 @@ class MaskedAutoencoder(Exportable, nn.Module):
     The decoder follows the encoder's ``cls_token`` and ``pos_every_block`` choices. With HPM masking
     (:class:`~scimae.core.masking.HardPatchMasking`) a linear loss predictor on the decoder's output learns to rank
     the predicted slots by reconstruction error (HPM's relative loss, added to 'loss' as 'loss/hardness'; through
-    the shared decoder it also trains the encoder), and chooses the hard slots to hide.
+    the shared decoder it also trains the encoder), and chooses the hard slots to hide. With a ``teacher``
+    (:class:`~scimae.core.teacher.TeacherFeatures`) a linear feature head on the decoder regresses the teacher's
+    standardised features of the hidden slots ('loss/features'); 'loss' is that plus ``pixel_weight`` x the target's.
     """
 
     def __init__(self, encoder: MAEEncoder, masking: MaskingStrategy, target, pred_dim: int,
@@ -279,7 +301,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
                  mode: str = "drop", decoder_mask_ratio: float = 0.0, group_heads: bool = False, eps: float = 1e-5,
                  decoder_pos: str = "learned", qkv_bias: bool = True, head_dim: int | None = None,
                  decoder_norm_eps: float | None = None, decoder_attention: str = "all",
-                 frequency: FrequencyMasking | None = None):
+                 frequency: FrequencyMasking | None = None, teacher: TeacherFeatures | None = None,
+                 pixel_weight: float = 0.0):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
@@ -318,7 +341,10 @@ class MaskedAutoencoder(Exportable, nn.Module):
         # HPM's loss predictor: the decoder's estimate of each predicted slot's reconstruction loss
         self.hardness_head = nn.Linear(decoder_dim, 1) if isinstance(masking, HardPatchMasking) else None
         self.progress = 0.0  # share of training done (0 to 1), set by the Trainer each step: HPM's schedule
-        for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness_head):
+        self.teacher, self.pixel_weight = teacher, pixel_weight
+        self.feature_pred = nn.Linear(decoder_dim, teacher.width) if teacher is not None else None
+        for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness_head,
+                  self.feature_pred):
             if m is not None:
                 m.apply(_init_weights)
         nn.init.normal_(self.decoder_mask_token, std=0.02)
@@ -353,7 +379,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
             decoded = plan_from_scores(noise, query, self.decoder_mask_ratio)
         else:
             decoded = full_plan(query)
-        return self.predict(ts, plan, decoded.keep, decoded.keep_pad)
+        features = self.teacher(batch, ts) if self.teacher is not None else None  # [B, N, D_teacher]
+        return self.predict(ts, plan, decoded.keep, decoded.keep_pad, features)
 
     def _forward_frequency(self, batch, generator: torch.Generator) -> dict:
         """MFM: the encoder sees the image without a band of its spectrum (every valid slot shown), the decoder
@@ -386,8 +413,10 @@ class MaskedAutoencoder(Exportable, nn.Module):
         hardness = out["hardness"].float().masked_fill(shown.keep_pad, 0.0)  # [B, K]
         return hardness.new_zeros(ts.valid.shape).scatter(1, shown.keep, hardness)  # [B, N]
 
-    def predict(self, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor) -> dict:
-        """Encode what ``plan`` shows and predict the slots ``idx`` [B, M] (``pad`` [B, M] True = padding)."""
+    def predict(self, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor,
+                features: torch.Tensor | None = None) -> dict:
+        """Encode what ``plan`` shows and predict the slots ``idx`` [B, M] (``pad`` [B, M] True = padding); with the
+        teacher's ``features`` [B, N, D_teacher] the feature head is scored on them too."""
         latent, _ = self.encoder.run(ts, plan, self.mode)  # [B, 1 + L, D]
         y = self.decoder_embed(latent)  # [B, 1 + L, Dd]
         if self.decoder_pos is None:
@@ -414,6 +443,12 @@ class MaskedAutoencoder(Exportable, nn.Module):
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
         if ts.target is not None:
             result.update(self.target(pred, ts, idx, (~pad).float(), self.group_names))
+            if features is not None:  # the feature errors, plus the pixel ones at their weight, are what HPM ranks
+                errors = (self.feature_pred(out) - gather_slots(features, idx)).pow(2).mean(-1)  # [B, M]
+                result["loss/features"] = masked_mean(errors, (~pad).to(errors.dtype))
+                result["loss"] = result["loss/features"] + self.pixel_weight * result["loss"]
+                if "errors" in result:
+                    result["errors"] = errors + self.pixel_weight * result["errors"]
         if self.hardness_head is not None:
             result["hardness"] = self.hardness_head(out)[..., 0]  # [B, M]
             if ts.target is not None:

@@ -43,7 +43,7 @@ class BrainTokenizer(GridTokenizer):
 
 def build_brain_mae(cfg: BrainModelConfig, roi) -> MaskedAutoencoder:
     tok = BrainTokenizer(roi, cfg.patch, cfg.dim)
-    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values)
+    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values, load_brain_mae)
 
 
 def export_config(model_cfg: BrainModelConfig, roi, spacing, **extra) -> dict:

@@ -114,7 +114,7 @@ def build_cardiac_mae(cfg: CardiacModelConfig, window_length: int, patch: int) -
         tok = LeadTokenizer(window_length, patch, cfg.dim)
     else:
         tok = GridTokenizer(CHANNELS, (window_length,), (patch,), cfg.dim, shared=cfg.shared_projection)
-    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values)
+    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values, load_cardiac_mae)
 
 
 def export_config(model_cfg: CardiacModelConfig, data_cfg, **extra) -> dict:

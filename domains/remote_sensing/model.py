@@ -83,7 +83,7 @@ def build_geo_mae(cfg: GeoModelConfig, layout: dict[str, list[str]], window: int
     """One token group per spectral group of ``layout`` (group -> bands; 2D patches, a group embedding,
     2D sin-cos positions, or a time axis of ``cfg.frames`` dates): any band subset by name."""
     tok = GeoTokenizer(list(layout), window, patch, cfg.dim, [len(m) for m in layout.values()], cfg.frames)
-    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values)
+    return build_mae(cfg, tok, PatchTarget(cfg.loss, cfg.norm_pix), tok.patch_values, load_geo_mae)
 
 
 def export_config(model_cfg, data_cfg, layout: dict[str, list[str]] | None = None, **extra) -> dict:

@@ -129,7 +129,7 @@ class PointModelConfig(MAEConfig):
 
 def build_point_mae(cfg: PointModelConfig, n_groups: int, group_size: int) -> MaskedAutoencoder:
     tok = PointTokenizer(n_groups, group_size, cfg.dim, cfg.pointnet)
-    return build_mae(cfg, tok, ChamferTarget(), group_size * 3)
+    return build_mae(cfg, tok, ChamferTarget(), group_size * 3, load_point_mae)
 
 
 def export_config(kind: str, model_cfg, data_cfg, **extra) -> dict:
@@ -211,7 +211,7 @@ class NerfModelConfig(MAEConfig):
 def build_nerf_mae(cfg: NerfModelConfig, grid: tuple[int, int, int], patch: int) -> MaskedAutoencoder:
     """3D patches (``patch`` voxels a side) of a 4-channel grid (RGB, opacity), 3D sin-cos positions."""
     tok = GridTokenizer(["rgba"], tuple(grid), (patch,) * 3, cfg.dim, channels=4)
-    return build_mae(cfg, tok, OpacityWeightedTarget(cfg.opacity_weight), tok.patch_values)
+    return build_mae(cfg, tok, OpacityWeightedTarget(cfg.opacity_weight), tok.patch_values, load_nerf_mae)
 
 
 def load_nerf_mae(folder) -> tuple[MaskedAutoencoder, dict]:

@@ -176,15 +176,17 @@ class SkeletonMaskConfig(MaskConfig):
 @dataclass
 class SkeletonModelConfig(SmallMAEConfig):
     segment: int = 4  # frames per token
-    target: str = "position"  # position or position_motion (MAMP's motion as well)
-    TARGETS = TARGETS
+    target: str = "position"  # position, position_motion (MAMP's motion as well), or features (a teacher's; the
+    # position loss beside them weighs pixel_weight)
+    TARGETS = (*TARGETS, "features")
     unit: float = 0.25  # metres per input unit: positions are divided by it before tokenizing
     mask: SkeletonMaskConfig = field(default_factory=lambda: SkeletonMaskConfig(strategy="motion", ratio=0.75))
 
 
 def build_skeleton_mae(cfg: SkeletonModelConfig, frames: int, bodies: int = 2, joints: int = 25) -> MaskedAutoencoder:
-    tok = SkeletonTokenizer(frames, cfg.segment, cfg.dim, cfg.heads, bodies, joints, cfg.target, unit=cfg.unit)
-    return build_mae(cfg, tok, PatchTarget(cfg.loss, norm_pix=False), tok.pred_dim)
+    kind = "position" if cfg.target == "features" else cfg.target
+    tok = SkeletonTokenizer(frames, cfg.segment, cfg.dim, cfg.heads, bodies, joints, kind, unit=cfg.unit)
+    return build_mae(cfg, tok, PatchTarget(cfg.loss, norm_pix=False), tok.pred_dim, load_skeleton_mae)
 
 
 def export_config(model_cfg, data_cfg, **extra) -> dict:
