@@ -77,6 +77,16 @@ def ranking_loss(scores: torch.Tensor, errors: torch.Tensor, weight: torch.Tenso
     return masked_mean(bce, w.to(diff.dtype))
 
 
+def gaussian_nll(logvar: torch.Tensor, error: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-slot Gaussian negative log-likelihood [B, M] (constant dropped) of ``error`` [B, M, P] under a zero-mean
+    normal of log-variance ``logvar`` [B, M, P], averaged over the used values (``mask`` [B, M, P], all if None)."""
+    nll = 0.5 * (logvar + error.pow(2) * torch.exp(-logvar))
+    if mask is None:
+        return nll.mean(-1)
+    m = mask.to(nll.dtype)
+    return (nll * m).sum(-1) / m.sum(-1).clamp_min(1)
+
+
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """sum(w * (pred - target)^2) / sum(w), with ``weight`` broadcast to pred's shape."""
     w = weight.expand_as(pred).to(pred.dtype)
@@ -115,11 +125,12 @@ class PatchTarget:
         tokenizer's group names."""
         target = gather_slots(ts.target, idx)  # [B, M, P]
         group = ts.group.gather(1, idx)  # [B, M]
-        errors = patch_errors(pred, target, self.kind, self.norm_pix, self._mask(ts, group))
+        errors = patch_errors(pred, target, self.kind, self.norm_pix, self.used_values(ts, group))
         return grouped_losses(errors, weight, group, names)
 
     @staticmethod
-    def _mask(ts, group: torch.Tensor) -> torch.Tensor | None:
+    def used_values(ts, group: torch.Tensor) -> torch.Tensor | None:
+        """The values [B, M, P] that exist in slots of ``group`` [B, M] (None: all of them)."""
         mask = ts.value_mask  # [G, P]
         return None if mask is None else mask[group]  # [B, M, P]
 
@@ -128,5 +139,5 @@ class PatchTarget:
         if not self.norm_pix:
             return pred
         target = gather_slots(ts.target, idx)
-        mean, std = patch_stats(target, self._mask(ts, ts.group.gather(1, idx)))
+        mean, std = patch_stats(target, self.used_values(ts, ts.group.gather(1, idx)))
         return pred * std + mean

@@ -28,7 +28,7 @@ from scimae.core.checkpoint import Exportable
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
 from scimae.core.embed import CoordEmbed, sincos_nd
 from scimae.core.frequency import FrequencyMasking
-from scimae.core.losses import masked_mean, ranking_loss
+from scimae.core.losses import PatchTarget, gaussian_nll, masked_mean, ranking_loss
 from scimae.core.masking import HardPatchMasking, MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.teacher import TeacherFeatures, teacher_width
 from scimae.core.tokens import MaskPlan, Target, Tokenizer, TokenSet, gather_slots
@@ -76,6 +76,8 @@ class MAEConfig:
     teacher: str | None = None  # target features: the teacher's export folder (a scimae export of this domain)
     teacher_dim: int | None = None  # target features: the teacher's width (read from its export when null)
     pixel_weight: float = 0.0  # target features: the weight of the pixel loss beside the feature loss
+    uncertainty: bool = False  # a second head predicts each predicted value's log-variance (Gaussian likelihood of
+    # the detached error), so that a synthesis says how sure it is (MaskedAutoencoder.fill_spread)
     mask: MaskConfig = field(default_factory=MaskConfig)
     TARGETS = ("pixels", "frequency", "features")  # the values of ``target`` (a domain with its own targets lists them)
 
@@ -139,7 +141,7 @@ def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: in
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads,
                              cfg.norm_eps, cfg.decoder_pos, cfg.qkv_bias, cfg.head_dim, cfg.decoder_norm_eps,
-                             cfg.decoder_attention, frequency, teacher, cfg.pixel_weight)
+                             cfg.decoder_attention, frequency, teacher, cfg.pixel_weight, cfg.uncertainty)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -302,7 +304,7 @@ class MaskedAutoencoder(Exportable, nn.Module):
                  decoder_pos: str = "learned", qkv_bias: bool = True, head_dim: int | None = None,
                  decoder_norm_eps: float | None = None, decoder_attention: str = "all",
                  frequency: FrequencyMasking | None = None, teacher: TeacherFeatures | None = None,
-                 pixel_weight: float = 0.0):
+                 pixel_weight: float = 0.0, uncertainty: bool = False):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
@@ -338,13 +340,19 @@ class MaskedAutoencoder(Exportable, nn.Module):
                                    head_dim=head_dim, norm_eps=decoder_norm_eps)
         self.decoder_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
                              else nn.Linear(decoder_dim, pred_dim))
+        self.logvar_pred = None  # the log-variance of each predicted value, in the target's units
+        if uncertainty:
+            if not isinstance(target, PatchTarget):
+                raise ValueError(f"model.uncertainty needs a patch target (values per slot), not {type(target).__name__}")
+            self.logvar_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
+                                else nn.Linear(decoder_dim, pred_dim))
         # HPM's loss predictor: the decoder's estimate of each predicted slot's reconstruction loss
         self.hardness_head = nn.Linear(decoder_dim, 1) if isinstance(masking, HardPatchMasking) else None
         self.progress = 0.0  # share of training done (0 to 1), set by the Trainer each step: HPM's schedule
         self.teacher, self.pixel_weight = teacher, pixel_weight
         self.feature_pred = nn.Linear(decoder_dim, teacher.width) if teacher is not None else None
         for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness_head,
-                  self.feature_pred):
+                  self.feature_pred, self.logvar_pred):
             if m is not None:
                 m.apply(_init_weights)
         nn.init.normal_(self.decoder_mask_token, std=0.02)
@@ -449,6 +457,14 @@ class MaskedAutoencoder(Exportable, nn.Module):
                 result["loss"] = result["loss/features"] + self.pixel_weight * result["loss"]
                 if "errors" in result:
                     result["errors"] = errors + self.pixel_weight * result["errors"]
+        if self.logvar_pred is not None:
+            heads = self.logvar_pred
+            result["logvar"] = (heads(out, group) if isinstance(heads, GroupHeads) else heads(out)).clamp(-12, 12)
+            if ts.target is not None:  # the error in the target's units, detached: the prediction itself is unchanged
+                error = self.target.to_values(pred, ts, idx).detach() - gather_slots(ts.target, idx)  # [B, M, P]
+                nll = gaussian_nll(result["logvar"], error, PatchTarget.used_values(ts, group))  # [B, M]
+                result["loss/uncertainty"] = masked_mean(nll, (~pad).to(nll.dtype))
+                result["loss"] = result["loss"] + result["loss/uncertainty"]
         if self.hardness_head is not None:
             result["hardness"] = self.hardness_head(out)[..., 0]  # [B, M]
             if ts.target is not None:
@@ -497,14 +513,23 @@ class MaskedAutoencoder(Exportable, nn.Module):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """How sure a synthesis is: the standard deviation per slot value [B, N, P] of the named ``groups``'
         prediction over ``draws`` fills, each from another random ``1 - drop`` of the context slots (0 elsewhere).
-        Where the prediction hardly depends on which context it sees, the spread is small."""
+        Where the prediction hardly depends on which context it sees, the spread is small. A model with an
+        uncertainty head (``model.uncertainty``) adds the mean of the fills' predicted variances: the standard
+        deviation of the fills' mixture, which also counts what no context predicts (noise, fine detail)."""
         ts = self.encoder.tokenizer(batch)
-        fills = []
+        fills, variances = [], []
         for _ in range(draws):  # a loop over draws, each a batched fill
             keep = torch.rand(ts.valid.shape, generator=generator).to(ts.valid.device) >= drop  # [B, N]
-            fills.append(torch.nan_to_num(self.reconstruction(self.fill(batch, groups, keep))[2]))
+            out = self.fill(batch, groups, keep)
+            fills.append(torch.nan_to_num(self.reconstruction(out)[2]))
+            if "logvar" in out:
+                v = out["logvar"].exp() * ~out["pred_pad"][..., None]  # [B, M, P]
+                variances.append(v.new_zeros(ts.target.shape).scatter(1, out["pred_idx"][..., None].expand_as(v), v))
+        var = torch.stack(fills).var(0, correction=0)  # [B, N, P]
+        if variances:
+            var = var + torch.stack(variances).mean(0)
         ids = torch.tensor(self.encoder.group_ids(groups), device=ts.valid.device)
-        return torch.stack(fills).std(0, correction=0) * torch.isin(ts.group, ids)[..., None]  # [B, N, P]
+        return var.sqrt() * torch.isin(ts.group, ids)[..., None]  # [B, N, P]
 
     @torch.no_grad()
     def reconstruction(self, out: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

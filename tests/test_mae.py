@@ -266,3 +266,43 @@ def test_hpm_learns_to_rank_slots_by_their_reconstruction_loss():
     model.progress = 0.0
     share.append(float(model(batch, torch.Generator().manual_seed(2))["plan"].mask[noisy].float().mean()))
     assert share[0] > share[1] + 0.1, share
+
+
+def test_the_uncertainty_head_learns_where_values_are_noise_without_moving_the_prediction():
+    """model.uncertainty: a log-variance per predicted value, trained on the detached error (the prediction's own
+    gradient is unchanged); the spread of fills adds its variance, so the noisy quadrants come out least sure."""
+    torch.manual_seed(0)
+    model = toy_mae(uncertainty=True, group_heads=True)
+    batch = _noisy_quadrant(8, torch.Generator().manual_seed(3))
+    out = model(batch, torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad(out["loss/uncertainty"], model.decoder_pred.weight, allow_unused=True)
+    assert grad is None  # the likelihood term does not pull the prediction
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        out = model(_noisy_quadrant(16, g), g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    model.eval()
+    test = _noisy_quadrant(8, torch.Generator().manual_seed(1))
+    test["present"][:, 1] = False  # group b synthesised from group a
+    spread = model.fill_spread(test, ["b"], draws=4, generator=torch.Generator().manual_seed(0))  # [B, N, P]
+    noisy = torch.zeros(4, 4, dtype=torch.bool)
+    noisy[2:, 2:] = True  # group b's noisy quadrant, in its 4 x 4 grid of slots
+    per_slot = spread[:, 16:].mean((0, 2)).reshape(4, 4)
+    assert per_slot[noisy].min() > per_slot[~noisy].max(), per_slot
+    # with the same context every time the fills agree: what is left is the predicted standard deviation
+    still = model.fill_spread(test, ["b"], draws=2, drop=0.0)
+    fill = model.fill(test, ["b"])
+    expected = torch.zeros_like(still).scatter(1, fill["pred_idx"][..., None].expand_as(fill["logvar"]),
+                                               (fill["logvar"] / 2).exp())
+    torch.testing.assert_close(still, expected)
+
+
+def test_the_uncertainty_head_needs_values_per_slot():
+    from scimae.domains.scene3d.model import PointModelConfig, build_point_mae
+
+    with pytest.raises(ValueError, match="model.uncertainty needs a patch target"):
+        build_point_mae(PointModelConfig(dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2,
+                                         uncertainty=True), 8, 8)

@@ -214,3 +214,14 @@ def test_ranking_loss_is_the_pairwise_cross_entropy_of_score_differences():
     assert math.isclose(float(padded), expected, rel_tol=1e-6)
     right = ranking_loss(torch.tensor([[10.0, 0.0]]), errors, torch.ones(1, 2))
     assert float(right) < 1e-4  # ranked right by a wide margin: next to nothing
+
+
+def test_gaussian_nll_per_slot_over_used_values():
+    from scimae.core.losses import gaussian_nll
+
+    logvar = torch.tensor([[[0.0, math.log(4.0)]]])  # variances 1 and 4
+    error = torch.tensor([[[1.0, 2.0]]])
+    # 0.5 (0 + 1) and 0.5 (log 4 + 4 / 4), averaged
+    assert math.isclose(float(gaussian_nll(logvar, error)), (0.5 + 0.5 * (math.log(4) + 1)) / 2, rel_tol=1e-6)
+    only_first = gaussian_nll(logvar, error, torch.tensor([[[True, False]]]))
+    assert math.isclose(float(only_first), 0.5, rel_tol=1e-6)
