@@ -80,3 +80,24 @@ def test_skeleton_benchmark_quick_run_writes_the_evaluation(tmp_path):
     assert [r["gap"] == "" for r in rows if r["arm"] in ("random_init", "scratch")] == [True] * 5
     assert (tmp_path / "evaluation.png").read_bytes().startswith(b"\x89PNG")
     assert "McNemar p =" in out.stdout and "learning rates chosen on held-back training labels" in out.stdout
+
+
+def test_compare_gives_the_welch_interval_of_two_runs_difference(tmp_path, capsys):
+    from scipy import stats
+
+    compare = _load("compare")
+    header = "domain,protocol,labels_per_class,arm,metric,mean,std,n_runs,gap,gap_ci_low,gap_ci_high\n"
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text(header + "d,logistic,5,pretrained,accuracy,0.60,0.05,20,,,\nd,logistic,5,random_init,accuracy,0.3,0.1,60,,,\n"
+                 "d,logistic,all,pretrained,accuracy,0.9,0.0,1,,,\n")
+    b.write_text(header + "d,logistic,5,pretrained,accuracy,0.65,0.04,20,,,\nd,logistic,all,pretrained,accuracy,0.8,0.0,1,,,\n")
+    rows_a, rows_b = compare.read(str(a), "pretrained"), compare.read(str(b), "pretrained")
+    diff, low, high = compare.welch(rows_a[("logistic", "5")], rows_b[("logistic", "5")])
+    assert diff == pytest.approx(0.05) and low < diff < high
+    for bound in (low, high):  # at each end of the interval, Welch's test of that difference gives p = 0.05
+        p = stats.ttest_ind_from_stats(0.60, 0.05, 20, 0.65 - bound, 0.04, 20, equal_var=False).pvalue
+        assert p == pytest.approx(0.05, abs=1e-6)
+    sys.argv = ["compare.py", str(a), str(b)]
+    compare.main()
+    out = capsys.readouterr().out
+    assert f"+0.050 [{low:+.3f}, {high:+.3f}]" in out and "-0.100\n" in out  # one run each: the difference alone
