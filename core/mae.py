@@ -76,8 +76,8 @@ class MAEConfig:
     teacher: str | None = None  # target features: the teacher's export folder (a scimae export of this domain)
     teacher_dim: int | None = None  # target features: the teacher's width (read from its export when null)
     pixel_weight: float = 0.0  # target features: the weight of the pixel loss beside the feature loss
-    uncertainty: bool = False  # a second head predicts each predicted value's log-variance (Gaussian likelihood of
-    # the detached error), so that a synthesis says how sure it is (MaskedAutoencoder.fill_spread)
+    uncertainty: bool = False  # a head on the detached decoder output predicts each predicted value's log-variance
+    # (Gaussian likelihood of the error), so that a synthesis says how sure it is (MaskedAutoencoder.fill_spread)
     mask: MaskConfig = field(default_factory=MaskConfig)
     TARGETS = ("pixels", "frequency", "features")  # the values of ``target`` (a domain with its own targets lists them)
 
@@ -459,7 +459,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
                     result["errors"] = errors + self.pixel_weight * result["errors"]
         if self.logvar_pred is not None:
             heads = self.logvar_pred
-            result["logvar"] = (heads(out, group) if isinstance(heads, GroupHeads) else heads(out)).clamp(-12, 12)
+            frozen = out.detach()  # a read-out of the decoder: the reconstruction and the features stay as they are
+            result["logvar"] = (heads(frozen, group) if isinstance(heads, GroupHeads) else heads(frozen)).clamp(-12, 12)
             if ts.target is not None:  # the error in the target's units, detached: the prediction itself is unchanged
                 error = self.target.to_values(pred, ts, idx).detach() - gather_slots(ts.target, idx)  # [B, M, P]
                 nll = gaussian_nll(result["logvar"], error, PatchTarget.used_values(ts, group))  # [B, M]

@@ -269,14 +269,16 @@ def test_hpm_learns_to_rank_slots_by_their_reconstruction_loss():
 
 
 def test_the_uncertainty_head_learns_where_values_are_noise_without_moving_the_prediction():
-    """model.uncertainty: a log-variance per predicted value, trained on the detached error (the prediction's own
-    gradient is unchanged); the spread of fills adds its variance, so the noisy quadrants come out least sure."""
+    """model.uncertainty: a log-variance per predicted value, read from the detached decoder output and trained on
+    the detached error (the model's other gradients are unchanged); the spread of fills adds its variance, so the
+    noisy quadrants come out least sure."""
     torch.manual_seed(0)
     model = toy_mae(uncertainty=True, group_heads=True)
     batch = _noisy_quadrant(8, torch.Generator().manual_seed(3))
     out = model(batch, torch.Generator().manual_seed(0))
-    (grad,) = torch.autograd.grad(out["loss/uncertainty"], model.decoder_pred.weight, allow_unused=True)
-    assert grad is None  # the likelihood term does not pull the prediction
+    grads = torch.autograd.grad(out["loss/uncertainty"], [model.decoder_pred.weight, *model.encoder.parameters(),
+                                                          *model.decoder.parameters()], allow_unused=True)
+    assert all(g is None for g in grads)  # the likelihood term moves neither the prediction nor the features
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(120):
