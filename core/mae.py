@@ -296,6 +296,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
     the shared decoder it also trains the encoder), and chooses the hard slots to hide. With a ``teacher``
     (:class:`~scimae.core.teacher.TeacherFeatures`) a linear feature head on the decoder regresses the teacher's
     standardised features of the hidden slots ('loss/features'); 'loss' is that plus ``pixel_weight`` x the target's.
+    With ``uncertainty`` a head on the detached decoder output predicts each predicted value's log-variance
+    ('logvar'), trained by the Gaussian likelihood of the detached error ('loss/uncertainty'): nothing else moves.
     """
 
     def __init__(self, encoder: MAEEncoder, masking: MaskingStrategy, target, pred_dim: int,
