@@ -43,11 +43,15 @@ def patch_errors(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", no
         target = normalize_patches(target, mask)
     if kind not in _ELEMENTWISE:
         raise ValueError(f"loss kind must be 'mse' or 'l1', got {kind!r}")
-    err = _ELEMENTWISE[kind](pred, target, reduction="none")  # one fused kernel each way
+    return mean_over_used(_ELEMENTWISE[kind](pred, target, reduction="none"), mask)  # one fused kernel each way
+
+
+def mean_over_used(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean [...] of ``values`` [..., P] over the used ones (``mask`` [..., P]; all of them if None)."""
     if mask is None:
-        return err.mean(-1)
-    m = mask.to(err.dtype)
-    return (err * m).sum(-1) / m.sum(-1).clamp_min(1)
+        return values.mean(-1)
+    m = mask.to(values.dtype)
+    return (values * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
 def grouped_losses(errors: torch.Tensor, weight: torch.Tensor, group: torch.Tensor,
@@ -80,11 +84,7 @@ def ranking_loss(scores: torch.Tensor, errors: torch.Tensor, weight: torch.Tenso
 def gaussian_nll(logvar: torch.Tensor, error: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-slot Gaussian negative log-likelihood [B, M] (constant dropped) of ``error`` [B, M, P] under a zero-mean
     normal of log-variance ``logvar`` [B, M, P], averaged over the used values (``mask`` [B, M, P], all if None)."""
-    nll = 0.5 * (logvar + error.pow(2) * torch.exp(-logvar))
-    if mask is None:
-        return nll.mean(-1)
-    m = mask.to(nll.dtype)
-    return (nll * m).sum(-1) / m.sum(-1).clamp_min(1)
+    return mean_over_used(0.5 * (logvar + error.pow(2) * torch.exp(-logvar)), mask)
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from scimae.core.checkpoint import Exportable
 from scimae.core.config import AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges, one_of
 from scimae.core.embed import CoordEmbed, sincos_nd
 from scimae.core.frequency import FrequencyMasking
-from scimae.core.losses import PatchTarget, gaussian_nll, masked_mean, ranking_loss
+from scimae.core.losses import PatchTarget, gaussian_nll, masked_mean, patch_errors, ranking_loss
 from scimae.core.masking import HardPatchMasking, MaskConfig, MaskingStrategy, plan_from_scores
 from scimae.core.teacher import TeacherFeatures, teacher_width
 from scimae.core.tokens import MaskPlan, Target, Tokenizer, TokenSet, gather_slots
@@ -454,7 +454,7 @@ class MaskedAutoencoder(Exportable, nn.Module):
         if ts.target is not None:
             result.update(self.target(pred, ts, idx, (~pad).float(), self.group_names))
             if features is not None:  # the feature errors, plus the pixel ones at their weight, are what HPM ranks
-                errors = (self.feature_pred(out) - gather_slots(features, idx)).pow(2).mean(-1)  # [B, M]
+                errors = patch_errors(self.feature_pred(out), gather_slots(features, idx))  # [B, M]
                 result["loss/features"] = masked_mean(errors, (~pad).to(errors.dtype))
                 result["loss"] = result["loss/features"] + self.pixel_weight * result["loss"]
                 if "errors" in result:

@@ -50,9 +50,8 @@ class TeacherFeatures:
 
     @torch.no_grad()
     def __call__(self, batch, ts: TokenSet) -> torch.Tensor:
-        if self.encoder is None:
-            self.encoder = self.load(self.folder)[0].encoder.eval().requires_grad_(False)
-        self.encoder.to(ts.valid.device)
+        if self.encoder is None:  # at the first batch, on the device the student trains on
+            self.encoder = self.load(self.folder)[0].encoder.eval().requires_grad_(False).to(ts.valid.device)
         tokens = self.encoder(batch)["tokens"]  # [B, N_teacher, D_teacher]
         if tokens.shape[:2] != ts.valid.shape or tokens.shape[-1] != self.width:
             raise DataError(self.folder, f"a teacher of {tokens.shape[1]} slots of width {tokens.shape[-1]}",
