@@ -278,6 +278,20 @@ class GroupHeads(nn.Module):
         return out
 
 
+class LossPredictor(nn.Module):
+    """HPM's loss predictor: a decoder of its own, of the reconstruction decoder's shape, that scores each queried
+    slot by how badly it will be reconstructed. It reads the encoder's output and the slot positions detached, so
+    its ranking term trains it alone (sharing the reconstruction decoder held the cardiac pretraining on the mean
+    prediction)."""
+
+    def __init__(self, dim: int, width: int, decoder: Transformer):
+        super().__init__()
+        self.embed = nn.Linear(dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.decoder = decoder
+        self.head = nn.Linear(width, 1)
+
+
 class MaskedAutoencoder(Exportable, nn.Module):
     """MAE / SimMIM with a light transformer decoder.
 
@@ -291,9 +305,9 @@ class MaskedAutoencoder(Exportable, nn.Module):
     ``decoder_attention`` group decodes each group on its own (ST-MEM decodes each lead so). ``head_dim`` sets
     the attention heads' width and ``decoder_norm_eps`` the decoder's final LayerNorm eps (ST-MEM's 64 and 1e-6).
     The decoder follows the encoder's ``cls_token`` and ``pos_every_block`` choices. With HPM masking
-    (:class:`~scimae.core.masking.HardPatchMasking`) a linear loss predictor on the decoder's output learns to rank
-    the predicted slots by reconstruction error (HPM's relative loss, added to 'loss' as 'loss/hardness'; through
-    the shared decoder it also trains the encoder), and chooses the hard slots to hide. With a ``teacher``
+    (:class:`~scimae.core.masking.HardPatchMasking`) a loss predictor (:class:`LossPredictor`) learns to rank the
+    predicted slots by reconstruction error (HPM's relative loss, added to 'loss' as 'loss/hardness'; it moves no
+    other weight) and chooses the hard slots to hide. With a ``teacher``
     (:class:`~scimae.core.teacher.TeacherFeatures`) a linear feature head on the decoder regresses the teacher's
     standardised features of the hidden slots ('loss/features'); 'loss' is that plus ``pixel_weight`` x the target's.
     With ``uncertainty`` a head on the detached decoder output predicts each predicted value's log-variance
@@ -338,8 +352,11 @@ class MaskedAutoencoder(Exportable, nn.Module):
         elif decoder_pos != "learned":
             raise ValueError(f"decoder_pos must be 'learned', 'sincos' or 'coords', got {decoder_pos!r}")
         self.decoder_mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder = Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio, eps=eps, qkv_bias=qkv_bias,
-                                   head_dim=head_dim, norm_eps=decoder_norm_eps)
+        def decoder_stack():
+            return Transformer(decoder_dim, decoder_depth, decoder_heads, mlp_ratio, eps=eps, qkv_bias=qkv_bias,
+                               head_dim=head_dim, norm_eps=decoder_norm_eps)
+
+        self.decoder = decoder_stack()
         self.decoder_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
                              else nn.Linear(decoder_dim, pred_dim))
         self.logvar_pred = None  # the log-variance of each predicted value, in the target's units
@@ -348,16 +365,17 @@ class MaskedAutoencoder(Exportable, nn.Module):
                 raise ValueError(f"model.uncertainty needs a patch target (values per slot), not {type(target).__name__}")
             self.logvar_pred = (GroupHeads(len(encoder.group_names), decoder_dim, pred_dim) if group_heads
                                 else nn.Linear(decoder_dim, pred_dim))
-        # HPM's loss predictor: the decoder's estimate of each predicted slot's reconstruction loss
-        self.hardness_head = nn.Linear(decoder_dim, 1) if isinstance(masking, HardPatchMasking) else None
+        self.hardness = LossPredictor(D, decoder_dim, decoder_stack()) if isinstance(masking, HardPatchMasking) else None
         self.progress = 0.0  # share of training done (0 to 1), set by the Trainer each step: HPM's schedule
         self.teacher, self.pixel_weight = teacher, pixel_weight
         self.feature_pred = nn.Linear(decoder_dim, teacher.width) if teacher is not None else None
-        for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness_head,
+        for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness,
                   self.feature_pred, self.logvar_pred):
             if m is not None:
                 m.apply(_init_weights)
         nn.init.normal_(self.decoder_mask_token, std=0.02)
+        if self.hardness is not None:
+            nn.init.normal_(self.hardness.mask_token, std=0.02)
 
     @property
     def group_names(self) -> list[str]:
@@ -380,7 +398,7 @@ class MaskedAutoencoder(Exportable, nn.Module):
             return self._forward_frequency(batch, generator)
         ts = self.encoder.tokenizer(batch)
         context = {}
-        if self.hardness_head is not None:
+        if self.hardness is not None:
             context = {"hardness": self.predicted_hardness(ts), "progress": self.progress}
         plan = self.masking.for_tokens(ts, generator, **context)
         query = plan.mask
@@ -419,35 +437,22 @@ class MaskedAutoencoder(Exportable, nn.Module):
         """HPM: the loss predictor's score [B, N] of every valid slot (0 elsewhere), each slot queried with every
         valid slot shown (HPM asks its EMA teacher, unmasked; here the model itself answers)."""
         shown = full_plan(ts.valid)
-        out = self.predict(replace(ts, target=None), shown, shown.keep, shown.keep_pad)
-        hardness = out["hardness"].float().masked_fill(shown.keep_pad, 0.0)  # [B, K]
+        latent, _ = self.encoder.run(ts, shown, self.mode)  # [B, 1 + N', D]
+        hardness = self._hardness(latent, ts, shown, shown.keep, shown.keep_pad).float().masked_fill(shown.keep_pad, 0.0)
         return hardness.new_zeros(ts.valid.shape).scatter(1, shown.keep, hardness)  # [B, N]
+
+    def _hardness(self, latent, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """The loss predictor's score [B, M] of the slots ``idx`` from the detached encoder output."""
+        p = self.hardness
+        return p.head(self._decode(latent.detach(), ts, plan, idx, pad, p.embed, p.mask_token, p.decoder,
+                                   detach_pos=True))[..., 0]
 
     def predict(self, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor,
                 features: torch.Tensor | None = None) -> dict:
         """Encode what ``plan`` shows and predict the slots ``idx`` [B, M] (``pad`` [B, M] True = padding); with the
         teacher's ``features`` [B, N, D_teacher] the feature head is scored on them too."""
         latent, _ = self.encoder.run(ts, plan, self.mode)  # [B, 1 + L, D]
-        y = self.decoder_embed(latent)  # [B, 1 + L, Dd]
-        if self.decoder_pos is None:
-            pos = self.decoder_pos_table
-        else:
-            pos = self.decoder_pos(ts.coords if isinstance(self.decoder_pos, CoordEmbed) else ts.pos)
-        pos = pos.expand(y.shape[0], -1, -1)  # [B, N, Dd]
-        cls_pad = pad.new_full((pad.shape[0], 1), not self.encoder.attend_cls)  # [B, 1]
-        if self.mode == "drop":
-            pos = torch.cat([torch.zeros_like(pos[:, :1]), gather_slots(pos, plan.keep), gather_slots(pos, idx)], 1)
-            seq = torch.cat([y, self.decoder_mask_token.expand(*idx.shape, -1)], dim=1) + pos  # [B, 1 + L + M, Dd]
-            seq_pad = torch.cat([cls_pad, plan.keep_pad, pad], dim=1)
-            bias = self._group_bias(ts.group, torch.cat([plan.keep, idx], 1), seq_pad)
-            out = self.decoder(seq, seq_pad, n_out=idx.shape[1], pos=pos if self.encoder.pos_every_block else None,
-                               bias=bias)
-        else:
-            pos = nn.functional.pad(pos, (0, 0, 1, 0))  # [B, 1 + N, Dd], none for cls
-            seq_pad = torch.cat([cls_pad, ~ts.valid], dim=1)
-            out = self.decoder(y + pos, seq_pad, pos=pos if self.encoder.pos_every_block else None,
-                               bias=self._group_bias(ts.group, None, seq_pad))
-            out = gather_slots(out[:, 1:], idx)  # [B, M, Dd]
+        out = self._decode(latent, ts, plan, idx, pad, self.decoder_embed, self.decoder_mask_token, self.decoder)
         group = ts.group.gather(1, idx)  # [B, M]
         pred = self.decoder_pred(out, group) if isinstance(self.decoder_pred, GroupHeads) else self.decoder_pred(out)
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
@@ -468,8 +473,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
                 nll = gaussian_nll(result["logvar"], error, PatchTarget.used_values(ts, group))  # [B, M]
                 result["loss/uncertainty"] = masked_mean(nll, (~pad).to(nll.dtype))
                 result["loss"] = result["loss"] + result["loss/uncertainty"]
-        if self.hardness_head is not None:
-            result["hardness"] = self.hardness_head(out)[..., 0]  # [B, M]
+        if self.hardness is not None:
+            result["hardness"] = self._hardness(latent, ts, plan, idx, pad)  # [B, M]
             if ts.target is not None:
                 if "errors" not in result:
                     raise ValueError(f"model.mask.strategy=hpm ranks slots by their reconstruction error; "
@@ -477,6 +482,34 @@ class MaskedAutoencoder(Exportable, nn.Module):
                 result["loss/hardness"] = ranking_loss(result["hardness"], result["errors"].detach(), (~pad).float())
                 result["loss"] = result["loss"] + result["loss/hardness"]
         return result
+
+    def _decode(self, latent: torch.Tensor, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor,
+                embed: nn.Module, mask_token: torch.Tensor, decoder: Transformer, detach_pos: bool = False) -> torch.Tensor:
+        """One decoder's output [B, M, Dd] for the slots ``idx`` from the encoder's ``latent`` [B, 1 + L, D] (its
+        ``embed``, ``mask_token`` and blocks; the slot positions from ``decoder_pos``, detached with ``detach_pos``)."""
+        y = embed(latent)  # [B, 1 + L, Dd]
+        if self.decoder_pos is None:
+            pos = self.decoder_pos_table
+        else:
+            pos = self.decoder_pos(ts.coords if isinstance(self.decoder_pos, CoordEmbed) else ts.pos)
+        pos = pos.expand(y.shape[0], -1, -1)  # [B, N, Dd]
+        if detach_pos:
+            pos = pos.detach()
+        cls_pad = pad.new_full((pad.shape[0], 1), not self.encoder.attend_cls)  # [B, 1]
+        if self.mode == "drop":
+            pos = torch.cat([torch.zeros_like(pos[:, :1]), gather_slots(pos, plan.keep), gather_slots(pos, idx)], 1)
+            seq = torch.cat([y, mask_token.expand(*idx.shape, -1)], dim=1) + pos  # [B, 1 + L + M, Dd]
+            seq_pad = torch.cat([cls_pad, plan.keep_pad, pad], dim=1)
+            bias = self._group_bias(ts.group, torch.cat([plan.keep, idx], 1), seq_pad)
+            out = decoder(seq, seq_pad, n_out=idx.shape[1], pos=pos if self.encoder.pos_every_block else None,
+                          bias=bias)
+        else:
+            pos = nn.functional.pad(pos, (0, 0, 1, 0))  # [B, 1 + N, Dd], none for cls
+            seq_pad = torch.cat([cls_pad, ~ts.valid], dim=1)
+            out = decoder(y + pos, seq_pad, pos=pos if self.encoder.pos_every_block else None,
+                          bias=self._group_bias(ts.group, None, seq_pad))
+            out = gather_slots(out[:, 1:], idx)  # [B, M, Dd]
+        return out
 
     def _group_bias(self, group: torch.Tensor, slots: torch.Tensor | None, pad: torch.Tensor) -> torch.Tensor | None:
         """With ``decoder_attention`` group: the decoder's attention bias [B, 1, 1 + L, 1 + L] over the cls slot and

@@ -133,10 +133,10 @@ def test_hpm_masking_from_the_config_keeps_separators_and_lead_shares_and_export
     assert kept[:, :, [0, -1]].all() and not plan.mask[ts.fixed].any()
     assert (kept[:, :, 1:-1].sum(-1) == 2).all()
     out["loss"].backward()
-    assert out["loss/hardness"] > 0 and mae.hardness_head.weight.grad.abs().sum() > 0
+    assert out["loss/hardness"] > 0 and mae.hardness.head.weight.grad.abs().sum() > 0
     data = CardiacDataConfig(window_s=3.0, patch=75, channels=list(LEADS), preprocessing="stmem")
     save_export(tmp_path / "export", mae, export_config(cfg, data))
     loaded, _ = load_cardiac_mae(tmp_path / "export")
-    torch.testing.assert_close(loaded.hardness_head.weight, mae.hardness_head.weight)
+    torch.testing.assert_close(loaded.hardness.head.weight, mae.hardness.head.weight)
     with pytest.raises(ValueError, match="hpm does not apply"):
         from_dict(CardiacModelConfig, {**MODEL, "norm_pix": False, "target": "frequency", "mask": mask}, "model.")

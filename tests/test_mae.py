@@ -268,6 +268,20 @@ def test_hpm_learns_to_rank_slots_by_their_reconstruction_loss():
     assert share[0] > share[1] + 0.1, share
 
 
+def test_the_loss_predictor_is_trained_by_its_ranking_term_alone():
+    """HPM's loss predictor reads the encoder's output detached: its ranking term reaches its own weights only, and
+    the reconstruction loss does not reach them."""
+    torch.manual_seed(0)
+    model = toy_mae(strategy="hpm")
+    out = model(_noisy_quadrant(8, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(0))
+    out["loss/hardness"].backward(retain_graph=True)
+    moved = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert moved == {n for n, _ in model.named_parameters() if n.startswith("hardness.")}, moved
+    model.zero_grad()
+    (out["loss"] - out["loss/hardness"]).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.hardness.parameters())
+
+
 def test_the_uncertainty_head_learns_where_values_are_noise_without_moving_the_prediction():
     """model.uncertainty: a log-variance per predicted value, read from the detached decoder output and trained on
     the detached error (the model's other gradients are unchanged); the spread of fills adds its variance, so the
