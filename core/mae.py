@@ -78,6 +78,9 @@ class MAEConfig:
     pixel_weight: float = 0.0  # target features: the weight of the pixel loss beside the feature loss
     uncertainty: bool = False  # a head on the detached decoder output predicts each predicted value's log-variance
     # (Gaussian likelihood of the error), so that a synthesis says how sure it is (MaskedAutoencoder.fill_spread)
+    colocated: bool = False  # each predicted patch adds a mix, weighted per group by the decoder, of the patches
+    # shown at the same place in the other groups (grid domains): a missing contrast, lead or band synthesised value
+    # by value from the present ones, not only from their patch tokens
     mask: MaskConfig = field(default_factory=MaskConfig)
     TARGETS = ("pixels", "frequency", "features")  # the values of ``target`` (a domain with its own targets lists them)
 
@@ -98,6 +101,9 @@ class MAEConfig:
                                  f"{getattr(self, heads)}")
         if self.target == "frequency" and self.norm_pix:
             raise ValueError("model.target=frequency scores the predicted image's spectrum: model.norm_pix does not apply")
+        if self.colocated and (self.norm_pix or self.target == "frequency"):
+            raise ValueError("model.colocated adds shown values to the prediction: it needs model.norm_pix=false and "
+                             "a target of hidden slots (not frequency)")
         if self.target == "frequency" and self.mask.strategy == "hpm":
             raise ValueError("model.target=frequency hides no slots: model.mask.strategy=hpm does not apply")
         if self.target == "features" and not self.teacher:
@@ -141,7 +147,8 @@ def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: in
     return MaskedAutoencoder(encoder, cfg.mask.build(), target, pred_dim, cfg.decoder_dim, cfg.decoder_depth,
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads,
                              cfg.norm_eps, cfg.decoder_pos, cfg.qkv_bias, cfg.head_dim, cfg.decoder_norm_eps,
-                             cfg.decoder_attention, frequency, teacher, cfg.pixel_weight, cfg.uncertainty)
+                             cfg.decoder_attention, frequency, teacher, cfg.pixel_weight, cfg.uncertainty,
+                             cfg.colocated)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -320,7 +327,7 @@ class MaskedAutoencoder(Exportable, nn.Module):
                  decoder_pos: str = "learned", qkv_bias: bool = True, head_dim: int | None = None,
                  decoder_norm_eps: float | None = None, decoder_attention: str = "all",
                  frequency: FrequencyMasking | None = None, teacher: TeacherFeatures | None = None,
-                 pixel_weight: float = 0.0, uncertainty: bool = False):
+                 pixel_weight: float = 0.0, uncertainty: bool = False, colocated: bool = False):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
@@ -368,12 +375,20 @@ class MaskedAutoencoder(Exportable, nn.Module):
         self.hardness = LossPredictor(D, decoder_dim, decoder_stack()) if isinstance(masking, HardPatchMasking) else None
         self.progress = 0.0  # share of training done (0 to 1), set by the Trainer each step: HPM's schedule
         self.teacher, self.pixel_weight = teacher, pixel_weight
+        self.colocated = None  # per predicted slot, one weight per group for its shown patch at the same place
+        if colocated:
+            if not (hasattr(encoder.tokenizer, "unpatchify") and hasattr(encoder.tokenizer, "spatial")):
+                raise ValueError(f"model.colocated needs groups on one grid; {type(encoder.tokenizer).__name__} has none")
+            self.colocated = nn.Linear(decoder_dim, len(encoder.group_names))
         self.feature_pred = nn.Linear(decoder_dim, teacher.width) if teacher is not None else None
         for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness,
                   self.feature_pred, self.logvar_pred):
             if m is not None:
                 m.apply(_init_weights)
         nn.init.normal_(self.decoder_mask_token, std=0.02)
+        if self.colocated is not None:  # starts as the plain MAE
+            nn.init.zeros_(self.colocated.weight)
+            nn.init.zeros_(self.colocated.bias)
         if self.hardness is not None:
             nn.init.normal_(self.hardness.mask_token, std=0.02)
 
@@ -455,6 +470,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
         out = self._decode(latent, ts, plan, idx, pad, self.decoder_embed, self.decoder_mask_token, self.decoder)
         group = ts.group.gather(1, idx)  # [B, M]
         pred = self.decoder_pred(out, group) if isinstance(self.decoder_pred, GroupHeads) else self.decoder_pred(out)
+        if self.colocated is not None:
+            pred = pred + self._colocated_mix(out, ts, plan, idx)
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
         if ts.target is not None:
             result.update(self.target(pred, ts, idx, (~pad).float(), self.group_names))
@@ -482,6 +499,16 @@ class MaskedAutoencoder(Exportable, nn.Module):
                 result["loss/hardness"] = ranking_loss(result["hardness"], result["errors"].detach(), (~pad).float())
                 result["loss"] = result["loss"] + result["loss/hardness"]
         return result
+
+    def _colocated_mix(self, out: torch.Tensor, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor) -> torch.Tensor:
+        """For the slots ``idx`` [B, M], the decoder-weighted sum [B, M, P] of every group's patch at the same place
+        where ``plan`` shows it (0 where it is hidden or invalid, so a hidden value never enters)."""
+        B, N, P = ts.target.shape
+        G = len(self.group_names)
+        shown = ts.valid & ~plan.mask  # [B, N]
+        values = (ts.target * shown[..., None]).view(B, G, N // G, P)  # group-major slots
+        here = values.gather(2, (idx % (N // G))[:, None, :, None].expand(B, G, -1, P))  # [B, G, M, P]
+        return torch.einsum("bmg,bgmp->bmp", self.colocated(out), here)
 
     def _decode(self, latent: torch.Tensor, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor,
                 embed: nn.Module, mask_token: torch.Tensor, decoder: Transformer, detach_pos: bool = False) -> torch.Tensor:

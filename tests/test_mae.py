@@ -282,6 +282,43 @@ def test_the_loss_predictor_is_trained_by_its_ranking_term_alone():
     assert all(p.grad is None or not p.grad.any() for p in model.hardness.parameters())
 
 
+def _texture(n, g):
+    """Group b is -0.5 x group a value by value, and a is white noise: no patch token carries b, the place does."""
+    a = torch.randn(n, 1, 1, 16, 16, generator=g)
+    return {"image": torch.cat([a, -0.5 * a], 1), "present": torch.ones(n, 2, dtype=torch.bool)}
+
+
+def test_the_colocated_mix_adds_the_shown_patches_at_the_same_place_and_never_a_hidden_one():
+    torch.manual_seed(0)
+    model = toy_mae(colocated=True).eval()
+    batch = _texture(4, torch.Generator().manual_seed(0))
+    plain = model.fill(batch, ["b"])
+    model.colocated.bias.data = torch.tensor([2.0, 5.0])  # weight 2 for group a's patch, 5 for b's own (hidden)
+    mixed = model.fill(batch, ["b"])
+    a = mixed["tokenset"].target[:, :16]  # [B, 16, P]: group a's patches, b's slots are 16 + the same place
+    place = (mixed["pred_idx"] % 16)[..., None].expand_as(mixed["pred"])  # [B, M, P]
+    torch.testing.assert_close(mixed["pred"] - plain["pred"], 2.0 * a.gather(1, place))
+    changed = dict(batch, image=batch["image"].clone())
+    changed["image"][:, 1] += 1.0  # b is hidden: its values never enter the prediction
+    torch.testing.assert_close(model.fill(changed, ["b"])["pred"], mixed["pred"])
+
+
+def test_the_colocated_mix_synthesises_a_group_that_only_the_same_place_predicts():
+    losses = {}
+    for colocated in (False, True):
+        torch.manual_seed(0)
+        model = toy_mae(colocated=colocated)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(60):
+            out = model(_texture(16, g), g)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        losses[colocated] = float(model.eval().fill(_texture(16, torch.Generator().manual_seed(1)), ["b"])["loss"])
+    assert losses[False] > 0.2 and losses[True] < 0.02, losses  # b's variance is 0.25
+
+
 def test_the_uncertainty_head_learns_where_values_are_noise_without_moving_the_prediction():
     """model.uncertainty: a log-variance per predicted value, read from the detached decoder output and trained on
     the detached error (the model's other gradients are unchanged); the spread of fills adds its variance, so the
@@ -322,3 +359,11 @@ def test_the_uncertainty_head_needs_values_per_slot():
     with pytest.raises(ValueError, match="model.uncertainty needs a patch target"):
         build_point_mae(PointModelConfig(dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2,
                                          uncertainty=True), 8, 8)
+
+
+@pytest.mark.parametrize("conflict", [{"norm_pix": True}, {"target": "frequency"}])
+def test_the_colocated_mix_refuses_targets_it_cannot_add_values_to(conflict):
+    from scimae.core.mae import MAEConfig
+
+    with pytest.raises(ValueError, match="model.colocated"):
+        MAEConfig(colocated=True, **conflict)
