@@ -453,7 +453,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
         valid slot shown (HPM asks its EMA teacher, unmasked; here the model itself answers)."""
         shown = full_plan(ts.valid)
         latent, _ = self.encoder.run(ts, shown, self.mode)  # [B, 1 + N', D]
-        hardness = self._hardness(latent, ts, shown, shown.keep, shown.keep_pad).float().masked_fill(shown.keep_pad, 0.0)
+        hardness = self._hardness(latent, ts, shown, shown.keep, shown.keep_pad).float()  # [B, K]
+        hardness = hardness.masked_fill(shown.keep_pad, 0.0)
         return hardness.new_zeros(ts.valid.shape).scatter(1, shown.keep, hardness)  # [B, N]
 
     def _hardness(self, latent, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:

@@ -238,6 +238,19 @@ def _noisy_quadrant(n, g):
     return batch
 
 
+def _train(model, make_batch, steps: int):
+    """``steps`` AdamW steps (lr 3e-3) on batches of 16 from ``make_batch(n, generator)``, with the Trainer's progress."""
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        model.progress = step / steps
+        out = model(make_batch(16, g), g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    return out
+
+
 def test_hpm_learns_to_rank_slots_by_their_reconstruction_loss():
     """Where a quadrant of each group is noise, the loss predictor ranks the hidden slots as their true errors rank them,
     and the masking then hides the noisy slots first."""
@@ -245,14 +258,7 @@ def test_hpm_learns_to_rank_slots_by_their_reconstruction_loss():
 
     torch.manual_seed(0)
     model = toy_mae(strategy="hpm")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for step in range(120):
-        model.progress = step / 120
-        out = model(_noisy_quadrant(16, g), g)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    out = _train(model, _noisy_quadrant, 120)
     assert "loss/hardness" in out and out["hardness"].shape == out["pred_idx"].shape
     model.eval()
     batch = _noisy_quadrant(32, torch.Generator().manual_seed(1))
@@ -308,13 +314,7 @@ def test_the_colocated_mix_synthesises_a_group_that_only_the_same_place_predicts
     for colocated in (False, True):
         torch.manual_seed(0)
         model = toy_mae(colocated=colocated)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(60):
-            out = model(_texture(16, g), g)
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
+        _train(model, _texture, 60)
         losses[colocated] = float(model.eval().fill(_texture(16, torch.Generator().manual_seed(1)), ["b"])["loss"])
     assert losses[False] > 0.2 and losses[True] < 0.02, losses  # b's variance is 0.25
 
@@ -330,13 +330,7 @@ def test_the_uncertainty_head_learns_where_values_are_noise_without_moving_the_p
     grads = torch.autograd.grad(out["loss/uncertainty"], [model.decoder_pred.weight, *model.encoder.parameters(),
                                                           *model.decoder.parameters()], allow_unused=True)
     assert all(g is None for g in grads)  # the likelihood term moves neither the prediction nor the features
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(120):
-        out = model(_noisy_quadrant(16, g), g)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    _train(model, _noisy_quadrant, 120)
     model.eval()
     test = _noisy_quadrant(8, torch.Generator().manual_seed(1))
     test["present"][:, 1] = False  # group b synthesised from group a
