@@ -3,7 +3,8 @@
 From one run:
 
 1. farthest point sampling, kNN and Chamfer distance: every available backend (torch, open3d on the CPU,
-   pytorch3d where installed) on the same inputs, with whether it agrees with torch;
+   pytorch3d where installed) on the same inputs, with whether it agrees with torch (where open3d is installed
+   the point-cloud datasets run its FPS per cloud in the data workers, so the step only runs kNN);
 2. one split of the synthetic clouds (four chiral objects and their mirror images, randomly rotated: the
    classes are left and right), then pretraining on the training clouds only;
 3. frozen features (max-and-mean pooled) of the pretrained encoder, of the same encoder at random
@@ -34,7 +35,8 @@ from scimae.core.data import seeded_split
 from scimae.domains.scene3d.data import PointClouds, PointDataConfig, find_clouds
 from scimae.domains.scene3d.finetune import load_point_classifier
 from scimae.domains.scene3d.model import PointModelConfig, build_point_mae, load_point_mae
-from scimae.domains.scene3d.transforms import farthest_point_sample, has_pytorch3d, knn, summary_statistics
+from scimae.domains.scene3d.transforms import (cloud_centres, farthest_point_sample, has_pytorch3d, knn,
+                                               summary_statistics)
 
 MODEL = {"dim": 128, "depth": 4, "heads": 4, "decoder_dim": 96, "decoder_depth": 1, "decoder_heads": 4}
 DATA = {"n_points": 512, "n_groups": 32, "group_size": 16}  # a quarter of Point-MAE's points per step: CPU-sized
@@ -49,15 +51,10 @@ def per_call(fn, repeats: int = 5) -> float:
 
 
 def open3d_fps(points: torch.Tensor, k: int) -> torch.Tensor:
-    """open3d's farthest_point_down_sample, one call per cloud (it returns the chosen points in index order), and
-    their indices -> [B, k], sorted."""
+    """open3d's FPS as the data workers run it, one call per cloud (index order) -> [B, k]."""
     import numpy as np
-    import open3d as o3d
 
-    chosen = torch.from_numpy(np.stack([np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
-                                                   .farthest_point_down_sample(k).points)
-                                        for p in points.double().cpu().numpy()])).to(points)
-    return torch.cdist(chosen, points).argmin(-1)
+    return torch.from_numpy(np.stack([cloud_centres(p, k) for p in points.cpu().numpy()]))
 
 
 def open3d_knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:

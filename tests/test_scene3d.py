@@ -12,7 +12,7 @@ from scimae.domains.scene3d.data import NerfDataConfig, NerfGrids, PointClouds, 
 from scimae.domains.scene3d.io import read_cloud, read_grid, read_h5, write_cloud
 from scimae.domains.scene3d.finetune import VoxelHead
 from scimae.domains.scene3d.model import (ChamferTarget, NerfModelConfig, OpacityWeightedTarget, PointModelConfig,
-                                          PointNetEmbed, build_nerf_mae, build_point_mae)
+                                          PointNetEmbed, PointTokenizer, build_nerf_mae, build_point_mae)
 from scimae.domains.scene3d.transforms import (density_to_opacity, farthest_point_sample, group_points, has_pytorch3d,
                                                knn, normalize_unit_sphere, resample)
 
@@ -149,6 +149,23 @@ def test_fps_and_knn_match_a_direct_reference():
     centres, neigh = group_points(pts, 16, 8)
     assert centres.shape == (3, 16, 3) and neigh.shape == (3, 16, 8, 3)
     assert torch.allclose(neigh[:, :, 0], torch.zeros(3, 16, 3))  # the nearest point is the centre itself
+
+
+def test_the_data_workers_fps_agrees_with_the_step_and_the_tokenizer_uses_it(tmp_path):
+    """With open3d, each cloud comes with its FPS centres (index order); they are the torch FPS's set, and the
+    tokenizer's groups from them are the step's own groups, up to their order."""
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(size=(700, 3)))
+    ds = PointClouds(find_clouds(tmp_path)[0], PointDataConfig(n_points=512, n_groups=32, group_size=16), train=True)
+    sample = ds[0]
+    points, centres = sample["points"][None], sample["centres"][None]  # [1, 512, 3], [1, 32]
+    assert centres.tolist() == [sorted(_fps_reference(points[0].numpy().astype(np.float64), 32))]
+    tok = PointTokenizer(32, 16, 24)
+    given, own = tok({"points": points, "centres": centres}), tok({"points": points})
+    order = own.coords[0].argsort(0)[:, 0], given.coords[0].argsort(0)[:, 0]  # both orders by x
+    torch.testing.assert_close(given.coords[0, order[1]], own.coords[0, order[0]])
+    torch.testing.assert_close(given.target[0, order[1]], own.target[0, order[0]])
+    with pytest.raises(ValueError, match=r"batch 'centres' must be \[1, 32\] point indices"):
+        tok({"points": points, "centres": centres[:, :8]})
 
 
 @pytest.mark.skipif(not has_pytorch3d(), reason="pytorch3d is not installed (no CPU build for this torch)")

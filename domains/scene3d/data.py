@@ -16,8 +16,8 @@ from scimae.core.files import find_files
 from scimae.core.preflight import ON_ERROR_RULE, preflight
 from scimae.domains.scene3d import synthetic
 from scimae.domains.scene3d.io import CLOUD_SUFFIXES, MESH_SUFFIXES, read_cloud, read_grid, read_h5
-from scimae.domains.scene3d.transforms import (augment, check_count, density_to_opacity, fit_grid, normalize_unit_sphere,
-                                               resample)
+from scimae.domains.scene3d.transforms import (augment, check_count, cloud_centres, density_to_opacity, fit_grid,
+                                               has_open3d, normalize_unit_sphere, resample)
 
 log = logging.getLogger(__name__)
 IGNORE = 255  # voxel label for padding
@@ -99,8 +99,9 @@ def cloud_root(cfg: PointDataConfig) -> Path:
 
 
 class PointClouds(Dataset):
-    """Clouds normalised to the unit sphere and resampled to ``n_points``: points [n, 3], y (label or -1).
-    Training samples are augmented (rotation, scale, shift) and drawn afresh each epoch."""
+    """Clouds normalised to the unit sphere and resampled to ``n_points``: points [n, 3], y (label or -1) and,
+    where open3d is installed, centres [n_groups] (FPS indices). Training samples are augmented (rotation, scale,
+    shift) and drawn afresh each epoch."""
 
     def __init__(self, entries: list[Entry], cfg: PointDataConfig, train: bool, seed: int = 0):
         self.entries, self.cfg, self.train = entries, cfg, train
@@ -108,6 +109,7 @@ class PointClouds(Dataset):
         self._cache: dict[int, np.ndarray] = {}
         self._h5: dict[Path, np.ndarray] = {}
         self.dropped = 0  # non-finite points dropped on reading
+        self.open3d = has_open3d()  # FPS per cloud here (open3d) rather than per batch in the step (torch)
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -146,7 +148,11 @@ class PointClouds(Dataset):
         points = resample(self.cloud(i), self.cfg.n_points, rng)
         if self.train:
             points = augment(points, rng, self.cfg.rotation)
-        return {"points": torch.from_numpy(np.ascontiguousarray(points, np.float32)), "y": torch.tensor(e.label)}
+        points = np.ascontiguousarray(points, np.float32)
+        sample = {"points": torch.from_numpy(points), "y": torch.tensor(e.label)}
+        if self.open3d:  # the FPS centres, here where the workers overlap it with the step
+            sample["centres"] = torch.from_numpy(cloud_centres(points, self.cfg.n_groups))
+        return sample
 
 
 @dataclass

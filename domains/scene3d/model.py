@@ -80,7 +80,10 @@ class PointTokenizer(nn.Module):
         B, N, _ = points.shape
         if N < self.group_size or N < self.n_groups:
             raise ValueError(f"PointTokenizer needs at least {max(self.group_size, self.n_groups)} points, got {N}")
-        centres, neigh = group_points(points, self.n_groups, self.group_size)  # [B, G, 3], [B, G, k, 3]
+        given = batch.get("centres")  # [B, G] FPS indices from the data workers, where they compute them
+        if given is not None and given.shape != (B, self.n_groups):
+            raise ValueError(f"batch 'centres' must be [{B}, {self.n_groups}] point indices, got {tuple(given.shape)}")
+        centres, neigh = group_points(points, self.n_groups, self.group_size, given)  # [B, G, 3], [B, G, k, 3]
         pos = self.pos_embed(centres)  # [B, G, D]
         G, k = self.n_groups, self.group_size
 

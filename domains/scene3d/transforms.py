@@ -1,5 +1,6 @@
 """Point-cloud and radiance-grid preprocessing: unit-sphere normalisation, resampling to a fixed size,
-augmentation, grouping (farthest point sampling and k nearest neighbours), and density to opacity."""
+augmentation, grouping (farthest point sampling, per cloud with open3d in the data workers or per batch in torch or
+pytorch3d, and k nearest neighbours), and density to opacity."""
 from __future__ import annotations
 
 import logging
@@ -59,6 +60,24 @@ def has_pytorch3d() -> bool:
     return True
 
 
+def has_open3d() -> bool:
+    try:
+        import open3d  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cloud_centres(points: np.ndarray, k: int) -> np.ndarray:
+    """Indices [k] of ``k`` farthest points of one cloud [N, 3], starting from point 0, in index order: open3d's
+    ``farthest_point_down_sample``, which returns the chosen points (distinct, so each maps back to one index)."""
+    import open3d as o3d
+
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    chosen = np.asarray(cloud.farthest_point_down_sample(k).points, dtype=points.dtype)  # [k, 3]
+    return ((chosen[:, None] - points[None]) ** 2).sum(-1).argmin(1)  # [k]
+
+
 def farthest_point_sample(points: torch.Tensor, k: int, use_pytorch3d: bool | None = None) -> torch.Tensor:
     """Indices [B, k] of ``k`` farthest points of points [B, N, 3], starting from point 0 (pytorch3d's
     ``sample_farthest_points`` where installed; the same rule in torch otherwise)."""
@@ -88,10 +107,13 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, use_pytorch3d: bool |
     return torch.cdist(query, points).topk(k, dim=-1, largest=False, sorted=True).indices
 
 
-def group_points(points: torch.Tensor, n_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """points [B, N, 3] -> centres [B, G, 3] (FPS) and neighbourhoods [B, G, k, 3] relative to their centre."""
+def group_points(points: torch.Tensor, n_groups: int, group_size: int,
+                 centre_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """points [B, N, 3] -> centres [B, G, 3] (FPS, unless ``centre_idx`` [B, G] gives them) and neighbourhoods
+    [B, G, k, 3] relative to their centre."""
     with torch.no_grad():
-        centre_idx = farthest_point_sample(points, n_groups)  # [B, G]
+        if centre_idx is None:
+            centre_idx = farthest_point_sample(points, n_groups)  # [B, G]
         centres = points.gather(1, centre_idx[..., None].expand(-1, -1, 3))
         nn_idx = knn(centres, points, group_size)  # [B, G, k]
     B, G, k = nn_idx.shape
