@@ -376,19 +376,23 @@ class MaskedAutoencoder(Exportable, nn.Module):
         self.progress = 0.0  # share of training done (0 to 1), set by the Trainer each step: HPM's schedule
         self.teacher, self.pixel_weight = teacher, pixel_weight
         self.colocated = None  # per predicted slot, one weight per group for its shown patch at the same place
+        self.colocated_logvar = None  # with uncertainty: weights of those values and their squares in the log-variance
         if colocated:
             if not (hasattr(encoder.tokenizer, "unpatchify") and hasattr(encoder.tokenizer, "spatial")):
                 raise ValueError(f"model.colocated needs groups on one grid; {type(encoder.tokenizer).__name__} has none")
             self.colocated = nn.Linear(decoder_dim, len(encoder.group_names))
+            if uncertainty:
+                self.colocated_logvar = nn.Linear(decoder_dim, 2 * len(encoder.group_names))
         self.feature_pred = nn.Linear(decoder_dim, teacher.width) if teacher is not None else None
         for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness,
                   self.feature_pred, self.logvar_pred):
             if m is not None:
                 m.apply(_init_weights)
         nn.init.normal_(self.decoder_mask_token, std=0.02)
-        if self.colocated is not None:  # starts as the plain MAE
-            nn.init.zeros_(self.colocated.weight)
-            nn.init.zeros_(self.colocated.bias)
+        for m in (self.colocated, self.colocated_logvar):  # starts as the plain MAE
+            if m is not None:
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
         if self.hardness is not None:
             nn.init.normal_(self.hardness.mask_token, std=0.02)
 
@@ -471,8 +475,9 @@ class MaskedAutoencoder(Exportable, nn.Module):
         out = self._decode(latent, ts, plan, idx, pad, self.decoder_embed, self.decoder_mask_token, self.decoder)
         group = ts.group.gather(1, idx)  # [B, M]
         pred = self.decoder_pred(out, group) if isinstance(self.decoder_pred, GroupHeads) else self.decoder_pred(out)
-        if self.colocated is not None:
-            pred = pred + self._colocated_mix(out, ts, plan, idx)
+        here = self._colocated(ts, plan, idx) if self.colocated is not None else None  # [B, G, M, P]
+        if here is not None:
+            pred = pred + torch.einsum("bmg,bgmp->bmp", self.colocated(out), here)
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
         if ts.target is not None:
             result.update(self.target(pred, ts, idx, (~pad).float(), self.group_names))
@@ -485,7 +490,11 @@ class MaskedAutoencoder(Exportable, nn.Module):
         if self.logvar_pred is not None:
             heads = self.logvar_pred
             frozen = out.detach()  # a read-out of the decoder: the reconstruction and the features stay as they are
-            result["logvar"] = (heads(frozen, group) if isinstance(heads, GroupHeads) else heads(frozen)).clamp(-12, 12)
+            logvar = heads(frozen, group) if isinstance(heads, GroupHeads) else heads(frozen)  # [B, M, P]
+            if here is not None:  # value by value: how sure a synthesis is may follow the values it is made from
+                weights = self.colocated_logvar(frozen)  # [B, M, 2G]
+                logvar = logvar + torch.einsum("bmg,bgmp->bmp", weights, torch.cat([here, here * here], 1))
+            result["logvar"] = logvar.clamp(-12, 12)
             if ts.target is not None:  # the error in the target's units, detached: the prediction itself is unchanged
                 error = self.target.to_values(pred, ts, idx).detach() - gather_slots(ts.target, idx)  # [B, M, P]
                 nll = gaussian_nll(result["logvar"], error, PatchTarget.used_values(ts, group))  # [B, M]
@@ -501,15 +510,14 @@ class MaskedAutoencoder(Exportable, nn.Module):
                 result["loss"] = result["loss"] + result["loss/hardness"]
         return result
 
-    def _colocated_mix(self, out: torch.Tensor, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor) -> torch.Tensor:
-        """For the slots ``idx`` [B, M], the decoder-weighted sum [B, M, P] of every group's patch at the same place
-        where ``plan`` shows it (0 where it is hidden or invalid, so a hidden value never enters)."""
+    def _colocated(self, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor) -> torch.Tensor:
+        """For the slots ``idx`` [B, M], every group's patch at the same place [B, G, M, P] where ``plan`` shows it
+        (0 where it is hidden or invalid, so a hidden value never enters)."""
         B, N, P = ts.target.shape
         G = len(self.group_names)
         shown = ts.valid & ~plan.mask  # [B, N]
         values = (ts.target * shown[..., None]).view(B, G, N // G, P)  # group-major slots
-        here = values.gather(2, (idx % (N // G))[:, None, :, None].expand(B, G, -1, P))  # [B, G, M, P]
-        return torch.einsum("bmg,bgmp->bmp", self.colocated(out), here)
+        return values.gather(2, (idx % (N // G))[:, None, :, None].expand(B, G, -1, P))  # [B, G, M, P]
 
     def _decode(self, latent: torch.Tensor, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor,
                 embed: nn.Module, mask_token: torch.Tensor, decoder: Transformer, detach_pos: bool = False) -> torch.Tensor:

@@ -347,6 +347,35 @@ def test_the_uncertainty_head_learns_where_values_are_noise_without_moving_the_p
     torch.testing.assert_close(still, expected)
 
 
+def _heteroscedastic(n, g):
+    """Group b is -0.5 x group a plus noise of standard deviation 0.5 |a|, value by value: how sure b's synthesis
+    can be is a matter of the value at the same place."""
+    a = torch.randn(n, 1, 1, 16, 16, generator=g)
+    noise = torch.randn(n, 1, 1, 16, 16, generator=g)
+    return {"image": torch.cat([a, -0.5 * a + 0.5 * a.abs() * noise], 1), "present": torch.ones(n, 2, dtype=torch.bool)}
+
+
+def test_with_the_colocated_mix_the_predicted_variance_follows_the_values_at_the_same_place():
+    """model.colocated with model.uncertainty: the log-variance adds a decoder-weighted mix of the co-located shown
+    values and their squares, so it can vary value by value inside a patch, as the noise does here; a patch token
+    alone cannot. The term starts at 0 and is trained by the likelihood alone."""
+    from scipy.stats import spearmanr
+
+    rho = {}
+    for colocated in (False, True):
+        torch.manual_seed(0)
+        model = toy_mae(uncertainty=True, colocated=colocated)
+        if colocated:
+            assert not model.colocated_logvar.weight.any() and not model.colocated_logvar.bias.any()
+        _train(model, _heteroscedastic, 120)
+        test = _heteroscedastic(8, torch.Generator().manual_seed(1))
+        out = model.eval().fill(test, ["b"])
+        a = out["tokenset"].target[:, :16]  # [B, 16, P]: group a's patches at b's places
+        a = a.gather(1, (out["pred_idx"] % 16)[..., None].expand_as(out["logvar"]))  # [B, M, P]
+        rho[colocated] = spearmanr(out["logvar"].flatten(), a.abs().flatten()).statistic
+    assert rho[True] > 0.6 and rho[False] < 0.3, rho
+
+
 def test_the_uncertainty_head_needs_values_per_slot():
     from scimae.domains.scene3d.model import PointModelConfig, build_point_mae
 
