@@ -26,7 +26,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from common import link_files, parse, parser, report, run_pipeline
+from core_step import interleaved, stepper
 from scimae.core.config import run_cli
+from scimae.core.engine import make_optimizer
 from scimae.core.evaluate import (encoder_features, extract_features, finetune_rows, held_back,
                                    predict_classes, probe_rows)
 from scimae.core.losses import chamfer_torch
@@ -105,6 +107,21 @@ def point_ops(device: torch.device) -> None:
         print(line)
 
 
+def grouping_in_step(model, dataset) -> None:
+    """The pretraining step on 32 clouds with the FPS centres the data workers computed (open3d) against the same
+    step running FPS itself (torch or pytorch3d)."""
+    batch = next(iter(DataLoader(dataset, batch_size=32)))
+    if "centres" not in batch:
+        print("pretraining step: open3d not installed, FPS runs in the step")
+        return
+    g, opt = torch.Generator().manual_seed(0), make_optimizer(model.parameters(), 1e-4)
+    alone = {k: v for k, v in batch.items() if k != "centres"}
+    t = interleaved({"workers": stepper(model, lambda m: m(batch, g)["loss"], opt),
+                     "step": stepper(model, lambda m: m(alone, g)["loss"], opt)}, 5)
+    print(f"pretraining step, 32 clouds: FPS in the data workers {t['workers'] * 1e3:.0f} ms, FPS in the step "
+          f"{t['step'] * 1e3:.0f} ms -> {t['step'] / t['workers']:.2f}x")
+
+
 def _p3d_chamfer(groups: torch.Tensor) -> torch.Tensor:
     from pytorch3d.loss import chamfer_distance
 
@@ -134,6 +151,7 @@ def main():
     mae, config = load_point_mae(export)
     cfg = PointDataConfig(**DATA)
     sets = [PointClouds(side, cfg, train=False) for side in (train, val)]
+    grouping_in_step(build_point_mae(PointModelConfig(**MODEL), cfg.n_groups, cfg.group_size), sets[0])
 
     def features(encoder) -> tuple:
         return encoder_features(encoder, *(DataLoader(d, batch_size=64) for d in sets), "max_mean")
