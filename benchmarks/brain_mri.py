@@ -14,9 +14,13 @@ intensities in both classes: ``side`` (the lesion in the left or right hemispher
    chosen from --lrs by fine-tuning on 4 labels and scoring on the 5th; no left-right flips), with McNemar's test;
 5. the pretrained encoder with T1ce missing: its probe score against the full input.
 
-Writes evaluation.csv and evaluation.png into --out. Usage:
+Writes evaluation.csv and evaluation.png into --out. With ``--imputation EXPORT`` it measures instead how a
+brats_pretrain export synthesises T1ce and FLAIR on the cases it held out (``--data``, default the pipeline's
+synthetic set): PSNR of the synthesis and of the training cases' mean image, and the Spearman correlation between
+the uncertainty of K syntheses (``--uncertainty K``) and the absolute error. Usage:
   python benchmarks/brain_mri.py [--out DIR] [--label side|pattern] [--cases 560] [--pretrain-epochs 4] [--norm-pix]
                                  [--quick]
+  python benchmarks/brain_mri.py --imputation EXPORT [--data DIR] [--uncertainty 8]
 """
 from __future__ import annotations
 
@@ -25,7 +29,11 @@ import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from monai.metrics import PSNRMetric
+from monai.transforms import NormalizeIntensity
+from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
 
 from common import link_files, parse, parser, report, run_pipeline
@@ -37,7 +45,8 @@ from scimae.core.evaluate import (encoder_features, extract_features, finetune_r
 from scimae.domains.brain_mri import synthetic
 from scimae.core.data import seeded_split
 from scimae.domains.brain_mri.data import BrainDataConfig, class_targets, collate, make_dataset, restrict
-from scimae.domains.brain_mri.io import discover_cases
+from scimae.domains.brain_mri.inference import reconstruct_case
+from scimae.domains.brain_mri.io import discover_cases, read_volume
 from scimae.domains.brain_mri.model import BrainModelConfig, build_brain_mae, load_brain_mae
 from scimae.domains.brain_mri.transforms import summary_statistics
 from scimae.domains.brain_mri.finetune import load_finetuned
@@ -61,6 +70,53 @@ def loader_vs_step(dataset, mae) -> None:
           f"volumes/s -> loader/step = {load_rate / step_rate:.1f}")
 
 
+def imputation(export: str, root: str | None, draws: int) -> dict:
+    """T1ce and FLAIR of each case the export held out that has them, synthesised from its others as brats_reconstruct does
+    (on the case's grid, z-scored): PSNR against the true volume over the brain, beside the PSNR of the training
+    cases' mean image of that modality, and Spearman's rank correlation of the uncertainty with the absolute error,
+    over the brain's voxels of every case and per case. Returns them per modality."""
+    model, config = load_brain_mae(export)
+    model.eval()
+    cases = discover_cases(root or BrainDataConfig().synthetic.write())
+    held = [c for c in cases if c.case_id in set(config["held_out"])]
+    train = [c for c in cases if c.case_id not in set(config["held_out"])]
+    zscore = NormalizeIntensity(nonzero=True)
+
+    def truth(case, modality: str) -> np.ndarray:  # [X, Y, Z] z-scored over the brain, 0 outside
+        return np.asarray(zscore(read_volume(case.paths[modality])[0]))
+
+    results = {}
+    for modality in ("t1ce", "flair"):
+        mean_image = np.mean([truth(c, modality) for c in train if modality in c.paths], axis=0)  # [X, Y, Z]
+        rows = []
+        scored = [c for c in held if modality in c.paths and len(c.paths) > 1]
+        if not scored:
+            print(f"{modality}: no held-out case has it beside another modality")
+            continue
+        for case in scored:
+            (synthesis, spread), _, _ = reconstruct_case(model, config, case, modality, uncertainty=draws)
+            true = truth(case, modality)
+            brain = (true != 0) & (synthesis != 0)
+            top = float(true[brain].max() - true[brain].min())
+
+            def psnr(image: np.ndarray) -> float:
+                metric = PSNRMetric(top)
+                return float(metric(torch.as_tensor(image[brain])[None, None], torch.as_tensor(true[brain])[None, None]))
+
+            error = np.abs(synthesis - true)[brain]
+            rows.append((psnr(synthesis), psnr(mean_image), spearmanr(spread[brain], error)[0], spread[brain], error))
+        per_case = [r[2] for r in rows]
+        results[modality] = r = {
+            "cases": len(rows), "psnr": float(np.mean([r[0] for r in rows])),
+            "mean_image_psnr": float(np.mean([r[1] for r in rows])), "spearman_per_case": float(np.mean(per_case)),
+            "spearman": float(spearmanr(np.concatenate([r[3] for r in rows]), np.concatenate([r[4] for r in rows]))[0])}
+        print(f"{modality} from the others, {r['cases']} held-out cases: PSNR synthesis {r['psnr']:.2f} dB, mean image "
+              f"{r['mean_image_psnr']:.2f} dB; uncertainty ({draws} syntheses) vs absolute error, Spearman: all voxels "
+              f"{r['spearman']:.3f}, per case {r['spearman_per_case']:.3f} (min {np.min(per_case):.3f}, "
+              f"max {np.max(per_case):.3f})")
+    return results
+
+
 def main():
     ap = parser(__doc__, "brain_mri", pretrain_epochs=4, finetune_epochs=None)
     ap.add_argument("--cases", type=int, default=560, help="synthetic cases")
@@ -68,7 +124,13 @@ def main():
     ap.add_argument("--label", default="side", choices=["side", "pattern"], help="the label column probed")
     ap.add_argument("--norm-pix", action="store_true", help="pretrain on MAE's per-patch normalised target")
     ap.add_argument("--finetune-repeats", type=int, default=24, help="passes over the labelled cases (one epoch)")
+    ap.add_argument("--imputation", metavar="EXPORT", help="measure a brats_pretrain export's synthesis instead")
+    ap.add_argument("--data", help="with --imputation: the cases (default: the pipeline's synthetic set)")
+    ap.add_argument("--uncertainty", type=int, default=8, metavar="K", help="with --imputation: syntheses per case")
     args = parse(ap, cases=24, finetune_repeats=2)
+    if args.imputation:
+        imputation(args.imputation, args.data, args.uncertainty)
+        return
     out = Path(args.out)
     t = time.perf_counter()
     root = synthetic.write_dataset(None, args.cases)

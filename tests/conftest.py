@@ -1,3 +1,4 @@
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,6 +17,16 @@ def shared_data(sub: str) -> Path:
     if not path.exists():
         pytest.skip(f"real sample data not present at {path} (the shared data folder is absent)")
     return path
+
+
+def load_benchmark(name: str):
+    """A benchmarks/ script as a module, its siblings importable as when it runs as a script."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def collate(samples):

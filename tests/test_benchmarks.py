@@ -1,20 +1,11 @@
 """The core step benchmark runs and measures what it says, at toy size."""
-import importlib.util
 import sys
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))  # as when a benchmark runs as a script: siblings import each other
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_benchmark as _load
 
 
 def test_core_step_benchmark_toy():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_benchmark
 from scimae.core import DataError
 from scimae.core.engine import read_metrics
 from scimae.domains.brain_mri.data import BrainDataConfig, collate, make_dataset
@@ -119,6 +119,23 @@ def test_reconstruct_writes_the_missing_contrast_on_the_input_grid(pretrained):
     assert len(list(full.glob("*_t*.nii.gz")) + list(full.glob("*_flair.nii.gz"))) == 4
     with pytest.raises(ValueError, match="SynBraTS_00002 has every contrast; name the one to synthesise"):
         brats_reconstruct.main(["--model", str(pretrained / "runs" / "pre" / "export"), "--case", str(full)])
+
+
+def test_imputation_benchmark_scores_each_held_out_case_that_has_the_contrast(pretrained, capsys):
+    export = pretrained / "runs" / "pre" / "export"
+    held = set(json.loads((export / "config.json").read_text())["held_out"])
+    results = load_benchmark("brain_mri").imputation(str(export), str(pretrained / "data"), 2)
+    out = capsys.readouterr().out
+    for modality in ("t1ce", "flair"):
+        having = [c for c in discover_cases(pretrained / "data") if c.case_id in held and modality in c.paths]
+        if not having:
+            assert modality not in results and f"{modality}: no held-out case has it" in out
+            continue
+        r = results[modality]
+        assert r["cases"] == len(having) and f"{modality} from the others, {len(having)} held-out cases" in out
+        assert 0 < r["psnr"] < 60 and 0 < r["mean_image_psnr"] < 60  # finite: neither image equals the truth
+        assert -1 <= r["spearman"] <= 1 and r["spearman"] != 0  # the spread varies with the voxel
+    assert results  # the fixture holds out cases with FLAIR
 
 
 def test_bad_data_exits_2_with_one_message(tmp_path):
