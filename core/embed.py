@@ -203,14 +203,20 @@ class GridTokenizer(nn.Module):
         if "patch_valid" in batch:
             valid = valid & batch["patch_valid"].reshape(B, G, n)
 
+        def embed_all() -> torch.Tensor:
+            """Every slot, group-major: one batched product, no data-dependent indexing."""
+            grouped = patches.reshape(B, -1 if len(self.weight) == 1 else G, n, patches.shape[-1])  # [B, G, n, P]
+            out = torch.einsum("bgnp,gpd->bgnd", grouped, self.weight) + self.bias[:, None]  # [B, G, n, D]
+            return out.reshape(B, G * n, -1) + slot
+
+        # embed must not call itself: a closure in its own cell is a reference cycle that keeps the batch's
+        # patches alive until the garbage collector happens to run
         def embed(idx: torch.Tensor | None) -> torch.Tensor:
             """Each group's own projection of the patches at ``idx`` (all slots when None), plus slot embedding."""
-            if idx is None:  # every slot, group-major: one batched product, no data-dependent indexing
-                grouped = patches.reshape(B, -1 if len(self.weight) == 1 else G, n, patches.shape[-1])  # [B, G, n, P]
-                out = torch.einsum("bgnp,gpd->bgnd", grouped, self.weight) + self.bias[:, None]  # [B, G, n, D]
-                return out.reshape(B, G * n, -1) + slot
+            if idx is None:
+                return embed_all()
             if 2 * idx.shape[1] >= G * n and len(self.weight) > 1:  # most slots (inference): all, then gather
-                return gather_slots(embed(None), idx)
+                return gather_slots(embed_all(), idx)
             p = gather_slots(patches, idx)  # [B, K, P]
             gk = idx // n  # [B, K] group of each slot
             # unbind, not weight[g]: its backward stacks the groups' gradients once instead of zero-filling

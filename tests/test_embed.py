@@ -154,3 +154,25 @@ def test_a_shared_grid_tokenizer_projects_every_group_with_one_weight():
     torch.testing.assert_close(tokens[:, 2], tokens[:, 0])
     tokens.sum().backward()
     assert tok.weight.grad is not None
+
+
+def test_a_grid_tokenset_leaves_no_reference_cycle_to_keep_the_batch_alive():
+    """Freed by reference counting: a cycle would hold each batch's patches until the garbage collector runs, so
+    memory would grow by a batch per step at 128^3."""
+    import gc
+
+    tok = GridTokenizer(["a", "b"], (8, 8), (4, 4), 16)
+    image = torch.randn(2, 2, 1, 8, 8)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        ts = tok({"image": image, "present": torch.ones(2, 2, dtype=torch.bool)})
+        few, most = torch.tensor([[0, 5]] * 2), torch.tensor([[0, 1, 2, 3, 4, 6]] * 2)  # both indexing paths
+        (ts.embed(few).sum() + ts.embed(most).sum() + ts.embed().sum()).backward()
+        del ts
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert "Tensor" not in cyclic and "function" not in cyclic, cyclic
