@@ -19,16 +19,24 @@ distributions):
    order; lead I only): its probe score against the full input;
 6. per-lead reconstruction error on the validation windows, and of III, aVR, aVL and aVF from I and II alone.
 
-Writes evaluation.csv and evaluation.png into --out. Usage:
+Writes evaluation.csv and evaluation.png into --out. With ``--imputation EXPORT`` it measures instead how a
+cardiac_pretrain export synthesises channels of the records it held out that have all 13 (V1-V6 from the limb
+leads and PPG, III from I and II, II from PPG) with ``CardiacFoundationModel.reconstruct``: PSNR of the synthesis
+and of the channel's mean (0 in standardised units), and the Spearman correlation between the uncertainty of K
+syntheses (``--uncertainty K``) and the absolute error. Usage:
   python benchmarks/cardiac.py [--out DIR] [--records 720] [--pretrain-epochs 4] [--finetune-epochs 3] [--group-heads true|false]
       [--mask-ratio R] [--target pixels|frequency|features [--teacher EXPORT]] [--quick]
+  python benchmarks/cardiac.py --imputation EXPORT [--uncertainty 8]
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from monai.metrics import PSNRMetric
+from scipy.stats import spearmanr
 from torch.utils.data import DataLoader, Subset
 
 from common import link_files, onnx_throughput, parse, parser, report, run_pipeline
@@ -40,8 +48,8 @@ from scimae.core.evaluate import (encoder_features, extract_features, finetune_r
 from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.api import CardiacFoundationModel
 from scimae.core.data import seeded_split
-from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows
-from scimae.domains.cardiac.io import LEADS, find_records, read_record
+from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, records_windows
+from scimae.domains.cardiac.io import CHANNELS, LEADS, Signal, find_records, read_record
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, load_cardiac_mae
 from scimae.domains.cardiac.transforms import summary_statistics
 
@@ -125,6 +133,49 @@ def lead_reconstruction(mae, dataset) -> None:
     print("reconstruction from I and II alone: " + " ".join(f"{k} {v / len(dataset):.3f}" for k, v in derived.items()))
 
 
+SYNTHESES = {"V1-V6 from the limb leads and PPG": (LEADS[:6] + ["PPG"], LEADS[6:]),
+             "III from I and II": (["I", "II"], ["III"]), "II from PPG": (["PPG"], ["II"])}
+
+
+def imputation(export: str, draws: int, n: int = 30) -> dict:
+    """Each of :data:`SYNTHESES` on the first ``n`` records the export held out that have every channel, from their
+    source channels alone: PSNR against the record's own channels (standardised per window as the model sees them;
+    the peak is their range) beside the PSNR of their mean, 0, and Spearman's rank correlation of the uncertainty of
+    ``draws`` syntheses with the absolute error, over every sample and per record. Returns them per synthesis."""
+    model = CardiacFoundationModel.from_pretrained(export)
+    sigs = [s for s in map(read_record, model.config["held_out"]) if set(CHANNELS) <= set(s.channels)][:n]
+    results = {}
+    if not sigs:
+        print(f"none of the {len(model.config['held_out'])} records the export held out has every channel")
+        return results
+    for name, (sources, targets) in SYNTHESES.items():
+        rows = []
+        for sig in sigs:
+            keep = [sig.channels.index(c) for c in sources + targets]
+            data, names = sig.data[keep], [sig.channels[i] for i in keep]
+            window = records_windows([Signal(data, sig.fs, names, sig.source)], model.data_cfg)[0]["image"]  # [W, 13, 1, L]
+            out = model.reconstruct(data, targets, fs=sig.fs, names=names, uncertainty=draws)
+            true = np.stack([window[:, CHANNELS.index(c), 0] for c in targets])  # [T, W, L]
+            synthesis, spread = (np.stack([out[f"{c}{key}"] for c in targets]) for key in ("", "/uncertainty"))
+            top = float(true.max() - true.min())
+
+            def psnr(image: np.ndarray) -> float:
+                return float(PSNRMetric(top)(torch.as_tensor(image).reshape(1, -1), torch.as_tensor(true).reshape(1, -1)))
+
+            error = np.abs(synthesis - true).ravel()
+            rows.append((psnr(synthesis), psnr(np.zeros_like(true)), spearmanr(spread.ravel(), error)[0],
+                         spread.ravel(), error))
+        per_record = [r[2] for r in rows]
+        results[name] = r = {
+            "records": len(rows), "psnr": float(np.mean([r[0] for r in rows])),
+            "mean_psnr": float(np.mean([r[1] for r in rows])), "spearman_per_record": float(np.mean(per_record)),
+            "spearman": float(spearmanr(np.concatenate([r[3] for r in rows]), np.concatenate([r[4] for r in rows]))[0])}
+        print(f"{name}, {r['records']} held-out records: PSNR synthesis {r['psnr']:.2f} dB, mean {r['mean_psnr']:.2f} dB; "
+              f"uncertainty ({draws} syntheses) vs absolute error, Spearman: all samples {r['spearman']:.3f}, per "
+              f"record {r['spearman_per_record']:.3f} (min {np.min(per_record):.3f}, max {np.max(per_record):.3f})")
+    return results
+
+
 def main():
     ap = parser(__doc__, "cardiac", pretrain_epochs=4)
     ap.add_argument("--records", type=int, default=720, help="synthetic 30-s records (a quarter are validation)")
@@ -135,7 +186,12 @@ def main():
                     help="pretraining objective: the hidden patches' values, masked frequency modelling (MFM), or a "
                          "teacher's features of the hidden patches (--teacher)")
     ap.add_argument("--teacher", help="with --target features: the teacher, a pretraining export of this domain")
+    ap.add_argument("--imputation", metavar="EXPORT", help="measure a cardiac_pretrain export's synthesis instead")
+    ap.add_argument("--uncertainty", type=int, default=8, metavar="K", help="with --imputation: syntheses per record")
     args = parse(ap, records=64)
+    if args.imputation:
+        imputation(args.imputation, args.uncertainty)
+        return
     out = Path(args.out)
     records = find_records(synthetic.write_dataset(None, args.records, 30.0))
     train_records, val_records = seeded_split(records, 0.25, 0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import wfdb
 
-from conftest import shared_data
+from conftest import load_benchmark, shared_data
 from scimae.core.engine import read_metrics
 from scimae.core.errors import DataError
 from scimae.domains.cardiac.api import CardiacFoundationModel
@@ -188,3 +188,23 @@ def test_leads_the_export_was_not_trained_on_are_never_fed_and_start_fresh_in_fi
     assert tuned["channel_surgery"] == {"absent": [], "new": [c for c in CHANNELS if not c.startswith("V")]}
     probs = CardiacFoundationModel.from_pretrained(tmp_path / "runs" / "ft" / "export").predict(x, fs=250, names=["MLII", "V5"])
     assert probs.shape == (1, 4) and np.isfinite(probs).all()  # a 2-lead record (MLII, V5) on the 13-channel model
+
+
+def test_imputation_benchmark_scores_each_synthesis_on_held_out_records_with_every_channel(pretrained, tmp_path, capsys):
+    import shutil
+
+    export = tmp_path / "export"
+    shutil.copytree(pretrained / "runs" / "pre" / "export", export)
+    config = json.loads((export / "config.json").read_text())
+    full = [str(p.with_suffix("")) for p in sorted((pretrained / "data").rglob("*.hea"))
+            if set(CHANNELS) <= set(read_record(p.with_suffix("")).channels)][:2]
+    assert full  # the synthetic set has 12-lead records with PPG
+    (export / "config.json").write_text(json.dumps({**config, "held_out": full}))
+    results = load_benchmark("cardiac").imputation(str(export), 2)
+    out = capsys.readouterr().out
+    assert set(results) == {"V1-V6 from the limb leads and PPG", "III from I and II", "II from PPG"}
+    for name, r in results.items():
+        assert r["records"] == len(full) and f"{name}, {len(full)} held-out records" in out
+        assert 0 < r["psnr"] < 60 and 0 < r["mean_psnr"] < 60 and -1 <= r["spearman"] <= 1
+    (export / "config.json").write_text(json.dumps({**config, "held_out": []}))
+    assert load_benchmark("cardiac").imputation(str(export), 2) == {}
