@@ -31,12 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import PSNRMetric
 from monai.transforms import NormalizeIntensity
-from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
 
-from common import link_files, parse, parser, report, run_pipeline
+from common import link_files, parse, parser, report, run_pipeline, synthesis_row, synthesis_summary
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
@@ -88,32 +86,18 @@ def imputation(export: str, root: str | None, draws: int) -> dict:
     results = {}
     for modality in ("t1ce", "flair"):
         mean_image = np.mean([truth(c, modality) for c in train if modality in c.paths], axis=0)  # [X, Y, Z]
-        rows = []
         scored = [c for c in held if modality in c.paths and len(c.paths) > 1]
         if not scored:
             print(f"{modality}: no held-out case has it beside another modality")
             continue
+        rows = []
         for case in scored:
             (synthesis, spread), _, _ = reconstruct_case(model, config, case, modality, uncertainty=draws)
             true = truth(case, modality)
             brain = (true != 0) & (synthesis != 0)
-            top = float(true[brain].max() - true[brain].min())
-
-            def psnr(image: np.ndarray) -> float:
-                metric = PSNRMetric(top)
-                return float(metric(torch.as_tensor(image[brain])[None, None], torch.as_tensor(true[brain])[None, None]))
-
-            error = np.abs(synthesis - true)[brain]
-            rows.append((psnr(synthesis), psnr(mean_image), spearmanr(spread[brain], error)[0], spread[brain], error))
-        per_case = [r[2] for r in rows]
-        results[modality] = r = {
-            "cases": len(rows), "psnr": float(np.mean([r[0] for r in rows])),
-            "mean_image_psnr": float(np.mean([r[1] for r in rows])), "spearman_per_case": float(np.mean(per_case)),
-            "spearman": float(spearmanr(np.concatenate([r[3] for r in rows]), np.concatenate([r[4] for r in rows]))[0])}
-        print(f"{modality} from the others, {r['cases']} held-out cases: PSNR synthesis {r['psnr']:.2f} dB, mean image "
-              f"{r['mean_image_psnr']:.2f} dB; uncertainty ({draws} syntheses) vs absolute error, Spearman: all voxels "
-              f"{r['spearman']:.3f}, per case {r['spearman_per_case']:.3f} (min {np.min(per_case):.3f}, "
-              f"max {np.max(per_case):.3f})")
+            rows.append(synthesis_row(true[brain], synthesis[brain], mean_image[brain], spread[brain]))
+        results[modality] = synthesis_summary(f"{modality} from the others (baseline: the mean image), cases", rows,
+                                              draws)
     return results
 
 

@@ -35,11 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import PSNRMetric
-from scipy.stats import spearmanr
 from torch.utils.data import DataLoader, Subset
 
-from common import link_files, onnx_throughput, parse, parser, report, run_pipeline
+from common import link_files, onnx_throughput, parse, parser, report, run_pipeline, synthesis_row, synthesis_summary
 from core_step import time_steps
 from scimae.core.config import run_cli
 from scimae.core.engine import make_optimizer
@@ -157,22 +155,8 @@ def imputation(export: str, draws: int, n: int = 30) -> dict:
             out = model.reconstruct(data, targets, fs=sig.fs, names=names, uncertainty=draws)
             true = np.stack([window[:, CHANNELS.index(c), 0] for c in targets])  # [T, W, L]
             synthesis, spread = (np.stack([out[f"{c}{key}"] for c in targets]) for key in ("", "/uncertainty"))
-            top = float(true.max() - true.min())
-
-            def psnr(image: np.ndarray) -> float:
-                return float(PSNRMetric(top)(torch.as_tensor(image).reshape(1, -1), torch.as_tensor(true).reshape(1, -1)))
-
-            error = np.abs(synthesis - true).ravel()
-            rows.append((psnr(synthesis), psnr(np.zeros_like(true)), spearmanr(spread.ravel(), error)[0],
-                         spread.ravel(), error))
-        per_record = [r[2] for r in rows]
-        results[name] = r = {
-            "records": len(rows), "psnr": float(np.mean([r[0] for r in rows])),
-            "mean_psnr": float(np.mean([r[1] for r in rows])), "spearman_per_record": float(np.mean(per_record)),
-            "spearman": float(spearmanr(np.concatenate([r[3] for r in rows]), np.concatenate([r[4] for r in rows]))[0])}
-        print(f"{name}, {r['records']} held-out records: PSNR synthesis {r['psnr']:.2f} dB, mean {r['mean_psnr']:.2f} dB; "
-              f"uncertainty ({draws} syntheses) vs absolute error, Spearman: all samples {r['spearman']:.3f}, per "
-              f"record {r['spearman_per_record']:.3f} (min {np.min(per_record):.3f}, max {np.max(per_record):.3f})")
+            rows.append(synthesis_row(true, synthesis, np.zeros_like(true), spread))
+        results[name] = synthesis_summary(f"{name} (baseline: the mean, 0), records", rows, draws)
     return results
 
 

@@ -149,3 +149,37 @@ def report(rows: list, out: Path, heading: str, p_value: float, seeds: int, chos
     print(f"fine-tuning, pretrained vs scratch, McNemar p = {p_value:.3g} (pooled over {seeds} seeds); "
           f"learning rates chosen on held-back training labels: {chosen}")
     print(f"wrote {csv_path} and {png}")
+
+
+def synthesis_row(true, synthesis, baseline, spread) -> tuple:
+    """One item's synthesis scored on its values (arrays of one shape): PSNR of the synthesis and of the ``baseline``
+    against ``true`` (MONAI's, the peak being the truth's range), Spearman's rank correlation of the ``spread`` with
+    the absolute error, and the flattened spread and error for pooling (:func:`synthesis_summary`)."""
+    import numpy as np
+    from monai.metrics import PSNRMetric
+    from scipy.stats import spearmanr
+
+    true, error, spread = np.ravel(true), np.abs(np.ravel(synthesis) - np.ravel(true)), np.ravel(spread)
+    metric = PSNRMetric(float(true.max() - true.min()))
+
+    def psnr(image) -> float:
+        return float(metric(torch.as_tensor(np.ravel(image))[None], torch.as_tensor(true)[None]))
+
+    return psnr(synthesis), psnr(baseline), spearmanr(spread, error)[0], spread, error
+
+
+def synthesis_summary(what: str, rows: list[tuple], draws: int) -> dict:
+    """Prints and returns the mean PSNRs of :func:`synthesis_row`'s rows, and the Spearman correlation pooled over
+    every value of every item and per item."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    per_item = [r[2] for r in rows]
+    r = {"items": len(rows), "psnr": float(np.mean([r[0] for r in rows])),
+         "baseline_psnr": float(np.mean([r[1] for r in rows])),
+         "spearman": float(spearmanr(np.concatenate([r[3] for r in rows]), np.concatenate([r[4] for r in rows]))[0]),
+         "spearman_per_item": float(np.mean(per_item))}
+    print(f"{what}, {len(rows)} held out: PSNR synthesis {r['psnr']:.2f} dB, baseline {r['baseline_psnr']:.2f} dB; "
+          f"uncertainty ({draws} syntheses) vs absolute error, Spearman: pooled {r['spearman']:.3f}, per item "
+          f"{r['spearman_per_item']:.3f} (min {min(per_item):.3f}, max {max(per_item):.3f})")
+    return r

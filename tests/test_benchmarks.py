@@ -92,3 +92,19 @@ def test_compare_gives_the_welch_interval_of_two_runs_difference(tmp_path, capsy
     compare.main()
     out = capsys.readouterr().out
     assert f"+0.050 [{low:+.3f}, {high:+.3f}]" in out and "-0.100\n" in out  # one run each: the difference alone
+
+
+def test_synthesis_scores_match_a_hand_computed_case(capsys):
+    import numpy as np
+
+    common = _load("common")
+    true = np.array([0.0, 1.0, 2.0, 4.0])  # range 4
+    row = common.synthesis_row(true, true + np.array([0.1, -0.2, 0.3, -0.4]), np.zeros(4), np.array([1, 2, 3, 4.0]))
+    assert row[0] == pytest.approx(10 * np.log10(16 / np.mean([0.01, 0.04, 0.09, 0.16])), rel=1e-5)
+    assert row[1] == pytest.approx(10 * np.log10(16 / np.mean([0, 1, 4, 16.0])), rel=1e-5)
+    assert row[2] == pytest.approx(1.0)  # the spread ranks the errors exactly
+    reversed_row = common.synthesis_row(true, true + np.array([0.1, -0.2, 0.3, -0.4]), np.zeros(4), np.array([4, 3, 2, 1.0]))
+    r = common.synthesis_summary("toy", [row, reversed_row], 2)
+    assert r["items"] == 2 and r["spearman_per_item"] == pytest.approx(0.0) and r["psnr"] == pytest.approx(row[0])
+    assert r["spearman"] == pytest.approx(0.0)  # pooled: the two items' rankings cancel
+    assert "toy, 2 held out" in capsys.readouterr().out

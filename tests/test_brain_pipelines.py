@@ -132,8 +132,9 @@ def test_imputation_benchmark_scores_each_held_out_case_that_has_the_contrast(pr
             assert modality not in results and f"{modality}: no held-out case has it" in out
             continue
         r = results[modality]
-        assert r["cases"] == len(having) and f"{modality} from the others, {len(having)} held-out cases" in out
-        assert 0 < r["psnr"] < 60 and 0 < r["mean_image_psnr"] < 60  # finite: neither image equals the truth
+        assert r["items"] == len(having) and f"{modality} from the others (baseline: the mean image), cases, " \
+                                             f"{len(having)} held out" in out
+        assert 0 < r["psnr"] < 60 and 0 < r["baseline_psnr"] < 60  # finite: neither image equals the truth
         assert -1 <= r["spearman"] <= 1 and r["spearman"] != 0  # the spread varies with the voxel
     assert results  # the fixture holds out cases with FLAIR
 

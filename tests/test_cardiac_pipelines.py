@@ -204,7 +204,7 @@ def test_imputation_benchmark_scores_each_synthesis_on_held_out_records_with_eve
     out = capsys.readouterr().out
     assert set(results) == {"V1-V6 from the limb leads and PPG", "III from I and II", "II from PPG"}
     for name, r in results.items():
-        assert r["records"] == len(full) and f"{name}, {len(full)} held-out records" in out
-        assert 0 < r["psnr"] < 60 and 0 < r["mean_psnr"] < 60 and -1 <= r["spearman"] <= 1
+        assert r["items"] == len(full) and f"{name} (baseline: the mean, 0), records, {len(full)} held out" in out
+        assert 0 < r["psnr"] < 60 and 0 < r["baseline_psnr"] < 60 and -1 <= r["spearman"] <= 1
     (export / "config.json").write_text(json.dumps({**config, "held_out": []}))
     assert load_benchmark("cardiac").imputation(str(export), 2) == {}
