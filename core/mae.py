@@ -502,7 +502,7 @@ class MaskedAutoencoder(Exportable, nn.Module):
             frozen = out.detach()  # a read-out of the decoder: the reconstruction and the features stay as they are
             logvar = heads(frozen, group) if isinstance(heads, GroupHeads) else heads(frozen)  # [B, M, P]
             if here is not None:  # value by value: how sure a synthesis is may follow the values it is made from
-                weights = self.colocated_logvar(frozen)  # [B, M, 2G]
+                weights = self.colocated_logvar(frozen)  # [B, M, 2G + H]
                 values = here[:, :len(self.group_names)]  # [B, G, M, P]
                 logvar = logvar + torch.einsum("bmg,bgmp->bmp", weights, torch.cat([here, values * values], 1))
             result["logvar"] = logvar.clamp(-12, 12)
@@ -528,15 +528,13 @@ class MaskedAutoencoder(Exportable, nn.Module):
         B, N, P = ts.target.shape
         G = len(self.group_names)
         shown = ts.valid & ~plan.mask  # [B, N]
-        place = idx % (N // G)  # [B, M] group-major slots: the place of each slot in its group
-        values = (ts.target * shown[..., None]).view(B, G, N // G, P)
-        here = values.gather(2, place[:, None, :, None].expand(B, G, -1, P))  # [B, G, M, P]
-        if self.colocated_basis is None:
-            return here
-        flags = shown.view(B, G, N // G).gather(2, place[:, None].expand(B, G, -1))  # [B, G, M]
-        inputs = torch.cat([here, flags[..., None].expand_as(here).to(here.dtype)], 1)  # [B, 2G, M, P]
-        features = self.colocated_basis(inputs.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # [B, H, M, P]
-        return torch.cat([here, features], 1)
+        values = (ts.target * shown[..., None]).view(B, G, N // G, P)  # group-major slots: [B, G, places, P]
+        if self.colocated_basis is not None:  # once per place, however many of its slots are predicted
+            flags = shown.view(B, G, N // G, 1).expand_as(values).to(values.dtype)
+            features = self.colocated_basis(torch.cat([values, flags], 1).permute(0, 2, 3, 1))  # [B, places, P, H]
+            values = torch.cat([values, features.permute(0, 3, 1, 2)], 1)  # [B, G + H, places, P]
+        place = idx % (N // G)  # [B, M] the place of each slot in its group
+        return values.gather(2, place[:, None, :, None].expand(B, values.shape[1], -1, P))  # [B, G + H, M, P]
 
     def _decode(self, latent: torch.Tensor, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor,
                 embed: nn.Module, mask_token: torch.Tensor, decoder: Transformer, detach_pos: bool = False) -> torch.Tensor:
