@@ -81,8 +81,6 @@ class MAEConfig:
     colocated: bool = False  # each predicted patch adds a mix, weighted per group by the decoder, of the patches
     # shown at the same place in the other groups (grid domains): a missing contrast, lead or band synthesised value
     # by value from the present ones, not only from their patch tokens
-    colocated_features: int = 0  # with colocated: also mix this many non-linear features of each value's co-located
-    # shown values (one GELU layer, shared by every place and group), for contrasts that are no linear mix of the others
     mask: MaskConfig = field(default_factory=MaskConfig)
     TARGETS = ("pixels", "frequency", "features")  # the values of ``target`` (a domain with its own targets lists them)
 
@@ -95,7 +93,7 @@ class MAEConfig:
             "target": one_of(*self.TARGETS),
             "head_dim": (">= 1 or null", lambda v: v is None or v >= 1),
             "decoder_norm_eps": ("> 0 or null", lambda v: v is None or v > 0),
-            "pixel_weight": (">= 0", lambda v: v >= 0), "colocated_features": (">= 0", lambda v: v >= 0),
+            "pixel_weight": (">= 0", lambda v: v >= 0),
         })
         for width, heads in (("dim", "heads"), ("decoder_dim", "decoder_heads")):
             if self.head_dim is None and getattr(self, width) % getattr(self, heads):
@@ -106,8 +104,6 @@ class MAEConfig:
         if self.colocated and (self.norm_pix or self.target == "frequency"):
             raise ValueError("model.colocated adds shown values to the prediction: it needs model.norm_pix=false and "
                              "a target of hidden slots (not frequency)")
-        if self.colocated_features and not self.colocated:
-            raise ValueError("model.colocated_features are features of the co-located values: set model.colocated=true")
         if self.target == "frequency" and self.mask.strategy == "hpm":
             raise ValueError("model.target=frequency hides no slots: model.mask.strategy=hpm does not apply")
         if self.target == "features" and not self.teacher:
@@ -152,7 +148,7 @@ def build_mae(cfg: MAEConfig, tokenizer: Tokenizer, target: Target, pred_dim: in
                              cfg.decoder_heads, cfg.mlp_ratio, cfg.mode, cfg.decoder_mask_ratio, cfg.group_heads,
                              cfg.norm_eps, cfg.decoder_pos, cfg.qkv_bias, cfg.head_dim, cfg.decoder_norm_eps,
                              cfg.decoder_attention, frequency, teacher, cfg.pixel_weight, cfg.uncertainty,
-                             cfg.colocated, cfg.colocated_features)
+                             cfg.colocated)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -331,8 +327,7 @@ class MaskedAutoencoder(Exportable, nn.Module):
                  decoder_pos: str = "learned", qkv_bias: bool = True, head_dim: int | None = None,
                  decoder_norm_eps: float | None = None, decoder_attention: str = "all",
                  frequency: FrequencyMasking | None = None, teacher: TeacherFeatures | None = None,
-                 pixel_weight: float = 0.0, uncertainty: bool = False, colocated: bool = False,
-                 colocated_features: int = 0):
+                 pixel_weight: float = 0.0, uncertainty: bool = False, colocated: bool = False):
         super().__init__()
         if mode not in ("drop", "mask_token"):
             raise ValueError(f"mode must be 'drop' or 'mask_token', got {mode!r}")
@@ -380,19 +375,14 @@ class MaskedAutoencoder(Exportable, nn.Module):
         self.hardness = LossPredictor(D, decoder_dim, decoder_stack()) if isinstance(masking, HardPatchMasking) else None
         self.progress = 0.0  # share of training done (0 to 1), set by the Trainer each step: HPM's schedule
         self.teacher, self.pixel_weight = teacher, pixel_weight
-        self.colocated = None  # per predicted slot, one weight per group for its shown patch at the same place (and
-        # per feature of those values)
-        self.colocated_basis = None  # per value: features of the G co-located values and which of them are shown
-        self.colocated_logvar = None  # with uncertainty: weights of those values, features and squares in the log-variance
+        self.colocated = None  # per predicted slot, one weight per group for its shown patch at the same place
+        self.colocated_logvar = None  # with uncertainty: weights of those values and their squares in the log-variance
         if colocated:
             if not (hasattr(encoder.tokenizer, "unpatchify") and hasattr(encoder.tokenizer, "spatial")):
                 raise ValueError(f"model.colocated needs groups on one grid; {type(encoder.tokenizer).__name__} has none")
-            G = len(encoder.group_names)
-            self.colocated = nn.Linear(decoder_dim, G + colocated_features)
-            if colocated_features:
-                self.colocated_basis = nn.Sequential(nn.Linear(2 * G, colocated_features), nn.GELU())
+            self.colocated = nn.Linear(decoder_dim, len(encoder.group_names))
             if uncertainty:
-                self.colocated_logvar = nn.Linear(decoder_dim, 2 * G + colocated_features)
+                self.colocated_logvar = nn.Linear(decoder_dim, 2 * len(encoder.group_names))
         self.feature_pred = nn.Linear(decoder_dim, teacher.width) if teacher is not None else None
         for m in (self.decoder_embed, self.decoder_pos, self.decoder, self.decoder_pred, self.hardness,
                   self.feature_pred, self.logvar_pred):
@@ -485,7 +475,7 @@ class MaskedAutoencoder(Exportable, nn.Module):
         out = self._decode(latent, ts, plan, idx, pad, self.decoder_embed, self.decoder_mask_token, self.decoder)
         group = ts.group.gather(1, idx)  # [B, M]
         pred = self.decoder_pred(out, group) if isinstance(self.decoder_pred, GroupHeads) else self.decoder_pred(out)
-        here = self._colocated(ts, plan, idx) if self.colocated is not None else None  # [B, G + H, M, P]
+        here = self._colocated(ts, plan, idx) if self.colocated is not None else None  # [B, G, M, P]
         if here is not None:
             pred = pred + torch.einsum("bmg,bgmp->bmp", self.colocated(out), here)
         result = {"pred": pred, "pred_idx": idx, "pred_pad": pad, "plan": plan, "tokenset": ts}
@@ -502,9 +492,8 @@ class MaskedAutoencoder(Exportable, nn.Module):
             frozen = out.detach()  # a read-out of the decoder: the reconstruction and the features stay as they are
             logvar = heads(frozen, group) if isinstance(heads, GroupHeads) else heads(frozen)  # [B, M, P]
             if here is not None:  # value by value: how sure a synthesis is may follow the values it is made from
-                weights = self.colocated_logvar(frozen)  # [B, M, 2G + H]
-                values = here[:, :len(self.group_names)]  # [B, G, M, P]
-                logvar = logvar + torch.einsum("bmg,bgmp->bmp", weights, torch.cat([here, values * values], 1))
+                weights = self.colocated_logvar(frozen)  # [B, M, 2G]
+                logvar = logvar + torch.einsum("bmg,bgmp->bmp", weights, torch.cat([here, here * here], 1))
             result["logvar"] = logvar.clamp(-12, 12)
             if ts.target is not None:  # the error in the target's units, detached: the prediction itself is unchanged
                 error = self.target.to_values(pred, ts, idx).detach() - gather_slots(ts.target, idx)  # [B, M, P]
@@ -522,19 +511,13 @@ class MaskedAutoencoder(Exportable, nn.Module):
         return result
 
     def _colocated(self, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor) -> torch.Tensor:
-        """For the slots ``idx`` [B, M], every group's patch at the same place where ``plan`` shows it (0 where it
-        is hidden or invalid, so a hidden value never enters), then the H features of each value's co-located
-        values (``colocated_basis``): [B, G + H, M, P]."""
+        """For the slots ``idx`` [B, M], every group's patch at the same place [B, G, M, P] where ``plan`` shows it
+        (0 where it is hidden or invalid, so a hidden value never enters)."""
         B, N, P = ts.target.shape
         G = len(self.group_names)
         shown = ts.valid & ~plan.mask  # [B, N]
-        values = (ts.target * shown[..., None]).view(B, G, N // G, P)  # group-major slots: [B, G, places, P]
-        if self.colocated_basis is not None:  # once per place, however many of its slots are predicted
-            flags = shown.view(B, G, N // G, 1).expand_as(values).to(values.dtype)
-            features = self.colocated_basis(torch.cat([values, flags], 1).permute(0, 2, 3, 1))  # [B, places, P, H]
-            values = torch.cat([values, features.permute(0, 3, 1, 2)], 1)  # [B, G + H, places, P]
-        place = idx % (N // G)  # [B, M] the place of each slot in its group
-        return values.gather(2, place[:, None, :, None].expand(B, values.shape[1], -1, P))  # [B, G + H, M, P]
+        values = (ts.target * shown[..., None]).view(B, G, N // G, P)  # group-major slots
+        return values.gather(2, (idx % (N // G))[:, None, :, None].expand(B, G, -1, P))  # [B, G, M, P]
 
     def _decode(self, latent: torch.Tensor, ts: TokenSet, plan: MaskPlan, idx: torch.Tensor, pad: torch.Tensor,
                 embed: nn.Module, mask_token: torch.Tensor, decoder: Transformer, detach_pos: bool = False) -> torch.Tensor:

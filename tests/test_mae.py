@@ -319,28 +319,6 @@ def test_the_colocated_mix_synthesises_a_group_that_only_the_same_place_predicts
     assert losses[False] > 0.2 and losses[True] < 0.02, losses  # b's variance is 0.25
 
 
-def _folded(n, g):
-    """Group b is |a| (centred) value by value: no linear mix of a gives it (they are uncorrelated)."""
-    a = torch.randn(n, 1, 1, 16, 16, generator=g)
-    return {"image": torch.cat([a, a.abs() - (2 / torch.pi) ** 0.5], 1), "present": torch.ones(n, 2, dtype=torch.bool)}
-
-
-def test_colocated_features_synthesise_a_group_that_is_a_non_linear_function_of_the_same_place():
-    losses = {}
-    for features in (0, 8):
-        torch.manual_seed(0)
-        model = toy_mae(colocated=True, colocated_features=features)
-        _train(model, _folded, 60)
-        losses[features] = float(model.eval().fill(_folded(16, torch.Generator().manual_seed(1)), ["b"])["loss"])
-    assert losses[0] > 0.3 and losses[8] < 0.1, losses  # b's variance is 1 - 2 / pi = 0.36
-    model.colocated.weight.data.zero_()
-    model.colocated.bias.data = torch.tensor([0.0, 0.0, *[1.0] * 8])  # the features alone: never b's hidden values
-    batch = _folded(4, torch.Generator().manual_seed(2))
-    changed = dict(batch, image=batch["image"].clone())
-    changed["image"][:, 1] += 1.0
-    torch.testing.assert_close(model.fill(changed, ["b"])["pred"], model.fill(batch, ["b"])["pred"])
-
-
 def test_the_uncertainty_head_learns_where_values_are_noise_without_moving_the_prediction():
     """model.uncertainty: a log-variance per predicted value, read from the detached decoder output and trained on
     the detached error (the model's other gradients are unchanged); the spread of fills adds its variance, so the
@@ -412,12 +390,3 @@ def test_the_colocated_mix_refuses_targets_it_cannot_add_values_to(conflict):
 
     with pytest.raises(ValueError, match="model.colocated"):
         MAEConfig(colocated=True, **conflict)
-
-
-def test_colocated_features_need_the_colocated_mix():
-    from scimae.core.mae import MAEConfig
-
-    with pytest.raises(ValueError, match="set model.colocated=true"):
-        MAEConfig(colocated_features=8)
-    with pytest.raises(ValueError, match="colocated_features"):
-        MAEConfig(colocated=True, colocated_features=-1)

@@ -32,10 +32,10 @@ class ToyImages(Dataset):
 
 
 def toy_mae(mode="drop", strategy="random", dim=32, decoder_mask_ratio=0.0, group_heads=False, uncertainty=False,
-            colocated=False, colocated_features=0, **mask_opts) -> MaskedAutoencoder:
+            colocated=False, **mask_opts) -> MaskedAutoencoder:
     tok = GridTokenizer(GROUPS, (16, 16), (4, 4), dim)
     enc = MAEEncoder(tok, dim, depth=2, heads=4, mask_token=mode == "mask_token")
     return MaskedAutoencoder(enc, build_masking(strategy, 0.75, **mask_opts), PatchTarget(norm_pix=False),
                              pred_dim=tok.patch_values, decoder_dim=32, decoder_depth=1, decoder_heads=4, mode=mode,
                              decoder_mask_ratio=decoder_mask_ratio, group_heads=group_heads, uncertainty=uncertainty,
-                             colocated=colocated, colocated_features=colocated_features)
+                             colocated=colocated)
