@@ -76,8 +76,9 @@ def imputation(export: str, root: str | None, draws: int) -> dict:
     model, config = load_brain_mae(export)
     model.eval()
     cases = discover_cases(root or BrainDataConfig().synthetic.write())
-    held = [c for c in cases if c.case_id in set(config["held_out"])]
-    train = [c for c in cases if c.case_id not in set(config["held_out"])]
+    held_out = set(config["held_out"])
+    held = [c for c in cases if c.case_id in held_out]
+    train = [c for c in cases if c.case_id not in held_out]
     zscore = NormalizeIntensity(nonzero=True)
 
     def truth(case, modality: str) -> np.ndarray:  # [X, Y, Z] z-scored over the brain, 0 outside

@@ -47,7 +47,7 @@ from scimae.domains.cardiac import synthetic
 from scimae.domains.cardiac.api import CardiacFoundationModel
 from scimae.core.data import seeded_split
 from scimae.domains.cardiac.data import CardiacDataConfig, CardiacWindows, records_windows
-from scimae.domains.cardiac.io import CHANNELS, LEADS, Signal, find_records, read_record
+from scimae.domains.cardiac.io import CHANNELS, LEADS, find_records, read_record
 from scimae.domains.cardiac.model import CardiacModelConfig, build_cardiac_mae, load_cardiac_mae
 from scimae.domains.cardiac.transforms import summary_statistics
 
@@ -146,14 +146,14 @@ def imputation(export: str, draws: int, n: int = 30) -> dict:
     if not sigs:
         print(f"none of the {len(model.config['held_out'])} records the export held out has every channel")
         return results
+    truths = [w["image"][:, :, 0] for w in records_windows(sigs, model.data_cfg)]  # [W, 13, L] per record, once
     for name, (sources, targets) in SYNTHESES.items():
         rows = []
-        for sig in sigs:
+        for sig, window in zip(sigs, truths):
             keep = [sig.channels.index(c) for c in sources + targets]
             data, names = sig.data[keep], [sig.channels[i] for i in keep]
-            window = records_windows([Signal(data, sig.fs, names, sig.source)], model.data_cfg)[0]["image"]  # [W, 13, 1, L]
             out = model.reconstruct(data, targets, fs=sig.fs, names=names, uncertainty=draws)
-            true = np.stack([window[:, CHANNELS.index(c), 0] for c in targets])  # [T, W, L]
+            true = window[:, [CHANNELS.index(c) for c in targets]].swapaxes(0, 1)  # [T, W, L] (per window and lead)
             synthesis, spread = (np.stack([out[f"{c}{key}"] for c in targets]) for key in ("", "/uncertainty"))
             rows.append(synthesis_row(true, synthesis, np.zeros_like(true), spread))
         results[name] = synthesis_summary(f"{name} (baseline: the mean, 0), records", rows, draws)

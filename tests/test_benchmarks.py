@@ -1,4 +1,4 @@
-"""The core step benchmark runs and measures what it says, at toy size."""
+"""Benchmark code runs and measures what it says, at toy size."""
 import sys
 
 import pytest
